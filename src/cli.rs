@@ -1,0 +1,358 @@
+//! The `engine` command line: argument parsing, file and stream I/O, and exit codes. It owns everything the
+//! library deliberately does not do (reading files, stdin and stdout, clocks); the mapping work is the library's.
+//!
+//! Exit codes: 0 success; 1 findings (`check` found errors, or `run` was given a mapping with errors);
+//! 2 usage or I/O error.
+
+use std::fs;
+use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+
+use signal_engine::diagnostic::{self, RenderOptions};
+use signal_engine::identity::MemoryStore;
+use signal_engine::presets;
+use signal_engine::run::{DropReason, Outcome, RejectReason};
+use signal_engine::source::FileLoader;
+use signal_engine::{CompileOptions, Compiled, Context};
+
+/// The most events one OpenAI request may carry.
+const MAX_BATCH: usize = 1000;
+
+#[derive(Parser)]
+#[command(name = "engine", version, about = "Maps Signal analytics events to OpenAI Ads Conversions API events")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks mapping files and reports every problem found (exit 1 when any is an error).
+    Check {
+        /// Mapping files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Parameter values (YAML mapping of name to value) to check the mappings with.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// `human` (rustc-style) or `json` (one array of diagnostics, for editors and CI).
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Colour in human output: auto, always or never.
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Maps Signal events (NDJSON on stdin) to OpenAI events (NDJSON on stdout).
+    Run {
+        /// The mapping to apply; without it, the embedded default preset (mappings/openai_ads.map).
+        #[arg(long)]
+        map: Option<PathBuf>,
+        /// Parameter values: a YAML mapping of name to value.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// The time the timestamp window is checked against (RFC 3339); default: the current time.
+        #[arg(long)]
+        now: Option<String>,
+        /// Map each event alone, without identity memory.
+        #[arg(long)]
+        stateless: bool,
+        /// Write request bodies `{"events":[…]}` of at most 1,000 events instead of one event per line.
+        #[arg(long)]
+        batch: bool,
+        /// Write drop, rejection and warning records to this file instead of stderr.
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        /// How many visitors identity memory holds before forgetting the least recently seen.
+        #[arg(long, default_value_t = MemoryStore::DEFAULT_CAPACITY)]
+        identity_capacity: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// A failure that ends the command, with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Check { files, params, format, color } => check(&files, params.as_deref(), format, color),
+        Command::Run { map, params, now, stateless, batch, rejects, identity_capacity } => {
+            run(RunArgs { map, params, now, stateless, batch, rejects, identity_capacity })
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("engine: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn read_params(path: Option<&Path>) -> Result<Map<String, Value>, Failure> {
+    let Some(path) = path else { return Ok(Map::new()) };
+    let text =
+        fs::read_to_string(path).map_err(|e| usage(format!("cannot read parameters {}: {e}", path.display())))?;
+    let value: Value = serde_norway::from_str(&text)
+        .map_err(|e| usage(format!("parameters {} are not valid YAML: {e}", path.display())))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        Value::Null => Ok(Map::new()),
+        _ => Err(usage(format!("parameters {} must be a mapping of name: value", path.display()))),
+    }
+}
+
+fn compile_file(path: &Path, options: &CompileOptions) -> Result<Compiled, Failure> {
+    let text = fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(signal_engine::compile(&path.to_string_lossy(), &text, &FileLoader, options))
+}
+
+fn check(files: &[PathBuf], params: Option<&Path>, format: Format, color: Color) -> Result<u8, Failure> {
+    let options = CompileOptions { params: read_params(params)? };
+    let mut errors = 0;
+    let mut warnings = 0;
+    let mut json_out = Vec::new();
+    let color = match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut stdout = io::stdout().lock();
+    for file in files {
+        let compiled = compile_file(file, &options)?;
+        errors += compiled.diagnostics.iter().filter(|d| d.is_error()).count();
+        warnings += compiled.diagnostics.iter().filter(|d| !d.is_error()).count();
+        match format {
+            Format::Json => {
+                json_out.extend(compiled.diagnostics.iter().map(|d| diagnostic::to_json(d, &compiled.sources)));
+            }
+            Format::Human => {
+                let width = if color { 100 } else { 80 };
+                let text = diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width });
+                write_or_quit(&mut stdout, text.as_bytes())?;
+            }
+        }
+    }
+    match format {
+        Format::Json => {
+            let text = serde_json::to_string_pretty(&json_out).map_err(|e| usage(e.to_string()))?;
+            write_or_quit(&mut stdout, format!("{text}\n").as_bytes())?;
+        }
+        Format::Human => {
+            let summary = format!(
+                "engine check: {} file{}, {errors} error{}, {warnings} warning{}\n",
+                files.len(),
+                plural(files.len()),
+                plural(errors),
+                plural(warnings)
+            );
+            write_or_quit(&mut stdout, summary.as_bytes())?;
+        }
+    }
+    Ok(if errors > 0 { 1 } else { 0 })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Writes to stdout; a closed pipe (`engine run | head`) ends the program quietly, as it is not an error.
+fn write_or_quit(out: &mut impl Write, bytes: &[u8]) -> Result<(), Failure> {
+    match out.write_all(bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(usage(format!("cannot write output: {e}"))),
+    }
+}
+
+struct RunArgs {
+    map: Option<PathBuf>,
+    params: Option<PathBuf>,
+    now: Option<String>,
+    stateless: bool,
+    batch: bool,
+    rejects: Option<PathBuf>,
+    identity_capacity: usize,
+}
+
+/// Counts for the closing summary.
+#[derive(Default)]
+struct Summary {
+    lines: usize,
+    mapped: usize,
+    unmapped: usize,
+    identify: usize,
+    rejected: usize,
+    malformed: usize,
+    warnings: usize,
+}
+
+fn run(args: RunArgs) -> Result<u8, Failure> {
+    let options = CompileOptions { params: read_params(args.params.as_deref())? };
+    let compiled = match &args.map {
+        Some(path) => compile_file(path, &options)?,
+        None => presets::OPENAI_ADS.compile(&options),
+    };
+    let Some(plan) = compiled.plan.as_ref() else {
+        let color = io::stderr().is_terminal();
+        eprint!(
+            "{}",
+            diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width: 100 })
+        );
+        eprintln!("engine run: the mapping has errors; nothing was mapped");
+        return Ok(1);
+    };
+    let now_ms = match &args.now {
+        Some(text) => text
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| usage(format!("--now {text:?} is not an RFC 3339 time: {e}")))?
+            .as_millisecond(),
+        None => jiff::Timestamp::now().as_millisecond(),
+    };
+    let mut reports: Box<dyn Write> = match &args.rejects {
+        Some(path) => Box::new(BufWriter::new(
+            fs::File::create(path).map_err(|e| usage(format!("cannot create {}: {e}", path.display())))?,
+        )),
+        None => Box::new(BufWriter::new(io::stderr().lock())),
+    };
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut memory = MemoryStore::new(args.identity_capacity);
+    let mut summary = Summary::default();
+    let mut batch: Vec<String> = Vec::new();
+    let stdin = io::stdin().lock();
+    for (index, line) in stdin.split(b'\n').enumerate() {
+        let line_number = index + 1;
+        let bytes = line.map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            summary.lines += 1;
+            summary.malformed += 1;
+            report(&mut reports, json!({"line": line_number, "outcome": "malformed", "message": "not UTF-8"}))?;
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        let mut context =
+            if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
+        match plan.apply_str(text, &mut context) {
+            Outcome::Mapped(mapped) => {
+                summary.mapped += 1;
+                for warning in &mapped.warnings {
+                    summary.warnings += 1;
+                    report(
+                        &mut reports,
+                        json!({"line": line_number, "outcome": "warning", "field": warning.field, "rule": warning.rule, "message": warning.message}),
+                    )?;
+                }
+                if args.batch {
+                    batch.push(mapped.json);
+                    if batch.len() == MAX_BATCH {
+                        write_batch(&mut out, &mut batch)?;
+                    }
+                } else {
+                    write_or_quit(&mut out, mapped.json.as_bytes())?;
+                    write_or_quit(&mut out, b"\n")?;
+                }
+            }
+            Outcome::Dropped(dropped) => {
+                match dropped.reason {
+                    DropReason::Unmapped => summary.unmapped += 1,
+                    DropReason::Identify => summary.identify += 1,
+                }
+                report(
+                    &mut reports,
+                    json!({"line": line_number, "outcome": "dropped", "reason": dropped.reason, "message": dropped.message}),
+                )?;
+            }
+            Outcome::Rejected(rejected) => {
+                if rejected.reason == RejectReason::InvalidInput {
+                    summary.malformed += 1;
+                    report(
+                        &mut reports,
+                        json!({"line": line_number, "outcome": "malformed", "message": rejected.message}),
+                    )?;
+                } else {
+                    summary.rejected += 1;
+                    let mut record = serde_json::to_value(&rejected).unwrap_or(Value::Null);
+                    if let Value::Object(map) = &mut record {
+                        map.insert("line".into(), json!(line_number));
+                        map.insert("outcome".into(), json!("rejected"));
+                    }
+                    report(&mut reports, record)?;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        write_batch(&mut out, &mut batch)?;
+    }
+    out.flush().map_err(|e| usage(format!("cannot write output: {e}")))?;
+    let text = format!(
+        "engine run: {} events: {} mapped, {} dropped ({} unmapped, {} identify), {} rejected, {} malformed; {} warnings\n",
+        summary.lines,
+        summary.mapped,
+        summary.unmapped + summary.identify,
+        summary.unmapped,
+        summary.identify,
+        summary.rejected,
+        summary.malformed,
+        summary.warnings,
+    );
+    reports.flush().map_err(|e| usage(format!("cannot write reports: {e}")))?;
+    drop(reports);
+    eprint!("{text}");
+    Ok(0)
+}
+
+fn write_batch(out: &mut impl Write, batch: &mut Vec<String>) -> Result<(), Failure> {
+    let mut body = String::with_capacity(batch.iter().map(|e| e.len() + 1).sum::<usize>() + 16);
+    body.push_str("{\"events\":[");
+    body.push_str(&batch.join(","));
+    body.push_str("]}\n");
+    batch.clear();
+    write_or_quit(out, body.as_bytes())
+}
+
+fn report(reports: &mut dyn Write, record: Value) -> Result<(), Failure> {
+    let mut line = record.to_string();
+    line.push('\n');
+    match reports.write_all(line.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(usage(format!("cannot write reports: {e}"))),
+    }
+}

@@ -1,0 +1,220 @@
+//! Consent: whether the event's `context.consent` grants a category, across the shapes that collectors and
+//! consent tools write it in.
+
+use serde_json::{Map, Value};
+
+use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+
+/// Where the collector lists granted categories in its own fixed vocabulary.
+const CANONICAL: &str = "canonical";
+/// Where the consent tool lists granted categories in its own codes (OneTrust's `C0004`, Cookiebot's
+/// `marketing`).
+const CATEGORIES: &str = "categories";
+/// Where Segment's consent spec keeps one boolean per category.
+const CATEGORY_PREFERENCES: &str = "categoryPreferences";
+
+pub(super) const CONSENT: Function = Function {
+    name: "consent",
+    summary: "Whether the event's consent grants a category; absent or unreadable consent counts as not granted.",
+    input: Ty::OBJECT,
+    params: &[Param {
+        name: "category",
+        ty: Ty::STRING,
+        optional: false,
+        constant: false,
+        doc: "The category to check, matched without regard to case: a name such as \"marketing\" or a \
+              consent tool's code such as \"C0004\".",
+    }],
+    variadic: false,
+    output: Ty::BOOL,
+    pii: Pii::Keeps,
+    source_input: Some("context.consent"),
+    examples: &[
+        Example { input: Some("{\"marketing\": true}"), args: &["\"marketing\""], output: Some("true") },
+        Example { input: Some("{\"Marketing\": false}"), args: &["\"marketing\""], output: Some("false") },
+        Example {
+            input: Some("{\"canonical\": [\"essential\", \"marketing\"]}"),
+            args: &["\"marketing\""],
+            output: Some("true"),
+        },
+        Example { input: Some("{\"categories\": [\"C0002\", \"C0004\"]}"), args: &["\"c0004\""], output: Some("true") },
+        Example {
+            input: Some("{\"marketing\": false, \"categories\": [\"marketing\"]}"),
+            args: &["\"marketing\""],
+            output: Some("false"),
+        },
+        Example {
+            input: Some("{\"categoryPreferences\": {\"Advertising\": true}}"),
+            args: &["\"advertising\""],
+            output: Some("true"),
+        },
+        Example { input: Some("{\"canonical\": [\"essential\"]}"), args: &["\"marketing\""], output: Some("false") },
+        Example { input: None, args: &["\"marketing\""], output: Some("false") },
+    ],
+    check_constants: Some(check_category),
+    eval: consent,
+};
+
+fn consent(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+    // Consent never yields nothing: an omitted consent field downstream could be read as "not asked", which
+    // is not the same as "not granted".
+    let granted = match (present(input), arg(args, 0)) {
+        (Some(Value::Object(consent)), Some(Value::String(category))) => granted(&consent, category.trim()),
+        _ => false,
+    };
+    Ok(Some(Value::Bool(granted)))
+}
+
+fn granted(consent: &Map<String, Value>, category: &str) -> bool {
+    if category.is_empty() {
+        return false;
+    }
+    if let Some(decision) = flag(consent, category) {
+        return decision;
+    }
+    if let Some(Value::Object(preferences)) = consent.get(CATEGORY_PREFERENCES) {
+        if let Some(decision) = flag(preferences, category) {
+            return decision;
+        }
+    }
+    let mut listed = false;
+    for list in [CANONICAL, CATEGORIES].into_iter().filter_map(|key| consent.get(key)) {
+        match list {
+            Value::Array(items) => {
+                listed |= items.iter().filter_map(Value::as_str).any(|item| same(item.trim(), category));
+            }
+            Value::Object(flags) => match flag(flags, category) {
+                // A refusal recorded anywhere outweighs a grant recorded elsewhere.
+                Some(false) => return false,
+                Some(true) => listed = true,
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    listed
+}
+
+/// The boolean a map records for a category, if any. Keys that differ only in case can both be present; then
+/// any refusal wins, since sending data without consent is the costlier mistake.
+fn flag(map: &Map<String, Value>, category: &str) -> Option<bool> {
+    let mut decision = None;
+    for (key, value) in map {
+        if let Value::Bool(granted) = value {
+            if same(key.trim(), category) {
+                if !granted {
+                    return Some(false);
+                }
+                decision = Some(true);
+            }
+        }
+    }
+    decision
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.chars().flat_map(char::to_lowercase).eq(b.chars().flat_map(char::to_lowercase))
+}
+
+fn check_category(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
+    match constant(args, 0) {
+        Some(Value::String(category)) if category.trim().is_empty() => {
+            Err((0, "the consent category is empty".to_string()))
+        }
+        Some(Value::String(_)) | None => Ok(()),
+        Some(other) => Err((0, format!("expected a consent category, got {}", kind(other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn check(consent: Value, category: &str) -> bool {
+        match (CONSENT.eval)(Some(consent.clone()), &[Some(Cow::Owned(json!(category)))]) {
+            Ok(Some(Value::Bool(b))) => b,
+            other => panic!("{consent} {category} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn booleans_per_category() {
+        assert!(check(json!({"marketing": true}), "marketing"));
+        assert!(check(json!({"marketing": true}), "MARKETING"));
+        assert!(check(json!({"Marketing": true}), " marketing "));
+        assert!(!check(json!({"marketing": false}), "marketing"));
+        assert!(!check(json!({"analytics": true}), "marketing"));
+        assert!(!check(json!({"marketing": "true"}), "marketing"));
+        assert!(!check(json!({"marketing": 1}), "marketing"));
+        assert!(!check(json!({"marketing": true, "MARKETING": false}), "Marketing"));
+    }
+
+    #[test]
+    fn canonical_vocabulary() {
+        let consent = json!({"canonical": ["essential", "Marketing"]});
+        assert!(check(consent.clone(), "marketing"));
+        assert!(check(consent.clone(), "ESSENTIAL"));
+        assert!(!check(consent, "analytics"));
+        assert!(check(json!({"canonical": {"marketing": true}}), "marketing"));
+        assert!(!check(json!({"canonical": {"marketing": false}}), "marketing"));
+        assert!(!check(json!({"canonical": [1, null, ["marketing"]]}), "marketing"));
+        assert!(!check(json!({"canonical": "marketing"}), "marketing"));
+    }
+
+    #[test]
+    fn consent_tool_codes() {
+        let consent = json!({"categories": ["C0001", "C0002", "statistics"]});
+        assert!(check(consent.clone(), "c0002"));
+        assert!(check(consent.clone(), "Statistics"));
+        assert!(!check(consent, "C0004"));
+        assert!(check(json!({"categories": {"C0004": true}}), "c0004"));
+        assert!(!check(json!({"categories": {"C0004": false}}), "C0004"));
+    }
+
+    #[test]
+    fn forms_combine() {
+        // An explicit boolean decides over the lists.
+        assert!(!check(json!({"marketing": false, "canonical": ["marketing"]}), "marketing"));
+        assert!(check(json!({"marketing": true, "canonical": []}), "marketing"));
+        // Either list grants.
+        assert!(check(json!({"canonical": ["essential"], "categories": ["marketing"]}), "marketing"));
+        assert!(check(json!({"canonical": ["marketing"], "categories": ["C0002"]}), "marketing"));
+        assert!(check(json!({"canonical": ["marketing"], "categories": ["C0002"]}), "C0002"));
+        // A refusal in one list's flags outweighs the other list.
+        assert!(!check(json!({"canonical": {"marketing": false}, "categories": ["marketing"]}), "marketing"));
+        // Segment's consent object.
+        assert!(check(json!({"categoryPreferences": {"Advertising": true}}), "advertising"));
+        assert!(!check(
+            json!({"categoryPreferences": {"Advertising": false}, "canonical": ["advertising"]}),
+            "advertising"
+        ));
+    }
+
+    #[test]
+    fn absent_consent_is_not_granted() {
+        let marketing = [Some(Cow::Owned(json!("marketing")))];
+        assert_eq!((CONSENT.eval)(None, &marketing), Ok(Some(json!(false))));
+        for input in [json!(null), json!(true), json!("marketing"), json!(["marketing"]), json!(1), json!({})] {
+            assert_eq!((CONSENT.eval)(Some(input), &marketing), Ok(Some(json!(false))));
+        }
+        let consent = json!({"marketing": true});
+        assert_eq!((CONSENT.eval)(Some(consent.clone()), &[None]), Ok(Some(json!(false))));
+        assert_eq!((CONSENT.eval)(Some(consent.clone()), &[]), Ok(Some(json!(false))));
+        assert!(!check(consent.clone(), ""));
+        for category in [json!(true), json!(1), json!(["marketing"]), json!({"marketing": true})] {
+            assert_eq!((CONSENT.eval)(Some(consent.clone()), &[Some(Cow::Owned(category))]), Ok(Some(json!(false))));
+        }
+    }
+
+    #[test]
+    fn categories_are_checked() {
+        assert!(check_category(&[Some(&json!("marketing"))]).is_ok());
+        assert!(check_category(&[None]).is_ok());
+        assert!(check_category(&[Some(&json!(" "))]).is_err());
+        assert!(check_category(&[Some(&json!(4))]).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Logic functions: negation, fallbacks for missing values, and table lookups that translate a source's
+//! vocabulary into the API's.
+
+use serde_json::Value;
+
+use super::text::render;
+use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+
+pub(super) const NOT: Function = Function {
+    name: "not",
+    summary: "Negates a boolean.",
+    input: Ty::BOOL,
+    params: &[],
+    variadic: false,
+    output: Ty::BOOL,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("true"), args: &[], output: Some("false") },
+        Example { input: Some("false"), args: &[], output: Some("true") },
+        Example { input: None, args: &[], output: None },
+    ],
+    check_constants: None,
+    eval: not,
+};
+
+pub(super) const DEFAULT: Function = Function {
+    name: "default",
+    summary: "Uses a fallback when the input is missing or null; an empty string is a value and is kept.",
+    input: Ty::ANY,
+    params: &[Param {
+        name: "value",
+        ty: Ty::ANY,
+        optional: false,
+        constant: false,
+        doc: "The fallback: a literal, a `$parameter` or another path into the event.",
+    }],
+    variadic: false,
+    output: Ty::ANY,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: None, args: &["\"USD\""], output: Some("\"USD\"") },
+        Example { input: Some("null"), args: &["0"], output: Some("0") },
+        Example { input: Some("\"EUR\""), args: &["\"USD\""], output: Some("\"EUR\"") },
+        Example { input: Some("\"\""), args: &["\"USD\""], output: Some("\"\"") },
+        Example { input: Some("false"), args: &["true"], output: Some("false") },
+    ],
+    check_constants: None,
+    eval: default,
+};
+
+pub(super) const LOOKUP: Function = Function {
+    name: "lookup",
+    summary: "Translates a value through a table, such as a source's event names into the API's event types.",
+    input: Ty::SCALAR,
+    params: &[
+        Param {
+            name: "table",
+            ty: Ty::OBJECT,
+            optional: false,
+            constant: true,
+            doc: "An object from keys to results. Numbers and booleans are looked up by their text: 2 finds \
+                  the key \"2\", true the key \"true\".",
+        },
+        Param {
+            name: "fallback",
+            ty: Ty::ANY,
+            optional: true,
+            constant: true,
+            doc: "The result for a key the table lacks; without it such a key yields nothing.",
+        },
+    ],
+    variadic: false,
+    output: Ty::ANY,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example {
+            input: Some("\"Order Completed\""),
+            args: &["{\"Order Completed\": \"purchase\", \"Signed Up\": \"sign_up\"}"],
+            output: Some("\"purchase\""),
+        },
+        Example { input: Some("\"Page Viewed\""), args: &["{\"Order Completed\": \"purchase\"}"], output: None },
+        Example {
+            input: Some("\"Page Viewed\""),
+            args: &["{\"Order Completed\": \"purchase\"}", "\"custom\""],
+            output: Some("\"custom\""),
+        },
+        Example { input: Some("2"), args: &["{\"1\": \"basic\", \"2\": \"pro\"}"], output: Some("\"pro\"") },
+        Example { input: Some("true"), args: &["{\"true\": 1, \"false\": 0}"], output: Some("1") },
+    ],
+    check_constants: Some(check_table),
+    eval: lookup,
+};
+
+fn not(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    match present(input) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(Value::Bool(!b))),
+        Some(other) => Err(format!("expected a boolean, got {}", kind(&other))),
+    }
+}
+
+fn default(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+    match present(input) {
+        Some(value) => Ok(Some(value)),
+        None => Ok(args.first().cloned().flatten().map(|value| value.into_owned())),
+    }
+}
+
+fn lookup(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+    let Some(value) = present(input) else {
+        return Ok(None);
+    };
+    let key = render(&value).ok_or_else(|| format!("expected a lookup key, got {}", kind(&value)))?;
+    let table = match arg(args, 0) {
+        Some(Value::Object(table)) => table,
+        Some(other) => return Err(format!("the lookup table is {}, not an object", kind(other))),
+        None => return Ok(None),
+    };
+    let found = table.get(&key).or_else(|| args.get(1).and_then(|fallback| fallback.as_deref()));
+    Ok(found.cloned())
+}
+
+fn check_table(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
+    match constant(args, 0) {
+        Some(Value::Object(_)) | None => Ok(()),
+        Some(other) => Err((0, format!("the lookup table must be an object, not {}", kind(other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn owned(values: &[Value]) -> Vec<Arg<'static>> {
+        values.iter().cloned().map(|v| Some(Cow::Owned(v))).collect()
+    }
+
+    #[test]
+    fn not_accepts_only_booleans() {
+        assert_eq!((NOT.eval)(Some(json!(true)), &[]), Ok(Some(json!(false))));
+        assert_eq!((NOT.eval)(Some(json!(null)), &[]), Ok(None));
+        for bad in [json!("true"), json!(0), json!([]), json!({})] {
+            assert!((NOT.eval)(Some(bad.clone()), &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_replaces_only_missing_and_null() {
+        let usd = owned(&[json!("USD")]);
+        assert_eq!((DEFAULT.eval)(None, &usd), Ok(Some(json!("USD"))));
+        assert_eq!((DEFAULT.eval)(Some(json!(null)), &usd), Ok(Some(json!("USD"))));
+        assert_eq!((DEFAULT.eval)(Some(json!("")), &usd), Ok(Some(json!(""))));
+        assert_eq!((DEFAULT.eval)(Some(json!(0)), &usd), Ok(Some(json!(0))));
+        assert_eq!((DEFAULT.eval)(Some(json!([])), &usd), Ok(Some(json!([]))));
+        assert_eq!((DEFAULT.eval)(None, &[None]), Ok(None));
+        assert_eq!((DEFAULT.eval)(None, &[]), Ok(None));
+        let borrowed = json!({"a": 1});
+        assert_eq!((DEFAULT.eval)(None, &[Some(Cow::Borrowed(&borrowed))]), Ok(Some(borrowed.clone())));
+    }
+
+    #[test]
+    fn lookup_by_text_key() {
+        let table = json!({"1": "one", "1.5": "one and a half", "true": "yes", "": "empty", "x": null});
+        let call = |input: Value, fallback: Option<Value>| {
+            let mut args = owned(std::slice::from_ref(&table));
+            args.extend(fallback.map(|f| Some(Cow::Owned(f))));
+            (LOOKUP.eval)(Some(input), &args)
+        };
+        assert_eq!(call(json!(1), None), Ok(Some(json!("one"))));
+        assert_eq!(call(json!(1.0), None), Ok(Some(json!("one"))));
+        assert_eq!(call(json!("1"), None), Ok(Some(json!("one"))));
+        assert_eq!(call(json!(1.5), None), Ok(Some(json!("one and a half"))));
+        assert_eq!(call(json!(true), None), Ok(Some(json!("yes"))));
+        assert_eq!(call(json!(""), None), Ok(Some(json!("empty"))));
+        assert_eq!(call(json!("x"), Some(json!("fb"))), Ok(Some(json!(null))));
+        assert_eq!(call(json!("X"), None), Ok(None));
+        assert_eq!(call(json!("X"), Some(json!({"k": 1}))), Ok(Some(json!({"k": 1}))));
+        assert_eq!(call(json!(null), Some(json!("fb"))), Ok(None));
+        assert!(call(json!([1]), Some(json!("fb"))).is_err());
+        assert!(call(json!({}), None).is_err());
+        assert!((LOOKUP.eval)(Some(json!("a")), &owned(&[json!(["a"])])).is_err());
+        assert_eq!((LOOKUP.eval)(Some(json!("a")), &[]), Ok(None));
+    }
+
+    #[test]
+    fn lookup_tables_are_checked() {
+        assert!(check_table(&[Some(&json!({}))]).is_ok());
+        assert!(check_table(&[Some(&json!([]))]).is_err());
+        assert!(check_table(&[Some(&json!("a")), Some(&json!(1))]).is_err());
+    }
+}

@@ -1,0 +1,562 @@
+//! Text functions: case and whitespace, joining and rendering, and the identifier normalisation and hashing
+//! that the Conversions API's matching keys need (email, E.164 phone, SHA-256).
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use phonenumber::country::Id;
+use phonenumber::Mode;
+use serde_json::{Number, Value};
+use sha2::{Digest, Sha256};
+
+use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+
+const TEXTUAL: Ty = Ty::STRING.union(Ty::NUMBER);
+
+pub(super) const LOWERCASE: Function = Function {
+    name: "lowercase",
+    summary: "Converts text to lower case.",
+    input: Ty::STRING,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("\"Purchase\""), args: &[], output: Some("\"purchase\"") },
+        Example { input: Some("\"ÉTÉ\""), args: &[], output: Some("\"été\"") },
+        Example { input: None, args: &[], output: None },
+    ],
+    check_constants: None,
+    eval: lowercase,
+};
+
+pub(super) const UPPERCASE: Function = Function {
+    name: "uppercase",
+    summary: "Converts text to upper case.",
+    input: Ty::STRING,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("\"usd\""), args: &[], output: Some("\"USD\"") },
+        Example { input: Some("\"\""), args: &[], output: Some("\"\"") },
+        Example { input: Some("null"), args: &[], output: None },
+    ],
+    check_constants: None,
+    eval: uppercase,
+};
+
+pub(super) const TRIM: Function = Function {
+    name: "trim",
+    summary: "Removes whitespace from both ends of text.",
+    input: Ty::STRING,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("\"  order-123\\n\""), args: &[], output: Some("\"order-123\"") },
+        Example { input: Some("\"abc\""), args: &[], output: Some("\"abc\"") },
+    ],
+    check_constants: None,
+    eval: trim,
+};
+
+pub(super) const CONCAT: Function = Function {
+    name: "concat",
+    summary: "Joins the input and the arguments into one text, skipping any that are missing or null.",
+    input: TEXTUAL,
+    params: &[Param {
+        name: "parts",
+        ty: TEXTUAL,
+        optional: true,
+        constant: false,
+        doc: "Texts or numbers appended in order, without a separator.",
+    }],
+    variadic: true,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("\"order-\""), args: &["123"], output: Some("\"order-123\"") },
+        Example { input: Some("\"a\""), args: &["\"-\"", "2.5", "null", "\"b\""], output: Some("\"a-2.5b\"") },
+        Example { input: None, args: &["\"x\""], output: Some("\"x\"") },
+        Example { input: None, args: &["null"], output: None },
+    ],
+    check_constants: None,
+    eval: concat,
+};
+
+pub(super) const TO_STRING: Function = Function {
+    name: "to_string",
+    summary: "Renders a number or boolean as text; integers have no \".0\".",
+    input: Ty::SCALAR,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("42"), args: &[], output: Some("\"42\"") },
+        Example { input: Some("42.0"), args: &[], output: Some("\"42\"") },
+        Example { input: Some("129.99"), args: &[], output: Some("\"129.99\"") },
+        Example { input: Some("true"), args: &[], output: Some("\"true\"") },
+        Example { input: Some("\"as is\""), args: &[], output: Some("\"as is\"") },
+    ],
+    check_constants: None,
+    eval: to_string,
+};
+
+pub(super) const SHA256: Function = Function {
+    name: "sha256",
+    summary:
+        "Hashes text with SHA-256 as lowercase hex; a value that already is a SHA-256 hex digest passes unchanged.",
+    input: TEXTUAL,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Hashes,
+    source_input: None,
+    examples: &[
+        Example {
+            input: Some("\"user@example.com\""),
+            args: &[],
+            output: Some("\"b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514\""),
+        },
+        Example {
+            input: Some("\"B4C9A289323B21A01C3E940F150EB9B8C542587F1ABFD8F0E1CC1FFC5E475514\""),
+            args: &[],
+            output: Some("\"b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514\""),
+        },
+        Example { input: Some("\"\""), args: &[], output: None },
+    ],
+    check_constants: None,
+    eval: sha256,
+};
+
+pub(super) const NORMALIZE_EMAIL: Function = Function {
+    name: "normalize_email",
+    summary: "Trims and lower-cases an email address for matching; an already hashed value passes unchanged.",
+    input: Ty::STRING,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("\"  User@Example.COM\\t\""), args: &[], output: Some("\"user@example.com\"") },
+        Example {
+            input: Some("\"b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514\""),
+            args: &[],
+            output: Some("\"b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514\""),
+        },
+        Example { input: Some("\"   \""), args: &[], output: None },
+        Example { input: Some("\"not an email\""), args: &[], output: None },
+    ],
+    check_constants: None,
+    eval: normalize_email,
+};
+
+pub(super) const E164: Function = Function {
+    name: "e164",
+    summary: "Normalises a phone number to E.164 (+447700900123); an already hashed value passes unchanged.",
+    input: TEXTUAL,
+    params: &[Param {
+        name: "default_region",
+        ty: Ty::STRING,
+        optional: false,
+        constant: true,
+        doc: "The two-letter region (\"US\", \"GB\") assumed for numbers written without a country code.",
+    }],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example { input: Some("\"+44 7700 900123\""), args: &["\"US\""], output: Some("\"+447700900123\"") },
+        Example { input: Some("\"(415) 555-0132\""), args: &["\"US\""], output: Some("\"+14155550132\"") },
+        Example { input: Some("\"07700 900123\""), args: &["\"GB\""], output: Some("\"+447700900123\"") },
+        Example { input: Some("\"call me\""), args: &["\"US\""], output: None },
+        Example { input: Some("\"\""), args: &["\"US\""], output: None },
+    ],
+    check_constants: Some(check_region),
+    eval: e164,
+};
+
+/// The input as text, or the note for a present non-text input.
+fn text_input(input: Option<Value>) -> Result<Option<String>, String> {
+    match present(input) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("expected a string, got {}", kind(&other))),
+    }
+}
+
+/// A number as an analyst would write it: no ".0" on whole numbers, no exponent, the shortest digits that
+/// read back as the same number.
+pub(crate) fn render_number(n: &Number) -> String {
+    match n.as_f64() {
+        Some(f) if !n.is_i64() && !n.is_u64() => {
+            if f == 0.0 {
+                // Avoids "-0", which no source means.
+                "0".to_string()
+            } else {
+                f.to_string()
+            }
+        }
+        _ => n.to_string(),
+    }
+}
+
+/// A scalar as text; `None` for arrays and objects, which have no single text form.
+pub(crate) fn render(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(render_number(n)),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// Whether text already is a SHA-256 hex digest, as when a source hashes identifiers itself: hashing it again
+/// would break matching.
+pub(crate) fn is_hashed(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn lowercase(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    Ok(text_input(input)?.map(|s| Value::String(s.to_lowercase())))
+}
+
+fn uppercase(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    Ok(text_input(input)?.map(|s| Value::String(s.to_uppercase())))
+}
+
+fn trim(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    Ok(text_input(input)?.map(|s| Value::String(s.trim().to_string())))
+}
+
+fn concat(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+    let input = present(input);
+    let parts = input.iter().chain((0..args.len()).filter_map(|i| arg(args, i)));
+    let mut joined: Option<String> = None;
+    for part in parts {
+        let text = render(part).ok_or_else(|| format!("cannot join {}", kind(part)))?;
+        joined.get_or_insert_with(String::new).push_str(&text);
+    }
+    Ok(joined.map(Value::String))
+}
+
+fn to_string(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    match present(input) {
+        None => Ok(None),
+        Some(value) => render(&value)
+            .map(|s| Some(Value::String(s)))
+            .ok_or_else(|| format!("expected a string, number or boolean, got {}", kind(&value))),
+    }
+}
+
+fn sha256(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    let text = match present(input) {
+        None => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) => render_number(&n),
+        Some(other) => return Err(format!("expected a string or number, got {}", kind(&other))),
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if is_hashed(&text) {
+        return Ok(Some(Value::String(text.to_ascii_lowercase())));
+    }
+    Ok(Some(Value::String(hex(&Sha256::digest(text.as_bytes())))))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Characters pasted around identifiers that are not Unicode whitespace yet never belong to one.
+fn is_padding(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+fn normalize_email(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    let Some(text) = text_input(input)? else {
+        return Ok(None);
+    };
+    let email = text.trim_matches(is_padding).to_lowercase();
+    if email.is_empty() {
+        return Ok(None);
+    }
+    if is_hashed(&email) {
+        return Ok(Some(Value::String(email)));
+    }
+    // The notes never quote the address: it is personal data.
+    match email.split_once('@') {
+        None => Err("not an email address (no @)".to_string()),
+        Some((local, domain)) if local.is_empty() || domain.is_empty() => {
+            Err("not an email address (nothing before or after the @)".to_string())
+        }
+        Some(_) => Ok(Some(Value::String(email))),
+    }
+}
+
+/// The region a code names, if the phone metadata knows it: parsing with a region that has no metadata would
+/// panic inside the phonenumber crate.
+fn region(code: &str) -> Option<Id> {
+    let id = Id::from_str(&code.trim().to_ascii_uppercase()).ok()?;
+    phonenumber::metadata::DATABASE.by_id(id.as_ref()).map(|_| id)
+}
+
+fn e164(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+    let text = match present(input) {
+        None => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) => render_number(&n),
+        Some(other) => return Err(format!("expected a string or number, got {}", kind(&other))),
+    };
+    let text = text.trim_matches(is_padding);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if is_hashed(text) {
+        return Ok(Some(Value::String(text.to_ascii_lowercase())));
+    }
+    let region = match arg(args, 0) {
+        None => None,
+        Some(Value::String(code)) => Some(region(code).ok_or_else(|| unknown_region(code))?),
+        Some(other) => return Err(format!("expected a region code, got {}", kind(other))),
+    };
+    // Event data is untrusted and the phonenumber crate has panicked on malformed input before; a phone
+    // number is never worth taking the pipeline down.
+    let parsed = std::panic::catch_unwind(|| phonenumber::parse(region, text));
+    // The note never quotes the number: it is personal data.
+    let not_a_phone = || "not a phone number".to_string();
+    let number = parsed.map_err(|_| not_a_phone())?.map_err(|_| not_a_phone())?;
+    let mut out = String::new();
+    // The formatter fails (and `to_string` would panic) for a country code it has no metadata for.
+    write!(out, "{}", number.format().mode(Mode::E164)).map_err(|_| not_a_phone())?;
+    Ok(Some(Value::String(out)))
+}
+
+fn unknown_region(code: &str) -> String {
+    format!("unknown region {}: expected a two-letter code such as \"US\"", super::quoted(code))
+}
+
+fn check_region(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
+    match constant(args, 0) {
+        None => Ok(()),
+        Some(Value::String(code)) => region(code).map(|_| ()).ok_or_else(|| (0, unknown_region(code))),
+        Some(other) => Err((0, format!("expected a region code, got {}", kind(other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn call(f: &Function, input: Value, args: &[Value]) -> Outcome {
+        let args: Vec<Arg<'_>> = args.iter().map(|a| Some(Cow::Borrowed(a))).collect();
+        (f.eval)(Some(input), &args)
+    }
+
+    fn text(f: &Function, input: Value, args: &[Value]) -> String {
+        match call(f, input.clone(), args) {
+            Ok(Some(Value::String(s))) => s,
+            other => panic!("{}({input}, {args:?}) gave {other:?}", f.name),
+        }
+    }
+
+    #[test]
+    fn sha256_vectors() {
+        let digest = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+        assert_eq!(text(&SHA256, json!("user@example.com"), &[]), digest);
+        assert_eq!(text(&SHA256, json!(digest.to_uppercase()), &[]), digest);
+        assert_eq!(
+            text(&SHA256, json!("abc"), &[]),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(text(&SHA256, json!(123), &[]), text(&SHA256, json!("123"), &[]));
+        assert_eq!(text(&SHA256, json!(1.0), &[]), text(&SHA256, json!("1"), &[]));
+        // 63 hex characters are not a digest, so they are hashed.
+        assert_ne!(text(&SHA256, json!(&digest[1..]), &[]), &digest[1..]);
+        assert_eq!(call(&SHA256, json!(""), &[]), Ok(None));
+        assert_eq!((SHA256.eval)(None, &[]), Ok(None));
+        assert!(call(&SHA256, json!(true), &[]).is_err());
+        assert!(call(&SHA256, json!({"a": 1}), &[]).is_err());
+    }
+
+    #[test]
+    fn email_normalisation() {
+        assert_eq!(text(&NORMALIZE_EMAIL, json!("\u{feff}\n User@Example.com \u{3000}\r\n"), &[]), "user@example.com");
+        assert_eq!(call(&NORMALIZE_EMAIL, json!(" \t\n"), &[]), Ok(None));
+        let note = call(&NORMALIZE_EMAIL, json!("jane.doe.example.com"), &[]).unwrap_err();
+        assert_eq!(note, "not an email address (no @)");
+        assert!(!note.contains("jane"));
+        assert!(call(&NORMALIZE_EMAIL, json!("@example.com"), &[]).is_err());
+        assert!(call(&NORMALIZE_EMAIL, json!("jane@"), &[]).is_err());
+        assert_eq!(call(&NORMALIZE_EMAIL, json!(42), &[]), Err("expected a string, got a number".to_string()));
+        let hashed = "B4C9A289323B21A01C3E940F150EB9B8C542587F1ABFD8F0E1CC1FFC5E475514";
+        assert_eq!(text(&NORMALIZE_EMAIL, json!(hashed), &[]), hashed.to_lowercase());
+    }
+
+    #[test]
+    fn e164_vectors() {
+        let international = [
+            ("+44 7700 900123", "+447700900123"),
+            ("+1 (415) 555-0132", "+14155550132"),
+            ("+1-415-555-0132", "+14155550132"),
+            ("+1.415.555.0132", "+14155550132"),
+            ("+49 30 1234567", "+49301234567"),
+            ("+33 6-12-34-56-78", "+33612345678"),
+            ("+81 (3) 1234-5678", "+81312345678"),
+        ];
+        for (raw, expected) in international {
+            for region in ["US", "GB", "de"] {
+                assert_eq!(text(&E164, json!(raw), &[json!(region)]), expected, "{raw} {region}");
+            }
+        }
+        assert_eq!(text(&E164, json!("(415) 555-0132"), &[json!("US")]), "+14155550132");
+        assert_eq!(text(&E164, json!("07700 900123"), &[json!("GB")]), "+447700900123");
+        assert_eq!(text(&E164, json!(" 0044 7700 900123 "), &[json!("GB")]), "+447700900123");
+        assert_eq!(text(&E164, json!(14155550132u64), &[json!("US")]), "+14155550132");
+        assert_eq!(text(&E164, json!("+14155550132"), &[]), "+14155550132");
+    }
+
+    #[test]
+    fn e164_keeps_parseable_but_unassigned_numbers() {
+        // 555-0100 numbers are reserved for fiction, so they are not valid, yet they are still numbers.
+        assert_eq!(text(&E164, json!("+1 202 555 0100"), &[json!("US")]), "+12025550100");
+    }
+
+    #[test]
+    fn e164_refusals_do_not_quote_the_number() {
+        for raw in ["call me", "12", "+", "++--", "tel:", "#:2 22#:", "  2 22#:"] {
+            match call(&E164, json!(raw), &[json!("US")]) {
+                Err(note) => assert_eq!(note, "not a phone number", "{raw}"),
+                other => panic!("{raw} gave {other:?}"),
+            }
+        }
+        assert_eq!(call(&E164, json!(""), &[json!("US")]), Ok(None));
+        assert_eq!(call(&E164, json!("\u{200b} "), &[json!("US")]), Ok(None));
+        assert!(call(&E164, json!(true), &[json!("US")]).is_err());
+        assert!(call(&E164, json!("+14155550132"), &[json!("ZZ")]).is_err());
+        let hashed = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+        assert_eq!(text(&E164, json!(hashed), &[json!("US")]), hashed);
+    }
+
+    #[test]
+    fn e164_regions() {
+        assert!(check_region(&[Some(&json!("US"))]).is_ok());
+        assert!(check_region(&[Some(&json!("gb"))]).is_ok());
+        assert!(check_region(&[Some(&json!("USA"))]).is_err());
+        assert!(check_region(&[Some(&json!("ZZ"))]).is_err());
+        assert!(check_region(&[Some(&json!(1))]).is_err());
+        assert!(check_region(&[None]).is_ok());
+    }
+
+    #[test]
+    fn e164_never_panics() {
+        let mut inputs: Vec<String> = vec![
+            "0".into(),
+            "+0".into(),
+            "+999 1234567".into(),
+            "+1".into(),
+            "+80012345678".into(),
+            "+882 1234 5678".into(),
+            "+7 (999) 123-45-67 ext. 12".into(),
+            "tel:+1-415-555-0132;ext=12".into(),
+            "1-800-FLOWERS".into(),
+            "０３－１２３４－５６７８".into(),
+            "٠١٢٣٤٥٦٧٨٩".into(),
+            "+".repeat(100),
+            "9".repeat(1000),
+            "(((((".into(),
+            "x".into(),
+            "\u{0}".into(),
+        ];
+        for d in 0..10 {
+            inputs.push(format!("+{d}{d}{d} {d}"));
+            inputs.push(format!("{d}{d}#:{d}"));
+            inputs.push(format!("00{d}1234567890"));
+        }
+        for raw in &inputs {
+            for region in ["US", "GB", "CH", "AC", "001"] {
+                let _ = call(&E164, json!(raw), &[json!(region)]);
+            }
+        }
+    }
+
+    #[test]
+    fn rendering() {
+        assert_eq!(text(&TO_STRING, json!(12.0), &[]), "12");
+        assert_eq!(text(&TO_STRING, json!(-0.0), &[]), "0");
+        assert_eq!(text(&TO_STRING, json!(0.1), &[]), "0.1");
+        assert_eq!(text(&TO_STRING, json!(i64::MIN), &[]), i64::MIN.to_string());
+        assert_eq!(text(&TO_STRING, json!(u64::MAX), &[]), u64::MAX.to_string());
+        assert_eq!(text(&TO_STRING, json!(1e21), &[]), format!("1{}", "0".repeat(21)));
+        assert_eq!(text(&TO_STRING, json!(false), &[]), "false");
+        assert!(call(&TO_STRING, json!([]), &[]).is_err());
+        assert_eq!(call(&TO_STRING, json!(null), &[]), Ok(None));
+    }
+
+    #[test]
+    fn case_and_trim() {
+        assert_eq!(text(&LOWERCASE, json!("ÀB"), &[]), "àb");
+        assert_eq!(text(&UPPERCASE, json!("straße"), &[]), "STRASSE");
+        assert_eq!(text(&TRIM, json!("\u{a0} a b \t"), &[]), "a b");
+        for f in [&LOWERCASE, &UPPERCASE, &TRIM] {
+            assert_eq!(call(f, json!(1), &[]), Err("expected a string, got a number".to_string()));
+            assert!(call(f, json!([]), &[]).is_err());
+            assert_eq!((f.eval)(None, &[]), Ok(None));
+        }
+    }
+
+    #[test]
+    fn concat_skips_missing_parts() {
+        let args = [None, Some(Cow::Owned(json!("b"))), Some(Cow::Owned(json!(null))), Some(Cow::Owned(json!(3)))];
+        assert_eq!((CONCAT.eval)(Some(json!("a")), &args), Ok(Some(json!("ab3"))));
+        assert_eq!((CONCAT.eval)(None, &[None]), Ok(None));
+        assert_eq!((CONCAT.eval)(None, &[]), Ok(None));
+        assert_eq!(call(&CONCAT, json!(""), &[]), Ok(Some(json!(""))));
+        assert_eq!(call(&CONCAT, json!(1), &[json!(true)]), Ok(Some(json!("1true"))));
+        assert_eq!(call(&CONCAT, json!("a"), &[json!([1])]), Err("cannot join an array".to_string()));
+    }
+
+    #[test]
+    fn weird_inputs_never_panic() {
+        let weird = [
+            json!(null),
+            json!(true),
+            json!([]),
+            json!({"a": [1]}),
+            json!(1e300),
+            json!(-5e-324),
+            json!(u64::MAX),
+            json!("NaN"),
+            json!(""),
+            json!("\u{0}\u{10FFFF}"),
+        ];
+        for f in [&LOWERCASE, &UPPERCASE, &TRIM, &CONCAT, &TO_STRING, &SHA256, &NORMALIZE_EMAIL, &E164] {
+            for input in &weird {
+                for a in &weird {
+                    let _ = call(f, input.clone(), std::slice::from_ref(a));
+                }
+                let _ = call(f, input.clone(), &[]);
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! URL functions: reading one query parameter (such as the click id `oppref`) and cutting a URL down to its
+//! page address.
+
+use serde_json::Value;
+
+use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+
+pub(super) const URL_PARAM: Function = Function {
+    name: "url_param",
+    summary: "Reads one query parameter from a URL, decoded; nothing when it is absent or empty.",
+    input: Ty::STRING,
+    params: &[Param {
+        name: "name",
+        ty: Ty::STRING,
+        optional: false,
+        constant: true,
+        doc: "The parameter's name, matched exactly; the first parameter of that name counts.",
+    }],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example {
+            input: Some("\"https://shop.example/p?utm_source=ads&oppref=abc%2F123&x=1#top\""),
+            args: &["\"oppref\""],
+            output: Some("\"abc/123\""),
+        },
+        Example {
+            input: Some("\"https://shop.example/?q=red+shoes\""),
+            args: &["\"q\""],
+            output: Some("\"red shoes\""),
+        },
+        Example { input: Some("\"https://shop.example/?oppref=\""), args: &["\"oppref\""], output: None },
+        Example { input: Some("\"https://shop.example/p\""), args: &["\"oppref\""], output: None },
+    ],
+    check_constants: Some(check_name),
+    eval: url_param,
+};
+
+pub(super) const STRIP_QUERY: Function = Function {
+    name: "strip_query",
+    summary: "Removes the query and fragment from a URL, keeping the page address.",
+    input: Ty::STRING,
+    params: &[],
+    variadic: false,
+    output: Ty::STRING,
+    pii: Pii::Keeps,
+    source_input: None,
+    examples: &[
+        Example {
+            input: Some("\"https://example.com/a?b=1#c\""),
+            args: &[],
+            output: Some("\"https://example.com/a\""),
+        },
+        Example { input: Some("\"https://example.com/a#c?d\""), args: &[], output: Some("\"https://example.com/a\"") },
+        Example { input: Some("\"https://example.com/a\""), args: &[], output: Some("\"https://example.com/a\"") },
+    ],
+    check_constants: None,
+    eval: strip_query,
+};
+
+/// The query of a URL: after the first `?` and before the fragment. A `?` inside the fragment does not start a
+/// query.
+fn query(url: &str) -> Option<&str> {
+    let before_fragment = url.split('#').next().unwrap_or(url);
+    before_fragment.split_once('?').map(|(_, query)| query)
+}
+
+fn url_input(input: Option<Value>) -> Result<Option<String>, String> {
+    match present(input) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("expected a URL string, got {}", kind(&other))),
+    }
+}
+
+fn url_param(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+    let Some(url) = url_input(input)? else {
+        return Ok(None);
+    };
+    let name = match arg(args, 0) {
+        None => return Ok(None),
+        Some(Value::String(name)) => name,
+        Some(other) => return Err(format!("expected a parameter name, got {}", kind(other))),
+    };
+    let Some(query) = query(&url) else {
+        return Ok(None);
+    };
+    let value = form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .filter(|value| !value.is_empty());
+    Ok(value.map(Value::String))
+}
+
+fn strip_query(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+    let Some(mut url) = url_input(input)? else {
+        return Ok(None);
+    };
+    if let Some(end) = url.find(['?', '#']) {
+        url.truncate(end);
+    }
+    Ok(Some(Value::String(url)))
+}
+
+fn check_name(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
+    match constant(args, 0) {
+        Some(Value::String(name)) if name.is_empty() => Err((0, "the parameter name is empty".to_string())),
+        Some(Value::String(_)) | None => Ok(()),
+        Some(other) => Err((0, format!("expected a parameter name, got {}", kind(other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn param(url: &str, name: &str) -> Outcome {
+        (URL_PARAM.eval)(Some(json!(url)), &[Some(Cow::Owned(json!(name)))])
+    }
+
+    #[test]
+    fn finds_the_parameter_anywhere() {
+        for url in [
+            "https://s.example/?oppref=abc",
+            "https://s.example/?a=1&oppref=abc",
+            "https://s.example/?a=1&oppref=abc&b=2",
+            "https://s.example/?a=1&oppref=abc#frag",
+            "https://s.example/p?oppref=abc&oppref=second",
+            "/relative/path?x&oppref=abc",
+            "?oppref=abc",
+        ] {
+            assert_eq!(param(url, "oppref"), Ok(Some(json!("abc"))), "{url}");
+        }
+    }
+
+    #[test]
+    fn decodes_and_refuses_look_alikes() {
+        assert_eq!(param("https://s.example/?q=a%20b+c%26d", "q"), Ok(Some(json!("a b c&d"))));
+        assert_eq!(param("https://s.example/?q=%E2%82%AC", "q"), Ok(Some(json!("€"))));
+        assert_eq!(param("https://s.example/?q=%ZZ", "q"), Ok(Some(json!("%ZZ"))));
+        assert_eq!(param("https://s.example/?xoppref=abc", "oppref"), Ok(None));
+        assert_eq!(param("https://s.example/?OPPREF=abc", "oppref"), Ok(None));
+        assert_eq!(param("https://s.example/#?oppref=abc", "oppref"), Ok(None));
+        assert_eq!(param("https://s.example/?oppref", "oppref"), Ok(None));
+        assert_eq!(param("https://s.example/oppref=abc", "oppref"), Ok(None));
+        assert_eq!(param("", "oppref"), Ok(None));
+        assert_eq!((URL_PARAM.eval)(Some(json!("https://s.example/?a=1")), &[None]), Ok(None));
+        assert!((URL_PARAM.eval)(Some(json!(1)), &[Some(Cow::Owned(json!("a")))]).is_err());
+        assert!((URL_PARAM.eval)(Some(json!("?a=1")), &[Some(Cow::Owned(json!(1)))]).is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name(&[Some(&json!("oppref"))]).is_ok());
+        assert!(check_name(&[Some(&json!(""))]).is_err());
+        assert!(check_name(&[Some(&json!(["a"]))]).is_err());
+    }
+
+    #[test]
+    fn strips_query_and_fragment() {
+        let strip = |v: Value| (STRIP_QUERY.eval)(Some(v), &[]);
+        assert_eq!(strip(json!("https://example.com/a?b=1#c")), Ok(Some(json!("https://example.com/a"))));
+        assert_eq!(strip(json!("https://example.com/a#c")), Ok(Some(json!("https://example.com/a"))));
+        assert_eq!(strip(json!("?a")), Ok(Some(json!(""))));
+        assert_eq!(strip(json!("é?ü")), Ok(Some(json!("é"))));
+        assert_eq!(strip(json!(null)), Ok(None));
+        assert!(strip(json!({"href": "x"})).is_err());
+    }
+}

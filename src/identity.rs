@@ -1,0 +1,127 @@
+//! Identity memory: what the engine learned about a visitor from earlier events (hashed identifiers from an
+//! identify call, the `oppref` of the landing page), applied to the visitor's later events. The engine only
+//! talks to the [`IdentityStore`] trait; `engine run` keeps it in memory for one stream and the relay backs it
+//! with durable storage. Only values that already passed the mapping's checks are stored: hashed and normalised
+//! identifiers, never raw email or phone.
+
+use std::num::NonZeroUsize;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One remembered output field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RememberedField {
+    /// The output field, e.g. `user.email`.
+    pub field: String,
+    pub value: Value,
+    /// Event time (epoch ms) of the event that taught it.
+    pub seen_ms: i64,
+    /// Event time after which it no longer applies.
+    pub expires_ms: Option<i64>,
+}
+
+/// Everything remembered about one visitor key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub fields: Vec<RememberedField>,
+}
+
+impl Profile {
+    /// The freshest value of `field` still valid at `now_ms`.
+    pub fn get(&self, field: &str, now_ms: i64) -> Option<&RememberedField> {
+        self.fields
+            .iter()
+            .filter(|f| f.field == field && f.expires_ms.is_none_or(|e| now_ms <= e))
+            .max_by_key(|f| f.seen_ms)
+    }
+
+    /// Records `field`, replacing an older value; an out-of-order older event does not overwrite a newer one.
+    pub fn set(&mut self, new: RememberedField) {
+        match self.fields.iter_mut().find(|f| f.field == new.field) {
+            Some(existing) if existing.seen_ms <= new.seen_ms => *existing = new,
+            Some(_) => {}
+            None => self.fields.push(new),
+        }
+    }
+
+    /// Folds another profile of the same visitor into this one, keeping the freshest value of each field.
+    pub fn merge(&mut self, other: &Profile) {
+        for field in &other.fields {
+            self.set(field.clone());
+        }
+    }
+}
+
+/// Where identity memory lives. Keys are `anon:<anonymousId>` and `user:<userId>`.
+pub trait IdentityStore {
+    fn load(&mut self, key: &str) -> Option<Profile>;
+    fn store(&mut self, key: &str, profile: Profile);
+}
+
+/// Identity memory for one process, bounded: past `capacity` visitor keys the least recently seen is forgotten,
+/// so memory stays constant however long the stream.
+pub struct MemoryStore {
+    profiles: lru::LruCache<String, Profile>,
+}
+
+impl MemoryStore {
+    pub const DEFAULT_CAPACITY: usize = 200_000;
+
+    pub fn new(capacity: usize) -> Self {
+        MemoryStore { profiles: lru::LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("at least one")) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+impl IdentityStore for MemoryStore {
+    fn load(&mut self, key: &str) -> Option<Profile> {
+        self.profiles.get(key).cloned()
+    }
+
+    fn store(&mut self, key: &str, profile: Profile) {
+        self.profiles.put(key.to_string(), profile);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, value: &str, seen: i64, expires: Option<i64>) -> RememberedField {
+        RememberedField { field: name.into(), value: Value::from(value), seen_ms: seen, expires_ms: expires }
+    }
+
+    #[test]
+    fn keeps_the_freshest_value_and_honours_lifetimes() {
+        let mut profile = Profile::default();
+        profile.set(field("oppref", "new", 200, Some(300)));
+        profile.set(field("oppref", "old", 100, Some(200)));
+        assert_eq!(profile.get("oppref", 250).unwrap().value, "new");
+        assert!(profile.get("oppref", 301).is_none());
+    }
+
+    #[test]
+    fn memory_store_is_bounded() {
+        let mut store = MemoryStore::new(2);
+        for key in ["a", "b", "c"] {
+            store.store(key, Profile::default());
+        }
+        assert_eq!(store.len(), 2);
+        assert!(store.load("a").is_none());
+        assert!(store.load("c").is_some());
+    }
+}

@@ -1,0 +1,319 @@
+//! Reading an event: only the paths a plan uses. The compiler gathers every path the plan reads into a trie of
+//! object keys; reading an event walks the JSON once, captures the values at the trie's leaves into slots and
+//! skips everything else without building it, so the cost of an event grows with what the mapping reads, not
+//! with the size of the event.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::plan::Step;
+
+/// The trie of captured paths and where each path the plan reads ends up.
+#[derive(Debug, Default)]
+pub(crate) struct InputLayout {
+    root: Node,
+    slot_count: usize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: Vec<(String, Node)>,
+    capture: Option<usize>,
+}
+
+/// Collects the paths a plan reads while it is being compiled.
+#[derive(Debug, Default)]
+pub(crate) struct InputPaths {
+    paths: Vec<Vec<Step>>,
+}
+
+impl InputPaths {
+    /// Registers a path and returns its id for [`InputLayout::resolve`].
+    pub fn add(&mut self, path: Vec<Step>) -> usize {
+        if let Some(id) = self.paths.iter().position(|p| *p == path) {
+            return id;
+        }
+        self.paths.push(path);
+        self.paths.len() - 1
+    }
+
+    /// Builds the trie; returns the layout and, for each path id, its slot and the steps to take inside it.
+    /// A path that is a prefix of another is captured whole and the longer one is read from inside it.
+    pub fn build(self) -> (InputLayout, Vec<(usize, Vec<Step>)>) {
+        let key_prefix = |path: &[Step]| path.iter().take_while(|s| matches!(s, Step::Key(_))).count();
+        let mut order: Vec<usize> = (0..self.paths.len()).collect();
+        order.sort_by_key(|&i| key_prefix(&self.paths[i]));
+        let mut layout = InputLayout::default();
+        let mut resolved = vec![(0, Vec::new()); self.paths.len()];
+        for id in order {
+            let path = &self.paths[id];
+            let keys = key_prefix(path);
+            let mut node = &mut layout.root;
+            let mut depth = 0;
+            let mut captured = None;
+            while depth < keys {
+                if let Some(slot) = node.capture {
+                    captured = Some((slot, depth));
+                    break;
+                }
+                let Step::Key(key) = &path[depth] else { unreachable!("counted as a key") };
+                let position = match node.children.iter().position(|(k, _)| k == key) {
+                    Some(p) => p,
+                    None => {
+                        node.children.push((key.clone(), Node::default()));
+                        node.children.len() - 1
+                    }
+                };
+                node = &mut node.children[position].1;
+                depth += 1;
+            }
+            let (slot, depth) = match captured.or(node.capture.map(|slot| (slot, depth))) {
+                Some(found) => found,
+                None => {
+                    // Shorter paths were inserted first, so nothing below this node is captured yet.
+                    node.children.clear();
+                    node.capture = Some(layout.slot_count);
+                    layout.slot_count += 1;
+                    (layout.slot_count - 1, depth)
+                }
+            };
+            resolved[id] = (slot, path[depth..].to_vec());
+        }
+        (layout, resolved)
+    }
+}
+
+/// Why an input line is not an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError(pub String);
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+impl InputLayout {
+    pub fn slot_count(&self) -> usize {
+        self.slot_count
+    }
+
+    /// Reads the captured values of one JSON text.
+    pub fn read_str(&self, text: &str) -> Result<Vec<Option<Value>>, InputError> {
+        let mut slots = vec![None; self.slot_count];
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        RootSeed { node: &self.root, slots: &mut slots }
+            .deserialize(&mut deserializer)
+            .map_err(|e| InputError(format!("invalid JSON: {e}")))?;
+        deserializer.end().map_err(|e| InputError(format!("invalid JSON: {e}")))?;
+        Ok(slots)
+    }
+
+    /// Reads the captured values of an already parsed event.
+    pub fn read_value(&self, event: &Value) -> Result<Vec<Option<Value>>, InputError> {
+        if !event.is_object() {
+            return Err(InputError("an event must be a JSON object".to_string()));
+        }
+        let mut slots = vec![None; self.slot_count];
+        fn walk(node: &Node, value: &Value, slots: &mut [Option<Value>]) {
+            if let Some(slot) = node.capture {
+                slots[slot] = Some(value.clone());
+                return;
+            }
+            if let Value::Object(map) = value {
+                for (key, child) in &node.children {
+                    if let Some(v) = map.get(key) {
+                        walk(child, v, slots);
+                    }
+                }
+            }
+        }
+        walk(&self.root, event, &mut slots);
+        Ok(slots)
+    }
+}
+
+/// The top level must be an object; below it, anything goes.
+struct RootSeed<'a> {
+    node: &'a Node,
+    slots: &'a mut [Option<Value>],
+}
+
+impl<'de> DeserializeSeed<'de> for RootSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(NodeVisitor { node: self.node, slots: self.slots, root: true })
+    }
+}
+
+struct NodeSeed<'a> {
+    node: &'a Node,
+    slots: &'a mut [Option<Value>],
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        match self.node.capture {
+            Some(slot) => {
+                self.slots[slot] = Some(serde::Deserialize::deserialize(deserializer)?);
+                Ok(())
+            }
+            None => deserializer.deserialize_any(NodeVisitor { node: self.node, slots: self.slots, root: false }),
+        }
+    }
+}
+
+struct NodeVisitor<'a> {
+    node: &'a Node,
+    slots: &'a mut [Option<Value>],
+    root: bool,
+}
+
+impl NodeVisitor<'_> {
+    fn not_object<E: serde::de::Error>(&self, what: &str) -> Result<(), E> {
+        if self.root {
+            Err(E::custom(format!("an event must be a JSON object, found {what}")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for NodeVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(child) = map.next_key_seed(KeySeed { node: self.node })? {
+            match child {
+                Some(index) => {
+                    let node = &self.node.children[index].1;
+                    map.next_value_seed(NodeSeed { node, slots: self.slots })?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.not_object("an array")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.not_object("a string")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.not_object("a boolean")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.not_object("a number")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.not_object("a number")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.not_object("a number")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.not_object("null")
+    }
+}
+
+/// Matches an object key against a trie node's children without allocating.
+struct KeySeed<'a> {
+    node: &'a Node,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.node.children.iter().position(|(k, _)| k == key))
+    }
+}
+
+/// The value at `steps` inside `value`.
+pub(crate) fn walk<'v>(mut value: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+    for step in steps {
+        value = match (step, value) {
+            (Step::Key(key), Value::Object(map)) => map.get(key)?,
+            (Step::Index(index), Value::Array(items)) => items.get(*index)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> Step {
+        Step::Key(k.to_string())
+    }
+
+    #[test]
+    fn reads_only_the_used_paths_and_nests_longer_paths_in_shorter_ones() {
+        let mut paths = InputPaths::default();
+        let url = paths.add(vec![key("context"), key("page"), key("url")]);
+        let consent = paths.add(vec![key("context"), key("consent"), key("marketing")]);
+        let whole_consent = paths.add(vec![key("context"), key("consent")]);
+        let first_price = paths.add(vec![key("properties"), key("products"), Step::Index(0), key("price")]);
+        let (layout, resolved) = paths.build();
+        let slots = layout
+            .read_str(
+                r#"{"context":{"page":{"url":"u","title":"t"},"consent":{"marketing":true}},
+                   "properties":{"products":[{"price":1.5}],"other":[1,2,{"a":null}]},"extra":"x"}"#,
+            )
+            .unwrap();
+        let read = |id: usize| {
+            let (slot, rest) = &resolved[id];
+            slots[*slot].as_ref().and_then(|v| walk(v, rest)).cloned()
+        };
+        assert_eq!(read(url), Some(Value::from("u")));
+        assert_eq!(read(consent), Some(Value::from(true)));
+        assert_eq!(read(whole_consent), Some(serde_json::json!({"marketing": true})));
+        assert_eq!(read(first_price), Some(Value::from(1.5)));
+        assert_eq!(resolved[consent].0, resolved[whole_consent].0);
+    }
+
+    #[test]
+    fn rejects_non_objects_and_broken_json() {
+        let (layout, _) = InputPaths::default().build();
+        assert!(layout.read_str("[1,2]").unwrap_err().0.contains("JSON object"));
+        assert!(layout.read_str("{\"a\":").unwrap_err().0.contains("invalid JSON"));
+        assert!(layout.read_str("{} x").is_err());
+        assert!(layout.read_str("{\"a\": [1, {\"b\": 2}]}").is_ok());
+    }
+}

@@ -1,0 +1,20 @@
+//! signal-engine: compiles mappings from Signal analytics events to OpenAI Ads Conversions API events, and
+//! applies them.
+#![forbid(unsafe_code)]
+
+pub mod ast;
+pub mod compile;
+pub mod diagnostic;
+pub mod functions;
+pub mod identity;
+mod input;
+pub mod plan;
+pub mod presets;
+pub mod run;
+pub mod schema;
+pub mod source;
+pub mod syntax;
+
+pub use compile::{compile, CompileOptions, Compiled};
+pub use plan::Plan;
+pub use run::{Context, Outcome};

@@ -1,0 +1,162 @@
+//! The compiled transform plan: what the compiler produces and the runtime executes. Paths are resolved to
+//! input slots, functions are bound, targets are resolved to output slots laid out in the order OpenAI's schema
+//! lists them, and each route knows exactly which rules apply to it. Nothing here refers back to the syntax tree.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::functions::Function;
+use crate::input::InputLayout;
+use crate::schema::{FieldDef, TargetSchema};
+
+/// A compiled mapping, ready to apply to any number of events. Cheap to share between threads.
+#[derive(Debug)]
+pub struct Plan {
+    pub(crate) target: &'static TargetSchema,
+    pub(crate) input: InputLayout,
+    pub(crate) router: Router,
+    pub(crate) routes: Vec<PlanRoute>,
+    pub(crate) rules: Vec<PlanRule>,
+    /// Rules evaluated for identify events: those that produce remembered fields, and the timestamp.
+    pub(crate) identity_rules: Vec<usize>,
+    pub(crate) remembered: Vec<Remembered>,
+    pub(crate) output: Vec<LayoutNode>,
+    pub(crate) slot_count: usize,
+    pub(crate) slots: SpecialSlots,
+}
+
+/// Output slots the runtime itself reads or fills.
+#[derive(Debug, Default)]
+pub(crate) struct SpecialSlots {
+    pub event_type: usize,
+    pub custom_event_name: Option<usize>,
+    pub data_type: usize,
+    pub timestamp_ms: Option<usize>,
+    pub action_source: Option<usize>,
+}
+
+/// Which route a Signal event takes.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    pub named: HashMap<String, usize>,
+    pub page: Option<usize>,
+    pub screen: Option<usize>,
+    pub any_track: Option<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PlanRoute {
+    /// `"Order Completed" -> order_created`, for reports.
+    pub label: String,
+    pub event_type: String,
+    pub shape: String,
+    pub custom_event_name: Option<String>,
+    /// Rules that apply, in file order; a later rule's value replaces an earlier one's.
+    pub rules: Vec<usize>,
+    /// Output slots that must be present, with their field names.
+    pub required: Vec<Requirement>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Requirement {
+    pub slot: usize,
+    pub field: String,
+    /// Required only when another slot holds this string (`source_url` when `action_source` is `web`).
+    pub when: Option<(usize, String)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Remembered {
+    pub slot: usize,
+    pub field: String,
+    pub lifetime_ms: Option<i64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PlanRule {
+    pub target: RuleTarget,
+    pub target_name: String,
+    pub expr: Expr,
+    pub pipes: Vec<BoundCall>,
+    /// `file:line:col`, for warnings and rejections.
+    pub location: String,
+}
+
+#[derive(Debug)]
+pub(crate) enum RuleTarget {
+    /// A scalar output slot.
+    Slot(usize),
+    /// An array of objects: the source's elements each become one element, built by the element rules.
+    Elements { slot: usize, each: bool, rules: Vec<ElementRule> },
+}
+
+#[derive(Debug)]
+pub(crate) struct ElementRule {
+    /// Index into the element's fields (the layout's `items`).
+    pub field: usize,
+    pub target_name: String,
+    pub expr: Expr,
+    pub pipes: Vec<BoundCall>,
+    pub location: String,
+}
+
+#[derive(Debug)]
+pub(crate) enum Expr {
+    Const(Value),
+    /// A path into the event: a captured input slot, then steps inside it.
+    Input {
+        slot: usize,
+        rest: Vec<Step>,
+    },
+    /// A path into the current array element.
+    Element {
+        rest: Vec<Step>,
+    },
+    /// A function called as a source, reading its implicit input.
+    Call {
+        function: &'static Function,
+        input: Box<Expr>,
+        args: Vec<ArgExpr>,
+    },
+    /// The first present, non-null value.
+    Coalesce(Vec<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    Key(String),
+    Index(usize),
+}
+
+#[derive(Debug)]
+pub(crate) enum ArgExpr {
+    Const(Value),
+    Dynamic(Expr),
+}
+
+#[derive(Debug)]
+pub(crate) struct BoundCall {
+    pub function: &'static Function,
+    pub args: Vec<ArgExpr>,
+}
+
+/// The shape of the output event, in the schema's field order.
+#[derive(Debug)]
+pub(crate) enum LayoutNode {
+    Leaf { key: String, path: String, slot: usize, def: FieldDef },
+    Object { key: String, children: Vec<LayoutNode> },
+    Elements { key: String, path: String, slot: usize, def: FieldDef, items: Vec<FieldDef> },
+}
+
+impl Plan {
+    /// The target schema this plan writes.
+    pub fn target_schema(&self) -> &'static TargetSchema {
+        self.target
+    }
+
+    /// The OpenAI event types this plan can produce, with the Signal events routed to each.
+    pub fn routes(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| r.label.as_str())
+    }
+}

@@ -1,0 +1,680 @@
+//! Running a plan on one event: route it, evaluate the rules that apply, consult and feed identity memory,
+//! validate the result against the target schema (including the timestamp window around the caller's `now`)
+//! and write the OpenAI event as JSON. Synchronous and free of I/O; no input panics it.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::functions::{Arg, Ty};
+use crate::identity::{IdentityStore, Profile, RememberedField};
+use crate::input::walk;
+use crate::plan::*;
+use crate::schema::{FieldDef, Format};
+
+/// How far back and ahead of `now` OpenAI accepts `timestamp_ms`.
+pub const WINDOW_PAST_MS: i64 = 7 * 24 * 3_600_000;
+pub const WINDOW_FUTURE_MS: i64 = 10 * 60_000;
+
+/// What applying a plan needs besides the event.
+pub struct Context<'a> {
+    /// The time the timestamp window is checked against, epoch ms.
+    pub now_ms: i64,
+    /// Identity memory, or `None` to map each event alone.
+    pub identity: Option<&'a mut dyn IdentityStore>,
+}
+
+impl<'a> Context<'a> {
+    pub fn stateless(now_ms: i64) -> Self {
+        Context { now_ms, identity: None }
+    }
+
+    pub fn with_identity(now_ms: i64, identity: &'a mut dyn IdentityStore) -> Self {
+        Context { now_ms, identity: Some(identity) }
+    }
+}
+
+/// The result of applying a plan to one event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Mapped(Mapped),
+    Dropped(Dropped),
+    Rejected(Rejected),
+}
+
+/// An OpenAI event, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapped {
+    pub event_type: String,
+    /// The event as compact JSON, fields in the schema's order.
+    pub json: String,
+    pub warnings: Vec<Warning>,
+}
+
+/// An event that produces no output by design.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Dropped {
+    pub reason: DropReason,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// No route takes this event.
+    Unmapped,
+    /// An identify event: it fed identity memory and produces no conversion.
+    Identify,
+}
+
+/// An event that cannot become a valid OpenAI event, with the field and rule responsible.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rejected {
+    pub reason: RejectReason,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `file:line:col` of the rule responsible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The input is not a JSON object.
+    InvalidInput,
+    /// A field OpenAI requires was not produced.
+    MissingRequiredField,
+    /// A produced value breaks the target schema (type, format, allowed values).
+    InvalidField,
+    /// `timestamp_ms` is outside the window OpenAI accepts.
+    TimestampOutOfWindow,
+}
+
+/// A rule that produced nothing although its source was there, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Warning {
+    pub field: String,
+    pub rule: String,
+    pub message: String,
+}
+
+enum Out {
+    Value(Value),
+    Elements(Vec<Vec<Option<Value>>>),
+}
+
+struct State<'p> {
+    input: Vec<Option<Value>>,
+    out: Vec<Option<Out>>,
+    /// Which rule last wrote each slot, to name it in rejections.
+    writer: Vec<Option<&'p str>>,
+    warnings: Vec<Warning>,
+}
+
+impl Plan {
+    /// Applies the plan to one event given as JSON text; reads only the paths the plan uses.
+    pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
+        match self.input.read_str(event) {
+            Ok(input) => self.apply_input(input, context),
+            Err(error) => invalid_input(error.0),
+        }
+    }
+
+    /// Applies the plan to one parsed event.
+    pub fn apply(&self, event: &Value, context: &mut Context<'_>) -> Outcome {
+        match self.input.read_value(event) {
+            Ok(input) => self.apply_input(input, context),
+            Err(error) => invalid_input(error.0),
+        }
+    }
+
+    fn apply_input(&self, input: Vec<Option<Value>>, context: &mut Context<'_>) -> Outcome {
+        let mut state = State {
+            input,
+            out: (0..self.slot_count).map(|_| None).collect(),
+            writer: vec![None; self.slot_count],
+            warnings: Vec::new(),
+        };
+        // Slots 0-3 hold `type`, `event`, `anonymousId`, `userId` (registered first by the compiler).
+        let kind = state.input[0].as_ref().and_then(Value::as_str).unwrap_or_default().to_string();
+        let route = match kind.as_str() {
+            "track" => match state.input[1].as_ref().and_then(Value::as_str) {
+                Some(name) => self.router.named.get(name).copied().or(self.router.any_track),
+                None => None,
+            },
+            "page" => self.router.page,
+            "screen" => self.router.screen,
+            "identify" => return self.identify(&mut state, context),
+            _ => None,
+        };
+        let Some(route_index) = route else {
+            let what = match (kind.as_str(), state.input[1].as_ref().and_then(Value::as_str)) {
+                ("", _) => "an event without `type`".to_string(),
+                ("track", Some(name)) => format!("track event {name:?}"),
+                ("track", None) => "a track event without `event` name".to_string(),
+                (other, _) => format!("`{other}` event"),
+            };
+            return Outcome::Dropped(Dropped { reason: DropReason::Unmapped, message: format!("no route for {what}") });
+        };
+        let route = &self.routes[route_index];
+        for &rule in &route.rules {
+            self.run_rule(&self.rules[rule], &mut state);
+        }
+        self.set(&mut state, self.slots.event_type, Value::from(route.event_type.clone()));
+        self.set(&mut state, self.slots.data_type, Value::from(route.shape.clone()));
+        if let (Some(slot), Some(name)) = (self.slots.custom_event_name, &route.custom_event_name) {
+            self.set(&mut state, slot, Value::from(name.clone()));
+        }
+        let event_ms = self.event_time(&state, context.now_ms);
+        if let Some(store) = context.identity.as_deref_mut() {
+            self.recall_and_remember(&mut state, store, event_ms);
+        }
+        if let Some(rejected) = self.validate(route, &mut state, context.now_ms) {
+            return Outcome::Rejected(rejected);
+        }
+        let mut json = String::with_capacity(512);
+        write_object(&self.output, &state.out, &mut json);
+        Outcome::Mapped(Mapped { event_type: route.event_type.clone(), json, warnings: state.warnings })
+    }
+
+    fn set(&self, state: &mut State<'_>, slot: usize, value: Value) {
+        state.out[slot] = Some(Out::Value(value));
+    }
+
+    fn event_time(&self, state: &State<'_>, now_ms: i64) -> i64 {
+        self.slots
+            .timestamp_ms
+            .and_then(|slot| match &state.out[slot] {
+                Some(Out::Value(v)) => v.as_i64(),
+                _ => None,
+            })
+            .unwrap_or(now_ms)
+    }
+
+    fn identify<'p>(&'p self, state: &mut State<'p>, context: &mut Context<'_>) -> Outcome {
+        for &rule in &self.identity_rules {
+            self.run_rule(&self.rules[rule], state);
+        }
+        let event_ms = self.event_time(state, context.now_ms);
+        let mut learned = 0;
+        if let Some(store) = context.identity.as_deref_mut() {
+            learned = self.recall_and_remember(state, store, event_ms);
+        }
+        Outcome::Dropped(Dropped {
+            reason: DropReason::Identify,
+            message: format!("identify: {learned} identity field(s) remembered"),
+        })
+    }
+
+    /// Fills remembered fields the event lacks and remembers those it has; returns how many it taught.
+    fn recall_and_remember(&self, state: &mut State<'_>, store: &mut dyn IdentityStore, event_ms: i64) -> usize {
+        if self.remembered.is_empty() {
+            return 0;
+        }
+        let mut keys = Vec::with_capacity(2);
+        if let Some(anonymous) = state.input[2].as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            keys.push(format!("anon:{anonymous}"));
+        }
+        if let Some(user) = state.input[3].as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            keys.push(format!("user:{user}"));
+        }
+        if keys.is_empty() {
+            return 0;
+        }
+        let mut profile = Profile::default();
+        for key in &keys {
+            if let Some(stored) = store.load(key) {
+                profile.merge(&stored);
+            }
+        }
+        let before = profile.clone();
+        let mut learned = 0;
+        for remembered in &self.remembered {
+            match &state.out[remembered.slot] {
+                Some(Out::Value(value)) => {
+                    let def = self.leaf_def(remembered.slot);
+                    if def.is_some_and(|d| check_value(d, value, 0).is_err()) {
+                        continue;
+                    }
+                    profile.set(RememberedField {
+                        field: remembered.field.clone(),
+                        value: value.clone(),
+                        seen_ms: event_ms,
+                        expires_ms: remembered.lifetime_ms.map(|l| event_ms.saturating_add(l)),
+                    });
+                    learned += 1;
+                }
+                Some(Out::Elements(_)) => {}
+                None => {
+                    if let Some(field) = profile.get(&remembered.field, event_ms) {
+                        state.out[remembered.slot] = Some(Out::Value(field.value.clone()));
+                    }
+                }
+            }
+        }
+        if profile != before || keys.len() > 1 {
+            for key in &keys {
+                store.store(key, profile.clone());
+            }
+        }
+        learned
+    }
+
+    fn leaf_def(&self, slot: usize) -> Option<&FieldDef> {
+        fn find(nodes: &[LayoutNode], slot: usize) -> Option<&FieldDef> {
+            nodes.iter().find_map(|node| match node {
+                LayoutNode::Leaf { slot: s, def, .. } if *s == slot => Some(def),
+                LayoutNode::Object { children, .. } => find(children, slot),
+                _ => None,
+            })
+        }
+        find(&self.output, slot)
+    }
+
+    fn run_rule<'p>(&'p self, rule: &'p PlanRule, state: &mut State<'p>) {
+        match &rule.target {
+            RuleTarget::Slot(slot) => {
+                let value = evaluate(&rule.expr, &rule.pipes, &state.input, None);
+                match value {
+                    Ok(Some(value)) if !value.is_null() => {
+                        state.out[*slot] = Some(Out::Value(value));
+                        state.writer[*slot] = Some(&rule.location);
+                    }
+                    Ok(_) => {}
+                    Err(message) => state.warnings.push(Warning {
+                        field: rule.target_name.clone(),
+                        rule: rule.location.clone(),
+                        message,
+                    }),
+                }
+            }
+            RuleTarget::Elements { slot, each, rules } => {
+                let source = match eval_expr(&rule.expr, &state.input, None) {
+                    Ok(Some(value)) => value,
+                    _ => return,
+                };
+                let elements: Vec<&Value> = match (&source, each) {
+                    (Value::Array(items), true) => items.iter().collect(),
+                    (Value::Null, _) => return,
+                    (value, false) => vec![value],
+                    (other, true) => {
+                        state.warnings.push(Warning {
+                            field: rule.target_name.clone(),
+                            rule: rule.location.clone(),
+                            message: format!("expected an array, got {}", crate::functions::kind(other)),
+                        });
+                        return;
+                    }
+                };
+                let width = rules.iter().map(|r| r.field + 1).max().unwrap_or(0);
+                let mut built = Vec::with_capacity(elements.len());
+                for element in elements {
+                    let mut fields: Vec<Option<Value>> = vec![None; width];
+                    for element_rule in rules {
+                        match evaluate(&element_rule.expr, &element_rule.pipes, &state.input, Some(element)) {
+                            Ok(Some(value)) if !value.is_null() => fields[element_rule.field] = Some(value),
+                            Ok(_) => {}
+                            Err(message) => state.warnings.push(Warning {
+                                field: element_rule.target_name.clone(),
+                                rule: element_rule.location.clone(),
+                                message,
+                            }),
+                        }
+                    }
+                    if fields.iter().any(Option::is_some) {
+                        built.push(fields);
+                    }
+                }
+                if !built.is_empty() {
+                    state.out[*slot] = Some(Out::Elements(built));
+                    state.writer[*slot] = Some(&rule.location);
+                }
+            }
+        }
+    }
+
+    /// Checks every produced field against the schema and the route's required fields.
+    fn validate(&self, route: &PlanRoute, state: &mut State<'_>, now_ms: i64) -> Option<Rejected> {
+        for requirement in &route.required {
+            if state.out[requirement.slot].is_some() {
+                continue;
+            }
+            if let Some((when_slot, value)) = &requirement.when {
+                let holds = matches!(&state.out[*when_slot], Some(Out::Value(Value::String(s))) if s == value);
+                if !holds {
+                    continue;
+                }
+            }
+            let warning = state.warnings.iter().find(|w| w.field == requirement.field);
+            let rule = warning.map(|w| w.rule.clone()).or_else(|| self.writer_of(route, &requirement.field));
+            let message = match warning {
+                Some(w) => format!("`{}` is required, but its rule produced nothing: {}", requirement.field, w.message),
+                None => format!("`{}` is required, but the event has no value for it", requirement.field),
+            };
+            return Some(self.reject(state, RejectReason::MissingRequiredField, message, &requirement.field, rule));
+        }
+        self.validate_nodes(&self.output, state, now_ms, None)
+    }
+
+    fn validate_nodes(
+        &self,
+        nodes: &[LayoutNode],
+        state: &mut State<'_>,
+        now_ms: i64,
+        parent: Option<&[LayoutNode]>,
+    ) -> Option<Rejected> {
+        for node in nodes {
+            match node {
+                LayoutNode::Object { children, .. } => {
+                    if let Some(rejected) = self.validate_nodes(children, state, now_ms, Some(children)) {
+                        return Some(rejected);
+                    }
+                }
+                LayoutNode::Leaf { path, slot, def, .. } => {
+                    let Some(Out::Value(value)) = &mut state.out[*slot] else { continue };
+                    normalise_integer(def, value);
+                    if let Err((reason, message)) = check_value(def, value, now_ms) {
+                        let rule = state.writer[*slot].map(str::to_string);
+                        return Some(self.reject(state, reason, message, path, rule));
+                    }
+                    if let Some(needed) = &def.requires {
+                        let siblings = parent.unwrap_or(nodes);
+                        if !sibling_present(siblings, needed, state) {
+                            let rule = state.writer[*slot].map(str::to_string);
+                            let message =
+                                format!("`{path}` is present without `{needed}`, which OpenAI requires with it");
+                            return Some(self.reject(state, RejectReason::MissingRequiredField, message, path, rule));
+                        }
+                    }
+                }
+                LayoutNode::Elements { path, slot, def, items, .. } => {
+                    let event_currency = sibling_present(parent.unwrap_or(nodes), "currency", state);
+                    let Some(Out::Elements(elements)) = &mut state.out[*slot] else { continue };
+                    let mut problem = None;
+                    if def.max_items.is_some_and(|max| elements.len() > max) {
+                        problem = Some((
+                            RejectReason::InvalidField,
+                            format!(
+                                "`{path}` has {} elements, more than {}",
+                                elements.len(),
+                                def.max_items.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    let own_currency = items.iter().position(|i| i.name == "currency");
+                    'elements: for (index, element) in elements.iter_mut().enumerate() {
+                        let has_own = own_currency.is_some_and(|c| element.get(c).is_some_and(Option::is_some));
+                        for (field, value) in element.iter_mut().enumerate() {
+                            let (Some(value), Some(item)) = (value.as_mut(), items.get(field)) else { continue };
+                            normalise_integer(item, value);
+                            if let Err((reason, message)) = check_value(item, value, now_ms) {
+                                problem = Some((reason, format!("element {index}: {message}")));
+                                break 'elements;
+                            }
+                            if item.requires.as_deref() == Some("currency") && !event_currency {
+                                if !has_own {
+                                    problem = Some((
+                                        RejectReason::MissingRequiredField,
+                                        format!("element {index}: `{}` is present without a currency", item.name),
+                                    ));
+                                    break 'elements;
+                                }
+                            }
+                        }
+                    }
+                    if let Some((reason, message)) = problem {
+                        let rule = state.writer[*slot].map(str::to_string);
+                        return Some(self.reject(state, reason, message, path, rule));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn writer_of(&self, route: &PlanRoute, field: &str) -> Option<String> {
+        route.rules.iter().rev().map(|&r| &self.rules[r]).find(|r| r.target_name == field).map(|r| r.location.clone())
+    }
+
+    fn reject(
+        &self,
+        state: &mut State<'_>,
+        reason: RejectReason,
+        message: String,
+        field: &str,
+        rule: Option<String>,
+    ) -> Rejected {
+        Rejected {
+            reason,
+            message,
+            field: Some(field.to_string()),
+            rule,
+            warnings: std::mem::take(&mut state.warnings),
+        }
+    }
+}
+
+fn invalid_input(message: String) -> Outcome {
+    Outcome::Rejected(Rejected {
+        reason: RejectReason::InvalidInput,
+        message,
+        field: None,
+        rule: None,
+        warnings: Vec::new(),
+    })
+}
+
+fn sibling_present(nodes: &[LayoutNode], name: &str, state: &State<'_>) -> bool {
+    nodes.iter().any(|n| match n {
+        LayoutNode::Leaf { key, slot, .. } => key == name && state.out[*slot].is_some(),
+        _ => false,
+    })
+}
+
+/// Integer fields get integers: 12999.0 from arithmetic is written as 12999.
+fn normalise_integer(def: &FieldDef, value: &mut Value) {
+    if def.ty != Ty::INTEGER {
+        return;
+    }
+    if let Some(f) = value.as_f64().filter(|_| !value.is_i64() && !value.is_u64()) {
+        if f.fract() == 0.0 && f.abs() < 9.0e15 {
+            *value = Value::from(f as i64);
+        }
+    }
+}
+
+/// Checks one value against its field definition.
+fn check_value(def: &FieldDef, value: &Value, now_ms: i64) -> Result<(), (RejectReason, String)> {
+    let invalid = |message: String| Err((RejectReason::InvalidField, message));
+    let kind = Ty::of(value);
+    if !def.ty.contains(kind) {
+        return invalid(format!("`{}` must be a {}, got {}", def.name, def.type_name, crate::functions::kind(value)));
+    }
+    if let Value::String(text) = value {
+        if def.non_empty && text.trim().is_empty() {
+            return invalid(format!("`{}` must not be empty", def.name));
+        }
+        if def.max_length.is_some_and(|max| text.chars().count() > max) {
+            return invalid(format!("`{}` is longer than {} characters", def.name, def.max_length.unwrap_or_default()));
+        }
+        if let Some(allowed) = &def.enum_values {
+            if !allowed.iter().any(|a| a == text) {
+                return invalid(format!("`{}` must be one of {}, got {:?}", def.name, allowed.join(", "), text));
+            }
+        }
+        match def.format {
+            Some(Format::Sha256) if !is_sha256(text) => {
+                return invalid(format!("`{}` must be a SHA-256 hash (64 lowercase hex characters)", def.name));
+            }
+            Some(Format::Iso4217)
+                if !(text.len() == 3
+                    && text.chars().all(|c| c.is_ascii_uppercase())
+                    && iso_currency::Currency::from_code(text).is_some()) =>
+            {
+                return invalid(format!("`{}` must be an ISO 4217 currency code, got {:?}", def.name, text));
+            }
+            Some(Format::Iso3166Alpha2) if !(text.len() == 2 && text.chars().all(|c| c.is_ascii_uppercase())) => {
+                return invalid(format!("`{}` must be an ISO 3166-1 alpha-2 country code, got {:?}", def.name, text));
+            }
+            Some(Format::Url) if !is_url(text) => {
+                return invalid(format!("`{}` must be an absolute http(s) URL", def.name));
+            }
+            _ => {}
+        }
+    }
+    if def.format == Some(Format::TimestampWindow) {
+        if let Some(ms) = value.as_i64() {
+            if ms < now_ms - WINDOW_PAST_MS || ms > now_ms + WINDOW_FUTURE_MS {
+                let at =
+                    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string());
+                let now = jiff::Timestamp::from_millisecond(now_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| now_ms.to_string());
+                return Err((
+                    RejectReason::TimestampOutOfWindow,
+                    format!(
+                        "`{}` {at} is outside the accepted window (7 days before to 10 minutes after {now})",
+                        def.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn is_url(text: &str) -> bool {
+    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+/// Evaluates a source and its pipes. `Err` carries the note of the function that gave up.
+fn evaluate(
+    expr: &Expr,
+    pipes: &[BoundCall],
+    input: &[Option<Value>],
+    element: Option<&Value>,
+) -> Result<Option<Value>, String> {
+    let mut value = eval_expr(expr, input, element)?;
+    for pipe in pipes {
+        let args = eval_args(&pipe.args, input, element)?;
+        value = (pipe.function.eval)(value, &args).map_err(|note| format!("{}: {note}", pipe.function.name))?;
+    }
+    Ok(value)
+}
+
+fn eval_args<'p>(
+    args: &'p [ArgExpr],
+    input: &[Option<Value>],
+    element: Option<&Value>,
+) -> Result<Vec<Arg<'p>>, String> {
+    args.iter()
+        .map(|arg| match arg {
+            ArgExpr::Const(value) => Ok(Some(Cow::Borrowed(value))),
+            ArgExpr::Dynamic(expr) => Ok(eval_expr(expr, input, element)?.filter(|v| !v.is_null()).map(Cow::Owned)),
+        })
+        .collect()
+}
+
+fn eval_expr(expr: &Expr, input: &[Option<Value>], element: Option<&Value>) -> Result<Option<Value>, String> {
+    Ok(match expr {
+        Expr::Const(value) => Some(value.clone()),
+        Expr::Input { slot, rest } => input[*slot].as_ref().and_then(|v| walk(v, rest)).cloned(),
+        Expr::Element { rest } => element.and_then(|v| walk(v, rest)).cloned(),
+        Expr::Call { function, input: source, args } => {
+            let value = eval_expr(source, input, element)?;
+            let args = eval_args(args, input, element)?;
+            (function.eval)(value, &args).map_err(|note| format!("{}: {note}", function.name))?
+        }
+        Expr::Coalesce(terms) => {
+            for term in terms {
+                if let Some(value) = eval_expr(term, input, element)?.filter(|v| !v.is_null()) {
+                    return Ok(Some(value));
+                }
+            }
+            None
+        }
+    })
+}
+
+/// Writes the present fields of `nodes` as a JSON object; an object with no present field is left out.
+fn write_object(nodes: &[LayoutNode], out: &[Option<Out>], json: &mut String) -> bool {
+    let start = json.len();
+    json.push('{');
+    let mut first = true;
+    for node in nodes {
+        let key = match node {
+            LayoutNode::Leaf { key, .. } | LayoutNode::Object { key, .. } | LayoutNode::Elements { key, .. } => key,
+        };
+        let mark = json.len();
+        if !first {
+            json.push(',');
+        }
+        write_string(key, json);
+        json.push(':');
+        let wrote = match node {
+            LayoutNode::Leaf { slot, .. } => match &out[*slot] {
+                Some(Out::Value(value)) => {
+                    write_value(value, json);
+                    true
+                }
+                _ => false,
+            },
+            LayoutNode::Object { children, .. } => write_object(children, out, json),
+            LayoutNode::Elements { slot, items, .. } => match &out[*slot] {
+                Some(Out::Elements(elements)) => {
+                    json.push('[');
+                    for (i, element) in elements.iter().enumerate() {
+                        if i > 0 {
+                            json.push(',');
+                        }
+                        json.push('{');
+                        let mut first_field = true;
+                        for (field, value) in element.iter().enumerate() {
+                            let (Some(value), Some(item)) = (value, items.get(field)) else { continue };
+                            if !first_field {
+                                json.push(',');
+                            }
+                            first_field = false;
+                            write_string(&item.name, json);
+                            json.push(':');
+                            write_value(value, json);
+                        }
+                        json.push('}');
+                    }
+                    json.push(']');
+                    true
+                }
+                _ => false,
+            },
+        };
+        if wrote {
+            first = false;
+        } else {
+            json.truncate(mark);
+        }
+    }
+    if first {
+        json.truncate(start);
+        return false;
+    }
+    json.push('}');
+    true
+}
+
+fn write_string(text: &str, json: &mut String) {
+    json.push_str(&Value::String(text.to_string()).to_string());
+}
+
+fn write_value(value: &Value, json: &mut String) {
+    json.push_str(&value.to_string());
+}
