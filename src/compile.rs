@@ -155,7 +155,6 @@ struct RouteInfo {
 struct RuleMeta {
     target: String,
     target_span: Span,
-    span: Span,
     routes: Vec<usize>,
     global: bool,
     constant: Option<Value>,
@@ -677,7 +676,6 @@ impl<'s> Compiler<'s> {
             RuleMeta {
                 target: target.dotted,
                 target_span: rule.target.span,
-                span: rule.span,
                 routes: scope.routes.clone(),
                 global,
                 constant,
@@ -1415,7 +1413,6 @@ impl<'s> Compiler<'s> {
             RuleMeta {
                 target: target.dotted,
                 target_span: rule.target.span,
-                span: rule.span,
                 routes: scope.routes.clone(),
                 global,
                 constant: None,
@@ -1522,7 +1519,7 @@ impl<'s> Compiler<'s> {
                         let item_requires = item.requires.as_deref().unwrap_or_default();
                         for &r in rules.iter().filter(|&&r| self.meta[r].target == name) {
                             let meta = &self.meta[r];
-                            if meta.element_fields.iter().any(|f| *f == item.name)
+                            if meta.element_fields.contains(&item.name)
                                 && !meta.element_fields.iter().any(|f| f == item_requires)
                                 && !writes.contains(format!("data.{item_requires}").as_str())
                             {
@@ -1559,7 +1556,6 @@ impl<'s> Compiler<'s> {
             }
             self.diagnostics.extend(found);
         }
-        let _ = self.meta.iter().map(|m| m.span).count();
     }
 
     // ---- plan ----
@@ -1573,7 +1569,6 @@ impl<'s> Compiler<'s> {
         let custom_event_name =
             self.routes.iter().any(|r| r.custom_event_name.is_some()).then(|| self.slot("custom_event_name"));
         let timestamp_ms = self.out_slots.get("timestamp_ms").copied();
-        let action_source = self.out_slots.get("action_source").copied();
         let (input, resolved) = std::mem::take(&mut self.paths).build();
         let mut rules = std::mem::take(&mut self.rules);
         for rule in &mut rules {
@@ -1636,7 +1631,7 @@ impl<'s> Compiler<'s> {
             remembered,
             output,
             slot_count: self.slot_count,
-            slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, action_source },
+            slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms },
         })
     }
 

@@ -98,12 +98,17 @@ impl fmt::Display for InputError {
 impl std::error::Error for InputError {}
 
 impl InputLayout {
-    pub fn slot_count(&self) -> usize {
-        self.slot_count
-    }
-
     /// Reads the captured values of one JSON text.
     pub fn read_str(&self, text: &str) -> Result<Vec<Option<Value>>, InputError> {
+        match text.trim_start().as_bytes().first() {
+            Some(b'{') => {}
+            Some(b'[') => return Err(not_an_object("an array")),
+            Some(b'"') => return Err(not_an_object("a string")),
+            Some(b't' | b'f') => return Err(not_an_object("a boolean")),
+            Some(b'n') => return Err(not_an_object("null")),
+            Some(b'-' | b'0'..=b'9') => return Err(not_an_object("a number")),
+            _ => return Err(InputError("invalid JSON: expected an object".to_string())),
+        }
         let mut slots = vec![None; self.slot_count];
         let mut deserializer = serde_json::Deserializer::from_str(text);
         RootSeed { node: &self.root, slots: &mut slots }
@@ -115,8 +120,16 @@ impl InputLayout {
 
     /// Reads the captured values of an already parsed event.
     pub fn read_value(&self, event: &Value) -> Result<Vec<Option<Value>>, InputError> {
-        if !event.is_object() {
-            return Err(InputError("an event must be a JSON object".to_string()));
+        let found = match event {
+            Value::Object(_) => None,
+            Value::Array(_) => Some("an array"),
+            Value::String(_) => Some("a string"),
+            Value::Bool(_) => Some("a boolean"),
+            Value::Null => Some("null"),
+            Value::Number(_) => Some("a number"),
+        };
+        if let Some(found) = found {
+            return Err(not_an_object(found));
         }
         let mut slots = vec![None; self.slot_count];
         fn walk(node: &Node, value: &Value, slots: &mut [Option<Value>]) {
@@ -135,6 +148,10 @@ impl InputLayout {
         walk(&self.root, event, &mut slots);
         Ok(slots)
     }
+}
+
+fn not_an_object(found: &str) -> InputError {
+    InputError(format!("an event must be a JSON object, found {found}"))
 }
 
 /// The top level must be an object; below it, anything goes.

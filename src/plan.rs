@@ -33,7 +33,6 @@ pub(crate) struct SpecialSlots {
     pub custom_event_name: Option<usize>,
     pub data_type: usize,
     pub timestamp_ms: Option<usize>,
-    pub action_source: Option<usize>,
 }
 
 /// Which route a Signal event takes.

@@ -416,14 +416,12 @@ impl Plan {
                                 problem = Some((reason, format!("element {index}: {message}")));
                                 break 'elements;
                             }
-                            if item.requires.as_deref() == Some("currency") && !event_currency {
-                                if !has_own {
-                                    problem = Some((
-                                        RejectReason::MissingRequiredField,
-                                        format!("element {index}: `{}` is present without a currency", item.name),
-                                    ));
-                                    break 'elements;
-                                }
+                            if item.requires.as_deref() == Some("currency") && !event_currency && !has_own {
+                                problem = Some((
+                                    RejectReason::MissingRequiredField,
+                                    format!("element {index}: `{}` is present without a currency", item.name),
+                                ));
+                                break 'elements;
                             }
                         }
                     }

@@ -89,6 +89,13 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
     let expected = match &error.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
             let mut words: Vec<&str> = positives.iter().filter_map(|r| rule_words(*r)).collect();
+            // At an item boundary pest lists every way an item can start; say it in one phrase.
+            let item_starts = ["`include`", "`param`", "`remember`", "`routes`", "`target`", "`when`", "a rule"];
+            let source = "a source (path, literal, `$param` or function call)";
+            if words.iter().any(|w| item_starts.contains(w)) {
+                words.retain(|w| !item_starts.contains(w) && *w != source);
+                words.push("a new rule or declaration");
+            }
             words.sort_unstable();
             words.dedup();
             words

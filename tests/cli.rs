@@ -1,0 +1,165 @@
+//! The `engine` binary, spawned as a user runs it: exit codes, streams, reports.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn engine(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine binary starts");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const NOW: &str = "2026-11-20T12:00:00Z";
+
+fn order(message_id: &str) -> String {
+    format!(
+        r#"{{"type":"track","event":"Order Completed","messageId":"{message_id}","anonymousId":"anon_1","timestamp":"2026-11-19T10:00:00Z","properties":{{"order_id":"O-1","revenue":129.99,"currency":"USD"}},"context":{{"page":{{"url":"https://shop.example.com/thanks?x=1"}}}}}}"#
+    )
+}
+
+#[test]
+fn check_passes_on_every_shipped_mapping() {
+    let mappings: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "map"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(mappings.len() >= 2);
+    let mut args = vec!["check"];
+    args.extend(mappings.iter().map(String::as_str));
+    let output = engine(&args, "");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    assert!(text(&output.stdout).contains("0 errors, 0 warnings"), "{}", text(&output.stdout));
+}
+
+#[test]
+fn check_exit_codes_and_json_format() {
+    let dir = std::env::temp_dir().join(format!("engine-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("broken.map");
+    std::fs::write(&broken, "routes { page -> page_veiwed }\nmessageId -> id | sha265\n").unwrap();
+    let broken = broken.to_string_lossy().into_owned();
+
+    let human = engine(&["check", &broken], "");
+    assert_eq!(human.status.code(), Some(1));
+    let out = text(&human.stdout);
+    assert!(out.contains("engine::check::unknown_event_type") && out.contains("did you mean `page_viewed`?"), "{out}");
+    assert!(out.contains("engine::check::unknown_function") && out.contains("did you mean `sha256`?"), "{out}");
+
+    let json = engine(&["check", "--format", "json", &broken], "");
+    assert_eq!(json.status.code(), Some(1));
+    let diagnostics: Value = serde_json::from_slice(&json.stdout).expect("JSON output");
+    let codes: Vec<&str> = diagnostics.as_array().unwrap().iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"engine::check::unknown_event_type"), "{codes:?}");
+    assert_eq!(diagnostics[0]["line"], 1);
+
+    let missing = engine(&["check", "no/such/file.map"], "");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read no/such/file.map"));
+
+    let usage = engine(&["check"], "");
+    assert_eq!(usage.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_maps_a_stream_and_reports_every_event_it_does_not_send() {
+    let input = [
+        order("m-1"),
+        "this is not json".to_string(),
+        String::new(),
+        r#"{"type":"track","event":"Button Clicked","messageId":"m-2","anonymousId":"a","timestamp":"2026-11-19T10:00:00Z"}"#.to_string(),
+        r#"{"type":"page","messageId":"m-3","anonymousId":"a","timestamp":"2020-01-01T00:00:00Z","context":{"page":{"url":"https://x.example/"}}}"#.to_string(),
+    ]
+    .join("\n");
+    let output = engine(&["run", "--now", NOW], &input);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], "m-1");
+    assert_eq!(events[0]["data"]["amount"], 12999);
+    assert_eq!(events[0]["source_url"], "https://shop.example.com/thanks");
+    let stderr = text(&output.stderr);
+    let records: Vec<Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let by_line =
+        |n: u64| records.iter().find(|r| r["line"] == n).unwrap_or_else(|| panic!("no record for line {n}: {stderr}"));
+    assert_eq!(by_line(2)["outcome"], "malformed");
+    assert_eq!(by_line(4)["reason"], "unmapped");
+    assert_eq!(by_line(5)["reason"], "timestamp_out_of_window");
+    assert_eq!(by_line(5)["field"], "timestamp_ms");
+    assert!(
+        stderr.contains("engine run: 4 events: 1 mapped, 1 dropped (1 unmapped, 0 identify), 1 rejected, 1 malformed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_batches_at_most_a_thousand_events_per_request_body() {
+    let input: Vec<String> = (0..1001).map(|i| order(&format!("m-{i}"))).collect();
+    let output = engine(&["run", "--now", NOW, "--batch"], &input.join("\n"));
+    assert_eq!(output.status.code(), Some(0));
+    let bodies: Vec<Value> = text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies[0]["events"].as_array().unwrap().len(), 1000);
+    assert_eq!(bodies[1]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(bodies[1]["events"][0]["id"], "m-1000");
+}
+
+#[test]
+fn run_writes_reports_to_a_file_and_remembers_identity_unless_stateless() {
+    let identify = r#"{"type":"identify","messageId":"i","anonymousId":"anon_1","timestamp":"2026-11-19T09:00:00Z","traits":{"email":"a@b.example"}}"#;
+    let input = format!("{identify}\n{}\n", order("m-1"));
+    let dir = std::env::temp_dir().join(format!("engine-rejects-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rejects = dir.join("rejects.ndjson");
+    let rejects_arg = rejects.to_string_lossy().into_owned();
+
+    let remembering = engine(&["run", "--now", NOW, "--rejects", &rejects_arg], &input);
+    let event: Value = serde_json::from_str(text(&remembering.stdout).trim()).unwrap();
+    assert!(event["user"]["email"].as_str().is_some_and(|h| h.len() == 64), "{event}");
+    let reports = std::fs::read_to_string(&rejects).unwrap();
+    assert!(reports.contains(r#""reason":"identify""#), "{reports}");
+
+    let stateless = engine(&["run", "--now", NOW, "--stateless"], &input);
+    let event: Value = serde_json::from_str(text(&stateless.stdout).trim()).unwrap();
+    assert!(event["user"].get("email").is_none(), "{event}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_with_a_broken_mapping_or_bad_arguments_fails_clearly() {
+    let dir = std::env::temp_dir().join(format!("engine-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("broken.map");
+    std::fs::write(&broken, "traits.email -> user.email\n").unwrap();
+    let output = engine(&["run", "--map", &broken.to_string_lossy()], "");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("engine::check::raw_pii"), "{}", text(&output.stderr));
+
+    let params = dir.join("params.yaml");
+    std::fs::write(&params, "consent_category: advertising\n").unwrap();
+    let consent = r#"{"type":"page","messageId":"p","anonymousId":"a","timestamp":"2026-11-19T10:00:00Z","context":{"page":{"url":"https://x.example/"},"consent":{"advertising":true,"marketing":false}}}"#;
+    let output = engine(&["run", "--now", NOW, "--params", &params.to_string_lossy()], consent);
+    let event: Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+    assert_eq!(event["opt_out"], false, "the advertising category was granted");
+
+    let bad_now = engine(&["run", "--now", "yesterday"], "");
+    assert_eq!(bad_now.status.code(), Some(2));
+    assert!(text(&bad_now.stderr).contains("--now"));
+    std::fs::remove_dir_all(&dir).ok();
+}
