@@ -307,6 +307,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
                     )?;
                 } else {
                     summary.rejected += 1;
+                    summary.warnings += rejected.warnings.len();
                     let mut record = serde_json::to_value(&rejected).unwrap_or(Value::Null);
                     if let Value::Object(map) = &mut record {
                         map.insert("line".into(), json!(line_number));

@@ -84,23 +84,31 @@ fn load_items(
             continue;
         };
         let from = sources.get(file).name.clone();
-        match loader.load(&from, &include.path.value) {
-            Ok((name, _)) if stack.contains(&name) => diagnostics.push(
-                Diagnostic::error(
-                    codes::INCLUDE_CYCLE,
-                    format!("`{}` includes itself through `{}`", stack[0], name),
-                    include.path.span,
-                    "this include closes a cycle",
+        let loaded = loader.load(&from, &include.path.value);
+        // Names are compared lexically normalised: `sub/../a.map` is `a.map`, or a cycle through `..` would never
+        // close and the names would grow until the file system refuses them.
+        let cycle_start = loaded.as_ref().ok().and_then(|(name, _)| {
+            let name = normalized(name);
+            stack.iter().position(|s| normalized(s) == name)
+        });
+        match (loaded, cycle_start) {
+            (Ok((name, _)), Some(start)) => {
+                let message = match stack.get(start + 1..).filter(|rest| !rest.is_empty()) {
+                    Some(rest) => format!("`{}` includes itself through `{}`", stack[start], rest.join("` and `")),
+                    None => format!("`{}` includes itself", stack[start]),
+                };
+                diagnostics.push(
+                    Diagnostic::error(codes::INCLUDE_CYCLE, message, include.path.span, "this include closes a cycle")
+                        .with_help(format!("include chain: {} -> {name}", stack.join(" -> "))),
                 )
-                .with_help(format!("include chain: {} -> {name}", stack.join(" -> "))),
-            ),
-            Ok((name, text)) => {
+            }
+            (Ok((name, text)), None) => {
                 let included = sources.add(name.clone(), text);
                 stack.push(name);
                 load_items(included, loader, sources, diagnostics, items, stack);
                 stack.pop();
             }
-            Err(reason) => diagnostics.push(
+            (Err(reason), _) => diagnostics.push(
                 Diagnostic::error(
                     codes::INCLUDE_NOT_FOUND,
                     format!("cannot read included file `{}`: {reason}", include.path.value),
@@ -111,6 +119,22 @@ fn load_items(
             ),
         }
     }
+}
+
+/// A file name with `.` and `..` components resolved lexically, to recognise a file reached by two paths.
+fn normalized(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in name.split(['/', '\\']) {
+        match part {
+            "." => {}
+            "" if !parts.is_empty() => {}
+            ".." if parts.last().is_some_and(|p| *p != ".." && !p.is_empty()) => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
 }
 
 /// Personal data flowing through an expression: where it came from.
@@ -144,6 +168,8 @@ struct ParamInfo {
 struct RouteInfo {
     label: String,
     kind: &'static str,
+    /// The track event name for a named route; `None` for `page`, `screen` and the `track` catch-all.
+    event_name: Option<String>,
     event_type: String,
     shape: String,
     custom_event_name: Option<String>,
@@ -181,6 +207,9 @@ struct Compiler<'s> {
     routes: Vec<RouteInfo>,
     rules: Vec<PlanRule>,
     meta: Vec<RuleMeta>,
+    /// The targets and routes of rules whose source failed to compile: they count as written in the checks across
+    /// rules, so that one mistake is not reported again as a missing field.
+    failed_writes: Vec<(String, Vec<usize>)>,
     out_slots: HashMap<String, usize>,
     slot_count: usize,
 }
@@ -206,6 +235,7 @@ impl<'s> Compiler<'s> {
             routes: Vec::new(),
             rules: Vec::new(),
             meta: Vec::new(),
+            failed_writes: Vec::new(),
             out_slots: HashMap::new(),
             slot_count: 0,
         }
@@ -349,12 +379,12 @@ impl<'s> Compiler<'s> {
                 self.error(
                     Diagnostic::error(
                         codes::PARAM_TYPE,
-                        format!("default of `{name}` is not a {ty}"),
+                        format!("default of `{name}` is not {}", an(ty)),
                         default.span,
-                        format!("this is a {}", Ty::of(&default.value)),
+                        format!("this is {}", an(Ty::of(&default.value))),
                     )
                     .with_context(decl.ty.span, format!("declared as {ty} here"))
-                    .with_help(format!("give a {ty} default, or change the declared type")),
+                    .with_help(format!("give {} default, or change the declared type", an(ty))),
                 );
             }
         }
@@ -364,11 +394,11 @@ impl<'s> Compiler<'s> {
                 self.error(
                     Diagnostic::error(
                         codes::PARAM_TYPE,
-                        format!("the value given for `{name}` is a {}, not a {ty}", Ty::of(value)),
+                        format!("the value given for `{name}` is {}, not {}", an(Ty::of(value)), an(ty)),
                         decl.name.span,
                         format!("declared as {ty}"),
                     )
-                    .with_help(format!("give `{name}` a {ty} value in the parameters file")),
+                    .with_help(format!("give `{name}` {} value in the parameters file", an(ty))),
                 );
             }
         }
@@ -384,6 +414,9 @@ impl<'s> Compiler<'s> {
                 .with_help(format!("give a default (`param {name}: {} = …`) or a value with --params", decl.ty.name)),
             );
         }
+        // A value of the wrong type is reported above, once: its uses are not checked against it again, which
+        // would blame the rules for the parameter's mistake.
+        let value = value.filter(|value| ty.is_none_or(|ty| ty.intersects(Ty::of(value))));
         self.param_order.push(name.clone());
         self.params.insert(name.clone(), ParamInfo { value, span: decl.name.span, used: false });
     }
@@ -431,7 +464,7 @@ impl<'s> Compiler<'s> {
 
     fn route(&mut self, route: &ast::Route) {
         let (kind, label_left, event_name) = match &route.matcher {
-            Matcher::Event(name) => ("track", format!("{:?}", name.value), Some(name.value.clone())),
+            Matcher::Event(name) => ("track", Value::String(name.value.clone()).to_string(), Some(name.value.clone())),
             Matcher::Kind(kind) => match kind.name.as_str() {
                 "page" => ("page", "page".to_string(), None),
                 "screen" => ("screen", "screen".to_string(), None),
@@ -466,10 +499,7 @@ impl<'s> Compiler<'s> {
                 }
             },
         };
-        let duplicate = self.routes.iter().find(|r| match &event_name {
-            Some(name) => r.label.starts_with(&format!("{name:?} ")),
-            None => r.kind == kind && !r.label.starts_with('"'),
-        });
+        let duplicate = self.routes.iter().find(|r| r.kind == kind && r.event_name == event_name);
         if let Some(first) = duplicate {
             let first_span = first.span;
             self.error(
@@ -549,6 +579,7 @@ impl<'s> Compiler<'s> {
         self.routes.push(RouteInfo {
             label: format!("{label_left} -> {right}"),
             kind,
+            event_name,
             event_type,
             shape,
             custom_event_name,
@@ -561,12 +592,16 @@ impl<'s> Compiler<'s> {
 
     fn when_block(&mut self, when: &ast::When) {
         let mut routes = BTreeSet::new();
+        let mut unknown_selector = false;
         for selector in &when.selectors {
             match selector {
                 Selector::Event(name) => {
-                    let label = format!("{:?} ", name.value);
                     routes.extend(
-                        self.routes.iter().enumerate().filter(|(_, r)| r.label.starts_with(&label)).map(|(i, _)| i),
+                        self.routes
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, r)| r.event_name.as_deref() == Some(name.value.as_str()))
+                            .map(|(i, _)| i),
                     );
                 }
                 Selector::Name(ident) => {
@@ -590,6 +625,7 @@ impl<'s> Compiler<'s> {
                             )
                             .with_help(help),
                         );
+                        unknown_selector = true;
                         continue;
                     }
                     routes.extend(
@@ -599,15 +635,15 @@ impl<'s> Compiler<'s> {
                             .filter(|(_, r)| {
                                 (is_type && r.event_type == name)
                                     || (is_shape && r.shape == name)
-                                    || (is_kind && r.kind == name && (name != "track" || !r.label.starts_with("track"))
-                                        || (is_kind && r.label.starts_with(name)))
+                                    || (is_kind && r.kind == name)
                             })
                             .map(|(i, _)| i),
                     );
                 }
             }
         }
-        if routes.is_empty() && !when.selectors.is_empty() {
+        // With a selector already reported as unknown, "can never run" would say the same again.
+        if routes.is_empty() && !when.selectors.is_empty() && !unknown_selector {
             let span = when.selectors.first().map(selector_span).unwrap_or(when.span);
             let span = span.to(when.selectors.last().map(selector_span).unwrap_or(span));
             self.error(
@@ -657,14 +693,18 @@ impl<'s> Compiler<'s> {
             );
             return;
         }
-        let Some(typed) = self.source_with_pipes(rule, scope) else { return };
+        let Some(typed) = self.source_with_pipes(rule, scope) else {
+            self.failed_writes.push((target.dotted, scope.routes.clone()));
+            return;
+        };
         self.check_output(&typed, &target, rule.target.span);
         let slot = self.slot(&target.dotted);
-        let constant = match &typed.expr {
-            Expr::Const(v) if rule.pipes.is_empty() => Some(v.clone()),
+        // `pipes` wraps every source in a one-term coalesce; `split_pipes` unwraps it, exposing a literal.
+        let (expr, pipes) = split_pipes(typed.expr);
+        let constant = match &expr {
+            Expr::Const(v) if pipes.is_empty() => Some(v.clone()),
             _ => None,
         };
-        let (expr, pipes) = split_pipes(typed.expr);
         self.push_rule(
             PlanRule {
                 target: RuleTarget::Slot(slot),
@@ -700,9 +740,9 @@ impl<'s> Compiler<'s> {
             self.error(
                 Diagnostic::error(
                     codes::TARGET_TYPE,
-                    format!("`{}` holds a {}, but this rule writes a {ty}", target.dotted, target.def.type_name),
+                    format!("`{}` holds {}, but this rule writes {}", target.dotted, an(&target.def.type_name), an(ty)),
                     target_span,
-                    format!("expects a {}", target.def.type_name),
+                    format!("expects {}", an(&target.def.type_name)),
                 )
                 .with_help(type_help(ty, &target.def)),
             );
@@ -782,6 +822,14 @@ impl<'s> Compiler<'s> {
             Term::Call(call) => {
                 let function = self.function(&call.name)?;
                 let Some(input_path) = function.source_input else {
+                    let help = match (call.args.first(), function.arity().1) {
+                        // More arguments than the function takes: the first one is meant as the input.
+                        (Some(ast::Arg::Source(first)), Some(max)) if call.args.len() > max => {
+                            let rest = ast::Call { args: call.args[1..].to_vec(), ..call.clone() };
+                            format!("pipe the value into it instead: `{first} -> … | {}`", call_text(&rest))
+                        }
+                        _ => format!("pipe a value into it: `source -> target | {}`", call_text(call)),
+                    };
                     self.error(
                         Diagnostic::error(
                             codes::NOT_A_SOURCE,
@@ -789,7 +837,7 @@ impl<'s> Compiler<'s> {
                             call.span,
                             "called without an input",
                         )
-                        .with_help(format!("pipe a value into it: `source -> target | {}`", call_text(call))),
+                        .with_help(help),
                     );
                     return None;
                 };
@@ -817,9 +865,15 @@ impl<'s> Compiler<'s> {
             }
             None => {
                 let declared: Vec<&str> = self.param_order.iter().map(String::as_str).collect();
-                let help = did_you_mean(&name.name, declared.iter().copied())
+                let meant = did_you_mean(&name.name, declared.iter().copied()).map(str::to_string);
+                let help = meant
+                    .as_ref()
                     .map(|s| format!("did you mean `${s}`?"))
                     .unwrap_or_else(|| format!("declare it: `param {}: string = \"…\"`", name.name));
+                // A misspelt use is still a use: "never used, remove it" would be the wrong advice.
+                if let Some(param) = meant.and_then(|s| self.params.get_mut(&s)) {
+                    param.used = true;
+                }
                 self.error(
                     Diagnostic::error(
                         codes::UNKNOWN_PARAM,
@@ -893,11 +947,11 @@ impl<'s> Compiler<'s> {
                 self.error(
                     Diagnostic::error(
                         codes::INPUT_TYPE,
-                        format!("`{}` takes a {}, but receives a {ty}", function.name, function.input),
+                        format!("`{}` takes {}, but receives {}", function.name, an(function.input), an(ty)),
                         call.name.span,
-                        format!("expects a {}", function.input),
+                        format!("expects {}", an(function.input)),
                     )
-                    .with_context(span, format!("this is a {ty}"))
+                    .with_context(span, format!("this is {}", an(ty)))
                     .with_help(format!("the signature is `{}`", function.signature())),
                 );
                 ok = false;
@@ -928,11 +982,14 @@ impl<'s> Compiler<'s> {
                     Diagnostic::error(
                         codes::ARGUMENT_TYPE,
                         format!(
-                            "argument `{}` of `{}` must be a {}, not a {arg_ty}",
-                            param.name, function.name, param.ty
+                            "argument `{}` of `{}` must be {}, not {}",
+                            param.name,
+                            function.name,
+                            an(param.ty),
+                            an(arg_ty)
                         ),
                         arg.span(),
-                        format!("this is a {arg_ty}"),
+                        format!("this is {}", an(arg_ty)),
                     )
                     .with_help(format!("the signature is `{}`", function.signature())),
                 );
@@ -1312,7 +1369,7 @@ impl<'s> Compiler<'s> {
                 self.error(
                     Diagnostic::error(
                         codes::BLOCK_TARGET,
-                        format!("`{path}` is a {ty}, not an {}", if each { "array" } else { "object" }),
+                        format!("`{path}` is {}, not an {}", an(ty), if each { "array" } else { "object" }),
                         path.span,
                         "cannot be mapped element by element",
                     )
@@ -1431,6 +1488,23 @@ impl<'s> Compiler<'s> {
                 let dotted = target.dotted();
                 let def = self.target.field(dotted.split('.').next().unwrap_or_default()).cloned();
                 let def = dotted.split('.').skip(1).fold(def, |d, key| d.and_then(|d| d.field(key).cloned()));
+                if def.is_none() && !dotted.starts_with("data.") {
+                    let candidates = target_names(self.target);
+                    let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                    let help = suggestion(&dotted, &refs).unwrap_or_else(|| {
+                        "remember identity signals such as `user.email`, `user.phone_number` and `oppref`".to_string()
+                    });
+                    self.error(
+                        Diagnostic::error(
+                            codes::UNKNOWN_TARGET_FIELD,
+                            format!("OpenAI events have no field `{dotted}`"),
+                            target.span,
+                            "unknown target field",
+                        )
+                        .with_help(help),
+                    );
+                    continue;
+                }
                 let usable = def.as_ref().is_some_and(|d| d.ty != Ty::OBJECT && d.ty != Ty::ARRAY && !d.set_by_route)
                     && !dotted.starts_with("data.")
                     && !matches!(dotted.as_str(), "id" | "timestamp_ms");
@@ -1475,7 +1549,12 @@ impl<'s> Compiler<'s> {
             let route_span = route.span;
             let label = route.label.clone();
             let shape = route.shape.clone();
-            let writes: BTreeSet<&str> = rules.iter().map(|&r| self.meta[r].target.as_str()).collect();
+            let failed = self.failed_writes.iter().filter(|(_, routes)| routes.contains(&route_index));
+            let writes: BTreeSet<&str> = rules
+                .iter()
+                .map(|&r| self.meta[r].target.as_str())
+                .chain(failed.map(|(target, _)| target.as_str()))
+                .collect();
             let mut found = Vec::new();
             for def in &self.target.fields {
                 if def.set_by_route {
@@ -1496,16 +1575,23 @@ impl<'s> Compiler<'s> {
                             route_span,
                             format!("no rule writes `{}`", def.name),
                         )
-                        .with_help(format!("OpenAI requires `{}`: add a rule such as `… -> {}`", def.name, def.name)),
+                        .with_help(match (&def.required_when, def.required) {
+                            (Some((field, value)), false) => format!(
+                                "OpenAI requires `{}` when `{field}` is {value:?}: add a rule such as `… -> {}`",
+                                def.name, def.name
+                            ),
+                            _ => format!("OpenAI requires `{}`: add a rule such as `… -> {}`", def.name, def.name),
+                        }),
                     );
                 }
             }
             for (name, def) in
                 self.target.shape(&shape).unwrap_or_default().iter().map(|d| (format!("data.{}", d.name), d))
             {
-                let Some(requires) = &def.requires else { continue };
-                let needed = format!("data.{requires}");
-                if let Some(&writer) = rules.iter().find(|&&r| self.meta[r].target == name) {
+                // Not `let … else { continue }`: an array without `requires` of its own (`data.contents`) still
+                // has element fields that do.
+                let needed = def.requires.as_ref().map(|requires| format!("data.{requires}"));
+                if let (Some(needed), Some(&writer)) = (needed, rules.iter().find(|&&r| self.meta[r].target == name)) {
                     if !writes.contains(needed.as_str()) {
                         found.push(
                             Diagnostic::error(codes::AMOUNT_WITHOUT_CURRENCY, format!("`{name}` is written without `{needed}` on route `{label}`"), self.meta[writer].target_span, format!("needs `{needed}`"))
@@ -1577,14 +1663,13 @@ impl<'s> Compiler<'s> {
         let mut router = Router::default();
         let mut routes = Vec::new();
         for (index, info) in self.routes.iter().enumerate() {
-            match info.label.split(" -> ").next().unwrap_or_default() {
-                "page" => router.page = Some(index),
-                "screen" => router.screen = Some(index),
-                "track" => router.any_track = Some(index),
-                quoted => {
-                    let name: String = serde_json::from_str(quoted).unwrap_or_default();
-                    router.named.insert(name, index);
+            match (&info.event_name, info.kind) {
+                (Some(name), _) => {
+                    router.named.insert(name.clone(), index);
                 }
+                (None, "page") => router.page = Some(index),
+                (None, "screen") => router.screen = Some(index),
+                (None, _) => router.any_track = Some(index),
             }
             let mut required = Vec::new();
             for def in &self.target.fields {
@@ -1700,6 +1785,13 @@ fn contains_pii(field: &InputField) -> bool {
     field.pii || field.fields.iter().any(contains_pii)
 }
 
+/// A type in words with its indefinite article: `a string`, `an integer`, `a string or number`.
+fn an(ty: impl std::fmt::Display) -> String {
+    let words = ty.to_string();
+    let article = if words.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} {words}")
+}
+
 fn type_help(ty: Ty, def: &FieldDef) -> String {
     if def.ty == Ty::INTEGER && ty.intersects(Ty::STRING) {
         if def.name.contains("timestamp") {
@@ -1713,7 +1805,7 @@ fn type_help(ty: Ty, def: &FieldDef) -> String {
     if def.ty == Ty::BOOL {
         return "write a boolean, e.g. `consent($consent_category) -> opt_out | not`".to_string();
     }
-    format!("write a {} here", def.type_name)
+    format!("write {} here", an(&def.type_name))
 }
 
 /// Every writable target field, dotted, for did-you-mean.

@@ -18,3 +18,8 @@ pub mod syntax;
 pub use compile::{compile, CompileOptions, Compiled};
 pub use plan::Plan;
 pub use run::{Context, Outcome};
+
+/// The README's Rust examples, compiled and run as doctests so the README stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

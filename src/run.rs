@@ -103,6 +103,15 @@ pub struct Warning {
     pub message: String,
 }
 
+/// A visitor's identity memory while one event is applied.
+struct Memory {
+    keys: Vec<String>,
+    profile: Profile,
+    before: Profile,
+    /// Slots filled from memory, which are not news to remember again.
+    recalled: Vec<usize>,
+}
+
 enum Out {
     Value(Value),
     Elements(Vec<Vec<Option<Value>>>),
@@ -145,7 +154,7 @@ impl Plan {
         let route = match kind.as_str() {
             "track" => match state.input[1].as_ref().and_then(Value::as_str) {
                 Some(name) => self.router.named.get(name).copied().or(self.router.any_track),
-                None => None,
+                None => self.router.any_track,
             },
             "page" => self.router.page,
             "screen" => self.router.screen,
@@ -171,10 +180,15 @@ impl Plan {
             self.set(&mut state, slot, Value::from(name.clone()));
         }
         let event_ms = self.event_time(&state, context.now_ms);
-        if let Some(store) = context.identity.as_deref_mut() {
-            self.recall_and_remember(&mut state, store, event_ms);
+        let memory = context.identity.as_deref_mut().and_then(|store| self.recall(&mut state, store, event_ms));
+        let rejected = self.validate(route, &mut state, context.now_ms);
+        // What an event teaches about its visitor holds even when the event itself cannot be sent (a landing
+        // page older than the window still carries a click id valid for 30 days); `remember` keeps only values
+        // that pass the schema on their own.
+        if let (Some(store), Some(memory)) = (context.identity.as_deref_mut(), memory) {
+            self.remember(&state, store, memory, event_ms);
         }
-        if let Some(rejected) = self.validate(route, &mut state, context.now_ms) {
+        if let Some(rejected) = rejected {
             return Outcome::Rejected(rejected);
         }
         let mut json = String::with_capacity(512);
@@ -203,7 +217,9 @@ impl Plan {
         let event_ms = self.event_time(state, context.now_ms);
         let mut learned = 0;
         if let Some(store) = context.identity.as_deref_mut() {
-            learned = self.recall_and_remember(state, store, event_ms);
+            if let Some(memory) = self.load_memory(state, store) {
+                learned = self.remember(state, store, memory, event_ms);
+            }
         }
         Outcome::Dropped(Dropped {
             reason: DropReason::Identify,
@@ -211,10 +227,10 @@ impl Plan {
         })
     }
 
-    /// Fills remembered fields the event lacks and remembers those it has; returns how many it taught.
-    fn recall_and_remember(&self, state: &mut State<'_>, store: &mut dyn IdentityStore, event_ms: i64) -> usize {
+    /// The visitor's keys and what is remembered under any of them.
+    fn load_memory(&self, state: &State<'_>, store: &mut dyn IdentityStore) -> Option<Memory> {
         if self.remembered.is_empty() {
-            return 0;
+            return None;
         }
         let mut keys = Vec::with_capacity(2);
         if let Some(anonymous) = state.input[2].as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()) {
@@ -224,7 +240,7 @@ impl Plan {
             keys.push(format!("user:{user}"));
         }
         if keys.is_empty() {
-            return 0;
+            return None;
         }
         let mut profile = Profile::default();
         for key in &keys {
@@ -232,34 +248,48 @@ impl Plan {
                 profile.merge(&stored);
             }
         }
-        let before = profile.clone();
-        let mut learned = 0;
+        Some(Memory { keys, before: profile.clone(), profile, recalled: Vec::new() })
+    }
+
+    /// Fills the remembered fields the event lacks from what the visitor's earlier events taught.
+    fn recall(&self, state: &mut State<'_>, store: &mut dyn IdentityStore, event_ms: i64) -> Option<Memory> {
+        let mut memory = self.load_memory(state, store)?;
         for remembered in &self.remembered {
-            match &state.out[remembered.slot] {
-                Some(Out::Value(value)) => {
-                    let def = self.leaf_def(remembered.slot);
-                    if def.is_some_and(|d| check_value(d, value, 0).is_err()) {
-                        continue;
-                    }
-                    profile.set(RememberedField {
-                        field: remembered.field.clone(),
-                        value: value.clone(),
-                        seen_ms: event_ms,
-                        expires_ms: remembered.lifetime_ms.map(|l| event_ms.saturating_add(l)),
-                    });
-                    learned += 1;
-                }
-                Some(Out::Elements(_)) => {}
-                None => {
-                    if let Some(field) = profile.get(&remembered.field, event_ms) {
-                        state.out[remembered.slot] = Some(Out::Value(field.value.clone()));
-                    }
-                }
+            if state.out[remembered.slot].is_some() {
+                continue;
+            }
+            if let Some(field) = memory.profile.get(&remembered.field, event_ms) {
+                state.out[remembered.slot] = Some(Out::Value(field.value.clone()));
+                memory.recalled.push(remembered.slot);
             }
         }
-        if profile != before || keys.len() > 1 {
-            for key in &keys {
-                store.store(key, profile.clone());
+        Some(memory)
+    }
+
+    /// Records the remembered fields this event produced itself; returns how many.
+    fn remember(&self, state: &State<'_>, store: &mut dyn IdentityStore, mut memory: Memory, event_ms: i64) -> usize {
+        let mut learned = 0;
+        for remembered in &self.remembered {
+            if memory.recalled.contains(&remembered.slot) {
+                continue;
+            }
+            let Some(Out::Value(value)) = &state.out[remembered.slot] else { continue };
+            // Only values fit to send are kept: memory never holds what the schema would refuse (raw email).
+            if self.leaf_def(remembered.slot).is_some_and(|d| check_value(d, &remembered.field, value, 0).is_err()) {
+                continue;
+            }
+            memory.profile.set(RememberedField {
+                field: remembered.field.clone(),
+                value: value.clone(),
+                seen_ms: event_ms,
+                expires_ms: remembered.lifetime_ms.map(|l| event_ms.saturating_add(l)),
+            });
+            learned += 1;
+        }
+        // Two keys are stored even without news, so that the anonymous and the known visitor stay linked.
+        if memory.profile != memory.before || memory.keys.len() > 1 {
+            for key in &memory.keys {
+                store.store(key, memory.profile.clone());
             }
         }
         learned
@@ -301,6 +331,15 @@ impl Plan {
                 let elements: Vec<&Value> = match (&source, each) {
                     (Value::Array(items), true) => items.iter().collect(),
                     (Value::Null, _) => return,
+                    (Value::Array(_), false) => {
+                        state.warnings.push(Warning {
+                            field: rule.target_name.clone(),
+                            rule: rule.location.clone(),
+                            message: "the source is an array: write `source[*]` to map each of its elements"
+                                .to_string(),
+                        });
+                        return;
+                    }
                     (value, false) => vec![value],
                     (other, true) => {
                         state.warnings.push(Warning {
@@ -358,6 +397,7 @@ impl Plan {
             };
             return Some(self.reject(state, RejectReason::MissingRequiredField, message, &requirement.field, rule));
         }
+        omit_blank_optionals(&self.output, state);
         self.validate_nodes(&self.output, state, now_ms, None)
     }
 
@@ -378,7 +418,7 @@ impl Plan {
                 LayoutNode::Leaf { path, slot, def, .. } => {
                     let Some(Out::Value(value)) = &mut state.out[*slot] else { continue };
                     normalise_integer(def, value);
-                    if let Err((reason, message)) = check_value(def, value, now_ms) {
+                    if let Err((reason, message)) = check_value(def, path, value, now_ms) {
                         let rule = state.writer[*slot].map(str::to_string);
                         return Some(self.reject(state, reason, message, path, rule));
                     }
@@ -412,8 +452,10 @@ impl Plan {
                         for (field, value) in element.iter_mut().enumerate() {
                             let (Some(value), Some(item)) = (value.as_mut(), items.get(field)) else { continue };
                             normalise_integer(item, value);
-                            if let Err((reason, message)) = check_value(item, value, now_ms) {
-                                problem = Some((reason, format!("element {index}: {message}")));
+                            if let Err((reason, message)) =
+                                check_value(item, &format!("{path}[{index}].{}", item.name), value, now_ms)
+                            {
+                                problem = Some((reason, message));
                                 break 'elements;
                             }
                             if item.requires.as_deref() == Some("currency") && !event_currency && !has_own {
@@ -457,6 +499,27 @@ impl Plan {
     }
 }
 
+/// A blank string in an optional field is left out with a warning rather than rejecting the whole event: it
+/// carries no information, and OpenAI would refuse the batch over it.
+fn omit_blank_optionals(nodes: &[LayoutNode], state: &mut State<'_>) {
+    for node in nodes {
+        match node {
+            LayoutNode::Object { children, .. } => omit_blank_optionals(children, state),
+            LayoutNode::Leaf { path, slot, def, .. } if !def.required && def.required_when.is_none() => {
+                if matches!(&state.out[*slot], Some(Out::Value(Value::String(text))) if text.trim().is_empty()) {
+                    state.out[*slot] = None;
+                    state.warnings.push(Warning {
+                        field: path.clone(),
+                        rule: state.writer[*slot].unwrap_or_default().to_string(),
+                        message: "blank value left out".to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn invalid_input(message: String) -> Outcome {
     Outcome::Rejected(Rejected {
         reason: RejectReason::InvalidInput,
@@ -487,40 +550,46 @@ fn normalise_integer(def: &FieldDef, value: &mut Value) {
 }
 
 /// Checks one value against its field definition.
-fn check_value(def: &FieldDef, value: &Value, now_ms: i64) -> Result<(), (RejectReason, String)> {
+fn check_value(def: &FieldDef, path: &str, value: &Value, now_ms: i64) -> Result<(), (RejectReason, String)> {
     let invalid = |message: String| Err((RejectReason::InvalidField, message));
     let kind = Ty::of(value);
     if !def.ty.contains(kind) {
-        return invalid(format!("`{}` must be a {}, got {}", def.name, def.type_name, crate::functions::kind(value)));
+        return invalid(format!(
+            "`{}` must be {} {}, got {}",
+            path,
+            article(&def.type_name),
+            def.type_name,
+            crate::functions::kind(value)
+        ));
     }
     if let Value::String(text) = value {
         if def.non_empty && text.trim().is_empty() {
-            return invalid(format!("`{}` must not be empty", def.name));
+            return invalid(format!("`{}` must not be empty", path));
         }
         if def.max_length.is_some_and(|max| text.chars().count() > max) {
-            return invalid(format!("`{}` is longer than {} characters", def.name, def.max_length.unwrap_or_default()));
+            return invalid(format!("`{}` is longer than {} characters", path, def.max_length.unwrap_or_default()));
         }
         if let Some(allowed) = &def.enum_values {
             if !allowed.iter().any(|a| a == text) {
-                return invalid(format!("`{}` must be one of {}, got {:?}", def.name, allowed.join(", "), text));
+                return invalid(format!("`{}` must be one of {}, got {:?}", path, allowed.join(", "), text));
             }
         }
         match def.format {
             Some(Format::Sha256) if !is_sha256(text) => {
-                return invalid(format!("`{}` must be a SHA-256 hash (64 lowercase hex characters)", def.name));
+                return invalid(format!("`{}` must be a SHA-256 hash (64 lowercase hex characters)", path));
             }
             Some(Format::Iso4217)
                 if !(text.len() == 3
                     && text.chars().all(|c| c.is_ascii_uppercase())
                     && iso_currency::Currency::from_code(text).is_some()) =>
             {
-                return invalid(format!("`{}` must be an ISO 4217 currency code, got {:?}", def.name, text));
+                return invalid(format!("`{}` must be an ISO 4217 currency code, got {:?}", path, text));
             }
             Some(Format::Iso3166Alpha2) if !(text.len() == 2 && text.chars().all(|c| c.is_ascii_uppercase())) => {
-                return invalid(format!("`{}` must be an ISO 3166-1 alpha-2 country code, got {:?}", def.name, text));
+                return invalid(format!("`{}` must be an ISO 3166-1 alpha-2 country code, got {:?}", path, text));
             }
             Some(Format::Url) if !is_url(text) => {
-                return invalid(format!("`{}` must be an absolute http(s) URL", def.name));
+                return invalid(format!("`{}` must be an absolute http(s) URL", path));
             }
             _ => {}
         }
@@ -535,15 +604,20 @@ fn check_value(def: &FieldDef, value: &Value, now_ms: i64) -> Result<(), (Reject
                     .unwrap_or_else(|_| now_ms.to_string());
                 return Err((
                     RejectReason::TimestampOutOfWindow,
-                    format!(
-                        "`{}` {at} is outside the accepted window (7 days before to 10 minutes after {now})",
-                        def.name
-                    ),
+                    format!("`{}` {at} is outside the accepted window (7 days before to 10 minutes after {now})", path),
                 ));
             }
         }
     }
     Ok(())
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn is_sha256(text: &str) -> bool {

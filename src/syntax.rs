@@ -85,6 +85,9 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
         pest::error::InputLocation::Span((start, _)) => start,
     } + offset;
     let found = describe_found(&text[position..]);
+    // At the end of the file, point just after the last token rather than past the final newline, where no
+    // snippet line can show the label.
+    let position = if position >= text.len() { text.trim_end().len() } else { position };
     let end = (position + found.1).min(text.len()).max(position);
     let expected = match &error.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
@@ -218,7 +221,13 @@ struct Lowering<'e> {
 impl Lowering<'_> {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start() + self.offset, s.end() + self.offset)
+        // A rule that ends in an optional or repeated part (`shape?`, `pipe*`, `block?`) has already skipped the
+        // whitespace and comments before it when that part is absent; they are not part of the node.
+        let end = match pair.clone().into_inner().last() {
+            Some(last) if is_trivia(&s.as_str()[last.as_span().end() - s.start()..]) => last.as_span().end(),
+            _ => s.end(),
+        };
+        Span::new(self.file, s.start() + self.offset, end + self.offset)
     }
 
     fn file(mut self, pair: Pair<'_, Rule>) -> Vec<Item> {
@@ -535,6 +544,17 @@ impl Lowering<'_> {
             1
         });
         Duration { text, millis, span }
+    }
+}
+
+/// Whether `text` is only whitespace and comments.
+fn is_trivia(mut text: &str) -> bool {
+    loop {
+        text = text.trim_start();
+        match text.strip_prefix('#') {
+            Some(comment) => text = comment.find('\n').map_or("", |i| &comment[i..]),
+            None => return text.is_empty(),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per area.
 
 mod cli;
+mod diagnostics;
 mod grammar;
 mod presets;
 mod properties;

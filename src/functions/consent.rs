@@ -69,30 +69,22 @@ fn granted(consent: &Map<String, Value>, category: &str) -> bool {
     if category.is_empty() {
         return false;
     }
-    if let Some(decision) = flag(consent, category) {
-        return decision;
-    }
+    let mut decisions = vec![flag(consent, category)];
     if let Some(Value::Object(preferences)) = consent.get(CATEGORY_PREFERENCES) {
-        if let Some(decision) = flag(preferences, category) {
-            return decision;
-        }
+        decisions.push(flag(preferences, category));
     }
-    let mut listed = false;
     for list in [CANONICAL, CATEGORIES].into_iter().filter_map(|key| consent.get(key)) {
         match list {
-            Value::Array(items) => {
-                listed |= items.iter().filter_map(Value::as_str).any(|item| same(item.trim(), category));
+            Value::Array(items) if items.iter().filter_map(Value::as_str).any(|item| same(item.trim(), category)) => {
+                decisions.push(Some(true));
             }
-            Value::Object(flags) => match flag(flags, category) {
-                // A refusal recorded anywhere outweighs a grant recorded elsewhere.
-                Some(false) => return false,
-                Some(true) => listed = true,
-                None => {}
-            },
+            Value::Object(flags) => decisions.push(flag(flags, category)),
             _ => {}
         }
     }
-    listed
+    // A refusal recorded in any form outweighs a grant recorded in another: sending without consent is the
+    // costlier mistake.
+    !decisions.contains(&Some(false)) && decisions.contains(&Some(true))
 }
 
 /// The boolean a map records for a category, if any. Keys that differ only in case can both be present; then
