@@ -157,6 +157,8 @@ struct Scope {
     routes: Vec<usize>,
     kinds: BTreeSet<&'static str>,
     element: bool,
+    /// Inside an element block whose source holds personal data, every read of the element is tainted.
+    element_taint: Option<Taint>,
 }
 
 struct ParamInfo {
@@ -281,6 +283,7 @@ impl<'s> Compiler<'s> {
             );
         }
         let all_routes = Scope {
+            element_taint: None,
             routes: (0..self.routes.len()).collect(),
             kinds: self.routes.iter().map(|r| r.kind).collect(),
             element: false,
@@ -657,6 +660,7 @@ impl<'s> Compiler<'s> {
             );
         }
         let scope = Scope {
+            element_taint: None,
             kinds: routes.iter().map(|&r| self.routes[r].kind).collect(),
             routes: routes.into_iter().collect(),
             element: false,
@@ -893,7 +897,7 @@ impl<'s> Compiler<'s> {
         if found.is_none() {
             let names: Vec<&str> = functions::all().iter().map(|f| f.name).collect();
             let help = suggestion(&name.name, &names)
-                .unwrap_or_else(|| "`engine functions` lists the function library".to_string());
+                .unwrap_or_else(|| "the function library is listed in docs/language.md".to_string());
             self.error(
                 Diagnostic::error(
                     codes::UNKNOWN_FUNCTION,
@@ -1077,7 +1081,8 @@ impl<'s> Compiler<'s> {
                 );
                 return None;
             }
-            return Some(Typed { expr: Expr::Element { rest: steps }, ty: Ty::ANY, taint: None });
+            let taint = self.element_taint(path, &steps, scope);
+            return Some(Typed { expr: Expr::Element { rest: steps }, ty: Ty::ANY, taint });
         }
         let first = match path.segments.first() {
             Some(Segment::Key { name, .. }) => name.as_str(),
@@ -1087,14 +1092,16 @@ impl<'s> Compiler<'s> {
         // (`properties.currency`) still reads the event.
         let envelope = self.input.field(first).filter(|_| !(scope.element && path.segments.len() == 1));
         if envelope.is_none() && scope.element {
-            return Some(Typed { expr: Expr::Element { rest: steps }, ty: Ty::ANY, taint: None });
+            let taint = self.element_taint(path, &steps, scope);
+            return Some(Typed { expr: Expr::Element { rest: steps }, ty: Ty::ANY, taint });
         }
         let Some(root) = envelope else {
             // Bare names read the event's properties.
+            let taint = self.names_pii(&steps).then(|| Taint { span: path.span, path: path.to_string() });
             let mut full = vec![Step::Key("properties".to_string())];
             full.extend(steps);
             let id = self.paths.add(full);
-            return Some(Typed { expr: Expr::Input { slot: id, rest: Vec::new() }, ty: Ty::ANY, taint: None });
+            return Some(Typed { expr: Expr::Input { slot: id, rest: Vec::new() }, ty: Ty::ANY, taint });
         };
         if path.segments.len() == 1 {
             self.ambiguity(first, root, path.span, scope);
@@ -1124,6 +1131,20 @@ impl<'s> Compiler<'s> {
         );
     }
 
+    /// Reads of an element are personal data when the element's source is, or when they name a PII key.
+    fn element_taint(&self, path: &ast::Path, steps: &[Step], scope: &Scope) -> Option<Taint> {
+        if let Some(taint) = &scope.element_taint {
+            return Some(Taint { span: path.span, path: format!("{path} (an element of {})", taint.path) });
+        }
+        self.names_pii(steps).then(|| Taint { span: path.span, path: path.to_string() })
+    }
+
+    /// Whether any key of a free-form path is one of the input schema's personal-data key names
+    /// (`email`, `phoneNumber`, `first_name`, … in any case or spelling with `_` and `-`).
+    fn names_pii(&self, steps: &[Step]) -> bool {
+        steps.iter().any(|step| matches!(step, Step::Key(key) if self.input.is_pii_key(key)))
+    }
+
     /// The static type and personal-data taint of an envelope path, with a warning for unknown fields.
     fn envelope_type(&mut self, root: &'static InputField, path: &ast::Path, steps: &[Step]) -> (Ty, Option<Taint>) {
         let mut field = root;
@@ -1141,6 +1162,8 @@ impl<'s> Compiler<'s> {
                 }
                 None => {
                     known = false;
+                    // Free-form members are personal data when their names say so.
+                    pii |= field.open && self.names_pii(&steps[i..]);
                     if !field.open && !field.fields.is_empty() {
                         let names: Vec<&str> = field.fields.iter().map(|f| f.name.as_str()).collect();
                         let prefix = steps[..i].iter().map(step_text).collect::<Vec<_>>().join(".");
@@ -1363,6 +1386,7 @@ impl<'s> Compiler<'s> {
         }
         let each = matches!(path.segments.last(), Some(Segment::Each { .. }));
         let Some(source) = self.path(path, scope, true) else { return };
+        let source_taint = source.taint.clone();
         if let Some(ty) = Some(source.ty).filter(|t| *t != Ty::ANY) {
             let expected = if each { Ty::ARRAY } else { Ty::OBJECT };
             if !ty.intersects(expected) {
@@ -1379,7 +1403,7 @@ impl<'s> Compiler<'s> {
             }
         }
         let items = target.def.items.clone().unwrap_or_default();
-        let element_scope = Scope { element: true, ..scope.clone() };
+        let element_scope = Scope { element: true, element_taint: source_taint, ..scope.clone() };
         let mut rules = Vec::new();
         let mut fields_written = Vec::new();
         let mut first_writer: HashMap<String, Span> = HashMap::new();
@@ -1439,7 +1463,7 @@ impl<'s> Compiler<'s> {
                     )
                     .with_context(*first, "first written here")
                     .with_help(
-                        "the later rule's value replaces the earlier one's; join them with `??` if one is a fallback",
+                        "when the later rule produces a value it replaces the earlier one's; join them with `??` if one is a fallback",
                     ),
                 );
             } else {
@@ -1635,7 +1659,7 @@ impl<'s> Compiler<'s> {
                         found.push(
                             Diagnostic::warning(codes::DUPLICATE_TARGET, format!("`{}` is written by two rules on route `{label}`", self.meta[b].target), self.meta[b].target_span, "written again here")
                                 .with_context(self.meta[a].target_span, "first written here")
-                                .with_help("the later rule's value replaces the earlier one's; join them with `??` if one is a fallback, or scope one with `when`"),
+                                .with_help("when the later rule produces a value it replaces the earlier one's; join them with `??` if one is a fallback, or scope one with `when`"),
                         );
                     }
                 }
@@ -1655,6 +1679,13 @@ impl<'s> Compiler<'s> {
         let custom_event_name =
             self.routes.iter().any(|r| r.custom_event_name.is_some()).then(|| self.slot("custom_event_name"));
         let timestamp_ms = self.out_slots.get("timestamp_ms").copied();
+        // Required fields get a slot even when no rule writes them, so the runtime can reject an event that
+        // lacks one (`source_url` when `action_source` is computed from the event and turns out `web`).
+        for def in &self.target.fields {
+            if (def.required || def.required_when.is_some()) && !def.set_by_route {
+                self.slot(&def.name);
+            }
+        }
         let (input, resolved) = std::mem::take(&mut self.paths).build();
         let mut rules = std::mem::take(&mut self.rules);
         for rule in &mut rules {
@@ -1678,15 +1709,11 @@ impl<'s> Compiler<'s> {
                 };
                 if def.required {
                     required.push(Requirement { slot, field: def.name.clone(), when: None });
-                } else if let (Some((field, value)), Some(&when_slot)) =
-                    (&def.required_when, def.required_when.as_ref().and_then(|(f, _)| self.out_slots.get(f)))
-                {
-                    let _ = field;
-                    required.push(Requirement {
-                        slot,
-                        field: def.name.clone(),
-                        when: Some((when_slot, value.clone())),
-                    });
+                } else if let Some((field, value)) = &def.required_when {
+                    if let Some(&when_slot) = self.out_slots.get(field) {
+                        let when = Some((when_slot, value.clone()));
+                        required.push(Requirement { slot, field: def.name.clone(), when });
+                    }
                 }
             }
             routes.push(PlanRoute {

@@ -120,9 +120,22 @@ impl InputField {
 #[derive(Clone, Debug)]
 pub struct InputSchema {
     pub fields: Vec<InputField>,
+    /// Key names that hold personal data wherever they appear in a free-form object, normalised.
+    pub pii_keys: Vec<String>,
+}
+
+/// Lower case without `_`, `-` and spaces: `Phone_Number`, `phone-number` and `phoneNumber` are one name.
+pub fn normalise_key(key: &str) -> String {
+    key.chars().filter(|c| !matches!(c, '_' | '-' | ' ')).flat_map(char::to_lowercase).collect()
 }
 
 impl InputSchema {
+    /// Whether a free-form key names personal data.
+    pub fn is_pii_key(&self, key: &str) -> bool {
+        let key = normalise_key(key);
+        self.pii_keys.contains(&key)
+    }
+
     pub fn field(&self, name: &str) -> Option<&InputField> {
         self.fields.iter().find(|f| f.name == name)
     }
@@ -278,7 +291,11 @@ fn parse_field(name: &str, def: &Yaml) -> Result<FieldDef, String> {
 pub(crate) fn parse_input(text: &str) -> Result<InputSchema, String> {
     let root: Yaml = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     let fields = parse_input_fields(get(&root, "fields").ok_or("no `fields`")?)?;
-    Ok(InputSchema { fields })
+    let pii_keys = get(&root, "pii_keys")
+        .and_then(Yaml::as_sequence)
+        .map(|keys| keys.iter().filter_map(Yaml::as_str).map(normalise_key).collect())
+        .unwrap_or_default();
+    Ok(InputSchema { fields, pii_keys })
 }
 
 fn parse_input_fields(value: &Yaml) -> Result<Vec<InputField>, String> {

@@ -5,3 +5,4 @@ mod diagnostics;
 mod grammar;
 mod presets;
 mod properties;
+mod runtime;

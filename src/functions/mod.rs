@@ -1,6 +1,6 @@
 //! The function library of the mapping language: every function's signature, documentation, examples and
-//! evaluation, declared once. The compiler type-checks calls against these declarations, `engine functions`
-//! and `docs/functions.md` are generated from them, and their examples run as tests.
+//! evaluation, declared once. The compiler type-checks calls against these declarations and their examples run
+//! as tests.
 
 use std::borrow::Cow;
 

@@ -1,0 +1,89 @@
+//! Runtime behaviour of hand-written mappings: what the engine does with events a mapping did not foresee.
+
+use serde_json::{json, Value};
+use signal_engine::run::{Outcome, RejectReason};
+use signal_engine::source::MemoryLoader;
+use signal_engine::{compile, CompileOptions, Context, Plan};
+
+const NOW: i64 = 1_795_176_000_000; // 2026-11-20T12:00:00Z
+
+fn plan(text: &str) -> Plan {
+    let compiled = compile("test.map", text, &MemoryLoader::default(), &CompileOptions::default());
+    let errors: Vec<_> = compiled.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    compiled.plan.expect("compiles")
+}
+
+const HEADER: &str = r#"
+routes {
+  "Order Completed" -> order_created
+  track -> custom("other_event")
+}
+messageId -> id
+timestamp -> timestamp_ms | to_unix_ms
+"#;
+
+fn event(extra: Value) -> Value {
+    let mut event = json!({
+        "type": "track", "event": "Order Completed", "messageId": "m-1", "anonymousId": "a-1",
+        "timestamp": "2026-11-20T10:00:00Z", "properties": {}, "context": {"page": {"url": "https://x.example/p"}}
+    });
+    if let (Value::Object(base), Value::Object(extra)) = (&mut event, extra) {
+        base.extend(extra);
+    }
+    event
+}
+
+#[test]
+fn a_required_field_no_rule_writes_rejects_the_events_that_need_it() {
+    // `action_source` is read from the event, so only the runtime can tell that `source_url` is needed.
+    let plan = plan(&format!("{HEADER}\nproperties.channel -> action_source\n"));
+    let web = plan.apply(&event(json!({"properties": {"channel": "web"}})), &mut Context::stateless(NOW));
+    let Outcome::Rejected(rejected) = web else { panic!("{web:?}") };
+    assert_eq!(rejected.reason, RejectReason::MissingRequiredField);
+    assert_eq!(rejected.field.as_deref(), Some("source_url"));
+    let offline = plan.apply(&event(json!({"properties": {"channel": "offline"}})), &mut Context::stateless(NOW));
+    assert!(matches!(offline, Outcome::Mapped(_)), "{offline:?}");
+}
+
+#[test]
+fn the_track_catch_all_takes_unnamed_and_unrouted_track_events() {
+    let plan = plan(&format!("{HEADER}\n\"web\" -> action_source\ncontext.page.url -> source_url\n"));
+    for name in [json!("Something Else"), Value::Null] {
+        let mut input = event(json!({}));
+        input["event"] = name;
+        let outcome = plan.apply(&input, &mut Context::stateless(NOW));
+        let Outcome::Mapped(mapped) = outcome else { panic!("{outcome:?}") };
+        let output: Value = serde_json::from_str(&mapped.json).unwrap();
+        assert_eq!(output["type"], "custom");
+        assert_eq!(output["custom_event_name"], "other_event");
+    }
+}
+
+#[test]
+fn an_array_mapped_as_one_object_warns_instead_of_silently_producing_nothing() {
+    let plan = plan(&format!(
+        "{HEADER}\n\"web\" -> action_source\ncontext.page.url -> source_url\n\
+         when order_created {{ products -> data.contents[*] {{ product_id -> id }} }}\n"
+    ));
+    let outcome =
+        plan.apply(&event(json!({"properties": {"products": [{"product_id": "p"}]}})), &mut Context::stateless(NOW));
+    let Outcome::Mapped(mapped) = outcome else { panic!("{outcome:?}") };
+    assert!(mapped.warnings.iter().any(|w| w.message.contains("[*]")), "{:?}", mapped.warnings);
+}
+
+#[test]
+fn later_rules_replace_earlier_values_only_when_they_produce_one() {
+    let plan = plan(&format!(
+        "{HEADER}\n\"web\" -> action_source\ncontext.page.url -> source_url\n\
+         \"first\" -> user.external_id\nproperties.better -> user.external_id\n"
+    ));
+    let without = plan.apply(&event(json!({})), &mut Context::stateless(NOW));
+    let with = plan.apply(&event(json!({"properties": {"better": "second"}})), &mut Context::stateless(NOW));
+    let external_id = |outcome: Outcome| match outcome {
+        Outcome::Mapped(m) => serde_json::from_str::<Value>(&m.json).unwrap()["user"]["external_id"].clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(external_id(without), "first");
+    assert_eq!(external_id(with), "second");
+}
