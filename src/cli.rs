@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Checks mapping files and reports every problem found (exit 1 when any is an error).
     Check {
-        /// Mapping files to check.
+        /// Mapping files to check; a directory stands for every `.map` file below it.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Parameter values (YAML mapping of name to value) to check the mappings with.
@@ -136,8 +136,35 @@ fn compile_file(path: &Path, options: &CompileOptions) -> Result<Compiled, Failu
     Ok(signal_engine::compile(&path.to_string_lossy(), &text, &FileLoader, options))
 }
 
-fn check(files: &[PathBuf], params: Option<&Path>, format: Format, color: Color) -> Result<u8, Failure> {
+/// The mapping files named: files as given, directories expanded to the `.map` files below them, sorted.
+fn mapping_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Failure> {
+        let entries = fs::read_dir(dir).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "map") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn check(paths: &[PathBuf], params: Option<&Path>, format: Format, color: Color) -> Result<u8, Failure> {
     let options = CompileOptions { params: read_params(params)? };
+    let files = mapping_files(paths)?;
     let mut errors = 0;
     let mut warnings = 0;
     let mut json_out = Vec::new();
@@ -147,7 +174,7 @@ fn check(files: &[PathBuf], params: Option<&Path>, format: Format, color: Color)
         Color::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     let mut stdout = io::stdout().lock();
-    for file in files {
+    for file in &files {
         let compiled = compile_file(file, &options)?;
         errors += compiled.diagnostics.iter().filter(|d| d.is_error()).count();
         warnings += compiled.diagnostics.iter().filter(|d| !d.is_error()).count();

@@ -47,6 +47,13 @@ fn check_passes_on_every_shipped_mapping() {
 }
 
 #[test]
+fn check_takes_directories_and_expands_them_to_their_mapping_files() {
+    let output = engine(&["check", "mappings"], "");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    assert!(text(&output.stdout).contains("engine check: 2 files, 0 errors, 0 warnings"), "{}", text(&output.stdout));
+}
+
+#[test]
 fn check_exit_codes_and_json_format() {
     let dir = std::env::temp_dir().join(format!("engine-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
