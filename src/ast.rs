@@ -242,6 +242,17 @@ pub struct TargetPath {
 }
 
 impl TargetPath {
+    /// The field names along the path, without indexes: `["data", "contents"]` for `data.contents[*]`.
+    pub fn keys(&self) -> Vec<&str> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Key { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// `user.email`, `data.contents[*]`, as written.
     pub fn dotted(&self) -> String {
         segments_text(&self.segments, false)

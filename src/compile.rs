@@ -1201,14 +1201,7 @@ impl<'s> Compiler<'s> {
     // ---- targets ----
 
     fn target_field(&mut self, target: &ast::TargetPath, scope: &Scope) -> Option<TargetInfo> {
-        let keys: Vec<&str> = target
-            .segments
-            .iter()
-            .filter_map(|s| match s {
-                Segment::Key { name, .. } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
+        let keys = target.keys();
         let dotted = keys.join(".");
         let unknown = |this: &mut Self| {
             let candidates = target_names(this.target);
@@ -1408,15 +1401,7 @@ impl<'s> Compiler<'s> {
         let mut fields_written = Vec::new();
         let mut first_writer: HashMap<String, Span> = HashMap::new();
         for inner in block {
-            let keys: Vec<&str> = inner
-                .target
-                .segments
-                .iter()
-                .filter_map(|s| match s {
-                    Segment::Key { name, .. } => Some(name.as_str()),
-                    _ => None,
-                })
-                .collect();
+            let keys = inner.target.keys();
             let name = keys.join(".");
             let Some(index) = items
                 .iter()
