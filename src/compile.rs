@@ -697,14 +697,13 @@ impl<'s> Compiler<'s> {
             );
             return;
         }
-        let Some(typed) = self.source_with_pipes(rule, scope) else {
+        let Some((typed, pipes)) = self.source_with_pipes(rule, scope) else {
             self.failed_writes.push((target.dotted, scope.routes.clone()));
             return;
         };
         self.check_output(&typed, &target, rule.target.span);
         let slot = self.slot(&target.dotted);
-        // `pipes` wraps every source in a one-term coalesce; `split_pipes` unwraps it, exposing a literal.
-        let (expr, pipes) = split_pipes(typed.expr);
+        let expr = typed.expr;
         let constant = match &expr {
             Expr::Const(v) if pipes.is_empty() => Some(v.clone()),
             _ => None,
@@ -765,13 +764,21 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    fn source_with_pipes(&mut self, rule: &ast::Rule, scope: &Scope) -> Option<Typed> {
+    /// A rule's compiled source with the value's final type and taint, and its bound pipe functions.
+    fn source_with_pipes(&mut self, rule: &ast::Rule, scope: &Scope) -> Option<(Typed, Vec<BoundCall>)> {
         let source = self.source(&rule.source, scope)?;
         self.pipes(source, &rule.pipes, rule.source.span, scope)
     }
 
-    fn pipes(&mut self, mut typed: Typed, pipes: &[ast::Call], source_span: Span, scope: &Scope) -> Option<Typed> {
-        let mut calls = Vec::new();
+    /// Binds a rule's pipe functions to its compiled source; the type and taint become those after the last.
+    fn pipes(
+        &mut self,
+        mut typed: Typed,
+        pipes: &[ast::Call],
+        source_span: Span,
+        scope: &Scope,
+    ) -> Option<(Typed, Vec<BoundCall>)> {
+        let mut bound_calls = Vec::new();
         let mut failed = false;
         let mut input_span = source_span;
         for call in pipes {
@@ -782,18 +789,13 @@ impl<'s> Compiler<'s> {
                         Pii::Keeps => typed.taint.take().or(args_taint),
                     };
                     typed.ty = ty;
-                    calls.push(bound);
+                    bound_calls.push(bound);
                 }
                 None => failed = true,
             }
             input_span = call.span;
         }
-        if failed {
-            return None;
-        }
-        typed.expr = Expr::Coalesce(vec![typed.expr]);
-        typed.expr = attach_pipes(typed.expr, calls);
-        Some(typed)
+        (!failed).then_some((typed, bound_calls))
     }
 
     fn source(&mut self, source: &ast::Source, scope: &Scope) -> Option<Typed> {
@@ -1435,7 +1437,7 @@ impl<'s> Compiler<'s> {
                 );
                 continue;
             }
-            let Some(typed) = self.source_with_pipes(inner, &element_scope) else { continue };
+            let Some((typed, pipes)) = self.source_with_pipes(inner, &element_scope) else { continue };
             let info = TargetInfo { dotted: format!("{}[*].{name}", target.dotted), def: items[index].clone() };
             self.check_output(&typed, &info, inner.target.span);
             if let Some(first) = first_writer.get(&name) {
@@ -1455,7 +1457,7 @@ impl<'s> Compiler<'s> {
                 first_writer.insert(name.clone(), inner.target.span);
             }
             fields_written.push(name.clone());
-            let (expr, pipes) = split_pipes(typed.expr);
+            let expr = typed.expr;
             rules.push(ElementRule {
                 field: index,
                 target_name: info.dotted,
@@ -1858,65 +1860,6 @@ fn custom_event_name_problem(name: &str, target: &TargetSchema) -> Option<&'stat
     }
     None
 }
-
-/// A compiled rule source is `Coalesce([source])` followed by pipes folded in as nested calls; the plan keeps
-/// the source and its pipes apart so the runtime can report which function yielded nothing.
-fn attach_pipes(source: Expr, pipes: Vec<BoundCall>) -> Expr {
-    if pipes.is_empty() {
-        return source;
-    }
-    Expr::Call {
-        function: &PIPE_MARKER,
-        input: Box::new(source),
-        args: pipes
-            .into_iter()
-            .map(|p| {
-                ArgExpr::Dynamic(Expr::Call {
-                    function: p.function,
-                    input: Box::new(Expr::Const(Value::Null)),
-                    args: p.args,
-                })
-            })
-            .collect(),
-    }
-}
-
-fn split_pipes(expr: Expr) -> (Expr, Vec<BoundCall>) {
-    match expr {
-        Expr::Call { function, input, args } if std::ptr::eq(function, &PIPE_MARKER) => {
-            let pipes = args
-                .into_iter()
-                .map(|arg| match arg {
-                    ArgExpr::Dynamic(Expr::Call { function, args, .. }) => BoundCall { function, args },
-                    _ => unreachable!("attach_pipes only builds calls"),
-                })
-                .collect();
-            (unwrap_single(*input), pipes)
-        }
-        other => (unwrap_single(other), Vec::new()),
-    }
-}
-
-fn unwrap_single(expr: Expr) -> Expr {
-    match expr {
-        Expr::Coalesce(mut terms) if terms.len() == 1 => terms.pop().expect("one term"),
-        other => other,
-    }
-}
-
-static PIPE_MARKER: Function = Function {
-    name: "|",
-    summary: "",
-    input: Ty::ANY,
-    params: &[],
-    variadic: false,
-    output: Ty::ANY,
-    pii: Pii::Keeps,
-    source_input: None,
-    examples: &[],
-    check_constants: None,
-    eval: |input, _| Ok(input),
-};
 
 fn resolve_rule_paths(rule: &mut PlanRule, resolved: &[(usize, Vec<Step>)]) {
     resolve_expr(&mut rule.expr, resolved);
