@@ -115,7 +115,13 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
         codes::SYNTAX,
         format!("expected {expected_text}, found {}", found.0),
         span,
-        format!("expected {expected_text} here"),
+        // The message lists everything that would fit; the label stays short enough to sit under the code.
+        match (expected.len(), found.0.as_str()) {
+            (0..=2, _) => format!("expected {expected_text} here"),
+            (_, "the end of the file") => "the file ends here".to_string(),
+            (_, "the end of the line") => "the line ends here".to_string(),
+            (_, token) => format!("unexpected {token}"),
+        },
     );
     diagnostic = diagnostic.with_help(syntax_help(&text[position..], &expected));
     diagnostic
