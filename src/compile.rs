@@ -828,24 +828,33 @@ impl<'s> Compiler<'s> {
             Term::Call(call) => {
                 let function = self.function(&call.name)?;
                 let Some(input_path) = function.source_input else {
-                    let help = match (call.args.first(), function.arity().1) {
-                        // More arguments than the function takes: the first one is meant as the input.
-                        (Some(ast::Arg::Source(first)), Some(max)) if call.args.len() > max => {
-                            let rest = ast::Call { args: call.args[1..].to_vec(), ..call.clone() };
-                            format!("pipe the value into it instead: `{first} -> … | {}`", call_text(&rest))
-                        }
-                        _ => format!("pipe a value into it: `source -> target | {}`", call_text(call)),
+                    // Called as a source, a function takes its input as the first argument:
+                    // `concat("ORD-", order_id)` is `"ORD-" | concat(order_id)`.
+                    let Some(ast::Arg::Source(first)) = call.args.first() else {
+                        self.error(
+                            Diagnostic::error(
+                                codes::NOT_A_SOURCE,
+                                format!("`{}` needs an input", function.name),
+                                call.span,
+                                "called without an input",
+                            )
+                            .with_help(format!(
+                                "give the input as the first argument, `{}(x, …)`, or pipe it: `x -> target | {}`",
+                                function.name,
+                                call_text(call)
+                            )),
+                        );
+                        return None;
                     };
-                    self.error(
-                        Diagnostic::error(
-                            codes::NOT_A_SOURCE,
-                            format!("`{}` needs a piped input", function.name),
-                            call.span,
-                            "called without an input",
-                        )
-                        .with_help(help),
-                    );
-                    return None;
+                    let input = self.source(first, scope)?;
+                    let rest = ast::Call { args: call.args[1..].to_vec(), ..call.clone() };
+                    let (bound, ty, args_taint) = self.bind(&rest, Some((input.ty, first.span)), scope)?;
+                    let taint = match function.pii {
+                        Pii::Hashes => None,
+                        Pii::Keeps => input.taint.or(args_taint),
+                    };
+                    let expr = Expr::Call { function: bound.function, input: Box::new(input.expr), args: bound.args };
+                    return Some(Typed { expr, ty, taint });
                 };
                 let (input_expr, _, input_taint) = self.envelope_path(input_path, call.span);
                 let (bound, ty, args_taint) = self.bind(call, None, scope)?;

@@ -18,7 +18,8 @@ struct MappingParser;
 pub fn parse(file: FileId, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut items = Vec::new();
-    let mut offset = 0;
+    // Editors on Windows start files with a byte order mark; it is not part of the mapping.
+    let mut offset = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
     loop {
         match MappingParser::parse(Rule::file, &text[offset..]) {
             Ok(mut pairs) => {
@@ -85,6 +86,9 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
         pest::error::InputLocation::Span((start, _)) => start,
     } + offset;
     let found = describe_found(&text[position..]);
+    if let Some(diagnostic) = unterminated_string(file, text, position) {
+        return diagnostic;
+    }
     // At the end of the file, point just after the last token rather than past the final newline, where no
     // snippet line can show the label.
     let position = if position >= text.len() { text.trim_end().len() } else { position };
@@ -125,6 +129,30 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
     );
     diagnostic = diagnostic.with_help(syntax_help(&text[position..], &expected));
     diagnostic
+}
+
+/// A `"` that opens a string no `"` closes on its line: pest only sees an unexpected quote.
+fn unterminated_string(file: FileId, text: &str, position: usize) -> Option<Diagnostic> {
+    let rest = text[position..].strip_prefix('"')?;
+    let line = rest.split('\n').next().unwrap_or_default();
+    let mut escaped = false;
+    for c in line.chars() {
+        match (escaped, c) {
+            (false, '\\') => escaped = true,
+            (false, '"') => return None,
+            _ => escaped = false,
+        }
+    }
+    let end = position + 1 + line.len();
+    Some(
+        Diagnostic::error(
+            codes::SYNTAX,
+            "unterminated string",
+            Span::new(file, position, end),
+            "this string has no closing `\"`",
+        )
+        .with_help("close the string on the same line; write a quote inside a string as \\\""),
+    )
 }
 
 /// What the parser stumbled on, in words, and how many bytes of it to underline.

@@ -82,3 +82,8 @@ fn keywords_are_reserved_only_where_they_start_an_item() {
     assert_eq!(canonical("routes_total -> id"), "routes_total -> id\n");
     assert!(syntax::parse(FileId(0), "when -> id").is_err());
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_is_ignored() {
+    assert_eq!(canonical("\u{feff}messageId -> id"), "messageId -> id\n");
+}

@@ -87,3 +87,23 @@ fn later_rules_replace_earlier_values_only_when_they_produce_one() {
     assert_eq!(external_id(without), "first");
     assert_eq!(external_id(with), "second");
 }
+
+#[test]
+fn any_function_called_as_a_source_takes_its_input_as_the_first_argument() {
+    let plan = plan(&format!(
+        "{HEADER}\n\"web\" -> action_source\ncontext.page.url -> source_url\n\
+         when order_created {{ concat(\"ORD-\", order_id) -> data.order_id }}\n\
+         sha256(lowercase(properties.login)) -> user.external_id\n"
+    ));
+    let outcome =
+        plan.apply(&event(json!({"properties": {"order_id": 42, "login": "ADA"}})), &mut Context::stateless(NOW));
+    let Outcome::Mapped(mapped) = outcome else { panic!("{outcome:?}") };
+    let output: Value = serde_json::from_str(&mapped.json).unwrap();
+    assert_eq!(output["data"]["order_id"], "ORD-42");
+    assert_eq!(output["user"]["external_id"], sha256_hex("ada"));
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
