@@ -25,15 +25,37 @@ pub struct RememberedField {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub fields: Vec<RememberedField>,
+    /// Every key known to belong to the same visitor (its anonymous ids and user id), so that what one key
+    /// learns later reaches the others.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 impl Profile {
-    /// The freshest value of `field` still valid at `now_ms`.
-    pub fn get(&self, field: &str, now_ms: i64) -> Option<&RememberedField> {
+    /// The most keys one visitor keeps linked; past it the oldest links are dropped.
+    pub const MAX_KEYS: usize = 16;
+}
+
+impl Profile {
+    /// The freshest value of `field` that applies at event time `at_ms`. A value with a lifetime (a click id)
+    /// applies from the event that taught it until it expires, so a conversion that happened before the click does
+    /// not get the click's id; a value without one (a hashed email) describes the visitor at any time.
+    pub fn get(&self, field: &str, at_ms: i64) -> Option<&RememberedField> {
         self.fields
             .iter()
-            .filter(|f| f.field == field && f.expires_ms.is_none_or(|e| now_ms <= e))
+            .filter(|f| f.field == field && f.expires_ms.is_none_or(|e| f.seen_ms <= at_ms && at_ms <= e))
             .max_by_key(|f| f.seen_ms)
+    }
+
+    /// Links `key` to this visitor, keeping the most recent [`Profile::MAX_KEYS`].
+    pub fn link(&mut self, key: &str) {
+        if let Some(position) = self.keys.iter().position(|k| k == key) {
+            self.keys.remove(position);
+        }
+        self.keys.push(key.to_string());
+        if self.keys.len() > Self::MAX_KEYS {
+            self.keys.remove(0);
+        }
     }
 
     /// Records `field`, replacing an older value; an out-of-order older event does not overwrite a newer one.
@@ -49,6 +71,11 @@ impl Profile {
     pub fn merge(&mut self, other: &Profile) {
         for field in &other.fields {
             self.set(field.clone());
+        }
+        for key in &other.keys {
+            if !self.keys.contains(key) {
+                self.link(key);
+            }
         }
     }
 }
@@ -112,6 +139,7 @@ mod tests {
         profile.set(field("oppref", "old", 100, Some(200)));
         assert_eq!(profile.get("oppref", 250).unwrap().value, "new");
         assert!(profile.get("oppref", 301).is_none());
+        assert!(profile.get("oppref", 150).is_none(), "learned after the event it would be applied to");
     }
 
     #[test]

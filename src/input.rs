@@ -6,8 +6,10 @@
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::functions::{lookup, Val};
 use crate::plan::Step;
 
 /// The trie of captured paths and where each path the plan reads ends up.
@@ -98,8 +100,8 @@ impl fmt::Display for InputError {
 impl std::error::Error for InputError {}
 
 impl InputLayout {
-    /// Reads the captured values of one JSON text.
-    pub fn read_str(&self, text: &str) -> Result<Vec<Option<Value>>, InputError> {
+    /// Reads the captured values of one JSON text; they borrow every string without escapes from it.
+    pub fn read_str<'a>(&self, text: &'a str) -> Result<Vec<Option<Val<'a>>>, InputError> {
         match text.trim_start().as_bytes().first() {
             Some(b'{') => {}
             Some(b'[') => return Err(not_an_object("an array")),
@@ -109,7 +111,7 @@ impl InputLayout {
             Some(b'-' | b'0'..=b'9') => return Err(not_an_object("a number")),
             _ => return Err(InputError("invalid JSON: expected an object".to_string())),
         }
-        let mut slots = vec![None; self.slot_count];
+        let mut slots = (0..self.slot_count).map(|_| None).collect::<Vec<_>>();
         let mut deserializer = serde_json::Deserializer::from_str(text);
         RootSeed { node: &self.root, slots: &mut slots }
             .deserialize(&mut deserializer)
@@ -118,8 +120,8 @@ impl InputLayout {
         Ok(slots)
     }
 
-    /// Reads the captured values of an already parsed event.
-    pub fn read_value(&self, event: &Value) -> Result<Vec<Option<Value>>, InputError> {
+    /// Reads the captured values of an already parsed event, borrowing from it.
+    pub fn read_value<'a>(&self, event: &'a Value) -> Result<Vec<Option<Val<'a>>>, InputError> {
         let found = match event {
             Value::Object(_) => None,
             Value::Array(_) => Some("an array"),
@@ -131,10 +133,10 @@ impl InputLayout {
         if let Some(found) = found {
             return Err(not_an_object(found));
         }
-        let mut slots = vec![None; self.slot_count];
-        fn walk(node: &Node, value: &Value, slots: &mut [Option<Value>]) {
+        let mut slots = (0..self.slot_count).map(|_| None).collect::<Vec<_>>();
+        fn walk<'a>(node: &Node, value: &'a Value, slots: &mut [Option<Val<'a>>]) {
             if let Some(slot) = node.capture {
-                slots[slot] = Some(value.clone());
+                slots[slot] = Some(Val::from_json(value));
                 return;
             }
             if let Value::Object(map) = value {
@@ -155,12 +157,12 @@ fn not_an_object(found: &str) -> InputError {
 }
 
 /// The top level must be an object; below it, anything goes.
-struct RootSeed<'a> {
-    node: &'a Node,
-    slots: &'a mut [Option<Value>],
+struct RootSeed<'n, 'de> {
+    node: &'n Node,
+    slots: &'n mut [Option<Val<'de>>],
 }
 
-impl<'de> DeserializeSeed<'de> for RootSeed<'_> {
+impl<'de> DeserializeSeed<'de> for RootSeed<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -168,18 +170,18 @@ impl<'de> DeserializeSeed<'de> for RootSeed<'_> {
     }
 }
 
-struct NodeSeed<'a> {
-    node: &'a Node,
-    slots: &'a mut [Option<Value>],
+struct NodeSeed<'n, 'de> {
+    node: &'n Node,
+    slots: &'n mut [Option<Val<'de>>],
 }
 
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         match self.node.capture {
             Some(slot) => {
-                self.slots[slot] = Some(serde::Deserialize::deserialize(deserializer)?);
+                self.slots[slot] = Some(Val::deserialize(deserializer)?);
                 Ok(())
             }
             None => deserializer.deserialize_any(NodeVisitor { node: self.node, slots: self.slots, root: false }),
@@ -187,13 +189,13 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
     }
 }
 
-struct NodeVisitor<'a> {
-    node: &'a Node,
-    slots: &'a mut [Option<Value>],
+struct NodeVisitor<'n, 'de> {
+    node: &'n Node,
+    slots: &'n mut [Option<Val<'de>>],
     root: bool,
 }
 
-impl NodeVisitor<'_> {
+impl NodeVisitor<'_, '_> {
     fn not_object<E: serde::de::Error>(&self, what: &str) -> Result<(), E> {
         if self.root {
             Err(E::custom(format!("an event must be a JSON object, found {what}")))
@@ -203,7 +205,7 @@ impl NodeVisitor<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for NodeVisitor<'_> {
+impl<'de> Visitor<'de> for NodeVisitor<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -276,16 +278,22 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.node.children.iter().position(|(k, _)| k == key))
+        // Keys of the same length and first byte are rare: that test spares most comparisons a `memcmp` call.
+        let first = key.as_bytes().first();
+        Ok(self
+            .node
+            .children
+            .iter()
+            .position(|(k, _)| k.len() == key.len() && k.as_bytes().first() == first && k == key))
     }
 }
 
 /// The value at `steps` inside `value`.
-pub(crate) fn walk<'v>(mut value: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+pub(crate) fn walk<'v, 'a>(mut value: &'v Val<'a>, steps: &[Step]) -> Option<&'v Val<'a>> {
     for step in steps {
         value = match (step, value) {
-            (Step::Key(key), Value::Object(map)) => map.get(key)?,
-            (Step::Index(index), Value::Array(items)) => items.get(*index)?,
+            (Step::Key(key), Val::Object(entries)) => lookup(entries, key)?,
+            (Step::Index(index), Val::Array(items)) => items.get(*index)?,
             _ => return None,
         };
     }
@@ -316,7 +324,7 @@ mod tests {
             .unwrap();
         let read = |id: usize| {
             let (slot, rest) = &resolved[id];
-            slots[*slot].as_ref().and_then(|v| walk(v, rest)).cloned()
+            slots[*slot].as_ref().and_then(|v| walk(v, rest)).map(Val::to_json)
         };
         assert_eq!(read(url), Some(Value::from("u")));
         assert_eq!(read(consent), Some(Value::from(true)));

@@ -2,12 +2,12 @@
 //! validate the result against the target schema (including the timestamp window around the caller's `now`)
 //! and write the OpenAI event as JSON. Synchronous and free of I/O; no input panics it.
 
-use std::borrow::Cow;
+use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::functions::{Arg, Ty};
+use crate::functions::{write_json, write_json_string, Arg, Function, Ty, Val};
 use crate::identity::{IdentityStore, Profile, RememberedField};
 use crate::input::walk;
 use crate::plan::*;
@@ -112,16 +112,17 @@ struct Memory {
     recalled: Vec<usize>,
 }
 
-enum Out {
-    Value(Value),
-    Elements(Vec<Vec<Option<Value>>>),
+/// What a rule produced for an output slot. Values borrow from the plan and the event (`'v`).
+enum Out<'v> {
+    Value(Val<'v>),
+    Elements(Vec<Vec<Option<Val<'v>>>>),
 }
 
-struct State<'p> {
-    input: Vec<Option<Value>>,
-    out: Vec<Option<Out>>,
+struct State<'v> {
+    input: &'v [Option<Val<'v>>],
+    out: Vec<Option<Out<'v>>>,
     /// Which rule last wrote each slot, to name it in rejections.
-    writer: Vec<Option<&'p str>>,
+    writer: Vec<Option<&'v str>>,
     warnings: Vec<Warning>,
 }
 
@@ -129,7 +130,7 @@ impl Plan {
     /// Applies the plan to one event given as JSON text; reads only the paths the plan uses.
     pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
         match self.input.read_str(event) {
-            Ok(input) => self.apply_input(input, context),
+            Ok(input) => self.apply_input(&input, context),
             Err(error) => invalid_input(error.0),
         }
     }
@@ -137,12 +138,12 @@ impl Plan {
     /// Applies the plan to one parsed event.
     pub fn apply(&self, event: &Value, context: &mut Context<'_>) -> Outcome {
         match self.input.read_value(event) {
-            Ok(input) => self.apply_input(input, context),
+            Ok(input) => self.apply_input(&input, context),
             Err(error) => invalid_input(error.0),
         }
     }
 
-    fn apply_input(&self, input: Vec<Option<Value>>, context: &mut Context<'_>) -> Outcome {
+    fn apply_input<'v>(&'v self, input: &'v [Option<Val<'v>>], context: &mut Context<'_>) -> Outcome {
         let mut state = State {
             input,
             out: (0..self.slot_count).map(|_| None).collect(),
@@ -150,9 +151,10 @@ impl Plan {
             warnings: Vec::new(),
         };
         // Slots 0-3 hold `type`, `event`, `anonymousId`, `userId` (registered first by the compiler).
-        let kind = state.input[0].as_ref().and_then(Value::as_str).unwrap_or_default().to_string();
-        let route = match kind.as_str() {
-            "track" => match state.input[1].as_ref().and_then(Value::as_str) {
+        let kind = input[0].as_ref().and_then(Val::as_str).unwrap_or_default();
+        let event_name = input[1].as_ref().and_then(Val::as_str);
+        let route = match kind {
+            "track" => match event_name {
                 Some(name) => self.router.named.get(name).copied().or(self.router.any_track),
                 None => self.router.any_track,
             },
@@ -162,7 +164,7 @@ impl Plan {
             _ => None,
         };
         let Some(route_index) = route else {
-            let what = match (kind.as_str(), state.input[1].as_ref().and_then(Value::as_str)) {
+            let what = match (kind, event_name) {
                 ("", _) => "an event without `type`".to_string(),
                 ("track", Some(name)) => format!("track event {name:?}"),
                 ("track", None) => "a track event without `event` name".to_string(),
@@ -174,10 +176,10 @@ impl Plan {
         for &rule in &route.rules {
             self.run_rule(&self.rules[rule], &mut state);
         }
-        self.set(&mut state, self.slots.event_type, Value::from(route.event_type.clone()));
-        self.set(&mut state, self.slots.data_type, Value::from(route.shape.clone()));
+        self.set(&mut state, self.slots.event_type, Val::from(route.event_type.as_str()));
+        self.set(&mut state, self.slots.data_type, Val::from(route.shape.as_str()));
         if let (Some(slot), Some(name)) = (self.slots.custom_event_name, &route.custom_event_name) {
-            self.set(&mut state, slot, Value::from(name.clone()));
+            self.set(&mut state, slot, Val::from(name.as_str()));
         }
         let event_ms = self.event_time(&state, context.now_ms);
         let memory = context.identity.as_deref_mut().and_then(|store| self.recall(&mut state, store, event_ms));
@@ -191,12 +193,12 @@ impl Plan {
         if let Some(rejected) = rejected {
             return Outcome::Rejected(rejected);
         }
-        let mut json = String::with_capacity(512);
+        let mut json = String::with_capacity(1024);
         write_object(&self.output, &state.out, &mut json);
         Outcome::Mapped(Mapped { event_type: route.event_type.clone(), json, warnings: state.warnings })
     }
 
-    fn set(&self, state: &mut State<'_>, slot: usize, value: Value) {
+    fn set<'v>(&self, state: &mut State<'v>, slot: usize, value: Val<'v>) {
         state.out[slot] = Some(Out::Value(value));
     }
 
@@ -210,7 +212,7 @@ impl Plan {
             .unwrap_or(now_ms)
     }
 
-    fn identify<'p>(&'p self, state: &mut State<'p>, context: &mut Context<'_>) -> Outcome {
+    fn identify<'v>(&'v self, state: &mut State<'v>, context: &mut Context<'_>) -> Outcome {
         for &rule in &self.identity_rules {
             self.run_rule(&self.rules[rule], state);
         }
@@ -233,11 +235,11 @@ impl Plan {
             return None;
         }
         let mut keys = Vec::with_capacity(2);
-        if let Some(anonymous) = state.input[2].as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            keys.push(format!("anon:{anonymous}"));
+        if let Some(anonymous) = state.input[2].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
+            keys.push(["anon:", anonymous].concat());
         }
-        if let Some(user) = state.input[3].as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            keys.push(format!("user:{user}"));
+        if let Some(user) = state.input[3].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
+            keys.push(["user:", user].concat());
         }
         if keys.is_empty() {
             return None;
@@ -259,7 +261,7 @@ impl Plan {
                 continue;
             }
             if let Some(field) = memory.profile.get(&remembered.field, event_ms) {
-                state.out[remembered.slot] = Some(Out::Value(field.value.clone()));
+                state.out[remembered.slot] = Some(Out::Value(Val::from_json(&field.value).into_owned()));
                 memory.recalled.push(remembered.slot);
             }
         }
@@ -280,7 +282,7 @@ impl Plan {
             }
             memory.profile.set(RememberedField {
                 field: remembered.field.clone(),
-                value: value.clone(),
+                value: value.to_json(),
                 seen_ms: event_ms,
                 expires_ms: remembered.lifetime_ms.map(|l| event_ms.saturating_add(l)),
             });
@@ -288,8 +290,11 @@ impl Plan {
         }
         // Two keys are stored even without news, so that the anonymous and the known visitor stay linked.
         if memory.profile != memory.before || memory.keys.len() > 1 {
-            for key in &memory.keys {
-                store.store(key, memory.profile.clone());
+            if let Some((last, others)) = memory.keys.split_last() {
+                for key in others {
+                    store.store(key, memory.profile.clone());
+                }
+                store.store(last, memory.profile);
             }
         }
         learned
@@ -306,70 +311,35 @@ impl Plan {
         find(&self.output, slot)
     }
 
-    fn run_rule<'p>(&'p self, rule: &'p PlanRule, state: &mut State<'p>) {
+    fn run_rule<'v>(&'v self, rule: &'v PlanRule, state: &mut State<'v>) {
         match &rule.target {
-            RuleTarget::Slot(slot) => {
-                let value = evaluate(&rule.expr, &rule.pipes, &state.input, None);
-                match value {
-                    Ok(Some(value)) if !value.is_null() => {
-                        state.out[*slot] = Some(Out::Value(value));
-                        state.writer[*slot] = Some(&rule.location);
-                    }
-                    Ok(_) => {}
-                    Err(message) => state.warnings.push(Warning {
-                        field: rule.target_name.clone(),
-                        rule: rule.location.clone(),
-                        message,
-                    }),
+            RuleTarget::Slot(slot) => match evaluate(&rule.expr, &rule.pipes, state.input, None) {
+                Ok(Some(value)) if !value.is_null() => {
+                    state.out[*slot] = Some(Out::Value(value));
+                    state.writer[*slot] = Some(&rule.location);
                 }
-            }
+                Ok(_) => {}
+                Err(message) => state.warnings.push(Warning {
+                    field: rule.target_name.clone(),
+                    rule: rule.location.clone(),
+                    message,
+                }),
+            },
             RuleTarget::Elements { slot, each, rules } => {
-                let source = match eval_expr(&rule.expr, &state.input, None) {
-                    Ok(Some(value)) => value,
-                    _ => return,
+                let built = match eval_ref(&rule.expr, state.input, None) {
+                    // Elements read from the event borrow from it.
+                    Ok(Some(Got::Ref(source))) => build_elements(rule, rules, *each, source, state.input, state),
+                    // A computed source lives only here: its elements' values are copied out of it.
+                    Ok(Some(Got::Owned(source))) => build_elements(rule, rules, *each, &source, state.input, state)
+                        .map(|built| {
+                            built
+                                .into_iter()
+                                .map(|fields| fields.into_iter().map(|f| f.map(Val::into_owned)).collect())
+                                .collect()
+                        }),
+                    _ => None,
                 };
-                let elements: Vec<&Value> = match (&source, each) {
-                    (Value::Array(items), true) => items.iter().collect(),
-                    (Value::Null, _) => return,
-                    (Value::Array(_), false) => {
-                        state.warnings.push(Warning {
-                            field: rule.target_name.clone(),
-                            rule: rule.location.clone(),
-                            message: "the source is an array: write `source[*]` to map each of its elements"
-                                .to_string(),
-                        });
-                        return;
-                    }
-                    (value, false) => vec![value],
-                    (other, true) => {
-                        state.warnings.push(Warning {
-                            field: rule.target_name.clone(),
-                            rule: rule.location.clone(),
-                            message: format!("expected an array, got {}", crate::functions::kind(other)),
-                        });
-                        return;
-                    }
-                };
-                let width = rules.iter().map(|r| r.field + 1).max().unwrap_or(0);
-                let mut built = Vec::with_capacity(elements.len());
-                for element in elements {
-                    let mut fields: Vec<Option<Value>> = vec![None; width];
-                    for element_rule in rules {
-                        match evaluate(&element_rule.expr, &element_rule.pipes, &state.input, Some(element)) {
-                            Ok(Some(value)) if !value.is_null() => fields[element_rule.field] = Some(value),
-                            Ok(_) => {}
-                            Err(message) => state.warnings.push(Warning {
-                                field: element_rule.target_name.clone(),
-                                rule: element_rule.location.clone(),
-                                message,
-                            }),
-                        }
-                    }
-                    if fields.iter().any(Option::is_some) {
-                        built.push(fields);
-                    }
-                }
-                if !built.is_empty() {
+                if let Some(built) = built.filter(|built| !built.is_empty()) {
                     state.out[*slot] = Some(Out::Elements(built));
                     state.writer[*slot] = Some(&rule.location);
                 }
@@ -384,7 +354,8 @@ impl Plan {
                 continue;
             }
             if let Some((when_slot, value)) = &requirement.when {
-                let holds = matches!(&state.out[*when_slot], Some(Out::Value(Value::String(s))) if s == value);
+                let holds =
+                    matches!(&state.out[*when_slot], Some(Out::Value(Val::Str(s))) if s.as_ref() == value.as_str());
                 if !holds {
                     continue;
                 }
@@ -453,7 +424,7 @@ impl Plan {
                             let (Some(value), Some(item)) = (value.as_mut(), items.get(field)) else { continue };
                             normalise_integer(item, value);
                             if let Err((reason, message)) =
-                                check_value(item, &format!("{path}[{index}].{}", item.name), value, now_ms)
+                                check_value(item, &format_args!("{path}[{index}].{}", item.name), value, now_ms)
                             {
                                 problem = Some((reason, message));
                                 break 'elements;
@@ -506,7 +477,7 @@ fn omit_blank_optionals(nodes: &[LayoutNode], state: &mut State<'_>) {
         match node {
             LayoutNode::Object { children, .. } => omit_blank_optionals(children, state),
             LayoutNode::Leaf { path, slot, def, .. } if !def.required && def.required_when.is_none() => {
-                if matches!(&state.out[*slot], Some(Out::Value(Value::String(text))) if text.trim().is_empty()) {
+                if matches!(&state.out[*slot], Some(Out::Value(Val::Str(text))) if text.trim().is_empty()) {
                     state.out[*slot] = None;
                     state.warnings.push(Warning {
                         field: path.clone(),
@@ -538,35 +509,43 @@ fn sibling_present(nodes: &[LayoutNode], name: &str, state: &State<'_>) -> bool 
 }
 
 /// Integer fields get integers: 12999.0 from arithmetic is written as 12999.
-fn normalise_integer(def: &FieldDef, value: &mut Value) {
+fn normalise_integer(def: &FieldDef, value: &mut Val<'_>) {
     if def.ty != Ty::INTEGER {
         return;
     }
-    if let Some(f) = value.as_f64().filter(|_| !value.is_i64() && !value.is_u64()) {
+    let Val::Number(n) = value else { return };
+    if let Some(f) = n.as_f64().filter(|_| !n.is_i64() && !n.is_u64()) {
         if f.fract() == 0.0 && f.abs() < 9.0e15 {
-            *value = Value::from(f as i64);
+            *value = Val::from(f as i64);
         }
     }
 }
 
 /// Checks one value against its field definition.
-fn check_value(def: &FieldDef, path: &str, value: &Value, now_ms: i64) -> Result<(), (RejectReason, String)> {
+/// `path` names the field in messages; it is only rendered for a value that fails.
+fn check_value(
+    def: &FieldDef,
+    path: &dyn fmt::Display,
+    value: &Val<'_>,
+    now_ms: i64,
+) -> Result<(), (RejectReason, String)> {
     let invalid = |message: String| Err((RejectReason::InvalidField, message));
-    let kind = Ty::of(value);
-    if !def.ty.contains(kind) {
+    if !def.ty.contains(value.ty()) {
         return invalid(format!(
             "`{}` must be {} {}, got {}",
             path,
             article(&def.type_name),
             def.type_name,
-            crate::functions::kind(value)
+            value.kind()
         ));
     }
-    if let Value::String(text) = value {
+    if let Val::Str(text) = value {
+        let text: &str = text;
         if def.non_empty && text.trim().is_empty() {
             return invalid(format!("`{}` must not be empty", path));
         }
-        if def.max_length.is_some_and(|max| text.chars().count() > max) {
+        // No text has more characters than bytes: only long text needs counting.
+        if def.max_length.is_some_and(|max| text.len() > max && text.chars().count() > max) {
             return invalid(format!("`{}` is longer than {} characters", path, def.max_length.unwrap_or_default()));
         }
         if let Some(allowed) = &def.enum_values {
@@ -581,7 +560,7 @@ fn check_value(def: &FieldDef, path: &str, value: &Value, now_ms: i64) -> Result
             Some(Format::Iso4217)
                 if !(text.len() == 3
                     && text.chars().all(|c| c.is_ascii_uppercase())
-                    && iso_currency::Currency::from_code(text).is_some()) =>
+                    && crate::functions::currency(text).is_some()) =>
             {
                 return invalid(format!("`{}` must be an ISO 4217 currency code, got {:?}", path, text));
             }
@@ -629,48 +608,146 @@ fn is_url(text: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
+/// The elements of an array target, built from its source by the element rules; `None` when the source does
+/// not fit the target. A source that is an array gives one element per item (`source[*]`); any other value
+/// gives one element.
+fn build_elements<'v>(
+    rule: &'v PlanRule,
+    rules: &'v [ElementRule],
+    each: bool,
+    source: &'v Val<'v>,
+    input: &'v [Option<Val<'v>>],
+    state: &mut State<'_>,
+) -> Option<Vec<Vec<Option<Val<'v>>>>> {
+    let elements: &[Val<'v>] = match (source, each) {
+        (Val::Array(items), true) => items,
+        (Val::Null, _) => return None,
+        (Val::Array(_), false) => {
+            state.warnings.push(Warning {
+                field: rule.target_name.clone(),
+                rule: rule.location.clone(),
+                message: "the source is an array: write `source[*]` to map each of its elements".to_string(),
+            });
+            return None;
+        }
+        (value, false) => std::slice::from_ref(value),
+        (other, true) => {
+            state.warnings.push(Warning {
+                field: rule.target_name.clone(),
+                rule: rule.location.clone(),
+                message: format!("expected an array, got {}", other.kind()),
+            });
+            return None;
+        }
+    };
+    let width = rules.iter().map(|r| r.field + 1).max().unwrap_or(0);
+    let mut built = Vec::with_capacity(elements.len());
+    for element in elements {
+        let mut fields: Vec<Option<Val<'v>>> = (0..width).map(|_| None).collect();
+        for element_rule in rules {
+            match evaluate(&element_rule.expr, &element_rule.pipes, input, Some(element)) {
+                Ok(Some(value)) if !value.is_null() => fields[element_rule.field] = Some(value),
+                Ok(_) => {}
+                Err(message) => state.warnings.push(Warning {
+                    field: element_rule.target_name.clone(),
+                    rule: element_rule.location.clone(),
+                    message,
+                }),
+            }
+        }
+        if fields.iter().any(Option::is_some) {
+            built.push(fields);
+        }
+    }
+    Some(built)
+}
+
+/// What an expression produced: a reference into the event where it read a path, which costs nothing to pass
+/// on, or a value computed or taken from the plan.
+enum Got<'v> {
+    Ref(&'v Val<'v>),
+    Owned(Val<'v>),
+}
+
+impl<'v> Got<'v> {
+    fn is_null(&self) -> bool {
+        match self {
+            Got::Ref(value) => value.is_null(),
+            Got::Owned(value) => value.is_null(),
+        }
+    }
+
+    fn into_val(self) -> Val<'v> {
+        match self {
+            Got::Ref(value) => value.reborrow(),
+            Got::Owned(value) => value,
+        }
+    }
+}
+
 /// Evaluates a source and its pipes. `Err` carries the note of the function that gave up.
-fn evaluate(
-    expr: &Expr,
-    pipes: &[BoundCall],
-    input: &[Option<Value>],
-    element: Option<&Value>,
-) -> Result<Option<Value>, String> {
-    let mut value = eval_expr(expr, input, element)?;
+fn evaluate<'v>(
+    expr: &'v Expr,
+    pipes: &'v [BoundCall],
+    input: &'v [Option<Val<'v>>],
+    element: Option<&'v Val<'v>>,
+) -> Result<Option<Val<'v>>, String> {
+    let mut value = eval_ref(expr, input, element)?.map(Got::into_val);
     for pipe in pipes {
-        let args = eval_args(&pipe.args, input, element)?;
-        value = (pipe.function.eval)(value, &args).map_err(|note| format!("{}: {note}", pipe.function.name))?;
+        value = call(pipe.function, value, &pipe.args, input, element)?;
     }
     Ok(value)
 }
 
-fn eval_args<'p>(
-    args: &'p [ArgExpr],
-    input: &[Option<Value>],
-    element: Option<&Value>,
-) -> Result<Vec<Arg<'p>>, String> {
-    args.iter()
-        .map(|arg| match arg {
-            ArgExpr::Const(value) => Ok(Some(Cow::Borrowed(value))),
-            ArgExpr::Dynamic(expr) => Ok(eval_expr(expr, input, element)?.filter(|v| !v.is_null()).map(Cow::Owned)),
-        })
-        .collect()
+/// Calls a function with its piped input, evaluating its arguments.
+fn call<'v>(
+    function: &'static Function,
+    value: Option<Val<'v>>,
+    args: &'v [ArgExpr],
+    input: &'v [Option<Val<'v>>],
+    element: Option<&'v Val<'v>>,
+) -> Result<Option<Val<'v>>, String> {
+    // Most calls have at most one argument: those are evaluated without allocating.
+    let outcome = match args {
+        [] => (function.eval)(value, &[]),
+        [arg] => (function.eval)(value, &[eval_arg(arg, input, element)?]),
+        _ => {
+            let evaluated = args.iter().map(|arg| eval_arg(arg, input, element)).collect::<Result<Vec<_>, _>>()?;
+            (function.eval)(value, &evaluated)
+        }
+    };
+    outcome.map_err(|note| format!("{}: {note}", function.name))
 }
 
-fn eval_expr(expr: &Expr, input: &[Option<Value>], element: Option<&Value>) -> Result<Option<Value>, String> {
+/// An argument: constants as the plan holds them, sources unless missing or null.
+fn eval_arg<'v>(
+    arg: &'v ArgExpr,
+    input: &'v [Option<Val<'v>>],
+    element: Option<&'v Val<'v>>,
+) -> Result<Arg<'v>, String> {
+    match arg {
+        ArgExpr::Const(value) => Ok(Some(Val::from_json(value))),
+        ArgExpr::Dynamic(expr) => Ok(eval_ref(expr, input, element)?.map(Got::into_val).filter(|v| !v.is_null())),
+    }
+}
+
+fn eval_ref<'v>(
+    expr: &'v Expr,
+    input: &'v [Option<Val<'v>>],
+    element: Option<&'v Val<'v>>,
+) -> Result<Option<Got<'v>>, String> {
     Ok(match expr {
-        Expr::Const(value) => Some(value.clone()),
-        Expr::Input { slot, rest } => input[*slot].as_ref().and_then(|v| walk(v, rest)).cloned(),
-        Expr::Element { rest } => element.and_then(|v| walk(v, rest)).cloned(),
+        Expr::Const(value) => Some(Got::Owned(Val::from_json(value))),
+        Expr::Input { slot, rest } => input[*slot].as_ref().and_then(|v| walk(v, rest)).map(Got::Ref),
+        Expr::Element { rest } => element.and_then(|v| walk(v, rest)).map(Got::Ref),
         Expr::Call { function, input: source, args } => {
-            let value = eval_expr(source, input, element)?;
-            let args = eval_args(args, input, element)?;
-            (function.eval)(value, &args).map_err(|note| format!("{}: {note}", function.name))?
+            let value = eval_ref(source, input, element)?.map(Got::into_val);
+            call(function, value, args, input, element)?.map(Got::Owned)
         }
         Expr::Coalesce(terms) => {
             for term in terms {
-                if let Some(value) = eval_expr(term, input, element)?.filter(|v| !v.is_null()) {
-                    return Ok(Some(value));
+                if let Some(got) = eval_ref(term, input, element)?.filter(|got| !got.is_null()) {
+                    return Ok(Some(got));
                 }
             }
             None
@@ -679,7 +756,7 @@ fn eval_expr(expr: &Expr, input: &[Option<Value>], element: Option<&Value>) -> R
 }
 
 /// Writes the present fields of `nodes` as a JSON object; an object with no present field is left out.
-fn write_object(nodes: &[LayoutNode], out: &[Option<Out>], json: &mut String) -> bool {
+fn write_object(nodes: &[LayoutNode], out: &[Option<Out<'_>>], json: &mut String) -> bool {
     let start = json.len();
     json.push('{');
     let mut first = true;
@@ -691,12 +768,12 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out>], json: &mut String) ->
         if !first {
             json.push(',');
         }
-        write_string(key, json);
+        write_json_string(key, json);
         json.push(':');
         let wrote = match node {
             LayoutNode::Leaf { slot, .. } => match &out[*slot] {
                 Some(Out::Value(value)) => {
-                    write_value(value, json);
+                    write_json(value, json);
                     true
                 }
                 _ => false,
@@ -717,9 +794,9 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out>], json: &mut String) ->
                                 json.push(',');
                             }
                             first_field = false;
-                            write_string(&item.name, json);
+                            write_json_string(&item.name, json);
                             json.push(':');
-                            write_value(value, json);
+                            write_json(value, json);
                         }
                         json.push('}');
                     }
@@ -741,12 +818,4 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out>], json: &mut String) ->
     }
     json.push('}');
     true
-}
-
-fn write_string(text: &str, json: &mut String) {
-    json.push_str(&Value::String(text.to_string()).to_string());
-}
-
-fn write_value(value: &Value, json: &mut String) {
-    json.push_str(&value.to_string());
 }

@@ -1,9 +1,14 @@
 //! Consent: whether the event's `context.consent` grants a category, across the shapes that collectors and
 //! consent tools write it in.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+use serde_json::Value;
+
+use super::{arg, constant, kind, lookup, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
+
+/// An object's entries.
+type Entries<'v, 'a> = &'v [(Cow<'a, str>, Val<'a>)];
 
 /// Where the collector lists granted categories in its own fixed vocabulary.
 const CANONICAL: &str = "canonical";
@@ -55,44 +60,50 @@ pub(super) const CONSENT: Function = Function {
     eval: consent,
 };
 
-fn consent(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn consent<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     // Consent never yields nothing: an omitted consent field downstream could be read as "not asked", which
     // is not the same as "not granted".
     let granted = match (present(input), arg(args, 0)) {
-        (Some(Value::Object(consent)), Some(Value::String(category))) => granted(&consent, category.trim()),
+        (Some(Val::Object(consent)), Some(Val::Str(category))) => granted(&consent, category.trim()),
         _ => false,
     };
-    Ok(Some(Value::Bool(granted)))
+    Ok(Some(Val::Bool(granted)))
 }
 
-fn granted(consent: &Map<String, Value>, category: &str) -> bool {
+fn granted(consent: Entries<'_, '_>, category: &str) -> bool {
     if category.is_empty() {
         return false;
     }
-    let mut decisions = vec![flag(consent, category)];
-    if let Some(Value::Object(preferences)) = consent.get(CATEGORY_PREFERENCES) {
-        decisions.push(flag(preferences, category));
+    let (mut refused, mut grant) = (false, false);
+    let mut decide = |decision: Option<bool>| match decision {
+        Some(false) => refused = true,
+        Some(true) => grant = true,
+        None => {}
+    };
+    decide(flag(consent, category));
+    if let Some(Val::Object(preferences)) = lookup(consent, CATEGORY_PREFERENCES) {
+        decide(flag(preferences, category));
     }
-    for list in [CANONICAL, CATEGORIES].into_iter().filter_map(|key| consent.get(key)) {
+    for list in [CANONICAL, CATEGORIES].into_iter().filter_map(|key| lookup(consent, key)) {
         match list {
-            Value::Array(items) if items.iter().filter_map(Value::as_str).any(|item| same(item.trim(), category)) => {
-                decisions.push(Some(true));
+            Val::Array(items) if items.iter().filter_map(Val::as_str).any(|item| same(item.trim(), category)) => {
+                decide(Some(true));
             }
-            Value::Object(flags) => decisions.push(flag(flags, category)),
+            Val::Object(flags) => decide(flag(flags, category)),
             _ => {}
         }
     }
     // A refusal recorded in any form outweighs a grant recorded in another: sending without consent is the
     // costlier mistake.
-    !decisions.contains(&Some(false)) && decisions.contains(&Some(true))
+    !refused && grant
 }
 
 /// The boolean a map records for a category, if any. Keys that differ only in case can both be present; then
 /// any refusal wins, since sending data without consent is the costlier mistake.
-fn flag(map: &Map<String, Value>, category: &str) -> Option<bool> {
+fn flag(map: Entries<'_, '_>, category: &str) -> Option<bool> {
     let mut decision = None;
     for (key, value) in map {
-        if let Value::Bool(granted) = value {
+        if let Val::Bool(granted) = value {
             if same(key.trim(), category) {
                 if !granted {
                     return Some(false);
@@ -104,7 +115,12 @@ fn flag(map: &Map<String, Value>, category: &str) -> Option<bool> {
     decision
 }
 
+/// Whether two names are the same but for case.
 fn same(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        // What the general comparison below gives for ASCII, where lowering maps one letter to one letter.
+        return a.eq_ignore_ascii_case(b);
+    }
     a.chars().flat_map(char::to_lowercase).eq(b.chars().flat_map(char::to_lowercase))
 }
 
@@ -120,14 +136,13 @@ fn check_category(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use serde_json::json;
 
+    use super::super::eval_json;
     use super::*;
 
     fn check(consent: Value, category: &str) -> bool {
-        match (CONSENT.eval)(Some(consent.clone()), &[Some(Cow::Owned(json!(category)))]) {
+        match eval_json(&CONSENT, Some(consent.clone()), &[Some(json!(category))]) {
             Ok(Some(Value::Bool(b))) => b,
             other => panic!("{consent} {category} gave {other:?}"),
         }
@@ -188,17 +203,17 @@ mod tests {
 
     #[test]
     fn absent_consent_is_not_granted() {
-        let marketing = [Some(Cow::Owned(json!("marketing")))];
-        assert_eq!((CONSENT.eval)(None, &marketing), Ok(Some(json!(false))));
+        let marketing = [Some(json!("marketing"))];
+        assert_eq!(eval_json(&CONSENT, None, &marketing), Ok(Some(json!(false))));
         for input in [json!(null), json!(true), json!("marketing"), json!(["marketing"]), json!(1), json!({})] {
-            assert_eq!((CONSENT.eval)(Some(input), &marketing), Ok(Some(json!(false))));
+            assert_eq!(eval_json(&CONSENT, Some(input), &marketing), Ok(Some(json!(false))));
         }
         let consent = json!({"marketing": true});
-        assert_eq!((CONSENT.eval)(Some(consent.clone()), &[None]), Ok(Some(json!(false))));
-        assert_eq!((CONSENT.eval)(Some(consent.clone()), &[]), Ok(Some(json!(false))));
+        assert_eq!(eval_json(&CONSENT, Some(consent.clone()), &[None]), Ok(Some(json!(false))));
+        assert_eq!(eval_json(&CONSENT, Some(consent.clone()), &[]), Ok(Some(json!(false))));
         assert!(!check(consent.clone(), ""));
         for category in [json!(true), json!(1), json!(["marketing"]), json!({"marketing": true})] {
-            assert_eq!((CONSENT.eval)(Some(consent.clone()), &[Some(Cow::Owned(category))]), Ok(Some(json!(false))));
+            assert_eq!(eval_json(&CONSENT, Some(consent.clone()), &[Some(category)]), Ok(Some(json!(false))));
         }
     }
 

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::text::render;
-use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+use super::{arg, constant, kind, lookup as get, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 pub(super) const NOT: Function = Function {
     name: "not",
@@ -94,32 +94,32 @@ pub(super) const LOOKUP: Function = Function {
     eval: lookup,
 };
 
-fn not(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+fn not<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
     match present(input) {
         None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(Value::Bool(!b))),
-        Some(other) => Err(format!("expected a boolean, got {}", kind(&other))),
+        Some(Val::Bool(b)) => Ok(Some(Val::Bool(!b))),
+        Some(other) => Err(format!("expected a boolean, got {}", other.kind())),
     }
 }
 
-fn default(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn default<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     match present(input) {
         Some(value) => Ok(Some(value)),
-        None => Ok(args.first().cloned().flatten().map(|value| value.into_owned())),
+        None => Ok(args.first().cloned().flatten()),
     }
 }
 
-fn lookup(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn lookup<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(value) = present(input) else {
         return Ok(None);
     };
-    let key = render(&value).ok_or_else(|| format!("expected a lookup key, got {}", kind(&value)))?;
+    let key = render(&value).ok_or_else(|| format!("expected a lookup key, got {}", value.kind()))?;
     let table = match arg(args, 0) {
-        Some(Value::Object(table)) => table,
-        Some(other) => return Err(format!("the lookup table is {}, not an object", kind(other))),
+        Some(Val::Object(table)) => table,
+        Some(other) => return Err(format!("the lookup table is {}, not an object", other.kind())),
         None => return Ok(None),
     };
-    let found = table.get(&key).or_else(|| args.get(1).and_then(|fallback| fallback.as_deref()));
+    let found = get(table, &key).or_else(|| args.get(1).and_then(Option::as_ref));
     Ok(found.cloned())
 }
 
@@ -132,37 +132,36 @@ fn check_table(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use serde_json::json;
 
+    use super::super::eval_json;
     use super::*;
 
-    fn owned(values: &[Value]) -> Vec<Arg<'static>> {
-        values.iter().cloned().map(|v| Some(Cow::Owned(v))).collect()
+    fn owned(values: &[Value]) -> Vec<Option<Value>> {
+        values.iter().cloned().map(Some).collect()
     }
 
     #[test]
     fn not_accepts_only_booleans() {
-        assert_eq!((NOT.eval)(Some(json!(true)), &[]), Ok(Some(json!(false))));
-        assert_eq!((NOT.eval)(Some(json!(null)), &[]), Ok(None));
+        assert_eq!(eval_json(&NOT, Some(json!(true)), &[]), Ok(Some(json!(false))));
+        assert_eq!(eval_json(&NOT, Some(json!(null)), &[]), Ok(None));
         for bad in [json!("true"), json!(0), json!([]), json!({})] {
-            assert!((NOT.eval)(Some(bad.clone()), &[]).is_err(), "{bad}");
+            assert!(eval_json(&NOT, Some(bad.clone()), &[]).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn default_replaces_only_missing_and_null() {
         let usd = owned(&[json!("USD")]);
-        assert_eq!((DEFAULT.eval)(None, &usd), Ok(Some(json!("USD"))));
-        assert_eq!((DEFAULT.eval)(Some(json!(null)), &usd), Ok(Some(json!("USD"))));
-        assert_eq!((DEFAULT.eval)(Some(json!("")), &usd), Ok(Some(json!(""))));
-        assert_eq!((DEFAULT.eval)(Some(json!(0)), &usd), Ok(Some(json!(0))));
-        assert_eq!((DEFAULT.eval)(Some(json!([])), &usd), Ok(Some(json!([]))));
-        assert_eq!((DEFAULT.eval)(None, &[None]), Ok(None));
-        assert_eq!((DEFAULT.eval)(None, &[]), Ok(None));
+        assert_eq!(eval_json(&DEFAULT, None, &usd), Ok(Some(json!("USD"))));
+        assert_eq!(eval_json(&DEFAULT, Some(json!(null)), &usd), Ok(Some(json!("USD"))));
+        assert_eq!(eval_json(&DEFAULT, Some(json!("")), &usd), Ok(Some(json!(""))));
+        assert_eq!(eval_json(&DEFAULT, Some(json!(0)), &usd), Ok(Some(json!(0))));
+        assert_eq!(eval_json(&DEFAULT, Some(json!([])), &usd), Ok(Some(json!([]))));
+        assert_eq!(eval_json(&DEFAULT, None, &[None]), Ok(None));
+        assert_eq!(eval_json(&DEFAULT, None, &[]), Ok(None));
         let borrowed = json!({"a": 1});
-        assert_eq!((DEFAULT.eval)(None, &[Some(Cow::Borrowed(&borrowed))]), Ok(Some(borrowed.clone())));
+        assert_eq!(eval_json(&DEFAULT, None, &[Some(borrowed.clone())]), Ok(Some(borrowed.clone())));
     }
 
     #[test]
@@ -170,8 +169,8 @@ mod tests {
         let table = json!({"1": "one", "1.5": "one and a half", "true": "yes", "": "empty", "x": null});
         let call = |input: Value, fallback: Option<Value>| {
             let mut args = owned(std::slice::from_ref(&table));
-            args.extend(fallback.map(|f| Some(Cow::Owned(f))));
-            (LOOKUP.eval)(Some(input), &args)
+            args.extend(fallback.map(Some));
+            eval_json(&LOOKUP, Some(input), &args)
         };
         assert_eq!(call(json!(1), None), Ok(Some(json!("one"))));
         assert_eq!(call(json!(1.0), None), Ok(Some(json!("one"))));
@@ -185,8 +184,8 @@ mod tests {
         assert_eq!(call(json!(null), Some(json!("fb"))), Ok(None));
         assert!(call(json!([1]), Some(json!("fb"))).is_err());
         assert!(call(json!({}), None).is_err());
-        assert!((LOOKUP.eval)(Some(json!("a")), &owned(&[json!(["a"])])).is_err());
-        assert_eq!((LOOKUP.eval)(Some(json!("a")), &[]), Ok(None));
+        assert!(eval_json(&LOOKUP, Some(json!("a")), &owned(&[json!(["a"])])).is_err());
+        assert_eq!(eval_json(&LOOKUP, Some(json!("a")), &[]), Ok(None));
     }
 
     #[test]

@@ -2,8 +2,6 @@
 //! evaluation, declared once. The compiler type-checks calls against these declarations and their examples run
 //! as tests.
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 
 mod consent;
@@ -12,6 +10,11 @@ mod numeric;
 mod text;
 mod time;
 mod url;
+mod value;
+
+pub(crate) use numeric::currency;
+pub(crate) use value::{lookup, write_json, write_json_string};
+pub use value::{Slice, Val};
 
 /// A set of JSON value kinds, used for static type checking. Numbers are split into integers and numbers
 /// with a fraction so that an integer-only target field can be checked.
@@ -145,13 +148,16 @@ pub struct Example {
     pub output: Option<&'static str>,
 }
 
-/// An evaluated argument: `None` when its source was missing. Constant arguments are borrowed from the plan.
-pub type Arg<'a> = Option<Cow<'a, Value>>;
+/// An evaluated argument: `None` when its source was missing. Arguments borrow from the plan and the event.
+pub type Arg<'a> = Option<Val<'a>>;
 
 /// The result of one call: a value, nothing (`Ok(None)`: the target is omitted silently, as for a missing
 /// source), or a note saying why nothing was produced (`Err`: the target is omitted and the note is reported as
-/// a warning with the rule that produced it).
-pub type Outcome = Result<Option<Value>, String>;
+/// a warning with the rule that produced it). The value may borrow from the input and the arguments.
+pub type Outcome<'a> = Result<Option<Val<'a>>, String>;
+
+/// A function's evaluation: the piped input and the arguments to the result.
+pub type Eval = for<'a> fn(Option<Val<'a>>, &[Arg<'a>]) -> Outcome<'a>;
 
 /// A function of the mapping language.
 pub struct Function {
@@ -173,7 +179,7 @@ pub struct Function {
     // Spelled out rather than aliased so the compiler's side reads the contract without a detour.
     #[allow(clippy::type_complexity)]
     pub check_constants: Option<fn(&[Option<&Value>]) -> Result<(), (usize, String)>>,
-    pub eval: fn(Option<Value>, &[Arg<'_>]) -> Outcome,
+    pub eval: Eval,
 }
 
 impl std::fmt::Debug for Function {
@@ -253,14 +259,14 @@ static LIBRARY: &[Function] = &[
 ];
 
 /// The value inside `input` unless it is missing or null: most functions yield nothing for both.
-pub(crate) fn present(input: Option<Value>) -> Option<Value> {
+pub(crate) fn present(input: Option<Val<'_>>) -> Option<Val<'_>> {
     input.filter(|v| !v.is_null())
 }
 
 /// Argument `index` unless it was left out of the call, its source is missing, or it is null: like `present`
 /// for the piped input.
-pub(crate) fn arg<'v>(args: &'v [Arg<'_>], index: usize) -> Option<&'v Value> {
-    args.get(index).and_then(|a| a.as_deref()).filter(|v| !v.is_null())
+pub(crate) fn arg<'v, 'a>(args: &'v [Arg<'a>], index: usize) -> Option<&'v Val<'a>> {
+    args.get(index).and_then(Option::as_ref).filter(|v| !v.is_null())
 }
 
 /// Constant argument `index` as handed to `check_constants`, unless it is not a constant or was left out.
@@ -268,17 +274,9 @@ pub(crate) fn constant<'v>(args: &[Option<&'v Value>], index: usize) -> Option<&
     args.get(index).copied().flatten().filter(|v| !v.is_null())
 }
 
-/// The kind of a value in words, for notes. Notes name the kind rather than the value because values may be
-/// personal data and notes are shown to analysts.
+/// The kind of a value in words, for notes: [`Val::kind`] for a `serde_json::Value`.
 pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    Val::from_json(value).kind()
 }
 
 /// A value's text quoted for a note, cut short so one huge field cannot flood the warnings. Only for values
@@ -289,6 +287,13 @@ pub(crate) fn quoted(text: &str) -> String {
         Some((cut, _)) => format!("{:?}", format!("{}…", &text[..cut])),
         None => format!("{text:?}"),
     }
+}
+
+/// Calls a function on `serde_json` values, for tests.
+#[cfg(test)]
+pub(crate) fn eval_json(f: &Function, input: Option<Value>, args: &[Option<Value>]) -> Result<Option<Value>, String> {
+    let args: Vec<Arg<'_>> = args.iter().map(|a| a.as_ref().map(Val::from_json)).collect();
+    (f.eval)(input.as_ref().map(Val::from_json), &args).map(|out| out.map(|v| v.to_json()))
 }
 
 #[cfg(test)]
@@ -311,8 +316,8 @@ mod tests {
             for (i, example) in f.examples.iter().enumerate() {
                 let what = label(f, i);
                 let input = example.input.map(|text| parse(text, &what));
-                let args: Vec<Arg<'_>> = example.args.iter().map(|text| Some(Cow::Owned(parse(text, &what)))).collect();
-                let outcome = (f.eval)(input, &args);
+                let args: Vec<Option<Value>> = example.args.iter().map(|text| Some(parse(text, &what))).collect();
+                let outcome = eval_json(f, input, &args);
                 match example.output {
                     Some(expected) => {
                         assert_eq!(outcome, Ok(Some(parse(expected, &what))), "{what}")
@@ -428,12 +433,12 @@ mod tests {
         ];
         for f in all() {
             for input in odd.iter().cloned().map(Some).chain([None]) {
-                let _ = (f.eval)(input.clone(), &[]);
-                let _ = (f.eval)(input.clone(), &[None, None, None]);
+                let _ = eval_json(f, input.clone(), &[]);
+                let _ = eval_json(f, input.clone(), &[None, None, None]);
                 for a in &odd {
-                    let args = [Some(Cow::Borrowed(a)), Some(Cow::Borrowed(a))];
-                    let _ = (f.eval)(input.clone(), &args);
-                    let _ = (f.eval)(input.clone(), &args[..1]);
+                    let args = [Some(a.clone()), Some(a.clone())];
+                    let _ = eval_json(f, input.clone(), &args);
+                    let _ = eval_json(f, input.clone(), &args[..1]);
                 }
             }
             if let Some(check) = f.check_constants {

@@ -1,13 +1,17 @@
 //! Arithmetic on amounts: exact decimal multiply, divide and round, ISO 4217 minor units, and number parsing.
 
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use iso_currency::Currency;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Number, Value};
 
-use super::{arg, constant, kind, present, quoted, Arg, Example, Function, Outcome, Param, Pii, Ty};
+use super::text::upper;
+use super::{arg, constant, present, quoted, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 const NUMERIC: Ty = Ty::NUMBER.union(Ty::STRING);
 
@@ -142,10 +146,10 @@ pub(super) const TO_NUMBER: Function = Function {
 
 /// The exact decimal a value stands for: `Ok(None)` for a blank string, which analytics sources send for "no
 /// amount" far more often than by mistake.
-pub(crate) fn decimal(value: &Value) -> Result<Option<Decimal>, String> {
+pub(crate) fn decimal(value: &Val<'_>) -> Result<Option<Decimal>, String> {
     match value {
-        Value::Number(n) => number_decimal(n).map(Some),
-        Value::String(s) => {
+        Val::Number(n) => number_decimal(n).map(Some),
+        Val::Str(s) => {
             let text = s.trim();
             if text.is_empty() {
                 return Ok(None);
@@ -154,7 +158,7 @@ pub(crate) fn decimal(value: &Value) -> Result<Option<Decimal>, String> {
                 .map(Some)
                 .ok_or_else(|| format!("expected a number or numeric string, got {}", quoted(text)))
         }
-        other => Err(format!("expected a number or numeric string, got {}", kind(other))),
+        other => Err(format!("expected a number or numeric string, got {}", other.kind())),
     }
 }
 
@@ -167,10 +171,36 @@ fn number_decimal(n: &Number) -> Result<Decimal, String> {
     }
     let f = n.as_f64().unwrap_or(f64::NAN);
     // The shortest round-trip text is the number the sender wrote; the binary value behind it is not.
-    Decimal::from_str(&f.to_string()).map_err(|_| format!("number out of range: {f:e}"))
+    let mut short = ShortText { bytes: [0; 32], len: 0 };
+    let parsed = match write!(short, "{f}") {
+        Ok(()) => Decimal::from_str(short.as_str()),
+        Err(_) => Decimal::from_str(&f.to_string()),
+    };
+    parsed.map_err(|_| format!("number out of range: {f:e}"))
 }
 
-fn text_decimal(text: &str) -> Option<Decimal> {
+/// Text formatted without allocating, up to 32 bytes: writing more fails.
+struct ShortText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl ShortText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("only whole strs are written")
+    }
+}
+
+impl fmt::Write for ShortText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+pub(crate) fn text_decimal(text: &str) -> Option<Decimal> {
     // rust_decimal also accepts `_` separators; a stray underscore in an amount is more likely a mistake.
     let plausible = text.bytes().any(|b| b.is_ascii_digit())
         && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'));
@@ -185,21 +215,21 @@ fn text_decimal(text: &str) -> Option<Decimal> {
 }
 
 /// A decimal as JSON: an integer when it is whole, so an integer-only target accepts it.
-pub(crate) fn number_value(d: Decimal) -> Value {
+pub(crate) fn number_value(d: Decimal) -> Val<'static> {
     let d = d.normalize();
     if d.is_integer() {
         if let Some(i) = d.to_i64() {
-            return Value::from(i);
+            return Val::from(i);
         }
         if let Some(u) = d.to_u64() {
-            return Value::from(u);
+            return Val::from(u);
         }
     }
-    Value::from(d.to_string().parse::<f64>().unwrap_or(f64::NAN))
+    Val::from(d.to_string().parse::<f64>().unwrap_or(f64::NAN))
 }
 
 /// The input as a decimal, or `Ok(None)` when it is missing, null or blank.
-fn input_decimal(input: Option<Value>) -> Result<Option<Decimal>, String> {
+fn input_decimal(input: Option<Val<'_>>) -> Result<Option<Decimal>, String> {
     match present(input) {
         Some(value) => decimal(&value),
         None => Ok(None),
@@ -214,7 +244,7 @@ fn arg_decimal(args: &[Arg<'_>], index: usize, name: &str) -> Result<Option<Deci
     }
 }
 
-fn multiply(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn multiply<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(x) = input_decimal(input)? else {
         return Ok(None);
     };
@@ -224,7 +254,7 @@ fn multiply(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
     x.checked_mul(factor).map(|d| Some(number_value(d))).ok_or_else(|| "product out of range".to_string())
 }
 
-fn divide(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn divide<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(x) = input_decimal(input)? else {
         return Ok(None);
     };
@@ -237,7 +267,7 @@ fn divide(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
     x.checked_div(divisor).map(|d| Some(number_value(d))).ok_or_else(|| "quotient out of range".to_string())
 }
 
-fn round(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn round<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(x) = input_decimal(input)? else {
         return Ok(None);
     };
@@ -248,7 +278,7 @@ fn round(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
     Ok(Some(number_value(x.round_dp_with_strategy(digits, RoundingStrategy::MidpointAwayFromZero))))
 }
 
-fn digits(value: &Value) -> Option<u32> {
+fn digits(value: &Val<'_>) -> Option<u32> {
     let n = value.as_u64().or_else(|| {
         value.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_DIGITS as f64).map(|f| f as u64)
     })?;
@@ -259,7 +289,7 @@ fn digits_note() -> String {
     format!("digits must be an integer from 0 to {MAX_DIGITS}")
 }
 
-fn minor_units(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn minor_units<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(amount) = input_decimal(input)? else {
         return Ok(None);
     };
@@ -268,30 +298,70 @@ fn minor_units(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
     amount
         .checked_mul(scale)
         .and_then(|d| d.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero).to_i64())
-        .map(|units| Some(Value::from(units)))
+        .map(|units| Some(Val::from(units)))
         .ok_or_else(|| "amount out of range".to_string())
 }
 
 /// The number of minor-unit digits of the currency a value names, or the note explaining why the amount
 /// cannot be converted.
-fn currency_exponent(value: Option<&Value>) -> Result<u32, String> {
+fn currency_exponent(value: Option<&Val<'_>>) -> Result<u32, String> {
     let code = match value {
         None => return Err("no currency: amount omitted".to_string()),
-        Some(Value::String(s)) => s.trim().to_uppercase(),
-        Some(other) => return Err(format!("expected a currency code, got {}: amount omitted", kind(other))),
+        Some(Val::Str(s)) => upper(Cow::Borrowed(s.trim())),
+        Some(other) => return Err(format!("expected a currency code, got {}: amount omitted", other.kind())),
     };
     if code.is_empty() {
         return Err("no currency: amount omitted".to_string());
     }
-    let currency =
-        Currency::from_code(&code).ok_or_else(|| format!("unknown currency {}: amount omitted", quoted(&code)))?;
-    currency
-        .exponent()
-        .map(u32::from)
+    currency(&code)
+        .ok_or_else(|| format!("unknown currency {}: amount omitted", quoted(&code)))?
         .ok_or_else(|| format!("currency {} has no minor unit: amount omitted", quoted(&code)))
 }
 
-fn to_number(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+/// What `Currency::from_code` says about `code`: `None` when it names no currency, else the currency's number
+/// of decimal places, `None` for one without a minor unit (gold). Codes of three capital letters, the form of
+/// every ISO 4217 code, are answered from a table of the library's answers for all of them, built on first
+/// use: the library's own lookup compares the code with each known one in turn.
+pub(crate) fn currency(code: &str) -> Option<Option<u32>> {
+    fn ask(code: &str) -> Option<Option<u32>> {
+        Currency::from_code(code).map(|c| c.exponent().map(u32::from))
+    }
+    const UNKNOWN: u8 = 0;
+    const NO_MINOR_UNIT: u8 = 1;
+    const ASK: u8 = u8::MAX;
+    fn index(code: [u8; 3]) -> usize {
+        code.iter().fold(0, |index, letter| index * 26 + usize::from(letter - b'A'))
+    }
+    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
+    let code_bytes: [u8; 3] = match code.as_bytes().try_into() {
+        Ok(bytes) if code.bytes().all(|b| b.is_ascii_uppercase()) => bytes,
+        _ => return ask(code),
+    };
+    let table = TABLE.get_or_init(|| {
+        let mut table = vec![UNKNOWN; 26 * 26 * 26];
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    let code = std::str::from_utf8(&[a, b, c]).expect("ASCII").to_string();
+                    table[index([a, b, c])] = match ask(&code) {
+                        None => UNKNOWN,
+                        Some(None) => NO_MINOR_UNIT,
+                        Some(Some(places)) => u8::try_from(places).ok().filter(|p| *p < ASK - 2).map_or(ASK, |p| p + 2),
+                    };
+                }
+            }
+        }
+        table
+    });
+    match table[index(code_bytes)] {
+        UNKNOWN => None,
+        NO_MINOR_UNIT => Some(None),
+        ASK => ask(code),
+        places => Some(Some(u32::from(places - 2))),
+    }
+}
+
+fn to_number<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
     Ok(input_decimal(input)?.map(number_value))
 }
 
@@ -300,7 +370,7 @@ fn to_number(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
 fn literal_decimal(args: &[Option<&Value>]) -> Result<Option<Decimal>, (usize, String)> {
     match constant(args, 0) {
         None => Ok(None),
-        Some(value) => match decimal(value) {
+        Some(value) => match decimal(&Val::from_json(value)) {
             Ok(Some(d)) => Ok(Some(d)),
             Ok(None) => Err((0, "expected a number, got a blank string".to_string())),
             Err(note) => Err((0, note)),
@@ -321,29 +391,28 @@ fn check_divisor(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
 
 fn check_digits(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
     match constant(args, 0) {
-        Some(value) if digits(value).is_none() => Err((0, digits_note())),
+        Some(value) if digits(&Val::from_json(value)).is_none() => Err((0, digits_note())),
         _ => Ok(()),
     }
 }
 
 fn check_currency(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
     match constant(args, 0) {
-        Some(value) => currency_exponent(Some(value)).map(|_| ()).map_err(|note| (0, note)),
+        Some(value) => currency_exponent(Some(&Val::from_json(value))).map(|_| ()).map_err(|note| (0, note)),
         None => Ok(()),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use serde_json::json;
 
+    use super::super::eval_json;
     use super::*;
 
-    fn call(f: &Function, input: Value, args: &[Value]) -> Outcome {
-        let args: Vec<Arg<'_>> = args.iter().map(|a| Some(Cow::Borrowed(a))).collect();
-        (f.eval)(Some(input), &args)
+    fn call(f: &Function, input: Value, args: &[Value]) -> Result<Option<Value>, String> {
+        let args: Vec<Option<Value>> = args.iter().cloned().map(Some).collect();
+        eval_json(f, Some(input), &args)
     }
 
     fn weird() -> Vec<Value> {
@@ -407,9 +476,9 @@ mod tests {
 
     #[test]
     fn minor_units_refuses_without_a_usable_currency() {
-        let missing = (MINOR_UNITS.eval)(Some(json!(10)), &[None]);
+        let missing = eval_json(&MINOR_UNITS, Some(json!(10)), &[None]);
         assert_eq!(missing, Err("no currency: amount omitted".to_string()));
-        assert_eq!((MINOR_UNITS.eval)(Some(json!(10)), &[]), missing);
+        assert_eq!(eval_json(&MINOR_UNITS, Some(json!(10)), &[]), missing);
         assert_eq!(call(&MINOR_UNITS, json!(10), &[json!(null)]), missing);
         assert_eq!(call(&MINOR_UNITS, json!(10), &[json!(" ")]), missing);
         let unknown = call(&MINOR_UNITS, json!(10), &[json!("ABC")]).unwrap_err();
@@ -420,8 +489,42 @@ mod tests {
         assert!(call(&MINOR_UNITS, json!(1e20), &[json!("USD")]).is_err());
         assert!(call(&MINOR_UNITS, json!("79228162514264337593543950335"), &[json!("KWD")]).is_err());
         // A missing amount is silent even without a currency: there is nothing to misstate.
-        assert_eq!((MINOR_UNITS.eval)(None, &[None]), Ok(None));
+        assert_eq!(eval_json(&MINOR_UNITS, None, &[None]), Ok(None));
         assert_eq!(call(&MINOR_UNITS, json!(""), &[json!("USD")]), Ok(None));
+    }
+
+    #[test]
+    fn currency_table_agrees_with_the_library() {
+        let library = |code: &str| Currency::from_code(code).map(|c| c.exponent().map(u32::from));
+        let mut codes: Vec<String> = Vec::new();
+        for a in 'A'..='Z' {
+            for b in 'A'..='Z' {
+                for c in 'A'..='Z' {
+                    codes.push([a, b, c].iter().collect());
+                }
+            }
+        }
+        codes.extend(["usd", "Usd", "US", "USDD", "", "U$D", "ÄUD", "USD "].map(String::from));
+        for code in &codes {
+            assert_eq!(currency(code), library(code), "{code}");
+        }
+        assert_eq!(currency("USD"), Some(Some(2)));
+        assert_eq!(currency("JPY"), Some(Some(0)));
+        assert_eq!(currency("KWD"), Some(Some(3)));
+        assert_eq!(currency("XAU"), Some(None));
+        assert_eq!(currency("ABC"), None);
+    }
+
+    #[test]
+    fn amounts_read_as_written() {
+        for (number, text) in
+            [(json!(129.99), "129.99"), (json!(0.1), "0.1"), (json!(1e-7), "0.0000001"), (json!(-2.5), "-2.5")]
+        {
+            let Value::Number(n) = number else { unreachable!() };
+            assert_eq!(number_decimal(&n), Ok(Decimal::from_str(text).unwrap()), "{text}");
+        }
+        let Value::Number(huge) = json!(1e300) else { unreachable!() };
+        assert!(number_decimal(&huge).is_err());
     }
 
     #[test]
@@ -438,7 +541,7 @@ mod tests {
         assert_eq!(call(&MULTIPLY, json!(" 12.50 "), &[json!("2")]), Ok(Some(json!(25))));
         assert_eq!(call(&MULTIPLY, json!(1.1), &[json!(1.1)]), Ok(Some(json!(1.21))));
         assert_eq!(call(&MULTIPLY, json!("1e3"), &[json!(2)]), Ok(Some(json!(2000))));
-        assert_eq!((MULTIPLY.eval)(Some(json!(2)), &[None]), Ok(None));
+        assert_eq!(eval_json(&MULTIPLY, Some(json!(2)), &[None]), Ok(None));
         let note = call(&MULTIPLY, json!("abc"), &[json!(2)]).unwrap_err();
         assert_eq!(note, "expected a number or numeric string, got \"abc\"");
         let note = call(&MULTIPLY, json!(2), &[json!("x")]).unwrap_err();
@@ -488,7 +591,7 @@ mod tests {
         assert_eq!(call(&TO_NUMBER, json!(12.0), &[]), Ok(Some(json!(12))));
         assert_eq!(call(&TO_NUMBER, json!(u64::MAX), &[]), Ok(Some(json!(u64::MAX))));
         assert_eq!(call(&TO_NUMBER, json!("  "), &[]), Ok(None));
-        assert_eq!((TO_NUMBER.eval)(None, &[]), Ok(None));
+        assert_eq!(eval_json(&TO_NUMBER, None, &[]), Ok(None));
         for bad in ["NaN", "inf", "1_000", "12 50", "$12"] {
             assert!(call(&TO_NUMBER, json!(bad), &[]).is_err(), "{bad}");
         }

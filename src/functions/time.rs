@@ -3,15 +3,13 @@
 
 use std::str::FromStr;
 
+use super::numeric::{decimal, text_decimal};
+use super::{present, quoted, Arg, Example, Function, Outcome, Pii, Ty, Val};
 use jiff::civil::{Date, DateTime};
 use jiff::tz::Offset;
 use jiff::Timestamp;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use serde_json::Value;
-
-use super::numeric::decimal;
-use super::{kind, present, quoted, Arg, Example, Function, Outcome, Pii, Ty};
 
 /// Epoch numbers below this are seconds, the rest milliseconds: 1e11 seconds is the year 5138, while 1e11
 /// milliseconds is 1973, before any event a mapping will see.
@@ -40,26 +38,27 @@ pub(super) const TO_UNIX_MS: Function = Function {
     eval: to_unix_ms,
 };
 
-fn to_unix_ms(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
+fn to_unix_ms<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
     let ms = match present(input) {
         None => return Ok(None),
-        Some(Value::String(s)) => {
+        Some(Val::Str(s)) => {
             let text = s.trim();
             if text.is_empty() {
                 return Ok(None);
             }
-            match decimal(&Value::String(text.to_string())) {
-                Ok(Some(epoch)) => epoch_ms(epoch)?,
-                _ => text_ms(text).ok_or_else(|| format!("not a timestamp: {}", quoted(text)))?,
+            // Numeric text is epoch seconds or milliseconds, anything else a date.
+            match text_decimal(text) {
+                Some(epoch) => epoch_ms(epoch)?,
+                None => text_ms(text).ok_or_else(|| format!("not a timestamp: {}", quoted(text)))?,
             }
         }
-        Some(value @ Value::Number(_)) => match decimal(&value)? {
+        Some(value @ Val::Number(_)) => match decimal(&value)? {
             Some(epoch) => epoch_ms(epoch)?,
             None => return Ok(None),
         },
-        Some(other) => return Err(format!("expected a timestamp string or number, got {}", kind(&other))),
+        Some(other) => return Err(format!("expected a timestamp string or number, got {}", other.kind())),
     };
-    Ok(Some(Value::from(ms)))
+    Ok(Some(Val::from(ms)))
 }
 
 fn epoch_ms(epoch: Decimal) -> Result<i64, String> {
@@ -89,12 +88,13 @@ fn text_ms(text: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
+    use super::super::eval_json;
     use super::*;
 
-    fn ms(input: Value) -> Outcome {
-        (TO_UNIX_MS.eval)(Some(input), &[])
+    fn ms(input: Value) -> Result<Option<Value>, String> {
+        eval_json(&TO_UNIX_MS, Some(input), &[])
     }
 
     #[test]
@@ -147,6 +147,6 @@ mod tests {
         assert!(ms(json!({})).is_err());
         assert_eq!(ms(json!(null)), Ok(None));
         assert_eq!(ms(json!("  ")), Ok(None));
-        assert_eq!((TO_UNIX_MS.eval)(None, &[]), Ok(None));
+        assert_eq!(eval_json(&TO_UNIX_MS, None, &[]), Ok(None));
     }
 }

@@ -1,9 +1,11 @@
 //! URL functions: reading one query parameter (such as the click id `oppref`) and cutting a URL down to its
 //! page address.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
-use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty};
+use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 pub(super) const URL_PARAM: Function = Function {
     name: "url_param",
@@ -67,41 +69,59 @@ fn query(url: &str) -> Option<&str> {
     before_fragment.split_once('?').map(|(_, query)| query)
 }
 
-fn url_input(input: Option<Value>) -> Result<Option<String>, String> {
+fn url_input(input: Option<Val<'_>>) -> Result<Option<Cow<'_, str>>, String> {
     match present(input) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("expected a URL string, got {}", kind(&other))),
+        Some(Val::Str(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("expected a URL string, got {}", other.kind())),
     }
 }
 
-fn url_param(input: Option<Value>, args: &[Arg<'_>]) -> Outcome {
+fn url_param<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(url) = url_input(input)? else {
         return Ok(None);
     };
     let name = match arg(args, 0) {
         None => return Ok(None),
-        Some(Value::String(name)) => name,
-        Some(other) => return Err(format!("expected a parameter name, got {}", kind(other))),
+        Some(Val::Str(name)) => name,
+        Some(other) => return Err(format!("expected a parameter name, got {}", other.kind())),
     };
-    let Some(query) = query(&url) else {
-        return Ok(None);
+    // The first parameter called `name`, decoded as `form_urlencoded::parse` decodes it: borrowed from the URL
+    // unless decoding changed it. A key without `+` or `%` decodes to itself, so only the others are decoded
+    // before comparing.
+    fn find<'u>(url: &'u str, name: &str) -> Option<Cow<'u, str>> {
+        for pair in query(url)?.split('&').filter(|pair| !pair.is_empty()) {
+            let key = pair.split('=').next().unwrap_or_default();
+            if key.contains(['+', '%']) || key == name {
+                // A pair holds no `&`: it parses as exactly one parameter.
+                match form_urlencoded::parse(pair.as_bytes()).next() {
+                    Some((key, value)) if key == name => return Some(value),
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+    let value = match url {
+        Cow::Borrowed(url) => find(url, name),
+        Cow::Owned(url) => find(&url, name).map(|value| Cow::Owned(value.into_owned())),
     };
-    let value = form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
-        .filter(|value| !value.is_empty());
-    Ok(value.map(Value::String))
+    Ok(value.filter(|value| !value.is_empty()).map(Val::Str))
 }
 
-fn strip_query(input: Option<Value>, _args: &[Arg<'_>]) -> Outcome {
-    let Some(mut url) = url_input(input)? else {
+fn strip_query<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
+    let Some(url) = url_input(input)? else {
         return Ok(None);
     };
-    if let Some(end) = url.find(['?', '#']) {
-        url.truncate(end);
-    }
-    Ok(Some(Value::String(url)))
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let page = match url {
+        Cow::Borrowed(url) => Cow::Borrowed(&url[..end]),
+        Cow::Owned(mut url) => {
+            url.truncate(end);
+            Cow::Owned(url)
+        }
+    };
+    Ok(Some(Val::Str(page)))
 }
 
 fn check_name(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
@@ -114,14 +134,13 @@ fn check_name(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use serde_json::json;
 
+    use super::super::eval_json;
     use super::*;
 
-    fn param(url: &str, name: &str) -> Outcome {
-        (URL_PARAM.eval)(Some(json!(url)), &[Some(Cow::Owned(json!(name)))])
+    fn param(url: &str, name: &str) -> Result<Option<Value>, String> {
+        eval_json(&URL_PARAM, Some(json!(url)), &[Some(json!(name))])
     }
 
     #[test]
@@ -150,9 +169,38 @@ mod tests {
         assert_eq!(param("https://s.example/?oppref", "oppref"), Ok(None));
         assert_eq!(param("https://s.example/oppref=abc", "oppref"), Ok(None));
         assert_eq!(param("", "oppref"), Ok(None));
-        assert_eq!((URL_PARAM.eval)(Some(json!("https://s.example/?a=1")), &[None]), Ok(None));
-        assert!((URL_PARAM.eval)(Some(json!(1)), &[Some(Cow::Owned(json!("a")))]).is_err());
-        assert!((URL_PARAM.eval)(Some(json!("?a=1")), &[Some(Cow::Owned(json!(1)))]).is_err());
+        assert_eq!(eval_json(&URL_PARAM, Some(json!("https://s.example/?a=1")), &[None]), Ok(None));
+        assert!(eval_json(&URL_PARAM, Some(json!(1)), &[Some(json!("a"))]).is_err());
+        assert!(eval_json(&URL_PARAM, Some(json!("?a=1")), &[Some(json!(1))]).is_err());
+    }
+
+    #[test]
+    fn finds_what_form_urlencoded_finds() {
+        let names = ["a", "a b", "a+b", "é", "x", "", "=", "a=b"];
+        let queries = [
+            "a=1&b=2",
+            "&&a&a=2",
+            "a+b=1&a%20b=2",
+            "a%2Bb=3&a+b=4",
+            "%C3%A9=5",
+            "%E9=6&x=%ZZ",
+            "=7&a==8",
+            "a=b=9",
+            "x&x=1",
+            "a%3Db=10",
+            "a=%",
+        ];
+        for query in queries {
+            for name in names {
+                let url = format!("https://s.example/p?{query}#frag");
+                let expected = form_urlencoded::parse(query.as_bytes())
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.into_owned())
+                    .filter(|value| !value.is_empty())
+                    .map(Value::String);
+                assert_eq!(param(&url, name), Ok(expected), "{query} {name}");
+            }
+        }
     }
 
     #[test]
@@ -164,7 +212,7 @@ mod tests {
 
     #[test]
     fn strips_query_and_fragment() {
-        let strip = |v: Value| (STRIP_QUERY.eval)(Some(v), &[]);
+        let strip = |v: Value| eval_json(&STRIP_QUERY, Some(v), &[]);
         assert_eq!(strip(json!("https://example.com/a?b=1#c")), Ok(Some(json!("https://example.com/a"))));
         assert_eq!(strip(json!("https://example.com/a#c")), Ok(Some(json!("https://example.com/a"))));
         assert_eq!(strip(json!("?a")), Ok(Some(json!(""))));
