@@ -697,7 +697,7 @@ impl<'s> Compiler<'s> {
             );
             return;
         }
-        let Some((typed, pipes)) = self.source_with_pipes(rule, scope) else {
+        let Some((typed, pipes, personal)) = self.source_with_pipes(rule, scope) else {
             self.failed_writes.push((target.dotted, scope.routes.clone()));
             return;
         };
@@ -715,6 +715,7 @@ impl<'s> Compiler<'s> {
                 expr,
                 pipes,
                 location: self.location(rule.span),
+                personal,
             },
             RuleMeta {
                 target: target.dotted,
@@ -764,8 +765,9 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    /// A rule's compiled source with the value's final type and taint, and its bound pipe functions.
-    fn source_with_pipes(&mut self, rule: &ast::Rule, scope: &Scope) -> Option<(Typed, Vec<BoundCall>)> {
+    /// A rule's compiled source with the value's final type and taint, its bound pipe functions, and whether
+    /// personal data flows anywhere through it (so that the runtime never quotes its values in warnings).
+    fn source_with_pipes(&mut self, rule: &ast::Rule, scope: &Scope) -> Option<(Typed, Vec<BoundCall>, bool)> {
         let source = self.source(&rule.source, scope)?;
         self.pipes(source, &rule.pipes, rule.source.span, scope)
     }
@@ -777,13 +779,15 @@ impl<'s> Compiler<'s> {
         pipes: &[ast::Call],
         source_span: Span,
         scope: &Scope,
-    ) -> Option<(Typed, Vec<BoundCall>)> {
+    ) -> Option<(Typed, Vec<BoundCall>, bool)> {
         let mut bound_calls = Vec::new();
+        let mut personal = typed.taint.is_some();
         let mut failed = false;
         let mut input_span = source_span;
         for call in pipes {
             match self.bind(call, Some((typed.ty, input_span)), scope) {
                 Some((bound, ty, args_taint)) => {
+                    personal |= args_taint.is_some();
                     typed.taint = match bound.function.pii {
                         Pii::Hashes => None,
                         Pii::Keeps => typed.taint.take().or(args_taint),
@@ -795,7 +799,7 @@ impl<'s> Compiler<'s> {
             }
             input_span = call.span;
         }
-        (!failed).then_some((typed, bound_calls))
+        (!failed).then_some((typed, bound_calls, personal))
     }
 
     fn source(&mut self, source: &ast::Source, scope: &Scope) -> Option<Typed> {
@@ -1407,7 +1411,7 @@ impl<'s> Compiler<'s> {
             }
         }
         let items = target.def.items.clone().unwrap_or_default();
-        let element_scope = Scope { element: true, element_taint: source_taint, ..scope.clone() };
+        let element_scope = Scope { element: true, element_taint: source_taint.clone(), ..scope.clone() };
         let mut rules = Vec::new();
         let mut fields_written = Vec::new();
         let mut first_writer: HashMap<String, Span> = HashMap::new();
@@ -1446,7 +1450,7 @@ impl<'s> Compiler<'s> {
                 );
                 continue;
             }
-            let Some((typed, pipes)) = self.source_with_pipes(inner, &element_scope) else { continue };
+            let Some((typed, pipes, personal)) = self.source_with_pipes(inner, &element_scope) else { continue };
             let info = TargetInfo { dotted: format!("{}[*].{name}", target.dotted), def: items[index].clone() };
             self.check_output(&typed, &info, inner.target.span);
             if let Some(first) = first_writer.get(&name) {
@@ -1473,6 +1477,7 @@ impl<'s> Compiler<'s> {
                 expr,
                 pipes,
                 location: self.location(inner.span),
+                personal,
             });
         }
         let source_expr = source.expr;
@@ -1484,6 +1489,7 @@ impl<'s> Compiler<'s> {
             expr: source_expr,
             pipes: Vec::new(),
             location: self.location(rule.span),
+            personal: source_taint.is_some(),
         };
         self.push_rule(
             plan_rule,

@@ -102,14 +102,8 @@ impl std::error::Error for InputError {}
 impl InputLayout {
     /// Reads the captured values of one JSON text; they borrow every string without escapes from it.
     pub fn read_str<'a>(&self, text: &'a str) -> Result<Vec<Option<Val<'a>>>, InputError> {
-        match text.trim_start().as_bytes().first() {
-            Some(b'{') => {}
-            Some(b'[') => return Err(not_an_object("an array")),
-            Some(b'"') => return Err(not_an_object("a string")),
-            Some(b't' | b'f') => return Err(not_an_object("a boolean")),
-            Some(b'n') => return Err(not_an_object("null")),
-            Some(b'-' | b'0'..=b'9') => return Err(not_an_object("a number")),
-            _ => return Err(InputError("invalid JSON: expected an object".to_string())),
+        if text.trim_start().as_bytes().first() != Some(&b'{') {
+            return Err(not_an_event(text));
         }
         let mut slots = (0..self.slot_count).map(|_| None).collect::<Vec<_>>();
         let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -149,6 +143,20 @@ impl InputLayout {
         }
         walk(&self.root, event, &mut slots);
         Ok(slots)
+    }
+}
+
+/// Why text that does not start an object is no event: broken JSON, or valid JSON of another kind.
+fn not_an_event(text: &str) -> InputError {
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Err(error) => InputError(format!("invalid JSON: {error}")),
+        Ok(_) => not_an_object(match text.trim_start().as_bytes().first() {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b't' | b'f') => "a boolean",
+            Some(b'n') => "null",
+            _ => "a number",
+        }),
     }
 }
 

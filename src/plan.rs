@@ -80,6 +80,8 @@ pub(crate) struct PlanRule {
     pub pipes: Vec<BoundCall>,
     /// `file:line:col`, for warnings and rejections.
     pub location: String,
+    /// Personal data flows through the rule: its warnings name the function, never the value.
+    pub personal: bool,
 }
 
 #[derive(Debug)]
@@ -98,6 +100,8 @@ pub(crate) struct ElementRule {
     pub expr: Expr,
     pub pipes: Vec<BoundCall>,
     pub location: String,
+    /// Personal data flows through the rule: its warnings name the function, never the value.
+    pub personal: bool,
 }
 
 #[derive(Debug)]

@@ -105,7 +105,6 @@ pub struct Warning {
 
 /// A visitor's identity memory while one event is applied.
 struct Memory {
-    keys: Vec<String>,
     profile: Profile,
     before: Profile,
     /// Slots filled from memory, which are not news to remember again.
@@ -244,13 +243,26 @@ impl Plan {
         if keys.is_empty() {
             return None;
         }
+        // Follow the links between the visitor's keys, so that what its anonymous id learned after an identify
+        // reaches its user id on another device, and back.
         let mut profile = Profile::default();
-        for key in &keys {
-            if let Some(stored) = store.load(key) {
+        let mut loaded: Vec<String> = Vec::with_capacity(keys.len());
+        let mut pending = keys.clone();
+        while let Some(key) = pending.pop() {
+            if loaded.contains(&key) || loaded.len() >= Profile::MAX_KEYS {
+                continue;
+            }
+            if let Some(stored) = store.load(&key) {
+                pending.extend(stored.keys.iter().filter(|k| !loaded.contains(k)).cloned());
                 profile.merge(&stored);
             }
+            loaded.push(key);
         }
-        Some(Memory { keys, before: profile.clone(), profile, recalled: Vec::new() })
+        let before = profile.clone();
+        for key in &keys {
+            profile.link(key);
+        }
+        Some(Memory { before, profile, recalled: Vec::new() })
     }
 
     /// Fills the remembered fields the event lacks from what the visitor's earlier events taught.
@@ -288,9 +300,10 @@ impl Plan {
             });
             learned += 1;
         }
-        // Two keys are stored even without news, so that the anonymous and the known visitor stay linked.
-        if memory.profile != memory.before || memory.keys.len() > 1 {
-            if let Some((last, others)) = memory.keys.split_last() {
+        // A new link or a new value is stored under every key of the visitor.
+        if memory.profile != memory.before {
+            let keys = memory.profile.keys.clone();
+            if let Some((last, others)) = keys.split_last() {
                 for key in others {
                     store.store(key, memory.profile.clone());
                 }
@@ -322,7 +335,7 @@ impl Plan {
                 Err(message) => state.warnings.push(Warning {
                     field: rule.target_name.clone(),
                     rule: rule.location.clone(),
-                    message,
+                    message: withhold_personal(message, rule.personal),
                 }),
             },
             RuleTarget::Elements { slot, each, rules } => {
@@ -418,6 +431,7 @@ impl Plan {
                         ));
                     }
                     let own_currency = items.iter().position(|i| i.name == "currency");
+                    let mut failing_field = None;
                     'elements: for (index, element) in elements.iter_mut().enumerate() {
                         let has_own = own_currency.is_some_and(|c| element.get(c).is_some_and(Option::is_some));
                         for (field, value) in element.iter_mut().enumerate() {
@@ -427,6 +441,7 @@ impl Plan {
                                 check_value(item, &format_args!("{path}[{index}].{}", item.name), value, now_ms)
                             {
                                 problem = Some((reason, message));
+                                failing_field = Some(field);
                                 break 'elements;
                             }
                             if item.requires.as_deref() == Some("currency") && !event_currency && !has_own {
@@ -434,18 +449,34 @@ impl Plan {
                                     RejectReason::MissingRequiredField,
                                     format!("element {index}: `{}` is present without a currency", item.name),
                                 ));
+                                failing_field = Some(field);
                                 break 'elements;
                             }
                         }
                     }
                     if let Some((reason, message)) = problem {
-                        let rule = state.writer[*slot].map(str::to_string);
+                        let block = state.writer[*slot];
+                        // Name the element rule that wrote the failing field, not the block around it.
+                        let rule = failing_field
+                            .and_then(|field| self.element_rule_location(*slot, block, field))
+                            .or_else(|| block.map(str::to_string));
                         return Some(self.reject(state, reason, message, path, rule));
                     }
                 }
             }
         }
         None
+    }
+
+    /// The location of the element rule writing element field `field` in the block at `block` (which filled
+    /// output slot `slot`).
+    fn element_rule_location(&self, slot: usize, block: Option<&str>, field: usize) -> Option<String> {
+        self.rules.iter().filter(|r| Some(r.location.as_str()) == block).find_map(|r| match &r.target {
+            RuleTarget::Elements { slot: s, rules, .. } if *s == slot => {
+                rules.iter().rev().find(|e| e.field == field).map(|e| e.location.clone())
+            }
+            _ => None,
+        })
     }
 
     fn writer_of(&self, route: &PlanRoute, field: &str) -> Option<String> {
@@ -531,13 +562,12 @@ fn check_value(
 ) -> Result<(), (RejectReason, String)> {
     let invalid = |message: String| Err((RejectReason::InvalidField, message));
     if !def.ty.contains(value.ty()) {
-        return invalid(format!(
-            "`{}` must be {} {}, got {}",
-            path,
-            article(&def.type_name),
-            def.type_name,
-            value.kind()
-        ));
+        // Numbers are shown (`got 1234.5`): an amount is never personal data and the value explains the problem.
+        let got = match value {
+            Val::Number(number) => number.to_string(),
+            _ => value.kind().to_string(),
+        };
+        return invalid(format!("`{}` must be {} {}, got {}", path, article(&def.type_name), def.type_name, got));
     }
     if let Val::Str(text) = value {
         let text: &str = text;
@@ -604,7 +634,11 @@ fn is_sha256(text: &str) -> bool {
 }
 
 fn is_url(text: &str) -> bool {
-    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    // Schemes are case-insensitive: `HTTPS://Example.com/` is a URL.
+    let strip = |scheme: &str| {
+        text.get(..scheme.len()).filter(|prefix| prefix.eq_ignore_ascii_case(scheme)).map(|_| &text[scheme.len()..])
+    };
+    let rest = strip("https://").or_else(|| strip("http://"));
     rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
@@ -651,7 +685,7 @@ fn build_elements<'v>(
                 Err(message) => state.warnings.push(Warning {
                     field: element_rule.target_name.clone(),
                     rule: element_rule.location.clone(),
-                    message,
+                    message: withhold_personal(message, element_rule.personal),
                 }),
             }
         }
@@ -683,6 +717,18 @@ impl<'v> Got<'v> {
             Got::Owned(value) => value,
         }
     }
+}
+
+/// A function's note about a value read from personal data may quote it (`to_number: expected a number, got
+/// "jane@example.com"`); such notes keep only the function's name, since reports leave the process too. Notes
+/// quote values in double quotes and only then; notes that describe the value (`not an email address (no @)`)
+/// stay as they are.
+fn withhold_personal(message: String, personal: bool) -> String {
+    if !personal || !message.contains('"') {
+        return message;
+    }
+    let function = message.split(':').next().unwrap_or_default();
+    format!("{function}: the value could not be used (personal data, not shown)")
 }
 
 /// Evaluates a source and its pipes. `Err` carries the note of the function that gave up.
@@ -745,10 +791,20 @@ fn eval_ref<'v>(
             call(function, value, args, input, element)?.map(Got::Owned)
         }
         Expr::Coalesce(terms) => {
+            // A term whose function gives up counts as absent, so `to_unix_ms(timestamp) ?? to_unix_ms(sentAt)`
+            // falls back past a broken timestamp; its note is reported only when no later term has a value.
+            let mut first_note = None;
             for term in terms {
-                if let Some(got) = eval_ref(term, input, element)?.filter(|got| !got.is_null()) {
-                    return Ok(Some(got));
+                match eval_ref(term, input, element) {
+                    Ok(Some(got)) if !got.is_null() => return Ok(Some(got)),
+                    Ok(_) => {}
+                    Err(note) => {
+                        first_note.get_or_insert(note);
+                    }
                 }
+            }
+            if let Some(note) = first_note {
+                return Err(note);
             }
             None
         }

@@ -107,3 +107,20 @@ fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn warnings_about_personal_data_never_quote_it() {
+    let plan = plan(&format!(
+        "{HEADER}\n\"web\" -> action_source\ncontext.page.url -> source_url\n\
+         context.traits.email -> user.email | to_number | sha256\n\
+         properties.note -> user.external_id | to_number | to_string\n"
+    ));
+    let mut input = event(json!({"properties": {"note": "not a number"}}));
+    input["context"]["traits"] = json!({"email": "secret.person@example.com"});
+    let Outcome::Mapped(mapped) = plan.apply(&input, &mut Context::stateless(NOW)) else { panic!() };
+    let reports = serde_json::to_string(&mapped.warnings).unwrap();
+    assert!(!reports.contains("secret.person"), "{reports}");
+    assert!(reports.contains("to_number: the value could not be used (personal data, not shown)"), "{reports}");
+    // Values that are not personal data are still quoted, which is what makes a warning useful.
+    assert!(reports.contains("not a number"), "{reports}");
+}

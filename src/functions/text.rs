@@ -378,6 +378,9 @@ fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
         Some(Val::Str(code)) => Some(region(code).ok_or_else(|| unknown_region(code))?),
         Some(other) => return Err(format!("expected a region code, got {}", other.kind())),
     };
+    // A number written with its country code needs no region, and the phonenumber crate given one strips that
+    // region's national prefix from it (`+86 138…` would lose its `1`): only numbers without `+` use the region.
+    let region = if text.starts_with('+') { None } else { region };
     // Event data is untrusted and the phonenumber crate has panicked on malformed input before; a phone
     // number is never worth taking the pipeline down.
     let parsed = std::panic::catch_unwind(|| phonenumber::parse(region, text));
@@ -483,6 +486,19 @@ mod tests {
         assert_eq!(text(&E164, json!(" 0044 7700 900123 "), &[json!("GB")]), "+447700900123");
         assert_eq!(text(&E164, json!(14155550132u64), &[json!("US")]), "+14155550132");
         assert_eq!(text(&E164, json!("+14155550132"), &[]), "+14155550132");
+        // Country codes whose numbers start with the default region's national prefix (libphonenumber's answers).
+        let other_countries = [
+            ("+86 138 0013 8000", "+8613800138000"),
+            ("+86 10 1234 5678", "+861012345678"),
+            ("+55 11 91234-5678", "+5511912345678"),
+            ("+1 123 456 7890", "+11234567890"),
+        ];
+        for (raw, expected) in other_countries {
+            for region in ["US", "GB", "BR", "CN"] {
+                assert_eq!(text(&E164, json!(raw), &[json!(region)]), expected, "{raw} {region}");
+            }
+        }
+        assert_eq!(text(&E164, json!("0086 138 0013 8000"), &[json!("GB")]), "+8613800138000");
     }
 
     #[test]
