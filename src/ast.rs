@@ -285,7 +285,7 @@ fn segments_text(segments: &[Segment], element: bool) -> String {
                 if is_plain_key(name) {
                     out.push_str(name);
                 } else {
-                    out.push_str(&Value::String(name.clone()).to_string());
+                    out.push_str(&quote_string(name.clone()).to_string());
                 }
             }
             Segment::Index { index, .. } => out.push_str(&format!("[{index}]")),
@@ -313,11 +313,11 @@ impl fmt::Display for Item {
             Item::Param(p) => {
                 write!(f, "param {}: {}", p.name.name, p.ty.name)?;
                 if let Some(default) = &p.default {
-                    write!(f, " = {}", default.value)?;
+                    write!(f, " = {}", literal_text(&default.value))?;
                 }
                 Ok(())
             }
-            Item::Include(i) => write!(f, "include {}", Value::String(i.path.value.clone())),
+            Item::Include(i) => write!(f, "include {}", quote_string(i.path.value.clone())),
             Item::Routes(r) => {
                 writeln!(f, "routes {{")?;
                 for route in &r.routes {
@@ -371,12 +371,12 @@ fn write_rule(f: &mut fmt::Formatter<'_>, rule: &Rule, depth: usize) -> fmt::Res
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.matcher {
-            Matcher::Event(s) => write!(f, "{}", Value::String(s.value.clone()))?,
+            Matcher::Event(s) => write!(f, "{}", quote_string(s.value.clone()))?,
             Matcher::Kind(k) => write!(f, "{}", k.name)?,
         }
         match &self.event_type {
             RouteType::Standard(t) => write!(f, " -> {}", t.name)?,
-            RouteType::Custom { name, .. } => write!(f, " -> custom({})", Value::String(name.value.clone()))?,
+            RouteType::Custom { name, .. } => write!(f, " -> custom({})", quote_string(name.value.clone()))?,
         }
         if let Some(shape) = &self.shape {
             write!(f, " ({})", shape.name)?;
@@ -388,7 +388,7 @@ impl fmt::Display for Route {
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Selector::Event(s) => write!(f, "{}", Value::String(s.value.clone())),
+            Selector::Event(s) => write!(f, "{}", quote_string(s.value.clone())),
             Selector::Name(n) => f.write_str(&n.name),
         }
     }
@@ -401,7 +401,7 @@ impl fmt::Display for Source {
                 f.write_str(" ?? ")?;
             }
             match term {
-                Term::Literal(l) => write!(f, "{}", l.value)?,
+                Term::Literal(l) => write!(f, "{}", literal_text(&l.value))?,
                 Term::Param(p) => write!(f, "${}", p.name)?,
                 Term::Call(c) if c.args.is_empty() => write!(f, "{}()", c.name.name)?,
                 Term::Call(c) => write!(f, "{c}")?,
@@ -437,12 +437,38 @@ impl fmt::Display for Call {
                         if j > 0 {
                             f.write_str(", ")?;
                         }
-                        write!(f, "{}: {}", Value::String(key.value.clone()), value.value)?;
+                        write!(f, "{}: {}", quote_string(key.value.clone()), literal_text(&value.value))?;
                     }
                     f.write_str("}")?;
                 }
             }
         }
         f.write_str(")")
+    }
+}
+
+/// A string literal as the grammar reads it back: only `\"`, `\\`, `\n`, `\t` and `\r` are escapes, every
+/// other character stands as itself.
+fn quote_string(text: String) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn literal_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => quote_string(text.clone()),
+        other => other.to_string(),
     }
 }

@@ -87,3 +87,10 @@ fn keywords_are_reserved_only_where_they_start_an_item() {
 fn a_byte_order_mark_at_the_start_is_ignored() {
     assert_eq!(canonical("\u{feff}messageId -> id"), "messageId -> id\n");
 }
+
+#[test]
+fn control_characters_in_strings_print_back_as_themselves() {
+    // Found by the canonical_roundtrip fuzz target: `"\u{1}"` used to print as an escape the grammar rejects.
+    let once = canonical("\"\u{1}\u{8}\" -> id");
+    assert_eq!(canonical(&once), once);
+}
