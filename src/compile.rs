@@ -1215,24 +1215,28 @@ impl<'s> Compiler<'s> {
 
     // ---- targets ----
 
+    /// `unknown_target_field`, suggesting the closest field of the schema, else `fallback_help`.
+    fn unknown_target_field(&mut self, dotted: &str, span: Span, fallback_help: String) {
+        let candidates = target_names(self.target);
+        let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        let help = suggestion(dotted, &refs).unwrap_or(fallback_help);
+        self.error(
+            Diagnostic::error(
+                codes::UNKNOWN_TARGET_FIELD,
+                format!("OpenAI events have no field `{dotted}`"),
+                span,
+                "unknown target field",
+            )
+            .with_help(help),
+        );
+    }
+
     fn target_field(&mut self, target: &ast::TargetPath, scope: &Scope) -> Option<TargetInfo> {
         let keys = target.keys();
         let dotted = keys.join(".");
         let unknown = |this: &mut Self| {
-            let candidates = target_names(this.target);
-            let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
-            let help = suggestion(&dotted, &refs).unwrap_or_else(|| {
-                format!("`{}` has no such field; see mappings/schema/openai_ads.yaml", this.target.name)
-            });
-            this.error(
-                Diagnostic::error(
-                    codes::UNKNOWN_TARGET_FIELD,
-                    format!("OpenAI events have no field `{dotted}`"),
-                    target.span,
-                    "unknown target field",
-                )
-                .with_help(help),
-            );
+            let help = format!("`{}` has no such field; see mappings/schema/openai_ads.yaml", this.target.name);
+            this.unknown_target_field(&dotted, target.span, help);
             None
         };
         let def = if keys.first() == Some(&"data") && keys.len() >= 2 {
@@ -1515,20 +1519,8 @@ impl<'s> Compiler<'s> {
                 let def = self.target.field(dotted.split('.').next().unwrap_or_default()).cloned();
                 let def = dotted.split('.').skip(1).fold(def, |d, key| d.and_then(|d| d.field(key).cloned()));
                 if def.is_none() && !dotted.starts_with("data.") {
-                    let candidates = target_names(self.target);
-                    let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
-                    let help = suggestion(&dotted, &refs).unwrap_or_else(|| {
-                        "remember identity signals such as `user.email`, `user.phone_number` and `oppref`".to_string()
-                    });
-                    self.error(
-                        Diagnostic::error(
-                            codes::UNKNOWN_TARGET_FIELD,
-                            format!("OpenAI events have no field `{dotted}`"),
-                            target.span,
-                            "unknown target field",
-                        )
-                        .with_help(help),
-                    );
+                    let help = "remember identity signals such as `user.email`, `user.phone_number` and `oppref`";
+                    self.unknown_target_field(&dotted, target.span, help.to_string());
                     continue;
                 }
                 let usable = def.as_ref().is_some_and(|d| d.ty != Ty::OBJECT && d.ty != Ty::ARRAY && !d.set_by_route)
