@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::functions::{Pii, Val};
 use crate::plan::*;
-use crate::run::{call, eval_ref, withhold_personal, Context, DropReason, Outcome, Routing};
+use crate::run::{call, eval_ref, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing};
 
 /// Why one event came out as it did, field by field.
 #[derive(Clone, Debug)]
@@ -110,7 +110,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
         Routing::Identify => {
             let rules: Vec<usize> = plan.identity_rules.clone();
             let produced = tracer.run_rules(&rules, &mut explanation.silent);
-            explanation.fields = tracer.fields(&produced, None, &mut explanation.silent);
+            explanation.fields = tracer.fields(&produced, None, None, &mut explanation.silent);
         }
         Routing::Route(index) => {
             let route = &plan.routes[index];
@@ -124,7 +124,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
                 Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json).ok(),
                 _ => None,
             };
-            explanation.fields = tracer.fields(&produced, output.as_ref(), &mut explanation.silent);
+            explanation.fields = tracer.fields(&produced, Some(route), output.as_ref(), &mut explanation.silent);
             if let Outcome::Mapped(mapped) = &explanation.outcome {
                 for silent in &mut explanation.silent {
                     if silent.why.as_deref() == Some(LEFT_OUT) {
@@ -456,33 +456,53 @@ impl Tracer<'_, '_> {
 
     /// The output fields in the schema's order. With the mapped output at hand, values are the ones sent and a
     /// field the rules produced but the output lacks is reported as left out.
-    fn fields(&self, produced: &Produced, output: Option<&Value>, silent: &mut Vec<RuleTrace>) -> Vec<FieldTrace> {
+    fn fields(
+        &self,
+        produced: &Produced,
+        route: Option<&PlanRoute>,
+        output: Option<&Value>,
+        silent: &mut Vec<RuleTrace>,
+    ) -> Vec<FieldTrace> {
         let mut fields = Vec::new();
-        self.collect(&self.plan.output, produced, output, silent, &mut fields);
+        self.collect(&self.plan.output, produced, route, output, silent, &mut fields);
         fields
+    }
+
+    /// What the route writes into `slot`, if it is one of the route's own slots.
+    fn route_value(&self, route: Option<&PlanRoute>, slot: usize) -> Option<Value> {
+        let route = route?;
+        let special = &self.plan.slots;
+        if slot == special.event_type {
+            Some(Value::from(route.event_type.as_str()))
+        } else if slot == special.data_type {
+            Some(Value::from(route.shape.as_str()))
+        } else if Some(slot) == special.custom_event_name {
+            route.custom_event_name.as_deref().map(Value::from)
+        } else {
+            None
+        }
     }
 
     fn collect(
         &self,
         nodes: &[LayoutNode],
         produced: &Produced,
+        route: Option<&PlanRoute>,
         output: Option<&Value>,
         silent: &mut Vec<RuleTrace>,
         fields: &mut Vec<FieldTrace>,
     ) {
-        let special = &self.plan.slots;
         for node in nodes {
             match node {
-                LayoutNode::Object { children, .. } => self.collect(children, produced, output, silent, fields),
+                LayoutNode::Object { children, .. } => self.collect(children, produced, route, output, silent, fields),
                 LayoutNode::Leaf { path, slot, .. } => {
                     let sent = output.and_then(|o| at_path(o, path));
-                    let is_route = *slot == special.event_type
-                        || *slot == special.data_type
-                        || Some(*slot) == special.custom_event_name;
+                    if let Some(value) = self.route_value(route, *slot) {
+                        let value = sent.cloned().unwrap_or(value);
+                        fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Route });
+                        continue;
+                    }
                     match (&produced.slots[*slot], sent) {
-                        (_, Some(value)) if is_route => {
-                            fields.push(FieldTrace { field: path.clone(), value: value.clone(), origin: Origin::Route })
-                        }
                         (Some((trace, value)), sent) => match (output, sent) {
                             (Some(_), None) => {
                                 let mut trace = trace.clone();
@@ -693,7 +713,11 @@ impl Explanation {
             Outcome::Rejected(rejected) => {
                 let reason = serde_json::to_value(rejected.reason).unwrap_or_default();
                 writeln!(out, "rejected ({}): {}", reason.as_str().unwrap_or_default(), rejected.message)?;
+                let missing = rejected.reason == RejectReason::MissingRequiredField;
                 match (&rejected.field, &rejected.rule) {
+                    (Some(field), Some(rule)) if missing => {
+                        writeln!(out, "  decided by the check of `{field}`; the rule meant to produce it is {rule}")?
+                    }
                     (Some(field), Some(rule)) => {
                         writeln!(out, "  decided by the check of `{field}`, written by {rule}")?
                     }
