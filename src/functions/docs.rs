@@ -459,6 +459,16 @@ mod tests {
     }
 
     #[test]
+    fn headings_have_distinct_anchors() {
+        let mut anchors: Vec<String> = Category::ALL.iter().map(|c| anchor(c.title())).collect();
+        anchors.extend(all().iter().map(|f| f.name.to_string()));
+        let count = anchors.len();
+        anchors.sort();
+        anchors.dedup();
+        assert_eq!(anchors.len(), count, "two headings share an anchor, so a contents link would go astray");
+    }
+
+    #[test]
     fn table_cells_survive_pipes_and_backticks() {
         assert_eq!(cell_code("a|b"), r"`a\|b`");
         assert_eq!(cell_code("x `y` z"), "``x `y` z``");
@@ -472,7 +482,8 @@ mod tests {
             assert!(reference.contains(&format!("[`{0}`](#{0})", f.name)), "{} is not in the contents", f.name);
             assert_eq!(reference.matches(&format!("\n### `{}`\n", f.name)).count(), 1, "{}", f.name);
         }
-        assert!(reference.contains("- [URLs](#urls): [`url_param`](#url_param), [`strip_query`](#strip_query)\n"));
+        assert!(reference
+            .contains("- [URL functions](#url-functions): [`url_param`](#url_param), [`strip_query`](#strip_query)\n"));
     }
 
     #[test]

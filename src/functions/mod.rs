@@ -142,15 +142,15 @@ impl Category {
     pub const ALL: [Category; 6] =
         [Category::Numeric, Category::Text, Category::Url, Category::Time, Category::Logic, Category::Consent];
 
-    /// The section heading in the reference.
+    /// The section heading in the reference; distinct from every function name, so anchors do not collide.
     pub fn title(self) -> &'static str {
         match self {
-            Category::Numeric => "Numbers",
-            Category::Text => "Text",
-            Category::Url => "URLs",
-            Category::Time => "Time",
-            Category::Logic => "Logic",
-            Category::Consent => "Consent",
+            Category::Numeric => "Number functions",
+            Category::Text => "Text functions",
+            Category::Url => "URL functions",
+            Category::Time => "Time functions",
+            Category::Logic => "Logic functions",
+            Category::Consent => "Consent functions",
         }
     }
 
