@@ -220,9 +220,6 @@ pub(super) const NORMALIZE_EMAIL: Function = Function {
         value that already is a SHA-256 digest (64 hex digits) passes through lower-cased.
 
         A missing, null or blank input yields nothing. A value that is not a string gives up with a warning.
-
-        The result is still the address, and still personal data: end the pipeline with `| sha256` before it
-        reaches an output field.
     "#,
     input: Ty::STRING,
     params: &[],
@@ -259,9 +256,6 @@ pub(super) const E164: Function = Function {
         A missing, null or blank input yields nothing. Text that is not a phone number gives up with the
         warning `not a phone number`, which never quotes it. A value that already is a SHA-256 digest (64
         hex digits) passes through lower-cased.
-
-        The result is still personal data: end the pipeline with `| sha256` before it reaches an output
-        field.
     "#,
     input: TEXTUAL,
     params: &[Param {
