@@ -70,6 +70,8 @@ enum Command {
         #[arg(long, default_value_t = MemoryStore::DEFAULT_CAPACITY)]
         identity_capacity: usize,
     },
+    /// Serves the language server protocol on stdin and stdout, for editors (see README "Editor support").
+    Lsp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Run { map, params, now, stateless, batch, rejects, identity_capacity } => {
             run(RunArgs { map, params, now, stateless, batch, rejects, identity_capacity })
         }
+        Command::Lsp => lsp(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -115,6 +118,15 @@ pub fn main() -> ExitCode {
             eprintln!("engine: {}", failure.message);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// Exit 0 after `shutdown` and `exit`; 1 when the client sent `exit` without `shutdown`, as the protocol asks.
+fn lsp() -> Result<u8, Failure> {
+    match crate::lsp::serve_stdio() {
+        Ok(()) => Ok(0),
+        Err(crate::lsp::LspError::ExitWithoutShutdown) => Ok(1),
+        Err(error) => Err(usage(format!("lsp: {error}"))),
     }
 }
 
