@@ -3,6 +3,7 @@
 mod cli;
 mod diagnostics;
 mod grammar;
+mod lsp;
 mod presets;
 mod properties;
 mod runtime;

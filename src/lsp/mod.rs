@@ -138,7 +138,8 @@ struct Document {
 impl Document {
     /// The name the compiler knows the document by: its path, so that includes resolve beside it.
     fn name(&self) -> String {
-        uri_to_path(&self.uri).map_or_else(|| self.uri.as_str().to_string(), |p| p.to_string_lossy().into_owned())
+        uri_to_path(&self.uri)
+            .map_or_else(|| self.uri.as_str().to_string(), |p| normalize(&p).to_string_lossy().into_owned())
     }
 }
 
@@ -269,20 +270,33 @@ impl Server {
     }
 
     /// Compiles every open document and publishes, per file, the diagnostics that changed. A diagnostic in an
-    /// included file is published for that file; a file checked both alone and through an include shows each
-    /// finding once.
+    /// included file is published for that file. A document that another open document includes is checked as
+    /// part of that one, not alone, where a fragment would only show that it has no routes.
     fn publish(&mut self) -> Vec<Notification> {
         let loader = self.loader();
         let mut current: BTreeMap<String, (Uri, Vec<lsp_types::Diagnostic>)> = BTreeMap::new();
+        let mut compiled = Vec::new();
         for document in self.documents.values() {
             current.entry(document.uri.as_str().to_string()).or_insert_with(|| (document.uri.clone(), Vec::new()));
+            let result = signal_engine::compile(&document.name(), &document.text, &loader, &self.options);
+            let includes: Vec<String> =
+                result.sources.files().skip(1).map(|(_, file)| file.name.clone()).collect();
+            compiled.push((document, result, includes));
         }
-        for document in self.documents.values() {
-            let compiled = signal_engine::compile(&document.name(), &document.text, &loader, &self.options);
-            let uri_of = |file: FileId| source_uri(&compiled.sources, file, &document.uri);
-            for diagnostic in &compiled.diagnostics {
+        let included_elsewhere = |document: &Document, own_includes: &[String]| {
+            let name = document.name();
+            compiled.iter().any(|(other, _, includes)| {
+                other.uri != document.uri && includes.contains(&name) && !own_includes.contains(&other.name())
+            })
+        };
+        for (document, result, includes) in &compiled {
+            if included_elsewhere(document, includes) {
+                continue;
+            }
+            let uri_of = |file: FileId| source_uri(&result.sources, file, &document.uri);
+            for diagnostic in &result.diagnostics {
                 let Some(uri) = uri_of(diagnostic.primary.span.file) else { continue };
-                let converted = to_lsp(diagnostic, &compiled.sources, &uri_of);
+                let converted = to_lsp(diagnostic, &result.sources, &uri_of);
                 let (_, list) = current.entry(uri.as_str().to_string()).or_insert_with(|| (uri.clone(), Vec::new()));
                 if !list.contains(&converted) {
                     list.push(converted);
