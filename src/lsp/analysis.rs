@@ -255,7 +255,9 @@ impl File {
     /// `` `name.map` line 3 ``: where an offset of this file is, for hover text.
     pub fn location(&self, offset: usize) -> String {
         let line = LineIndex::new(&self.text).position(offset).line + 1;
-        let short = std::path::Path::new(&self.name).file_name().map_or(self.name.clone(), |n| n.to_string_lossy().into_owned());
+        let short = std::path::Path::new(&self.name)
+            .file_name()
+            .map_or(self.name.clone(), |n| n.to_string_lossy().into_owned());
         format!("`{short}` line {line}")
     }
 }

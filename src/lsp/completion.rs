@@ -68,6 +68,8 @@ pub fn complete(text: &str, offset: usize, workspace: &Workspace) -> Vec<Complet
         Slot::EventType => target
             .event_types
             .iter()
+            // `custom` is written `custom("name")`, offered below with that form.
+            .filter(|(name, _)| name != "custom")
             .map(|(name, shape)| Entry {
                 label: name.clone(),
                 kind: CompletionItemKind::ENUM_MEMBER,
@@ -114,7 +116,8 @@ pub fn complete(text: &str, offset: usize, workspace: &Workspace) -> Vec<Complet
             })
             .collect(),
     };
-    entries.into_iter().map(|entry| entry.into_item(range)).collect()
+    let mut seen = std::collections::HashSet::new();
+    entries.into_iter().filter(|entry| seen.insert(entry.label.clone())).map(|entry| entry.into_item(range)).collect()
 }
 
 /// The line before the cursor with string contents blanked, or `None` inside a comment or a string (where
@@ -202,7 +205,7 @@ impl Entry {
             kind: Some(self.kind),
             detail: (!self.detail.is_empty()).then_some(self.detail),
             documentation: (!self.doc.is_empty())
-                .then(|| Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: self.doc })),
+                .then_some(Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: self.doc })),
             filter_text: Some(self.label.clone()),
             text_edit: Some(CompletionTextEdit::Edit(TextEdit { range, new_text: self.label })),
             ..CompletionItem::default()
@@ -259,8 +262,6 @@ fn target_entries(target: &TargetSchema, element: &[String]) -> Vec<Entry> {
     } else if let Some(items) = docs::resolve_target(target, element).and_then(|(def, _)| def.items.as_ref()) {
         add("", element.to_vec(), items, &mut out);
     }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|entry| seen.insert(entry.label.clone()));
     out
 }
 

@@ -142,7 +142,10 @@ pub fn source_path(keys: &[String], element: bool) -> String {
     let dotted = keys.join(".");
     if element {
         let pii = keys.iter().any(|k| input.is_pii_key(k));
-        return format!("**`@.{dotted}`** · a field of the current element of the block's source array\n{}", pii_note(pii));
+        return format!(
+            "**`@.{dotted}`** · a field of the current element of the block's source array\n{}",
+            pii_note(pii)
+        );
     }
     let Some((first, rest)) = keys.split_first() else { return String::new() };
     let Some(mut field) = input.field(first) else {

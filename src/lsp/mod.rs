@@ -21,9 +21,8 @@ use lsp_types::{
     CompletionOptions, CompletionParams, CompletionResponse, DiagnosticRelatedInformation, DiagnosticSeverity,
     DidChangeTextDocumentParams, DidCloseTextDocumentParams, DidOpenTextDocumentParams, GotoDefinitionParams,
     GotoDefinitionResponse, Hover, HoverContents, HoverParams, HoverProviderCapability, InitializeResult, Location,
-    MarkupContent, MarkupKind, NumberOrString, OneOf, PublishDiagnosticsParams, Range, ServerCapabilities,
-    ServerInfo, TextDocumentPositionParams, TextDocumentSyncCapability, TextDocumentSyncKind, TextDocumentSyncOptions,
-    Uri,
+    MarkupContent, MarkupKind, NumberOrString, OneOf, PublishDiagnosticsParams, Range, ServerCapabilities, ServerInfo,
+    TextDocumentPositionParams, TextDocumentSyncCapability, TextDocumentSyncKind, TextDocumentSyncOptions, Uri,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -96,7 +95,10 @@ fn serve(connection: &Connection) -> Result<(), LspError> {
     let (id, params) = connection.initialize_start()?;
     let result = InitializeResult {
         capabilities: capabilities(),
-        server_info: Some(ServerInfo { name: "engine".to_string(), version: Some(env!("CARGO_PKG_VERSION").to_string()) }),
+        server_info: Some(ServerInfo {
+            name: "engine".to_string(),
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        }),
     };
     let result = serde_json::to_value(result).map_err(|e| LspError::Protocol(e.to_string()))?;
     connection.initialize_finish(id, result)?;
@@ -174,7 +176,9 @@ impl Server {
         match panic::catch_unwind(AssertUnwindSafe(|| self.dispatch(request))) {
             Ok(Ok(value)) => Response::new_ok(id, value),
             Ok(Err((code, message))) => Response::new_err(id, code as i32, message),
-            Err(_) => Response::new_err(id, ErrorCode::InternalError as i32, "the server failed on this request".into()),
+            Err(_) => {
+                Response::new_err(id, ErrorCode::InternalError as i32, "the server failed on this request".into())
+            }
         }
     }
 
@@ -261,11 +265,8 @@ impl Server {
     }
 
     fn loader(&self) -> EditorLoader {
-        let open = self
-            .documents
-            .values()
-            .filter_map(|d| Some((normalize(&uri_to_path(&d.uri)?), d.text.clone())))
-            .collect();
+        let open =
+            self.documents.values().filter_map(|d| Some((normalize(&uri_to_path(&d.uri)?), d.text.clone()))).collect();
         EditorLoader { open }
     }
 
@@ -279,8 +280,7 @@ impl Server {
         for document in self.documents.values() {
             current.entry(document.uri.as_str().to_string()).or_insert_with(|| (document.uri.clone(), Vec::new()));
             let result = signal_engine::compile(&document.name(), &document.text, &loader, &self.options);
-            let includes: Vec<String> =
-                result.sources.files().skip(1).map(|(_, file)| file.name.clone()).collect();
+            let includes: Vec<String> = result.sources.files().skip(1).map(|(_, file)| file.name.clone()).collect();
             compiled.push((document, result, includes));
         }
         let included_elsewhere = |document: &Document, own_includes: &[String]| {
@@ -339,7 +339,9 @@ impl Server {
                 let (file, decl) = workspace.param(&name.name)?;
                 (docs::param(decl, &file.location(decl.name.span.start)), name.span)
             }
-            Hit::ParamDecl(decl) => (docs::param(decl, &workspace.root().location(decl.name.span.start)), decl.name.span),
+            Hit::ParamDecl(decl) => {
+                (docs::param(decl, &workspace.root().location(decl.name.span.start)), decl.name.span)
+            }
             Hit::SourcePath(path, segment) => {
                 let keys = keys(&path.segments[..=segment]);
                 let input = schema::input();
