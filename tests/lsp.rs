@@ -45,10 +45,15 @@ impl Client {
         Client { child, stdin, incoming, pending: VecDeque::new(), next_id: 1 }
     }
 
-    /// Starts a server and completes the `initialize` handshake; returns the server's capabilities.
+    /// Starts a server and completes the `initialize` handshake; returns the server's `initialize` result.
     fn initialized() -> (Client, Value) {
+        Client::initialized_with(Value::Null)
+    }
+
+    fn initialized_with(options: Value) -> (Client, Value) {
         let mut client = Client::start();
-        let result = client.request("initialize", json!({"processId": null, "rootUri": null, "capabilities": {}}));
+        let params = json!({"processId": null, "rootUri": null, "capabilities": {}, "initializationOptions": options});
+        let result = client.request("initialize", params);
         client.notify("initialized", json!({}));
         (client, result)
     }
@@ -251,9 +256,12 @@ fn diagnostics_follow_the_document_as_it_changes() {
     let hover = client.hover(&main, 10, 58);
     assert!(hover.contains("sha256() :"), "the rest of a broken file still answers hover: {hover}");
 
+    // A ranged edit, placed by UTF-16 position, completes `to_strin`.
+    let insert =
+        json!({"range": {"start": {"line": 11, "character": 50}, "end": {"line": 11, "character": 50}}, "text": "g"});
     client.notify(
         "textDocument/didChange",
-        json!({"textDocument": {"uri": main, "version": 2}, "contentChanges": [{"text": MAPPING}]}),
+        json!({"textDocument": {"uri": main, "version": 2}, "contentChanges": [insert]}),
     );
     assert_eq!(client.diagnostics(&main), Vec::<Value>::new(), "the fixed mapping is clean");
 
@@ -405,6 +413,25 @@ fn bad_requests_get_errors_and_the_server_carries_on() {
     let after = client.call("textDocument/hover", position(&main, 10, 58));
     assert_eq!(after["error"]["code"], -32600, "requests after shutdown are refused: {after}");
     assert_eq!(client.exit(false), Some(0));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn initialization_options_give_parameter_values() {
+    let dir = workspace("options");
+    let main = uri(&dir.join("main.map"));
+    let text = MAPPING.replace("param consent_category: string = \"marketing\"", "param consent_category: string");
+
+    let (mut client, _) = Client::initialized();
+    client.open(&main, &text);
+    let diagnostics = client.diagnostics(&main);
+    assert_eq!(diagnostics[0]["code"], "engine::check::missing_param", "{diagnostics:#?}");
+    assert_eq!(client.exit(true), Some(0));
+
+    let (mut client, _) = Client::initialized_with(json!({"params": {"consent_category": "ads"}}));
+    client.open(&main, &text);
+    assert_eq!(client.diagnostics(&main), Vec::<Value>::new());
+    assert_eq!(client.exit(true), Some(0));
     std::fs::remove_dir_all(&dir).ok();
 }
 

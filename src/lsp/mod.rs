@@ -69,9 +69,19 @@ impl From<lsp_server::ProtocolError> for LspError {
 /// Serves one client on stdin and stdout until it sends `exit`.
 pub fn serve_stdio() -> Result<(), LspError> {
     let (connection, io_threads) = Connection::stdio();
-    serve(&connection)?;
+    let served = serve(&connection);
+    if matches!(served, Err(LspError::ExitWithoutShutdown | LspError::Protocol(_))) {
+        return served;
+    }
+    // The reader thread has stopped (after `exit`, or at the end or a malformed frame of the input), so joining
+    // cannot block; its error says why the input ended.
     drop(connection);
-    io_threads.join().map_err(|e| LspError::Protocol(e.to_string()))
+    let joined = io_threads.join().map_err(|e| LspError::Protocol(e.to_string()));
+    match (served, joined) {
+        (Ok(()), joined) => joined,
+        (Err(_), Err(reader)) => Err(reader),
+        (Err(served), Ok(())) => Err(served),
+    }
 }
 
 fn capabilities() -> ServerCapabilities {
@@ -103,7 +113,9 @@ fn serve(connection: &Connection) -> Result<(), LspError> {
     let result = serde_json::to_value(result).map_err(|e| LspError::Protocol(e.to_string()))?;
     connection.initialize_finish(id, result)?;
     let mut server = Server::new(&params);
-    let send = |message: Message| connection.sender.send(message).map_err(|_| LspError::Disconnected);
+    let send = |message: Message| {
+        connection.sender.send(message).map_err(|_| LspError::Protocol("cannot write to stdout".to_string()))
+    };
     for message in &connection.receiver {
         match message {
             Message::Request(request) if server.shut_down => send(
