@@ -12,7 +12,7 @@ use signal_engine::schema::{self, TargetSchema};
 use signal_engine::source::SourceLoader;
 use signal_engine::syntax;
 
-use super::text::LineIndex;
+use super::text::{floor_char_boundary, LineIndex};
 
 /// The items of a file, as many as can be read. A file that parses yields all of them; otherwise every
 /// top-level item that parses on its own is kept, and inside an item that does not, every line that parses on
@@ -187,7 +187,7 @@ impl Blocks {
 /// is classified by the text before it on its line: `routes {`, or `source[*] -> target[*] {` for an element
 /// block.
 pub fn blocks_at(text: &str, offset: usize) -> Blocks {
-    let before = &text[..offset.min(text.len())];
+    let before = &text[..floor_char_boundary(text, offset)];
     let mut stack: Vec<Option<BlockKind>> = Vec::new();
     let mut line_start = 0;
     let mut chars = before.char_indices().peekable();

@@ -15,7 +15,7 @@ use super::text::LineIndex;
 
 /// What the word being typed is.
 #[derive(Debug, PartialEq)]
-enum Slot {
+pub enum Slot {
     Param,
     Function,
     Target,
@@ -27,20 +27,27 @@ enum Slot {
     TargetSchema,
 }
 
-/// The completions at byte `offset` of `text`, each replacing the partial word before the cursor.
-pub fn complete(text: &str, offset: usize, workspace: &Workspace) -> Vec<CompletionItem> {
+/// What is being typed at byte `offset` of `text`, and the range of the partial word before the cursor that a
+/// completion replaces; `None` where nothing is completed (comments, strings, declarations).
+pub fn context(text: &str, offset: usize) -> Option<(Slot, lsp_types::Range, String)> {
     let index = LineIndex::new(text);
     let line = index.line_before(offset);
-    let Some(code) = code_of(line) else { return Vec::new() };
+    let code = code_of(line)?;
     let word_start = code
         .char_indices()
         .rev()
         .take_while(|&(_, c)| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '*' | '@'))
         .last()
         .map_or(code.len(), |(i, _)| i);
-    let Some(slot) = slot(text, offset, &code, word_start) else { return Vec::new() };
-    let word = &code[word_start..];
+    let slot = slot(text, offset, &code, word_start)?;
+    let word = code[word_start..].to_string();
     let range = index.range(offset - word.len(), offset);
+    Some((slot, range, word))
+}
+
+/// The completions at byte `offset` of `text`, each replacing the partial word before the cursor.
+pub fn complete(text: &str, offset: usize, workspace: &Workspace) -> Vec<CompletionItem> {
+    let Some((slot, range, word)) = context(text, offset) else { return Vec::new() };
     let target = workspace.target_schema();
     let entries: Vec<Entry> = match slot {
         Slot::Param => workspace
@@ -323,14 +330,7 @@ mod tests {
     use super::*;
 
     fn slot_at_end(text: &str) -> Option<Slot> {
-        let code = code_of(LineIndex::new(text).line_before(text.len()))?;
-        let word_start = code
-            .char_indices()
-            .rev()
-            .take_while(|&(_, c)| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '*' | '@'))
-            .last()
-            .map_or(code.len(), |(i, _)| i);
-        slot(text, text.len(), &code, word_start)
+        context(text, text.len()).map(|(slot, _, _)| slot)
     }
 
     #[test]

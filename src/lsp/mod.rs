@@ -340,60 +340,7 @@ impl Server {
 
     fn hover(&self, at: &TextDocumentPositionParams) -> Option<Hover> {
         let (document, workspace) = self.workspace(&at.text_document.uri)?;
-        let text = &document.text;
-        let index = LineIndex::new(text);
-        let offset = index.offset(at.position);
-        let target = workspace.target_schema();
-        let hit = hit_at(&workspace.root().items, offset)?;
-        let (markdown, span) = match hit {
-            Hit::Function(name) => (docs::function(functions::find(&name.name)?), name.span),
-            Hit::ParamRef(name) => {
-                let (file, decl) = workspace.param(&name.name)?;
-                (docs::param(decl, &file.location(decl.name.span.start)), name.span)
-            }
-            Hit::ParamDecl(decl) => {
-                (docs::param(decl, &workspace.root().location(decl.name.span.start)), decl.name.span)
-            }
-            Hit::SourcePath(path, segment) => {
-                let keys = keys(&path.segments[..=segment]);
-                let input = schema::input();
-                let in_element = !blocks_at(text, path.span.start).elements.is_empty()
-                    && (path.segments.len() == 1 || keys.first().is_some_and(|k| input.field(k).is_none()));
-                let span = path.segments[segment].span();
-                (docs::source_path(&keys, path.element || in_element), Span { start: path.span.start, ..span })
-            }
-            Hit::TargetPath(path, segment) => {
-                let element = blocks_at(text, path.span.start).element_keys();
-                let own = keys(&path.segments[..=segment]);
-                let full: Vec<String> = element.iter().chain(&own).cloned().collect();
-                let shown = if element.is_empty() {
-                    own.join(".")
-                } else {
-                    format!("{}[*].{}", element.join("."), own.join("."))
-                };
-                let markdown = match docs::resolve_target(target, &full) {
-                    Some((def, shapes)) => docs::target_field(target, &shown, def, &shapes),
-                    None => format!("OpenAI events have no field `{shown}` in the `{}` target schema.\n", target.name),
-                };
-                let span = path.segments[segment].span();
-                (markdown, Span { start: path.span.start, ..span })
-            }
-            Hit::Include(include) => {
-                let resolved = resolve_include(&document.name(), &include.path.value);
-                let state = if resolved.is_file() { "" } else { " (it cannot be read)" };
-                (format!("Includes `{}`{state}.\n", resolved.display()), include.path.span)
-            }
-            Hit::TargetSchema(name) => (docs::target_schema(&name.name)?, name.span),
-            Hit::EventType(name) => {
-                let markdown = docs::event_type(target, &name.name).or_else(|| docs::shape(target, &name.name))?;
-                (markdown, name.span)
-            }
-            Hit::Shape(name) => (docs::shape(target, &name.name)?, name.span),
-        };
-        Some(Hover {
-            contents: HoverContents::Markup(MarkupContent { kind: MarkupKind::Markdown, value: markdown }),
-            range: Some(index.range(span.start, span.end)),
-        })
+        hover_at(&document.name(), &document.text, &workspace, at.position)
     }
 
     fn completion(&self, at: &TextDocumentPositionParams) -> Option<CompletionResponse> {
@@ -430,6 +377,59 @@ impl Server {
         };
         Some(Location::new(uri, LineIndex::new(&file.text).range(decl.name.span.start, decl.name.span.end)))
     }
+}
+
+/// The hover text at `position` of the root document of `workspace` (named `document_name`, beside which its
+/// includes resolve).
+fn hover_at(document_name: &str, text: &str, workspace: &Workspace, position: lsp_types::Position) -> Option<Hover> {
+    let index = LineIndex::new(text);
+    let offset = index.offset(position);
+    let target = workspace.target_schema();
+    let hit = hit_at(&workspace.root().items, offset)?;
+    let (markdown, span) = match hit {
+        Hit::Function(name) => (docs::function(functions::find(&name.name)?), name.span),
+        Hit::ParamRef(name) => {
+            let (file, decl) = workspace.param(&name.name)?;
+            (docs::param(decl, &file.location(decl.name.span.start)), name.span)
+        }
+        Hit::ParamDecl(decl) => (docs::param(decl, &workspace.root().location(decl.name.span.start)), decl.name.span),
+        Hit::SourcePath(path, segment) => {
+            let keys = keys(&path.segments[..=segment]);
+            let input = schema::input();
+            let in_element = !blocks_at(text, path.span.start).elements.is_empty()
+                && (path.segments.len() == 1 || keys.first().is_some_and(|k| input.field(k).is_none()));
+            let span = path.segments[segment].span();
+            (docs::source_path(&keys, path.element || in_element), Span { start: path.span.start, ..span })
+        }
+        Hit::TargetPath(path, segment) => {
+            let element = blocks_at(text, path.span.start).element_keys();
+            let own = keys(&path.segments[..=segment]);
+            let full: Vec<String> = element.iter().chain(&own).cloned().collect();
+            let shown =
+                if element.is_empty() { own.join(".") } else { format!("{}[*].{}", element.join("."), own.join(".")) };
+            let markdown = match docs::resolve_target(target, &full) {
+                Some((def, shapes)) => docs::target_field(target, &shown, def, &shapes),
+                None => format!("OpenAI events have no field `{shown}` in the `{}` target schema.\n", target.name),
+            };
+            let span = path.segments[segment].span();
+            (markdown, Span { start: path.span.start, ..span })
+        }
+        Hit::Include(include) => {
+            let resolved = resolve_include(document_name, &include.path.value);
+            let state = if resolved.is_file() { "" } else { " (it cannot be read)" };
+            (format!("Includes `{}`{state}.\n", resolved.display()), include.path.span)
+        }
+        Hit::TargetSchema(name) => (docs::target_schema(&name.name)?, name.span),
+        Hit::EventType(name) => {
+            let markdown = docs::event_type(target, &name.name).or_else(|| docs::shape(target, &name.name))?;
+            (markdown, name.span)
+        }
+        Hit::Shape(name) => (docs::shape(target, &name.name)?, name.span),
+    };
+    Some(Hover {
+        contents: HoverContents::Markup(MarkupContent { kind: MarkupKind::Markdown, value: markdown }),
+        range: Some(index.range(span.start, span.end)),
+    })
 }
 
 fn params<P: DeserializeOwned>(request: &Request) -> Result<P, Failure> {
@@ -513,4 +513,42 @@ fn to_lsp(diagnostic: &Diagnostic, sources: &Sources, uri_of: &dyn Fn(FileId) ->
 
 fn publish_notification(uri: Uri, diagnostics: Vec<lsp_types::Diagnostic>, version: Option<i32>) -> Notification {
     Notification::new(PublishDiagnostics::METHOD.to_string(), PublishDiagnosticsParams { uri, diagnostics, version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped mapping and every diagnostics fixture (most of them broken on purpose), at every position
+    /// of every line and one past its end: hover and the completion context answer without panicking, and so
+    /// do whole completion lists at each line's start and end.
+    #[test]
+    fn every_position_of_every_fixture_answers() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<PathBuf> = Vec::new();
+        for dir in ["mappings", "tests/fixtures/diagnostics"] {
+            let entries = std::fs::read_dir(root.join(dir)).unwrap();
+            files.extend(entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "map")));
+        }
+        assert!(files.len() > 20);
+        let mut answered = 0;
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.to_string_lossy().into_owned();
+            let workspace = Workspace::load(&name, &text, &FileLoader);
+            let index = LineIndex::new(&text);
+            for (line, content) in text.split('\n').enumerate() {
+                for character in 0..=content.encode_utf16().count() + 1 {
+                    let position = lsp_types::Position::new(line as u32, character as u32);
+                    answered += usize::from(hover_at(&name, &text, &workspace, position).is_some());
+                    let offset = index.offset(position);
+                    completion::context(&text, offset);
+                    if character == 0 || character == content.encode_utf16().count() {
+                        completion::complete(&text, offset, &workspace);
+                    }
+                }
+            }
+        }
+        assert!(answered > 1000, "hover answered at only {answered} positions");
+    }
 }

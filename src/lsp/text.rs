@@ -57,7 +57,8 @@ impl<'t> LineIndex<'t> {
     }
 }
 
-fn floor_char_boundary(text: &str, offset: usize) -> usize {
+/// The largest character boundary at or before `offset`, so that a stray offset never splits a character.
+pub fn floor_char_boundary(text: &str, offset: usize) -> usize {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
