@@ -95,6 +95,8 @@ enum Command {
     },
     /// Lists the function library: signatures, docs and examples (`--format markdown` is docs/functions.md).
     Functions(FunctionsArgs),
+    /// Serves the language server protocol on stdin and stdout, for editors (see README "Editor support").
+    Lsp,
 }
 
 #[derive(clap::Args)]
@@ -153,6 +155,7 @@ pub fn main() -> ExitCode {
             explain(ExplainArgs { map, params, now, stateless, show_pii, format })
         }
         Command::Functions(args) => functions(&args),
+        Command::Lsp => lsp(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -189,6 +192,15 @@ fn functions(args: &FunctionsArgs) -> Result<u8, Failure> {
     };
     write_or_quit(&mut io::stdout().lock(), text.as_bytes())?;
     Ok(0)
+}
+
+/// Exit 0 after `shutdown` and `exit`; 1 when the client sent `exit` without `shutdown`, as the protocol asks.
+fn lsp() -> Result<u8, Failure> {
+    match crate::lsp::serve_stdio() {
+        Ok(()) => Ok(0),
+        Err(crate::lsp::LspError::ExitWithoutShutdown) => Ok(1),
+        Err(error) => Err(usage(format!("lsp: {error}"))),
+    }
 }
 
 fn read_params(path: Option<&Path>) -> Result<Map<String, Value>, Failure> {

@@ -5,6 +5,7 @@ mod diagnostics;
 mod explain;
 mod functions;
 mod grammar;
+mod lsp;
 mod presets;
 mod properties;
 mod runtime;
