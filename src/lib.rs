@@ -8,6 +8,7 @@ pub mod diagnostic;
 pub mod functions;
 pub mod identity;
 mod input;
+pub mod mapping_test;
 pub mod plan;
 pub mod presets;
 pub mod run;
