@@ -71,6 +71,28 @@ enum Command {
         #[arg(long, default_value_t = MemoryStore::DEFAULT_CAPACITY)]
         identity_capacity: usize,
     },
+    /// Explains how events (JSON on stdin: one document, several, or an array) are mapped: the rule, source value
+    /// and each function's result behind every output field, and why other rules produced nothing.
+    Explain {
+        /// The mapping to apply; without it, the embedded default preset (mappings/openai_ads.map).
+        #[arg(long)]
+        map: Option<PathBuf>,
+        /// Parameter values: a YAML mapping of name to value.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// The time the timestamp window is checked against (RFC 3339); default: the current time.
+        #[arg(long)]
+        now: Option<String>,
+        /// Explain each event alone, without identity memory from the events before it.
+        #[arg(long)]
+        stateless: bool,
+        /// Show personal values (email, phone) before hashing instead of masking them.
+        #[arg(long)]
+        show_pii: bool,
+        /// `human` (a tree per event) or `json` (one object per event and line).
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Runs mapping tests: `*.test.yaml` files of input events and the outcomes expected (exit 1 on a failure).
     Test(TestArgs),
 }
@@ -122,6 +144,9 @@ pub fn main() -> ExitCode {
         Command::Check { files, params, format, color } => check(&files, params.as_deref(), format, color),
         Command::Run { map, params, now, stateless, batch, rejects, identity_capacity } => {
             run(RunArgs { map, params, now, stateless, batch, rejects, identity_capacity })
+        }
+        Command::Explain { map, params, now, stateless, show_pii, format } => {
+            explain(ExplainArgs { map, params, now, stateless, show_pii, format })
         }
         Command::Test(args) => test(args),
     };
@@ -316,28 +341,91 @@ struct Summary {
     warnings: usize,
 }
 
-fn run(args: RunArgs) -> Result<u8, Failure> {
-    let options = CompileOptions { params: read_params(args.params.as_deref())? };
-    let compiled = match &args.map {
+/// The mapping a command applies: `--map` or the embedded default, compiled with `--params`. A mapping with
+/// errors has its diagnostics printed and yields `None`.
+fn load_mapping(map: Option<&Path>, params: Option<&Path>, command: &str) -> Result<Option<Compiled>, Failure> {
+    let options = CompileOptions { params: read_params(params)? };
+    let compiled = match map {
         Some(path) => compile_file(path, &options)?,
         None => presets::OPENAI_ADS.compile(&options),
     };
-    let Some(plan) = compiled.plan.as_ref() else {
-        let color = io::stderr().is_terminal();
-        eprint!(
-            "{}",
-            diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width: 100 })
-        );
-        eprintln!("engine run: the mapping has errors; nothing was mapped");
-        return Ok(1);
-    };
-    let now_ms = match &args.now {
+    if compiled.plan.is_some() {
+        return Ok(Some(compiled));
+    }
+    let color = io::stderr().is_terminal();
+    eprint!("{}", diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width: 100 }));
+    eprintln!("engine {command}: the mapping has errors; nothing was mapped");
+    Ok(None)
+}
+
+/// `--now`, or the current time, in epoch ms.
+fn now_ms(now: Option<&str>) -> Result<i64, Failure> {
+    Ok(match now {
         Some(text) => text
             .parse::<jiff::Timestamp>()
             .map_err(|e| usage(format!("--now {text:?} is not an RFC 3339 time: {e}")))?
             .as_millisecond(),
         None => jiff::Timestamp::now().as_millisecond(),
+    })
+}
+
+struct ExplainArgs {
+    map: Option<PathBuf>,
+    params: Option<PathBuf>,
+    now: Option<String>,
+    stateless: bool,
+    show_pii: bool,
+    format: Format,
+}
+
+fn explain(args: ExplainArgs) -> Result<u8, Failure> {
+    let Some(compiled) = load_mapping(args.map.as_deref(), args.params.as_deref(), "explain")? else {
+        return Ok(1);
     };
+    let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
+    let now_ms = now_ms(args.now.as_deref())?;
+    let mut text = String::new();
+    io::Read::read_to_string(&mut io::stdin().lock(), &mut text)
+        .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+    // One document, a stream of them (NDJSON or pretty-printed), or an array: every event is explained in order.
+    let mut events = Vec::new();
+    for document in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+        match document.map_err(|e| usage(format!("stdin is not JSON: {e}")))? {
+            Value::Array(items) => events.extend(items),
+            event => events.push(event),
+        }
+    }
+    if events.is_empty() {
+        return Err(usage("no event on stdin: give one JSON event, several, or an array of them"));
+    }
+    let mut memory = MemoryStore::new(MemoryStore::DEFAULT_CAPACITY);
+    let mut out = BufWriter::new(io::stdout().lock());
+    let many = events.len() > 1;
+    for (index, event) in events.iter().enumerate() {
+        let mut context =
+            if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
+        let explanation = signal_engine::explain::explain(plan, &event.to_string(), &mut context);
+        let rendered = match args.format {
+            Format::Human if many => format!("event {}\n{}\n", index + 1, explanation.render_text(args.show_pii)),
+            Format::Human => explanation.render_text(args.show_pii),
+            Format::Json => {
+                let mut value = explanation.to_json(args.show_pii);
+                value["event"] = json!(index + 1);
+                format!("{value}\n")
+            }
+        };
+        write_or_quit(&mut out, rendered.as_bytes())?;
+    }
+    out.flush().map_err(|e| usage(format!("cannot write stdout: {e}")))?;
+    Ok(0)
+}
+
+fn run(args: RunArgs) -> Result<u8, Failure> {
+    let Some(compiled) = load_mapping(args.map.as_deref(), args.params.as_deref(), "run")? else {
+        return Ok(1);
+    };
+    let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
+    let now_ms = now_ms(args.now.as_deref())?;
     let mut reports: Box<dyn Write> = match &args.rejects {
         Some(path) => Box::new(BufWriter::new(
             fs::File::create(path).map_err(|e| usage(format!("cannot create {}: {e}", path.display())))?,

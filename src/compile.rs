@@ -159,6 +159,8 @@ struct Scope {
     element: bool,
     /// Inside an element block whose source holds personal data, every read of the element is tainted.
     element_taint: Option<Taint>,
+    /// `when …` as written, for explanations.
+    label: Option<String>,
 }
 
 struct ParamInfo {
@@ -214,6 +216,7 @@ struct Compiler<'s> {
     failed_writes: Vec<(String, Vec<usize>)>,
     out_slots: HashMap<String, usize>,
     slot_count: usize,
+    routes_location: Option<String>,
 }
 
 const FIXED_PATHS: [&str; 4] = ["type", "event", "anonymousId", "userId"];
@@ -240,6 +243,7 @@ impl<'s> Compiler<'s> {
             failed_writes: Vec::new(),
             out_slots: HashMap::new(),
             slot_count: 0,
+            routes_location: None,
         }
     }
 
@@ -270,6 +274,7 @@ impl<'s> Compiler<'s> {
         self.undeclared_params();
         for item in items {
             if let Item::Routes(routes) = item {
+                self.routes_location.get_or_insert_with(|| self.sources.location(routes.span));
                 for route in &routes.routes {
                     self.route(route);
                 }
@@ -287,6 +292,7 @@ impl<'s> Compiler<'s> {
             routes: (0..self.routes.len()).collect(),
             kinds: self.routes.iter().map(|r| r.kind).collect(),
             element: false,
+            label: None,
         };
         for item in items {
             match item {
@@ -664,6 +670,10 @@ impl<'s> Compiler<'s> {
             kinds: routes.iter().map(|&r| self.routes[r].kind).collect(),
             routes: routes.into_iter().collect(),
             element: false,
+            label: Some(format!(
+                "when {}",
+                when.selectors.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )),
         };
         for rule in &when.rules {
             self.rule(rule, &scope, false);
@@ -716,6 +726,7 @@ impl<'s> Compiler<'s> {
                 pipes,
                 location: self.location(rule.span),
                 personal,
+                text: rule_text(rule, scope),
             },
             RuleMeta {
                 target: target.dotted,
@@ -1482,6 +1493,7 @@ impl<'s> Compiler<'s> {
                 pipes,
                 location: self.location(inner.span),
                 personal,
+                text: rule_text(inner, &element_scope),
             });
         }
         let source_expr = source.expr;
@@ -1494,6 +1506,7 @@ impl<'s> Compiler<'s> {
             pipes: Vec::new(),
             location: self.location(rule.span),
             personal: source_taint.is_some(),
+            text: rule_text(rule, scope),
         };
         self.push_rule(
             plan_rule,
@@ -1736,6 +1749,7 @@ impl<'s> Compiler<'s> {
             identity_rules,
             remembered,
             output,
+            routes_location: self.routes_location.clone(),
             slot_count: self.slot_count,
             slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms },
         })
@@ -1782,6 +1796,18 @@ impl<'s> Compiler<'s> {
         }
         Some(LayoutNode::Leaf { key: def.name.clone(), path: dotted.to_string(), slot, def: def.clone() })
     }
+}
+
+fn rule_text(rule: &ast::Rule, scope: &Scope) -> RuleText {
+    RuleText {
+        terms: rule.source.terms.iter().map(term_text).collect(),
+        pipes: rule.pipes.iter().map(ToString::to_string).collect(),
+        scope: scope.label.clone(),
+    }
+}
+
+fn term_text(term: &Term) -> String {
+    ast::Source { terms: vec![term.clone()], span: term.span() }.to_string()
 }
 
 fn selector_span(selector: &Selector) -> Span {

@@ -101,6 +101,25 @@ impl std::error::Error for InputError {}
 
 impl InputLayout {
     /// Reads the captured values of one JSON text; they borrow every string without escapes from it.
+    /// The event path captured in `slot` (`properties.revenue`), for explanations.
+    pub(crate) fn path_of(&self, slot: usize) -> Option<String> {
+        fn find<'n>(node: &'n Node, slot: usize, keys: &mut Vec<&'n str>) -> bool {
+            if node.capture == Some(slot) {
+                return true;
+            }
+            for (key, child) in &node.children {
+                keys.push(key);
+                if find(child, slot, keys) {
+                    return true;
+                }
+                keys.pop();
+            }
+            false
+        }
+        let mut keys = Vec::new();
+        find(&self.root, slot, &mut keys).then(|| keys_text(&keys))
+    }
+
     pub fn read_str<'a>(&self, text: &'a str) -> Result<Vec<Option<Val<'a>>>, InputError> {
         if text.trim_start().as_bytes().first() != Some(&b'{') {
             return Err(not_an_event(text));
@@ -306,6 +325,24 @@ pub(crate) fn walk<'v, 'a>(mut value: &'v Val<'a>, steps: &[Step]) -> Option<&'v
         };
     }
     Some(value)
+}
+
+/// Keys as a path of the mapping language: `properties."order id"` for keys that are not plain names.
+pub(crate) fn keys_text(keys: &[&str]) -> String {
+    let mut text = String::new();
+    for key in keys {
+        if !text.is_empty() {
+            text.push('.');
+        }
+        let plain = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if plain {
+            text.push_str(key);
+        } else {
+            text.push_str(&serde_json::Value::from(*key).to_string());
+        }
+    }
+    text
 }
 
 #[cfg(test)]

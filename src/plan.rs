@@ -22,6 +22,8 @@ pub struct Plan {
     pub(crate) identity_rules: Vec<usize>,
     pub(crate) remembered: Vec<Remembered>,
     pub(crate) output: Vec<LayoutNode>,
+    /// `file:line:col` of the route table, to name it when it routes an event nowhere.
+    pub(crate) routes_location: Option<String>,
     pub(crate) slot_count: usize,
     pub(crate) slots: SpecialSlots,
 }
@@ -82,6 +84,18 @@ pub(crate) struct PlanRule {
     pub location: String,
     /// Personal data flows through the rule: its warnings name the function, never the value.
     pub personal: bool,
+    pub text: RuleText,
+}
+
+/// A rule as the analyst wrote it, for explanations: nothing on the hot path reads it.
+#[derive(Debug, Default)]
+pub(crate) struct RuleText {
+    /// Each `??` term of the source, in the canonical form; one entry for a source without `??`.
+    pub terms: Vec<String>,
+    /// Each pipe call, canonical: `minor_units(currency)`.
+    pub pipes: Vec<String>,
+    /// The `when` block the rule sits in (`when order_created, "Lead Generated"`), if any.
+    pub scope: Option<String>,
 }
 
 #[derive(Debug)]
@@ -102,6 +116,7 @@ pub(crate) struct ElementRule {
     pub location: String,
     /// Personal data flows through the rule: its warnings name the function, never the value.
     pub personal: bool,
+    pub text: RuleText,
 }
 
 #[derive(Debug)]

@@ -103,6 +103,14 @@ pub struct Warning {
     pub message: String,
 }
 
+/// Where an event goes.
+pub(crate) enum Routing {
+    Route(usize),
+    Identify,
+    /// No route takes it; the message says what the event was.
+    Unmapped(String),
+}
+
 /// A visitor's identity memory while one event is applied.
 struct Memory {
     profile: Profile,
@@ -149,27 +157,12 @@ impl Plan {
             writer: vec![None; self.slot_count],
             warnings: Vec::new(),
         };
-        // Slots 0-3 hold `type`, `event`, `anonymousId`, `userId` (registered first by the compiler).
-        let kind = input[0].as_ref().and_then(Val::as_str).unwrap_or_default();
-        let event_name = input[1].as_ref().and_then(Val::as_str);
-        let route = match kind {
-            "track" => match event_name {
-                Some(name) => self.router.named.get(name).copied().or(self.router.any_track),
-                None => self.router.any_track,
-            },
-            "page" => self.router.page,
-            "screen" => self.router.screen,
-            "identify" => return self.identify(&mut state, context),
-            _ => None,
-        };
-        let Some(route_index) = route else {
-            let what = match (kind, event_name) {
-                ("", _) => "an event without `type`".to_string(),
-                ("track", Some(name)) => format!("track event {name:?}"),
-                ("track", None) => "a track event without `event` name".to_string(),
-                (other, _) => format!("`{other}` event"),
-            };
-            return Outcome::Dropped(Dropped { reason: DropReason::Unmapped, message: format!("no route for {what}") });
+        let route_index = match self.routing(input) {
+            Routing::Route(index) => index,
+            Routing::Identify => return self.identify(&mut state, context),
+            Routing::Unmapped(message) => {
+                return Outcome::Dropped(Dropped { reason: DropReason::Unmapped, message });
+            }
         };
         let route = &self.routes[route_index];
         for &rule in &route.rules {
@@ -195,6 +188,35 @@ impl Plan {
         let mut json = String::with_capacity(1024);
         write_object(&self.output, &state.out, &mut json);
         Outcome::Mapped(Mapped { event_type: route.event_type.clone(), json, warnings: state.warnings })
+    }
+
+    /// Which route an event takes, from the captured `type` and `event`.
+    pub(crate) fn routing(&self, input: &[Option<Val<'_>>]) -> Routing {
+        // Slots 0-3 hold `type`, `event`, `anonymousId`, `userId` (registered first by the compiler).
+        let kind = input[0].as_ref().and_then(Val::as_str).unwrap_or_default();
+        let event_name = input[1].as_ref().and_then(Val::as_str);
+        let route = match kind {
+            "track" => match event_name {
+                Some(name) => self.router.named.get(name).copied().or(self.router.any_track),
+                None => self.router.any_track,
+            },
+            "page" => self.router.page,
+            "screen" => self.router.screen,
+            "identify" => return Routing::Identify,
+            _ => None,
+        };
+        match route {
+            Some(index) => Routing::Route(index),
+            None => {
+                let what = match (kind, event_name) {
+                    ("", _) => "an event without `type`".to_string(),
+                    ("track", Some(name)) => format!("track event {name:?}"),
+                    ("track", None) => "a track event without `event` name".to_string(),
+                    (other, _) => format!("`{other}` event"),
+                };
+                Routing::Unmapped(format!("no route for {what}"))
+            }
+        }
     }
 
     fn set<'v>(&self, state: &mut State<'v>, slot: usize, value: Val<'v>) {
@@ -698,7 +720,7 @@ fn build_elements<'v>(
 
 /// What an expression produced: a reference into the event where it read a path, which costs nothing to pass
 /// on, or a value computed or taken from the plan.
-enum Got<'v> {
+pub(crate) enum Got<'v> {
     Ref(&'v Val<'v>),
     Owned(Val<'v>),
 }
@@ -711,7 +733,7 @@ impl<'v> Got<'v> {
         }
     }
 
-    fn into_val(self) -> Val<'v> {
+    pub(crate) fn into_val(self) -> Val<'v> {
         match self {
             Got::Ref(value) => value.reborrow(),
             Got::Owned(value) => value,
@@ -723,7 +745,7 @@ impl<'v> Got<'v> {
 /// "jane@example.com"`); such notes keep only the function's name, since reports leave the process too. Notes
 /// quote values in double quotes and only then; notes that describe the value (`not an email address (no @)`)
 /// stay as they are.
-fn withhold_personal(message: String, personal: bool) -> String {
+pub(crate) fn withhold_personal(message: String, personal: bool) -> String {
     if !personal || !message.contains('"') {
         return message;
     }
@@ -746,7 +768,7 @@ fn evaluate<'v>(
 }
 
 /// Calls a function with its piped input, evaluating its arguments.
-fn call<'v>(
+pub(crate) fn call<'v>(
     function: &'static Function,
     value: Option<Val<'v>>,
     args: &'v [ArgExpr],
@@ -777,7 +799,7 @@ fn eval_arg<'v>(
     }
 }
 
-fn eval_ref<'v>(
+pub(crate) fn eval_ref<'v>(
     expr: &'v Expr,
     input: &'v [Option<Val<'v>>],
     element: Option<&'v Val<'v>>,

@@ -170,3 +170,47 @@ fn run_with_a_broken_mapping_or_bad_arguments_fails_clearly() {
     assert!(text(&bad_now.stderr).contains("--now"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn explain_reads_a_stream_with_identity_memory_and_writes_trees_or_json() {
+    let identify = r#"{"type":"identify","anonymousId":"anon_1","timestamp":"2026-11-19T09:00:00Z","traits":{"email":"Jane@Example.com"}}"#;
+    // A pretty-printed document followed by a one-line one: both are events.
+    let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(identify).unwrap()).unwrap();
+    let stdin = format!("{pretty}\n{}\n", order("m-1"));
+    let output = engine(&["explain", "--now", NOW], &stdin);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    assert!(shown.contains("event 1\ndropped (identify)"), "{shown}");
+    assert!(shown.contains("event 2\nmapped: order_created"), "{shown}");
+    assert!(shown.contains("user.email = \"") && shown.contains("← identity memory"), "{shown}");
+    assert!(shown.contains("data.amount = 12999  ← mappings/openai_ads.map:"), "{shown}");
+    assert!(!shown.contains("Jane@Example.com"), "personal data is masked by default: {shown}");
+
+    let output = engine(&["explain", "--now", NOW, "--format", "json", "--show-pii"], &stdin);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let records: Vec<Value> = text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["outcome"]["outcome"], "mapped");
+    assert_eq!(records[1]["event"], 2);
+    assert!(text(&output.stdout).contains("Jane@Example.com"), "--show-pii shows personal values");
+
+    let stateless = engine(&["explain", "--now", NOW, "--stateless"], &stdin);
+    assert!(!text(&stateless.stdout).contains("← identity memory"), "{}", text(&stateless.stdout));
+}
+
+#[test]
+fn explain_exit_codes() {
+    let malformed = engine(&["explain"], "{\"type\": ");
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(text(&malformed.stderr).contains("stdin is not JSON"), "{}", text(&malformed.stderr));
+    let empty = engine(&["explain"], "  \n");
+    assert_eq!(empty.status.code(), Some(2));
+    let dir = std::env::temp_dir().join(format!("engine-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("broken.map");
+    std::fs::write(&broken, "routes { page -> page_viewed }\nmessageId -> id | sha257\n").unwrap();
+    let output = engine(&["explain", "--map", broken.to_str().unwrap()], &order("m-1"));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("unknown_function"), "{}", text(&output.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

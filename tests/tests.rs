@@ -2,6 +2,7 @@
 
 mod cli;
 mod diagnostics;
+mod explain;
 mod grammar;
 mod presets;
 mod properties;

@@ -1,0 +1,826 @@
+//! Field provenance for one event: which rule produced each output field, what it read and what each function of
+//! its pipeline made of the value; why every other rule produced nothing; which rule or check dropped or rejected
+//! the event. `engine explain` renders it and the relay's debugger reuses it. Synchronous and free of I/O.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::functions::{Pii, Val};
+use crate::plan::*;
+use crate::run::{call, eval_ref, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing};
+
+/// Why one event came out as it did, field by field.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// Exactly what [`Plan::apply_str`] gives for the event.
+    pub outcome: Outcome,
+    /// The route the event took; `None` for identify events and events no route takes.
+    pub route: Option<RouteTrace>,
+    /// `file:line:col` of the route table, named when it routes the event nowhere.
+    pub routes_table: Option<String>,
+    /// The output fields in the schema's order, each with where its value came from. For a rejected event:
+    /// what the rules produced before the check that rejected it.
+    pub fields: Vec<FieldTrace>,
+    /// The rules that apply to the event but produced nothing, were replaced by a later rule, or were left out,
+    /// and the rules of other routes, each with why.
+    pub silent: Vec<RuleTrace>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteTrace {
+    /// `"Order Completed" -> order_created (contents)`.
+    pub route: String,
+    pub event_type: String,
+    pub shape: String,
+}
+
+/// One output field and where its value came from.
+#[derive(Clone, Debug, Serialize)]
+pub struct FieldTrace {
+    /// The field's path in the output: `data.amount`, `data.contents[0].id`.
+    pub field: String,
+    pub value: Value,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Origin {
+    /// A rule of the mapping.
+    Rule(RuleTrace),
+    /// The route table: event type, data shape, custom event name.
+    Route,
+    /// Identity memory: an earlier event of the same visitor taught it.
+    Memory,
+}
+
+/// One rule's evaluation: each step with its value, and why it produced nothing when it did not.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleTrace {
+    /// `file:line:col` of the rule.
+    pub rule: String,
+    /// The output field it writes (`data.contents[*].id` for element rules).
+    pub target: String,
+    /// The `when` block the rule sits in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub steps: Vec<TraceStep>,
+    /// Why the rule contributed nothing; `None` when it produced the field's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// Personal data flows through the rule: its values and notes are masked unless asked for.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub personal: bool,
+}
+
+/// A source term or a pipe call, and what it gave.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceStep {
+    /// As written, canonically: `revenue`, `to_unix_ms(timestamp)`, `| minor_units(currency)`.
+    pub expression: String,
+    /// The event path it read, when that says more than the expression (`properties.revenue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
+    /// `None`: nothing (a missing path, or a function that gave nothing).
+    pub value: Option<Value>,
+    /// The note of a function that gave up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The value is personal data (before any hashing).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub personal: bool,
+}
+
+/// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
+pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
+    let outcome = plan.apply_str(event, context);
+    let mut explanation = Explanation {
+        outcome,
+        route: None,
+        routes_table: plan.routes_location.clone(),
+        fields: Vec::new(),
+        silent: Vec::new(),
+    };
+    let Ok(input) = plan.input.read_str(event) else { return explanation };
+    let tracer = Tracer { plan, input: &input };
+    match plan.routing(&input) {
+        Routing::Unmapped(_) => {}
+        Routing::Identify => {
+            let rules: Vec<usize> = plan.identity_rules.clone();
+            let produced = tracer.run_rules(&rules, &mut explanation.silent);
+            explanation.fields = tracer.fields(&produced, None, None, &mut explanation.silent);
+        }
+        Routing::Route(index) => {
+            let route = &plan.routes[index];
+            explanation.route = Some(RouteTrace {
+                route: route.label.clone(),
+                event_type: route.event_type.clone(),
+                shape: route.shape.clone(),
+            });
+            let produced = tracer.run_rules(&route.rules, &mut explanation.silent);
+            let output = match &explanation.outcome {
+                Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json).ok(),
+                _ => None,
+            };
+            explanation.fields = tracer.fields(&produced, Some(route), output.as_ref(), &mut explanation.silent);
+            if let Outcome::Mapped(mapped) = &explanation.outcome {
+                for silent in &mut explanation.silent {
+                    if silent.why.as_deref() == Some(LEFT_OUT) {
+                        let warning = mapped.warnings.iter().find(|w| w.field == silent.target);
+                        silent.why = Some(match warning {
+                            Some(w) => format!("left out of the output: {}", w.message),
+                            None => "left out of the output".to_string(),
+                        });
+                    }
+                }
+            }
+            for (rule_index, rule) in plan.rules.iter().enumerate() {
+                if route.rules.contains(&rule_index) {
+                    continue;
+                }
+                let scope = rule.text.scope.clone().unwrap_or_default();
+                explanation.silent.push(RuleTrace {
+                    rule: rule.location.clone(),
+                    target: rule.target_name.clone(),
+                    why: Some(format!("out of scope: `{scope}` does not select {}", route.label)),
+                    scope: rule.text.scope.clone(),
+                    steps: Vec::new(),
+                    personal: false,
+                });
+            }
+        }
+    }
+    explanation
+}
+
+/// Placeholder reason while fields are collected; replaced by the runtime's warning for the field.
+const LEFT_OUT: &str = "\u{0}left out";
+
+/// What the rules of the event's route produced, per output slot: the last rule with a value wins.
+struct Produced {
+    slots: Vec<Option<(RuleTrace, Value)>>,
+    /// Per array slot: the block's trace, its array value and the traces of each element's fields.
+    elements: Vec<Option<BlockTrace>>,
+}
+
+struct BlockTrace {
+    trace: RuleTrace,
+    /// Per output element: (element field name, field trace).
+    elements: Vec<Vec<(String, RuleTrace, Value)>>,
+}
+
+struct Tracer<'p, 'i> {
+    plan: &'p Plan,
+    input: &'i [Option<Val<'i>>],
+}
+
+impl Tracer<'_, '_> {
+    fn run_rules(&self, rules: &[usize], silent: &mut Vec<RuleTrace>) -> Produced {
+        let slots = self.plan.slot_count;
+        let mut produced =
+            Produced { slots: (0..slots).map(|_| None).collect(), elements: (0..slots).map(|_| None).collect() };
+        for &index in rules {
+            let rule = &self.plan.rules[index];
+            match &rule.target {
+                RuleTarget::Slot(slot) => {
+                    let (trace, value) = self.trace_rule(rule);
+                    match value {
+                        Some(value) => {
+                            if let Some((mut replaced, _)) = produced.slots[*slot].replace((trace, value)) {
+                                replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+                                silent.push(replaced);
+                            }
+                        }
+                        None => silent.push(trace),
+                    }
+                }
+                RuleTarget::Elements { slot, each, rules } => {
+                    let block = self.trace_block(rule, *each, rules, silent);
+                    if block.elements.is_empty() {
+                        silent.push(block.trace);
+                    } else if let Some(mut replaced) = produced.elements[*slot].replace(block) {
+                        replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location));
+                        silent.push(replaced.trace);
+                    }
+                }
+            }
+        }
+        produced
+    }
+
+    /// Traces a scalar rule; the value is `None` when it produced nothing (its trace then says why).
+    fn trace_rule(&self, rule: &PlanRule) -> (RuleTrace, Option<Value>) {
+        let mut trace = RuleTrace {
+            rule: rule.location.clone(),
+            target: rule.target_name.clone(),
+            scope: rule.text.scope.clone(),
+            steps: Vec::new(),
+            why: None,
+            personal: rule.personal,
+        };
+        let value = self.trace_value(&rule.expr, &rule.pipes, &rule.text, rule.personal, None, &mut trace);
+        (trace, value)
+    }
+
+    /// Evaluates a source and its pipes step by step, as the runtime does, recording each step in `trace`.
+    fn trace_value(
+        &self,
+        expr: &Expr,
+        pipes: &[BoundCall],
+        text: &RuleText,
+        personal: bool,
+        element: Option<&Val<'_>>,
+        trace: &mut RuleTrace,
+    ) -> Option<Value> {
+        let input = self.input;
+        let mut result = match expr {
+            Expr::Coalesce(terms) => {
+                let mut first_note = None;
+                let mut found = None;
+                for (i, term) in terms.iter().enumerate() {
+                    let outcome = eval_ref(term, input, element);
+                    let (value, note) = match outcome {
+                        Ok(got) => (got.map(|g| g.into_val()), None),
+                        Err(note) => (None, Some(note)),
+                    };
+                    trace.steps.push(self.source_step(text.terms.get(i), term, value.as_ref(), note.clone(), personal));
+                    match (value, note) {
+                        (Some(value), _) if !value.is_null() => {
+                            found = Some(value);
+                            break;
+                        }
+                        (_, Some(note)) => {
+                            first_note.get_or_insert(note);
+                        }
+                        _ => {}
+                    }
+                }
+                match (found, first_note) {
+                    (Some(value), _) => Ok(Some(value)),
+                    (None, Some(note)) => Err(note),
+                    (None, None) => Ok(None),
+                }
+            }
+            single => {
+                let outcome = eval_ref(single, input, element).map(|got| got.map(|g| g.into_val()));
+                let (value, note) = match &outcome {
+                    Ok(value) => (value.as_ref(), None),
+                    Err(note) => (None, Some(note.clone())),
+                };
+                trace.steps.push(self.source_step(text.terms.first(), single, value, note, personal));
+                outcome
+            }
+        };
+        let source_steps = trace.steps.len();
+        let mut tainted = personal;
+        for (i, pipe) in pipes.iter().enumerate() {
+            let Ok(current) = result else { break };
+            result = call(pipe.function, current, &pipe.args, input, element);
+            if matches!(pipe.function.pii, Pii::Hashes) {
+                tainted = false;
+            }
+            let expression = format!("| {}", text.pipes.get(i).map_or(pipe.function.name, String::as_str));
+            let (value, note) = match &result {
+                Ok(value) => (value.as_ref().map(Val::to_json), None),
+                Err(note) => (None, Some(note.clone())),
+            };
+            trace.steps.push(TraceStep { expression, read: None, value, note, personal: tainted });
+        }
+        match result {
+            Ok(Some(value)) if !value.is_null() => Some(value.to_json()),
+            Ok(value) => {
+                trace.why = Some(self.why_nothing(&trace.steps[..source_steps], &trace.steps[source_steps..], value));
+                None
+            }
+            Err(note) => {
+                trace.why = Some(note);
+                None
+            }
+        }
+    }
+
+    fn source_step(
+        &self,
+        text: Option<&String>,
+        term: &Expr,
+        value: Option<&Val<'_>>,
+        note: Option<String>,
+        personal: bool,
+    ) -> TraceStep {
+        let expression = text.cloned().unwrap_or_default();
+        let read = self.read_path(term).filter(|path| !expression.contains(path.as_str()));
+        let personal = personal && !matches!(term, Expr::Const(_));
+        TraceStep { expression, read, value: value.map(Val::to_json), note, personal }
+    }
+
+    /// The event path an expression reads, directly or as the input of a function called as a source.
+    fn read_path(&self, expr: &Expr) -> Option<String> {
+        match expr {
+            Expr::Input { slot, rest } => {
+                let mut path = self.plan.input.path_of(*slot)?;
+                push_steps(&mut path, rest);
+                Some(path)
+            }
+            Expr::Element { rest } => {
+                let mut path = "@".to_string();
+                push_steps(&mut path, rest);
+                Some(path)
+            }
+            Expr::Call { input, .. } => self.read_path(input),
+            Expr::Const(_) | Expr::Coalesce(_) => None,
+        }
+    }
+
+    /// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
+    fn why_nothing(&self, source: &[TraceStep], pipes: &[TraceStep], result: Option<Val<'_>>) -> String {
+        let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
+        if !source_gave {
+            let paths: Vec<String> =
+                source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(&s.expression))).collect();
+            let null = source.last().is_some_and(|s| s.value.is_some());
+            return match (paths.len(), null) {
+                (0, _) => "the source gave nothing".to_string(),
+                (1, true) => format!("{} is null", paths[0]),
+                (1, false) => format!("{} is not in the event", paths[0]),
+                _ => format!("none of {} has a value", paths.join(", ")),
+            };
+        }
+        let gave_nothing = pipes.iter().find(|p| p.value.as_ref().is_none_or(Value::is_null));
+        match gave_nothing {
+            Some(pipe) => {
+                let name = pipe.expression.trim_start_matches("| ");
+                let name = name.split('(').next().unwrap_or(name);
+                let what = if result.is_some() { "null" } else { "nothing" };
+                format!("`{name}` gave {what}")
+            }
+            None => "it produced nothing".to_string(),
+        }
+    }
+
+    /// Traces an element block: its source, then each element's rules, as the runtime builds them. No element
+    /// means the block produced nothing, and its trace says why.
+    fn trace_block(
+        &self,
+        rule: &PlanRule,
+        each: bool,
+        rules: &[ElementRule],
+        silent: &mut Vec<RuleTrace>,
+    ) -> BlockTrace {
+        let mut trace = RuleTrace {
+            rule: rule.location.clone(),
+            target: rule.target_name.clone(),
+            scope: rule.text.scope.clone(),
+            steps: Vec::new(),
+            why: None,
+            personal: rule.personal,
+        };
+        let source = match eval_ref(&rule.expr, self.input, None) {
+            Ok(got) => got.map(|g| g.into_val().to_json()),
+            Err(note) => {
+                trace.why = Some(note);
+                return BlockTrace { trace, elements: Vec::new() };
+            }
+        };
+        trace.steps.push(TraceStep {
+            expression: rule.text.terms.join(" ?? "),
+            read: self.read_path(&rule.expr),
+            value: source.clone(),
+            note: None,
+            personal: rule.personal,
+        });
+        let source = source.unwrap_or(Value::Null);
+        let elements: Vec<Val<'_>> = match (&source, each) {
+            (Value::Array(items), true) => items.iter().map(Val::from_json).collect(),
+            (Value::Null, _) => {
+                trace.why = Some(self.why_nothing(&trace.steps, &[], None));
+                return BlockTrace { trace, elements: Vec::new() };
+            }
+            (Value::Array(_), false) => {
+                trace.why = Some("the source is an array: write `source[*]` to map each of its elements".to_string());
+                return BlockTrace { trace, elements: Vec::new() };
+            }
+            (value, false) => vec![Val::from_json(value)],
+            (other, true) => {
+                let kind = Val::from_json(other).kind();
+                trace.why = Some(format!("expected an array, got {kind}"));
+                return BlockTrace { trace, elements: Vec::new() };
+            }
+        };
+        let mut built = Vec::new();
+        for (index, element) in elements.iter().enumerate() {
+            let mut fields: Vec<(String, RuleTrace, Value)> = Vec::new();
+            for element_rule in rules {
+                let mut field_trace = RuleTrace {
+                    rule: element_rule.location.clone(),
+                    target: element_rule.target_name.clone(),
+                    scope: rule.text.scope.clone(),
+                    steps: Vec::new(),
+                    why: None,
+                    personal: element_rule.personal,
+                };
+                let value = self.trace_value(
+                    &element_rule.expr,
+                    &element_rule.pipes,
+                    &element_rule.text,
+                    element_rule.personal,
+                    Some(element),
+                    &mut field_trace,
+                );
+                let name = element_rule.target_name.rsplit('.').next().unwrap_or_default().to_string();
+                match value {
+                    Some(value) => {
+                        if let Some(position) = fields.iter().position(|(n, _, _)| *n == name) {
+                            let (_, mut replaced, _) = fields.remove(position);
+                            replaced.why = Some(format!("replaced by the rule at {}", element_rule.location));
+                            silent.push(replaced);
+                        }
+                        fields.push((name, field_trace, value));
+                    }
+                    None => {
+                        field_trace.why = field_trace.why.map(|why| format!("element {index}: {why}"));
+                        silent.push(field_trace);
+                    }
+                }
+            }
+            if !fields.is_empty() {
+                built.push(fields);
+            }
+        }
+        if built.is_empty() {
+            trace.why = Some("no element produced a field".to_string());
+        }
+        BlockTrace { trace, elements: built }
+    }
+
+    /// The output fields in the schema's order. With the mapped output at hand, values are the ones sent and a
+    /// field the rules produced but the output lacks is reported as left out.
+    fn fields(
+        &self,
+        produced: &Produced,
+        route: Option<&PlanRoute>,
+        output: Option<&Value>,
+        silent: &mut Vec<RuleTrace>,
+    ) -> Vec<FieldTrace> {
+        let mut fields = Vec::new();
+        self.collect(&self.plan.output, produced, route, output, silent, &mut fields);
+        fields
+    }
+
+    /// What the route writes into `slot`, if it is one of the route's own slots.
+    fn route_value(&self, route: Option<&PlanRoute>, slot: usize) -> Option<Value> {
+        let route = route?;
+        let special = &self.plan.slots;
+        if slot == special.event_type {
+            Some(Value::from(route.event_type.as_str()))
+        } else if slot == special.data_type {
+            Some(Value::from(route.shape.as_str()))
+        } else if Some(slot) == special.custom_event_name {
+            route.custom_event_name.as_deref().map(Value::from)
+        } else {
+            None
+        }
+    }
+
+    fn collect(
+        &self,
+        nodes: &[LayoutNode],
+        produced: &Produced,
+        route: Option<&PlanRoute>,
+        output: Option<&Value>,
+        silent: &mut Vec<RuleTrace>,
+        fields: &mut Vec<FieldTrace>,
+    ) {
+        for node in nodes {
+            match node {
+                LayoutNode::Object { children, .. } => self.collect(children, produced, route, output, silent, fields),
+                LayoutNode::Leaf { path, slot, .. } => {
+                    let sent = output.and_then(|o| at_path(o, path));
+                    if let Some(value) = self.route_value(route, *slot) {
+                        let value = sent.cloned().unwrap_or(value);
+                        fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Route });
+                        continue;
+                    }
+                    match (&produced.slots[*slot], sent) {
+                        (Some((trace, value)), sent) => match (output, sent) {
+                            (Some(_), None) => {
+                                let mut trace = trace.clone();
+                                trace.why = Some(LEFT_OUT.to_string());
+                                silent.push(trace);
+                            }
+                            _ => fields.push(FieldTrace {
+                                field: path.clone(),
+                                value: sent.unwrap_or(value).clone(),
+                                origin: Origin::Rule(trace.clone()),
+                            }),
+                        },
+                        (None, Some(value)) => fields.push(FieldTrace {
+                            field: path.clone(),
+                            value: value.clone(),
+                            origin: Origin::Memory,
+                        }),
+                        (None, None) => {}
+                    }
+                }
+                LayoutNode::Elements { path, slot, .. } => {
+                    let Some(block) = &produced.elements[*slot] else { continue };
+                    let sent = output.and_then(|o| at_path(o, path));
+                    if output.is_some() && sent.is_none() {
+                        let mut trace = block.trace.clone();
+                        trace.why = Some(LEFT_OUT.to_string());
+                        silent.push(trace);
+                        continue;
+                    }
+                    let traced = Value::Array(
+                        block
+                            .elements
+                            .iter()
+                            .map(|element| {
+                                Value::Object(element.iter().map(|(name, _, v)| (name.clone(), v.clone())).collect())
+                            })
+                            .collect(),
+                    );
+                    let array = sent.cloned().unwrap_or(traced);
+                    fields.push(FieldTrace {
+                        field: path.clone(),
+                        value: array.clone(),
+                        origin: Origin::Rule(block.trace.clone()),
+                    });
+                    for (index, element) in block.elements.iter().enumerate() {
+                        for (name, trace, value) in element {
+                            let sent = array.get(index).and_then(|e| e.get(name));
+                            fields.push(FieldTrace {
+                                field: format!("{path}[{index}].{name}"),
+                                value: sent.unwrap_or(value).clone(),
+                                origin: Origin::Rule(trace.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_steps(path: &mut String, steps: &[Step]) {
+    for step in steps {
+        match step {
+            Step::Key(key) => {
+                path.push('.');
+                path.push_str(&crate::input::keys_text(&[key]));
+            }
+            Step::Index(index) => {
+                let _ = write!(path, "[{index}]");
+            }
+        }
+    }
+}
+
+fn at_path<'v>(value: &'v Value, dotted: &str) -> Option<&'v Value> {
+    dotted.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+/// `data.contents[3].id` → `data.contents[*].id`, the form element rules are named by.
+fn element_pattern(field: &str) -> String {
+    let mut pattern = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                pattern.push_str("[*");
+            }
+            ']' => {
+                in_index = false;
+                pattern.push(']');
+            }
+            _ if in_index => {}
+            _ => pattern.push(c),
+        }
+    }
+    pattern
+}
+
+impl Explanation {
+    /// The field's trace, by its output path (`data.amount`, `data.contents[0].id`).
+    pub fn field(&self, field: &str) -> Option<&FieldTrace> {
+        self.fields.iter().find(|f| f.field == field)
+    }
+
+    /// `file:line:col` of the rule that produced an output field or, when the field is absent, of the rule of
+    /// this event's route that was meant to produce it (the last one, as the last value wins). `None` for fields
+    /// set by the route or recalled from identity memory, and for fields no rule of the route writes.
+    pub fn rule_for(&self, field: &str) -> Option<&str> {
+        if let Some(trace) = self.field(field) {
+            return match &trace.origin {
+                Origin::Rule(rule) => Some(&rule.rule),
+                Origin::Route | Origin::Memory => None,
+            };
+        }
+        let pattern = element_pattern(field);
+        self.silent
+            .iter()
+            .rev()
+            .filter(|r| !r.why.as_deref().is_some_and(|w| w.starts_with("out of scope")))
+            .find(|r| r.target == field || r.target == pattern)
+            .map(|r| r.rule.as_str())
+    }
+
+    /// The explanation with personal values and notes masked, as every report outside a debugging session shows it.
+    pub fn masked(&self) -> Explanation {
+        let mut masked = self.clone();
+        let mask_rule = |rule: &mut RuleTrace| {
+            for step in &mut rule.steps {
+                if step.personal {
+                    step.value = step.value.as_ref().map(mask);
+                    step.note = step.note.take().map(|note| withhold_personal(note, true));
+                }
+            }
+            if rule.personal {
+                rule.why = rule.why.take().map(|why| withhold_personal(why, true));
+            }
+        };
+        for field in &mut masked.fields {
+            if let Origin::Rule(rule) = &mut field.origin {
+                mask_rule(rule);
+            }
+        }
+        masked.silent.iter_mut().for_each(mask_rule);
+        masked
+    }
+
+    /// The explanation for tools: one JSON object.
+    pub fn to_json(&self, show_pii: bool) -> Value {
+        let explanation = if show_pii { self.clone() } else { self.masked() };
+        let outcome = match &explanation.outcome {
+            Outcome::Mapped(mapped) => json!({
+                "outcome": "mapped",
+                "event_type": mapped.event_type,
+                "event": serde_json::from_str::<Value>(&mapped.json).unwrap_or(Value::Null),
+                "warnings": mapped.warnings,
+            }),
+            Outcome::Dropped(dropped) => json!({
+                "outcome": "dropped",
+                "reason": dropped.reason,
+                "message": dropped.message,
+            }),
+            Outcome::Rejected(rejected) => {
+                let mut value = serde_json::to_value(rejected).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut value {
+                    map.insert("outcome".to_string(), json!("rejected"));
+                }
+                value
+            }
+        };
+        let mut value = json!({
+            "outcome": outcome,
+            "route": explanation.route,
+            "fields": explanation.fields,
+            "silent": explanation.silent,
+        });
+        if self.unmapped() {
+            value["decided_by"] = json!(explanation.routes_table);
+        }
+        value
+    }
+
+    fn unmapped(&self) -> bool {
+        matches!(&self.outcome, Outcome::Dropped(d) if d.reason == DropReason::Unmapped)
+    }
+
+    /// The explanation for people: a tree, personal values masked unless `show_pii`.
+    pub fn render_text(&self, show_pii: bool) -> String {
+        let explanation = if show_pii { self.clone() } else { self.masked() };
+        let mut out = String::new();
+        let _ = explanation.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        match &self.outcome {
+            Outcome::Mapped(mapped) => writeln!(out, "mapped: {}", mapped.event_type)?,
+            Outcome::Dropped(dropped) => {
+                let reason = serde_json::to_value(dropped.reason).unwrap_or_default();
+                writeln!(out, "dropped ({}): {}", reason.as_str().unwrap_or_default(), dropped.message)?;
+                if self.unmapped() {
+                    match &self.routes_table {
+                        Some(table) => writeln!(out, "  decided by the route table at {table}")?,
+                        None => writeln!(out, "  decided by the mapping: it has no route table")?,
+                    }
+                }
+            }
+            Outcome::Rejected(rejected) => {
+                let reason = serde_json::to_value(rejected.reason).unwrap_or_default();
+                writeln!(out, "rejected ({}): {}", reason.as_str().unwrap_or_default(), rejected.message)?;
+                let missing = rejected.reason == RejectReason::MissingRequiredField;
+                match (&rejected.field, &rejected.rule) {
+                    (Some(field), Some(rule)) if missing => {
+                        writeln!(out, "  decided by the check of `{field}`; the rule meant to produce it is {rule}")?
+                    }
+                    (Some(field), Some(rule)) => {
+                        writeln!(out, "  decided by the check of `{field}`, written by {rule}")?
+                    }
+                    (Some(field), None) => writeln!(out, "  decided by the check of `{field}`")?,
+                    _ => {}
+                }
+            }
+        }
+        if let Some(route) = &self.route {
+            match &self.routes_table {
+                Some(table) => writeln!(out, "route: {}  ({table})", route.route)?,
+                None => writeln!(out, "route: {}", route.route)?,
+            }
+        }
+        if !self.fields.is_empty() {
+            let heading = match &self.outcome {
+                Outcome::Mapped(_) => "fields",
+                Outcome::Rejected(_) => "fields, as produced before the rejection",
+                Outcome::Dropped(_) => "fields read for identity memory",
+            };
+            writeln!(out, "{heading}")?;
+            let count = self.fields.len();
+            for (i, field) in self.fields.iter().enumerate() {
+                let last = i + 1 == count;
+                let (branch, indent) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+                let value = if field.value.is_array() {
+                    let n = field.value.as_array().map_or(0, Vec::len);
+                    format!("{n} element{}", if n == 1 { "" } else { "s" })
+                } else {
+                    short(&field.value)
+                };
+                match &field.origin {
+                    Origin::Route => writeln!(out, "{branch}{} = {value}  ← the route", field.field)?,
+                    Origin::Memory => writeln!(
+                        out,
+                        "{branch}{} = {value}  ← identity memory (an earlier event of this visitor)",
+                        field.field
+                    )?,
+                    Origin::Rule(rule) => {
+                        writeln!(out, "{branch}{} = {value}  ← {}", field.field, rule_label(rule))?;
+                        write_steps(out, indent, &rule.steps)?;
+                    }
+                }
+            }
+        }
+        let silent: Vec<&RuleTrace> = self.silent.iter().collect();
+        if !silent.is_empty() {
+            writeln!(out, "rules that produced nothing")?;
+            for (i, rule) in silent.iter().enumerate() {
+                let last = i + 1 == silent.len();
+                let (branch, indent) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+                writeln!(
+                    out,
+                    "{branch}{}  ← {}: {}",
+                    rule.target,
+                    rule_label(rule),
+                    rule.why.as_deref().unwrap_or("")
+                )?;
+                write_steps(out, indent, &rule.steps)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rule_label(rule: &RuleTrace) -> String {
+    match &rule.scope {
+        Some(scope) => format!("{} ({scope})", rule.rule),
+        None => rule.rule.clone(),
+    }
+}
+
+fn write_steps(out: &mut String, indent: &str, steps: &[TraceStep]) -> std::fmt::Result {
+    for (i, step) in steps.iter().enumerate() {
+        let branch = if i + 1 == steps.len() { "└─ " } else { "├─ " };
+        let read = step.read.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let result = match (&step.value, &step.note) {
+            (_, Some(note)) => format!("gave up: {note}"),
+            (Some(value), None) => format!("= {}", short(value)),
+            (None, None) if step.expression.starts_with('|') => "gave nothing".to_string(),
+            (None, None) => "not in the event".to_string(),
+        };
+        writeln!(out, "{indent}{branch}{}{read} {result}", step.expression)?;
+    }
+    Ok(())
+}
+
+/// A value on one line, cut short when long (the JSON output has it whole).
+fn short(value: &Value) -> String {
+    const MAX: usize = 100;
+    let text = value.to_string();
+    if text.chars().count() <= MAX {
+        return text;
+    }
+    let cut: String = text.chars().take(MAX).collect();
+    format!("{cut}…")
+}
+
+/// A personal value as reports show it: its kind and size, never its content.
+fn mask(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(format!("<personal: {} characters>", s.chars().count())),
+        Value::Null => Value::Null,
+        _ => Value::String("<personal>".to_string()),
+    }
+}
