@@ -30,8 +30,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::diagnostic::{self, Diagnostic, RenderOptions};
+use crate::explain::{explain, Explanation, Origin};
 use crate::identity::MemoryStore;
-use crate::plan::{LayoutNode, Plan, RuleTarget};
+use crate::plan::{LayoutNode, Plan};
 use crate::run::{DropReason, Outcome, RejectReason, Warning};
 use crate::source::{SourceLoader, Sources};
 use crate::{compile, CompileOptions, Context};
@@ -338,6 +339,8 @@ pub struct CompileErrors {
 #[derive(Debug)]
 pub struct CaseReport {
     pub name: String,
+    /// What each input event is, for failure headers: `track "Order Completed"`, `page`.
+    pub events: Vec<String>,
     /// Empty when the case passed.
     pub failures: Vec<Failure>,
 }
@@ -383,8 +386,9 @@ pub struct FieldDiff {
     pub field: String,
     pub expected: Option<Value>,
     pub actual: Option<Value>,
-    /// `file:line:col` of the rule that produced the field, or that was meant to.
-    pub rule: Option<String>,
+    /// Where the value came from: `rule FILE:LINE:COL` (the rule that produced the field, or that was meant to
+    /// and produced nothing), `identity memory`, or `route table FILE:LINE:COL`.
+    pub source: Option<String>,
 }
 
 // ---- the runner ----
@@ -455,7 +459,8 @@ pub fn run_file(name: &str, text: &str, loader: &dyn SourceLoader, filter: Optio
                 }],
             }
         };
-        report.cases.push(CaseReport { name: case.name.clone(), failures });
+        let events = case.events.iter().map(|step| event_label(&step.input)).collect();
+        report.cases.push(CaseReport { name: case.name.clone(), events, failures });
     }
     report
 }
@@ -479,13 +484,22 @@ fn run_case(plan: &Plan, case: &Case, now_ms: i64) -> Vec<Failure> {
                 invalid(message);
             }
         }
-        let outcome = plan.apply_str(&input.to_string(), &mut Context::with_identity(now_ms, &mut memory));
-        let provenance = Provenance { plan, input: &input };
-        failures.extend(
-            compare(&step.expect, &outcome, &provenance).into_iter().map(|mismatch| Failure { event, mismatch }),
-        );
+        let explanation = explain(plan, &input.to_string(), &mut Context::with_identity(now_ms, &mut memory));
+        failures.extend(compare(&step.expect, &explanation).into_iter().map(|mismatch| Failure { event, mismatch }));
     }
     failures
+}
+
+/// `track "Order Completed"`, `page`: what an input event is, without any of its values.
+fn event_label(input: &serde_norway::Value) -> String {
+    let input = yaml_to_json(input).unwrap_or_default();
+    let kind = input.get("type").and_then(Value::as_str);
+    let name = input.get("event").and_then(Value::as_str);
+    match (kind, name) {
+        (Some("track"), Some(name)) => format!("track {name:?}"),
+        (Some(kind), _) => kind.to_string(),
+        (None, _) => "no type".to_string(),
+    }
 }
 
 /// The input event as JSON, with YAML merge keys applied.
@@ -569,9 +583,9 @@ fn check_target_path(plan: &Plan, path: &str) -> Result<(), String> {
 }
 
 /// Compares one outcome with its expectation.
-fn compare(expect: &Expectation, outcome: &Outcome, provenance: &Provenance<'_>) -> Vec<Mismatch> {
+fn compare(expect: &Expectation, explanation: &Explanation) -> Vec<Mismatch> {
     let mut mismatches = Vec::new();
-    match (expect, outcome) {
+    match (expect, &explanation.outcome) {
         (Expectation::Mapped { event, fields, absent, warnings }, Outcome::Mapped(mapped)) => {
             let actual = ordered_leaves(&mapped.json);
             let mut expectations: Vec<(&str, Option<&Value>)> = Vec::new();
@@ -582,8 +596,8 @@ fn compare(expect: &Expectation, outcome: &Outcome, provenance: &Provenance<'_>)
             expectations.extend(absent.iter().map(|path| (path.as_str(), None)));
             for (path, expected) in expectations {
                 for diff in diff_at(path, expected, &actual) {
-                    let rule = provenance.rule_for(&diff.field);
-                    mismatches.push(Mismatch::Field(FieldDiff { rule, ..diff }));
+                    let source = provenance(explanation, &diff.field);
+                    mismatches.push(Mismatch::Field(FieldDiff { source, ..diff }));
                 }
             }
             if let Some(warnings) = warnings {
@@ -782,73 +796,30 @@ fn diff_at(path: &str, expected: Option<&Value>, actual: &[(String, Value)]) -> 
                 field: field.clone(),
                 expected: wanted.cloned(),
                 actual: Some(value.clone()),
-                rule: None,
+                source: None,
             });
         }
     }
     for (field, value) in &expected {
         if !actual.iter().any(|(p, _)| p == field) {
-            diffs.push(FieldDiff { field: field.clone(), expected: Some(value.clone()), actual: None, rule: None });
+            diffs.push(FieldDiff { field: field.clone(), expected: Some(value.clone()), actual: None, source: None });
         }
     }
     diffs
 }
 
-/// Which rule produced an output field (or was meant to).
-struct Provenance<'a> {
-    plan: &'a Plan,
-    input: &'a Value,
-}
-
-impl Provenance<'_> {
-    /// The last rule of the event's route that targets `field`: the one whose value the output holds when it
-    /// produced one.
-    fn rule_for(&self, field: &str) -> Option<String> {
-        let plan = self.plan;
-        let kind = self.input.get("type").and_then(Value::as_str).unwrap_or_default();
-        let name = self.input.get("event").and_then(Value::as_str);
-        let route = match kind {
-            "track" => name.and_then(|n| plan.router.named.get(n).copied()).or(plan.router.any_track),
-            "page" => plan.router.page,
-            "screen" => plan.router.screen,
-            _ => None,
-        }?;
-        let bare = without_indexes(field)?;
-        let rules = plan.routes[route].rules.iter().rev().map(|&r| &plan.rules[r]);
-        for rule in rules {
-            match &rule.target {
-                RuleTarget::Slot(_) if rule.target_name == bare => return Some(rule.location.clone()),
-                RuleTarget::Elements { rules: element_rules, .. } => {
-                    if bare == rule.target_name {
-                        return Some(rule.location.clone());
-                    }
-                    let Some(item) = bare.strip_prefix(&rule.target_name).and_then(|r| r.strip_prefix('.')) else {
-                        continue;
-                    };
-                    let item_index = element_items(plan, &rule.target_name)?.iter().position(|i| i == item)?;
-                    if let Some(element_rule) = element_rules.iter().rev().find(|e| e.field == item_index) {
-                        return Some(element_rule.location.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
+/// Where an output field came from, as the diff names it: `rule FILE:LINE:COL` (the rule that produced the field,
+/// or that was meant to and produced nothing), `identity memory` or `route table FILE:LINE:COL`.
+fn provenance(explanation: &Explanation, field: &str) -> Option<String> {
+    match explanation.field(field).map(|trace| &trace.origin) {
+        Some(Origin::Rule(rule)) => Some(format!("rule {}", rule.rule)),
+        Some(Origin::Memory) => Some("identity memory".to_string()),
+        Some(Origin::Route) => Some(match &explanation.routes_table {
+            Some(table) => format!("route table {table}"),
+            None => "route table".to_string(),
+        }),
+        None => explanation.rule_for(field).map(|rule| format!("rule {rule}")),
     }
-}
-
-/// The field names of the elements of the array at `path`.
-fn element_items(plan: &Plan, path: &str) -> Option<Vec<String>> {
-    fn find(nodes: &[LayoutNode], path: &str) -> Option<Vec<String>> {
-        nodes.iter().find_map(|node| match node {
-            LayoutNode::Elements { path: p, items, .. } if p == path => {
-                Some(items.iter().map(|i| i.name.clone()).collect())
-            }
-            LayoutNode::Object { children, .. } => find(children, path),
-            _ => None,
-        })
-    }
-    find(&plan.output, path)
 }
 
 // ---- rendering ----
@@ -943,12 +914,11 @@ fn render_case_failures(
     let mut field_lines: Vec<(String, Option<String>)> = Vec::new();
     let flush = |out: &mut String, lines: &mut Vec<(String, Option<String>)>| {
         let width = lines.iter().map(|(text, _)| text.chars().count()).max().unwrap_or(0).min(72);
-        for (text, rule) in lines.drain(..) {
-            match rule {
-                Some(rule) => {
+        for (text, source) in lines.drain(..) {
+            match source {
+                Some(source) => {
                     let pad = width.saturating_sub(text.chars().count());
-                    let _ =
-                        writeln!(out, "  {text}{}   {}", " ".repeat(pad), style.paint("2", &format!("(rule {rule})")));
+                    let _ = writeln!(out, "  {text}{}   {}", " ".repeat(pad), style.paint("2", &format!("({source})")));
                 }
                 None => {
                     let _ = writeln!(out, "  {text}");
@@ -961,23 +931,26 @@ fn render_case_failures(
             flush(out, &mut field_lines);
             current_event = failure.event;
             if let Some(event) = failure.event {
-                let _ = writeln!(out, "event {event}:");
+                let label = case.events.get(event - 1).map(String::as_str).unwrap_or_default();
+                let _ = writeln!(out, "event {event} of {} ({label}):", case.events.len());
             }
         }
         match &failure.mismatch {
-            Mismatch::MappingErrors => {
-                out.push_str("  the mapping has errors; no event was applied\n");
-                if let Some(errors) = &report.compile_errors {
-                    if shown_compile_errors.insert(report.file.clone()) {
-                        out.push_str(&render_diagnostics(errors));
+            Mismatch::MappingErrors | Mismatch::CaseMappingErrors(_) => {
+                let (errors, what) = match &failure.mismatch {
+                    Mismatch::CaseMappingErrors(errors) => (Some(errors), " with this case's params"),
+                    _ => (report.compile_errors.as_ref(), ""),
+                };
+                let _ = writeln!(out, "  the mapping has errors{what}; no event was applied");
+                if let Some(errors) = errors {
+                    // The same errors are drawn once, not once per case.
+                    let rendered = render_diagnostics(errors);
+                    if shown_compile_errors.insert(rendered.clone()) {
+                        out.push_str(&rendered);
                     } else {
-                        out.push_str("  (shown above)\n");
+                        out.push_str("  (the same errors as shown above)\n");
                     }
                 }
-            }
-            Mismatch::CaseMappingErrors(errors) => {
-                out.push_str("  the mapping has errors with this case's params; no event was applied\n");
-                out.push_str(&render_diagnostics(errors));
             }
             Mismatch::InvalidCase(message) => field_lines.push((format!("invalid test: {message}"), None)),
             Mismatch::Outcome { expected, actual, detail } => {
@@ -989,7 +962,7 @@ fn render_case_failures(
             Mismatch::Field(diff) => {
                 let expected = diff.expected.as_ref().map_or_else(|| "absent".to_string(), |v| show_value(v));
                 let actual = diff.actual.as_ref().map_or_else(|| "absent".to_string(), |v| show_value(v));
-                field_lines.push((format!("{}: expected {expected}, got {actual}", diff.field), diff.rule.clone()));
+                field_lines.push((format!("{}: expected {expected}, got {actual}", diff.field), diff.source.clone()));
             }
             Mismatch::Warnings { expected, actual } => {
                 let expected: Vec<String> = expected
@@ -1004,7 +977,10 @@ fn render_case_failures(
                     field_lines.push(("  none".to_string(), None));
                 }
                 for warning in actual {
-                    field_lines.push((format!("  {}: {}", warning.field, warning.message), Some(warning.rule.clone())));
+                    field_lines.push((
+                        format!("  {}: {}", warning.field, warning.message),
+                        Some(format!("rule {}", warning.rule)),
+                    ));
                 }
             }
         }
