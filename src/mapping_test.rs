@@ -32,8 +32,9 @@ use serde_json::{Map, Value};
 use crate::diagnostic::{self, Diagnostic, RenderOptions};
 use crate::explain::{explain, Explanation, Origin};
 use crate::identity::MemoryStore;
-use crate::plan::{LayoutNode, Plan};
+use crate::plan::Plan;
 use crate::run::{DropReason, Outcome, RejectReason, Warning};
+use crate::schema::{FieldDef, TargetSchema};
 use crate::source::{SourceLoader, Sources};
 use crate::{compile, CompileOptions, Context};
 
@@ -528,26 +529,24 @@ fn expectation_paths(expect: &Expectation) -> Vec<&str> {
     paths
 }
 
-/// Every output path of the plan's target with element indexes removed (`data.contents.id`), objects included.
-fn target_paths(plan: &Plan) -> Vec<String> {
-    fn collect(nodes: &[LayoutNode], prefix: &str, out: &mut Vec<String>) {
-        for node in nodes {
-            match node {
-                LayoutNode::Leaf { path, .. } => out.push(path.clone()),
-                LayoutNode::Object { key, children } => {
-                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-                    collect(children, &path, out);
-                    out.push(path);
-                }
-                LayoutNode::Elements { path, items, .. } => {
-                    out.extend(items.iter().map(|item| format!("{path}.{}", item.name)));
-                    out.push(path.clone());
-                }
-            }
+/// Every field path of the target schema, objects and arrays included, element indexes left out
+/// (`data.contents.id`): what a test may name, whether or not this mapping writes it.
+fn target_paths(target: &TargetSchema) -> Vec<String> {
+    fn collect(prefix: &str, defs: &[FieldDef], out: &mut Vec<String>) {
+        for def in defs {
+            let path = if prefix.is_empty() { def.name.clone() } else { format!("{prefix}.{}", def.name) };
+            collect(&path, &def.fields, out);
+            collect(&path, def.items.as_deref().unwrap_or_default(), out);
+            out.push(path);
         }
     }
     let mut out = Vec::new();
-    collect(&plan.output, "", &mut out);
+    collect("", &target.fields, &mut out);
+    for (_, fields) in &target.shapes {
+        collect("data", fields, &mut out);
+    }
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -569,7 +568,7 @@ fn without_indexes(path: &str) -> Option<String> {
 }
 
 fn check_target_path(plan: &Plan, path: &str) -> Result<(), String> {
-    let known = target_paths(plan);
+    let known = target_paths(plan.target_schema());
     let bare = without_indexes(path)
         .ok_or_else(|| format!("`{path}` is not a field path: write indexes as `[0]`, e.g. `data.contents[0].id`"))?;
     if known.iter().any(|k| *k == bare) {
@@ -596,7 +595,9 @@ fn compare(expect: &Expectation, explanation: &Explanation) -> Vec<Mismatch> {
             expectations.extend(absent.iter().map(|path| (path.as_str(), None)));
             for (path, expected) in expectations {
                 for diff in diff_at(path, expected, &actual) {
-                    let source = provenance(explanation, &diff.field);
+                    let source = provenance(explanation, &diff.field).or_else(|| {
+                        diff.actual.is_none().then(|| "no rule of this event's route writes it".to_string())
+                    });
                     mismatches.push(Mismatch::Field(FieldDiff { source, ..diff }));
                 }
             }
@@ -913,7 +914,13 @@ fn render_case_failures(
     let mut current_event = None;
     let mut field_lines: Vec<(String, Option<String>)> = Vec::new();
     let flush = |out: &mut String, lines: &mut Vec<(String, Option<String>)>| {
-        let width = lines.iter().map(|(text, _)| text.chars().count()).max().unwrap_or(0).min(72);
+        let width = lines
+            .iter()
+            .filter(|(_, source)| source.is_some())
+            .map(|(t, _)| t.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(72);
         for (text, source) in lines.drain(..) {
             match source {
                 Some(source) => {

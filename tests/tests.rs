@@ -4,6 +4,7 @@ mod cli;
 mod diagnostics;
 mod explain;
 mod grammar;
+mod mapping_tests;
 mod presets;
 mod properties;
 mod runtime;
