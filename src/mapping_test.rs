@@ -582,7 +582,7 @@ fn check_target_path(plan: &Plan, path: &str) -> Result<(), String> {
     let known = target_paths(plan.target_schema());
     let bare = without_indexes(path)
         .ok_or_else(|| format!("`{path}` is not a field path: write indexes as `[0]`, e.g. `data.contents[0].id`"))?;
-    if known.iter().any(|k| *k == bare) {
+    if known.contains(&bare) {
         return Ok(());
     }
     let target = plan.target_schema().name.as_str();
@@ -978,8 +978,8 @@ fn render_case_failures(
                 }
             }
             Mismatch::Field(diff) => {
-                let expected = diff.expected.as_ref().map_or_else(|| "absent".to_string(), |v| show_value(v));
-                let actual = diff.actual.as_ref().map_or_else(|| "absent".to_string(), |v| show_value(v));
+                let expected = diff.expected.as_ref().map_or_else(|| "absent".to_string(), show_value);
+                let actual = diff.actual.as_ref().map_or_else(|| "absent".to_string(), show_value);
                 field_lines.push((format!("{}: expected {expected}, got {actual}", diff.field), diff.source.clone()));
             }
             Mismatch::Warnings { expected, actual } => {

@@ -122,3 +122,16 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(empty.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no `*.test.yaml` files in src/functions"));
 }
+
+#[test]
+fn the_readme_example_test_file_passes() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```yaml\nmapping: openai_ads.map").expect("README shows a test file") + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    // Named as if it sat in mappings/, where `mapping: openai_ads.map` resolves to the default preset.
+    let name = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/readme.test.yaml");
+    let report =
+        signal_engine::mapping_test::run_file(name, &readme[start..end], &signal_engine::source::FileLoader, None);
+    assert!(report.ok(), "{:#?}", report);
+    assert_eq!(report.passed(), 1);
+}
