@@ -9,6 +9,7 @@ pub mod explain;
 pub mod functions;
 pub mod identity;
 mod input;
+pub mod mapping_test;
 pub mod plan;
 pub mod presets;
 pub mod run;

@@ -6,6 +6,7 @@ mod explain;
 mod functions;
 mod grammar;
 mod lsp;
+mod mapping_tests;
 mod presets;
 mod properties;
 mod runtime;
