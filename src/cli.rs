@@ -1,8 +1,10 @@
 //! The `engine` command line: argument parsing, file and stream I/O, and exit codes. It owns everything the
 //! library deliberately does not do (reading files, stdin and stdout, clocks); the mapping work is the library's.
 //!
-//! Exit codes: 0 success; 1 findings (`check` found errors, or `run` was given a mapping with errors);
-//! 2 usage or I/O error.
+//! Exit codes: 0 success; 1 findings (`check` found errors, or `run` was given a mapping with errors, or `fmt`
+//! met a file that is not formatted under `--check` or has syntax errors); 2 usage or I/O error.
+
+mod fmt;
 
 use std::fs;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
@@ -70,6 +72,18 @@ enum Command {
         #[arg(long, default_value_t = MemoryStore::DEFAULT_CAPACITY)]
         identity_capacity: usize,
     },
+    /// Formats mapping files in place: rule tables aligned, comments kept; `-` formats stdin to stdout.
+    Fmt(FmtArgs),
+}
+
+#[derive(clap::Args)]
+struct FmtArgs {
+    /// Change nothing: name the files that are not formatted, show how, and exit 1 if there are any.
+    #[arg(long)]
+    check: bool,
+    /// Mapping files; a directory stands for every `.map` file below it, `-` for stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Run { map, params, now, stateless, batch, rejects, identity_capacity } => {
             run(RunArgs { map, params, now, stateless, batch, rejects, identity_capacity })
         }
+        Command::Fmt(FmtArgs { check, paths }) => fmt::fmt(&paths, check),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -5,6 +5,7 @@
 pub mod ast;
 pub mod compile;
 pub mod diagnostic;
+pub mod format;
 pub mod functions;
 pub mod identity;
 mod input;
