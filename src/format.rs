@@ -9,7 +9,7 @@
 //! on one line (a rule written over several lines), it moves to its own line just above the construct, so no
 //! comment is ever dropped and their order never changes.
 
-use crate::ast::{Comment, FileId, Item, Mapping, Rule, Selector, Span};
+use crate::ast::{Comment, FileId, Item, Rule, Selector, Span};
 use crate::diagnostic::Diagnostic;
 use crate::syntax;
 
@@ -28,8 +28,7 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
     for item in &mapping.items {
         layout.item(item);
     }
-    let lines = layout.place_comments(&mapping);
-    Ok(render(lines))
+    Ok(render(layout.place_comments()))
 }
 
 /// One line of code in the output, before comments and alignment.
@@ -46,7 +45,6 @@ struct CodeLine {
 }
 
 /// The text of a line, split into the columns that line up with the lines around it.
-#[derive(Clone, PartialEq)]
 enum Content {
     Plain(String),
     /// `source` and the rest from `->` on.
@@ -82,7 +80,8 @@ impl Layout<'_> {
             Item::Routes(routes) => {
                 let open = self.brace_after(routes.span.start + "routes".len());
                 let close = routes.span.end - 1;
-                self.block(0, "routes".to_string(), routes.span.start, open, close, |layout| {
+                let header = |brace: &str| Content::Plain(format!("routes{brace}"));
+                self.block(0, header, routes.span.start, open, close, |layout| {
                     for route in &routes.routes {
                         let content = Content::Route {
                             matcher: route.matcher.to_string(),
@@ -94,10 +93,10 @@ impl Layout<'_> {
                 });
             }
             Item::When(when) => {
-                let last_selector = when.selectors.last().map_or(when.span.start, |s| selector_end(s));
+                let last_selector = when.selectors.last().map_or(when.span.start, selector_end);
                 let open = self.brace_after(last_selector);
                 let selectors: Vec<String> = when.selectors.iter().map(ToString::to_string).collect();
-                let header = format!("when {}", selectors.join(", "));
+                let header = |brace: &str| Content::Plain(format!("when {}{brace}", selectors.join(", ")));
                 self.block(0, header, when.span.start, open, when.span.end - 1, |layout| {
                     for rule in &when.rules {
                         layout.rule(rule, 1);
@@ -121,37 +120,33 @@ impl Layout<'_> {
         let head_end = rule.pipes.last().map_or(rule.target.span.end, |p| p.span.end);
         let open = self.brace_after(head_end);
         let close = rule.span.end - 1;
-        let first = self.lines.len();
-        self.block(depth, String::new(), rule.span.start, open, close, |layout| {
+        // The header keeps its columns, to line up with the rules around it.
+        let header = |brace: &str| Content::Rule { source: source.clone(), rest: format!("{rest}{brace}") };
+        self.block(depth, header, rule.span.start, open, close, |layout| {
             for r in inner {
                 layout.rule(r, depth + 1);
             }
         });
-        // The header keeps its columns so that it lines up with the rules around it.
-        if let Content::Plain(brace) = &self.lines[first].content {
-            let rest = format!("{rest}{brace}");
-            self.lines[first].content = Content::Rule { source, rest };
-        }
     }
 
-    /// A header line ending in `{` (the header text then ` {`), the lines `inside` adds, and `}`; or `header {}`
-    /// on one line when the block holds nothing, not even a comment.
+    /// A header line ending in ` {`, the lines `inside` adds, and `}`; or the header ending in ` {}` when the block
+    /// holds nothing, not even a comment. `header` makes the header line from its ending.
     fn block(
         &mut self,
         depth: usize,
-        header: String,
+        header: impl Fn(&str) -> Content,
         start: usize,
         open: usize,
         close: usize,
         inside: impl FnOnce(&mut Self),
     ) {
         let first = self.lines.len();
-        self.push(depth, start, open + 1, Content::Plain(format!("{header} {{")));
+        self.push(depth, start, open + 1, header(" {"));
         inside(self);
         let has_comment = self.comments.iter().any(|c| c.span.start > open && c.span.start < close);
         if self.lines.len() == first + 1 && !has_comment {
             self.lines[first].end = close + 1;
-            self.lines[first].content = Content::Plain(format!("{header} {{}}"));
+            self.lines[first].content = header(" {}");
             return;
         }
         self.lines[first].opens = true;
@@ -176,20 +171,20 @@ impl Layout<'_> {
     }
 
     /// Where each comment goes: leading a line, inside it (printed just above), trailing it, or at the end.
-    fn place_comments(self, mapping: &Mapping) -> Vec<Out> {
-        let Layout { text, lines, .. } = self;
+    fn place_comments(self) -> Vec<Out> {
+        let Layout { text, comments, lines } = self;
         let mut leading: Vec<Vec<&Comment>> = lines.iter().map(|_| Vec::new()).collect();
         let mut interior = leading.clone();
         let mut trailing: Vec<Option<&Comment>> = lines.iter().map(|_| None).collect();
         let mut at_end = Vec::new();
         // The last line that starts at or before `at` (lines are in source order and do not overlap).
         let line_at = |at: usize| lines.partition_point(|l| l.start <= at).checked_sub(1);
-        for comment in &mapping.comments {
+        for comment in comments {
             let start = comment.span.start;
             let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
             let code_before = text[line_start..start].trim_start_matches('\u{feff}').trim_end();
             if !code_before.is_empty() {
-                let code_end = start - (text[line_start..start].len() - text[line_start..start].trim_end().len());
+                let code_end = line_start + text[line_start..start].trim_end().len();
                 let index = line_at(code_end - 1).expect("code before a comment belongs to a line");
                 if lines[index].end == code_end {
                     trailing[index] = Some(comment);
@@ -200,8 +195,8 @@ impl Layout<'_> {
             }
             match line_at(start) {
                 Some(index) if start < lines[index].end => interior[index].push(comment),
-                _ => match lines.iter().position(|l| l.start > start) {
-                    Some(index) => leading[index].push(comment),
+                before => match leading.get_mut(before.map_or(0, |i| i + 1)) {
+                    Some(next_line) => next_line.push(comment),
                     None => at_end.push(comment),
                 },
             }
@@ -273,7 +268,7 @@ fn blank_before(text: &str, at: usize) -> bool {
 }
 
 /// Lines out: runs of rules and routes aligned at `->` (and routes at their shape), then trailing comments
-/// aligned among consecutive lines that have one.
+/// aligned among consecutive lines that have one (block braces aside).
 fn render(lines: Vec<Out>) -> String {
     let code: Vec<Option<&CodeLine>> = lines.iter().map(Out::code).collect();
     // A run: consecutive code lines at one depth, no blank or comment line between, for which `together` holds.
@@ -303,7 +298,9 @@ fn render(lines: Vec<Out>) -> String {
         start = end;
     }
 
-    let has_trailing = |i: usize| matches!(&lines[i], Out::Code { trailing: Some(_), .. });
+    // A block's `{` and `}` lines are not table rows: their comments stay one space after the code.
+    let has_trailing =
+        |i: usize| matches!(&lines[i], Out::Code { trailing: Some(_), line } if !line.opens && !line.closes);
     let mut comment_pads = vec![0; lines.len()];
     let mut start = 0;
     while start < lines.len() {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod diagnostics;
+mod format;
 mod grammar;
 mod presets;
 mod properties;
