@@ -295,3 +295,31 @@ fn the_shipped_mappings_pass_fmt_check() {
     let output = engine(root(), &["fmt", "--check", "mappings"], "");
     assert_eq!(output.status.code(), Some(0), "{}{}", text(&output.stdout), text(&output.stderr));
 }
+
+/// The README and the language docs quote rule locations such as `mappings/openai_ads.map:25:1`; reformatting
+/// (or editing) the preset must not leave them pointing at a comment or a blank line.
+#[test]
+fn documented_rule_locations_point_at_rules() {
+    let preset = read(&root().join("mappings/openai_ads.map"));
+    let lines: Vec<&str> = preset.lines().collect();
+    let mut quoted = 0;
+    for doc in ["README.md", "docs/language.md"] {
+        let text = read(&root().join(doc));
+        for (at, _) in text.match_indices("mappings/openai_ads.map:") {
+            let location = &text[at + "mappings/openai_ads.map:".len()..];
+            let numbers: Vec<usize> =
+                location.split(|c: char| !c.is_ascii_digit()).take(2).map(|n| n.parse().unwrap_or(0)).collect();
+            let [line, column] = numbers[..] else { continue };
+            if line == 0 || column == 0 {
+                continue;
+            }
+            quoted += 1;
+            let code = lines.get(line - 1).map(|l| l.chars().skip(column - 1).collect::<String>()).unwrap_or_default();
+            assert!(
+                code.contains("->") && !code.starts_with(['#', ' ']),
+                "{doc} quotes mappings/openai_ads.map:{line}:{column}, which is not the start of a rule: {code:?}"
+            );
+        }
+    }
+    assert!(quoted >= 3, "only {quoted} quoted locations found");
+}
