@@ -1,8 +1,11 @@
 //! The `engine` command line: argument parsing, file and stream I/O, and exit codes. It owns everything the
 //! library deliberately does not do (reading files, stdin and stdout, clocks); the mapping work is the library's.
 //!
-//! Exit codes: 0 success; 1 findings (`check` found errors, `run` was given a mapping with errors, or a mapping
-//! test failed or could not be run); 2 usage or I/O error.
+//! Exit codes: 0 success; 1 findings (`check` found errors, `run` was given a mapping with errors, a mapping
+//! test failed or could not be run, or `fmt` met a file that is not formatted under `--check` or has syntax
+//! errors); 2 usage or I/O error.
+
+mod fmt;
 
 use std::fs;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
@@ -100,6 +103,8 @@ enum Command {
     Lsp,
     /// Runs mapping tests: `*.test.yaml` files of input events and the outcomes expected (exit 1 on a failure).
     Test(TestArgs),
+    /// Formats mapping files in place: rule tables aligned, comments kept; `-` formats stdin to stdout.
+    Fmt(FmtArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,6 +133,16 @@ enum DocFormat {
     Text,
     Markdown,
     Json,
+}
+
+#[derive(clap::Args)]
+struct FmtArgs {
+    /// Change nothing: name the files that are not formatted, show how, and exit 1 if there are any.
+    #[arg(long)]
+    check: bool,
+    /// Mapping files; a directory stands for every `.map` file below it, `-` for stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,6 +187,7 @@ pub fn main() -> ExitCode {
         Command::Functions(args) => functions(&args),
         Command::Lsp => lsp(),
         Command::Test(args) => test(args),
+        Command::Fmt(FmtArgs { check, paths }) => fmt::fmt(&paths, check),
     };
     match result {
         Ok(code) => ExitCode::from(code),

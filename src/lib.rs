@@ -6,6 +6,7 @@ pub mod ast;
 pub mod compile;
 pub mod diagnostic;
 pub mod explain;
+pub mod format;
 pub mod functions;
 pub mod identity;
 mod input;

@@ -3,6 +3,7 @@
 mod cli;
 mod diagnostics;
 mod explain;
+mod format;
 mod functions;
 mod grammar;
 mod lsp;

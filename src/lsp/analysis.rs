@@ -18,7 +18,7 @@ use super::text::{floor_char_boundary, LineIndex};
 /// top-level item that parses on its own is kept, and inside an item that does not, every line that parses on
 /// its own (typically the rules of a `when` block around the line being typed).
 pub fn parse_recovering(text: &str) -> Vec<Item> {
-    if let Ok(Mapping { items }) = syntax::parse(FileId(0), text) {
+    if let Ok(Mapping { items, .. }) = syntax::parse(FileId(0), text) {
         return items;
     }
     let mut items = Vec::new();
