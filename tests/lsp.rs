@@ -440,3 +440,28 @@ fn exit_without_shutdown_exits_with_code_1() {
     let (client, _) = Client::initialized();
     assert_eq!(client.exit(false), Some(1));
 }
+
+#[test]
+fn formatting_gives_engine_fmt_layout_and_nothing_for_broken_text() {
+    let dir = workspace("formatting");
+    let main = uri(&dir.join("main.map"));
+    let (mut client, capabilities) = Client::initialized();
+    assert_eq!(capabilities["capabilities"]["documentFormattingProvider"], true);
+    let messy = "routes { page -> page_viewed }\nmessageId    ->   id # the id\n\"web\" -> action_source\n";
+    client.open(&main, messy);
+    let options = json!({"tabSize": 2, "insertSpaces": true});
+    let edits = client.request("textDocument/formatting", json!({"textDocument": {"uri": main}, "options": options}));
+    let edits = edits.as_array().expect("a list of edits");
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert_eq!(edits[0]["newText"], signal_engine::format::format(messy).unwrap());
+    assert_eq!(edits[0]["range"]["start"], json!({"line": 0, "character": 0}));
+    assert_eq!(edits[0]["range"]["end"], json!({"line": 3, "character": 0}));
+
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": main, "version": 2}, "contentChanges": [{"text": "messageId -> \n"}]}),
+    );
+    let edits = client.request("textDocument/formatting", json!({"textDocument": {"uri": main}, "options": options}));
+    assert_eq!(edits, Value::Null, "broken text is left as it is");
+    assert_eq!(client.exit(true), Some(0));
+}

@@ -16,7 +16,7 @@ use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response
 use lsp_types::notification::{
     DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument, Exit, Notification as _, PublishDiagnostics,
 };
-use lsp_types::request::{Completion, GotoDefinition, HoverRequest, Request as _, Shutdown};
+use lsp_types::request::{Completion, Formatting, GotoDefinition, HoverRequest, Request as _, Shutdown};
 use lsp_types::{
     CompletionOptions, CompletionParams, CompletionResponse, DiagnosticRelatedInformation, DiagnosticSeverity,
     DidChangeTextDocumentParams, DidCloseTextDocumentParams, DidOpenTextDocumentParams, GotoDefinitionParams,
@@ -97,6 +97,7 @@ fn capabilities() -> ServerCapabilities {
             ..CompletionOptions::default()
         }),
         definition_provider: Some(OneOf::Left(true)),
+        document_formatting_provider: Some(OneOf::Left(true)),
         ..ServerCapabilities::default()
     }
 }
@@ -207,6 +208,10 @@ impl Server {
             GotoDefinition::METHOD => {
                 let params: GotoDefinitionParams = params(&request)?;
                 serde_json::to_value(self.definition(&params.text_document_position_params))
+            }
+            Formatting::METHOD => {
+                let params: lsp_types::DocumentFormattingParams = params(&request)?;
+                serde_json::to_value(self.formatting(&params.text_document.uri))
             }
             other => return Err((ErrorCode::MethodNotFound, format!("`engine lsp` does not handle `{other}`"))),
         };
@@ -341,6 +346,18 @@ impl Server {
     fn hover(&self, at: &TextDocumentPositionParams) -> Option<Hover> {
         let (document, workspace) = self.workspace(&at.text_document.uri)?;
         hover_at(&document.name(), &document.text, &workspace, at.position)
+    }
+
+    /// The document in `engine fmt`'s layout, as one edit replacing the whole text; nothing while it has syntax
+    /// errors (the editor keeps the text as it is, and the diagnostics say why).
+    fn formatting(&self, uri: &Uri) -> Option<Vec<lsp_types::TextEdit>> {
+        let (document, _) = self.workspace(uri)?;
+        let formatted = signal_engine::format::format(&document.text).ok()?;
+        if formatted == document.text {
+            return Some(Vec::new());
+        }
+        let range = LineIndex::new(&document.text).range(0, document.text.len());
+        Some(vec![lsp_types::TextEdit { range, new_text: formatted }])
     }
 
     fn completion(&self, at: &TextDocumentPositionParams) -> Option<CompletionResponse> {
