@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 
 use signal_engine::diagnostic::{self, RenderOptions};
+use signal_engine::functions;
 use signal_engine::identity::MemoryStore;
 use signal_engine::presets;
 use signal_engine::run::{DropReason, Outcome, RejectReason};
@@ -92,6 +93,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Lists the function library: signatures, docs and examples (`--format markdown` is docs/functions.md).
+    Functions(FunctionsArgs),
+}
+
+#[derive(clap::Args)]
+struct FunctionsArgs {
+    /// One function to show in full; without it, every function in brief.
+    name: Option<String>,
+    /// `text` for a terminal, `markdown` (the reference, exactly docs/functions.md) or `json` for tools.
+    #[arg(long, value_enum, default_value_t = DocFormat::Text)]
+    format: DocFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DocFormat {
+    Text,
+    Markdown,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,6 +152,7 @@ pub fn main() -> ExitCode {
         Command::Explain { map, params, now, stateless, show_pii, format } => {
             explain(ExplainArgs { map, params, now, stateless, show_pii, format })
         }
+        Command::Functions(args) => functions(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -141,6 +161,34 @@ pub fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// `engine functions`: the library's docs, rendered from the declarations the compiler uses.
+fn functions(args: &FunctionsArgs) -> Result<u8, Failure> {
+    let to_json = |value: Value| serde_json::to_string_pretty(&value).map(|text| text + "\n");
+    let text = match &args.name {
+        None => match args.format {
+            DocFormat::Text => functions::reference_text(),
+            DocFormat::Markdown => functions::reference_markdown(),
+            DocFormat::Json => to_json(functions::reference_json()).map_err(|e| usage(e.to_string()))?,
+        },
+        Some(name) => {
+            let Some(function) = functions::find(name) else {
+                let names = functions::all().iter().map(|f| f.name);
+                return Err(usage(match diagnostic::did_you_mean(name, names) {
+                    Some(meant) => format!("unknown function `{name}`; did you mean `{meant}`?"),
+                    None => format!("unknown function `{name}`; `engine functions` lists them all"),
+                }));
+            };
+            match args.format {
+                DocFormat::Text => function.text(),
+                DocFormat::Markdown => function.markdown(),
+                DocFormat::Json => to_json(function.to_json()).map_err(|e| usage(e.to_string()))?,
+            }
+        }
+    };
+    write_or_quit(&mut io::stdout().lock(), text.as_bytes())?;
+    Ok(0)
 }
 
 fn read_params(path: Option<&Path>) -> Result<Map<String, Value>, Failure> {

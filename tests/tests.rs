@@ -3,6 +3,7 @@
 mod cli;
 mod diagnostics;
 mod explain;
+mod functions;
 mod grammar;
 mod presets;
 mod properties;

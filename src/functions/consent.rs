@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::{arg, constant, kind, lookup, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
+use super::{arg, constant, kind, lookup, present, Arg, Category, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 /// An object's entries.
 type Entries<'v, 'a> = &'v [(Cow<'a, str>, Val<'a>)];
@@ -20,7 +20,27 @@ const CATEGORY_PREFERENCES: &str = "categoryPreferences";
 
 pub(super) const CONSENT: Function = Function {
     name: "consent",
+    category: Category::Consent,
     summary: "Whether the event's consent grants a category; absent or unreadable consent counts as not granted.",
+    doc: r#"
+        Called as a source, without a piped input: `consent($consent_category)` reads the event's
+        `context.consent`. The category is trimmed and matched without regard to case against every form of
+        consent that collectors and consent tools write:
+        - a boolean per category at the top level: `{"marketing": true}`;
+        - Segment's `categoryPreferences`, an object of booleans: `{"categoryPreferences": {"Advertising":
+          true}}`;
+        - lists of granted categories under `canonical` (the collector's vocabulary) and `categories` (the
+          consent tool's codes, such as OneTrust's `C0004`): `{"categories": ["C0002", "C0004"]}`; either
+          may also be an object of booleans.
+
+        The category is granted when some form grants it and none refuses it: a `false` anywhere outweighs a
+        grant elsewhere, since sending without consent is the costlier mistake. Flags that are not booleans
+        (`"true"`, `1`) count for nothing.
+
+        It always returns a boolean, never nothing: absent, null or unreadable consent, and a missing, empty
+        or non-string category, all count as not granted (`false`), because an omitted consent field
+        downstream could be read as "not asked". A literal category must not be empty.
+    "#,
     input: Ty::OBJECT,
     params: &[Param {
         name: "category",
@@ -54,6 +74,8 @@ pub(super) const CONSENT: Function = Function {
             output: Some("true"),
         },
         Example { input: Some("{\"canonical\": [\"essential\"]}"), args: &["\"marketing\""], output: Some("false") },
+        Example { input: Some("{\"marketing\": \"true\"}"), args: &["\"marketing\""], output: Some("false") },
+        Example { input: Some("null"), args: &["\"marketing\""], output: Some("false") },
         Example { input: None, args: &["\"marketing\""], output: Some("false") },
     ],
     check_constants: Some(check_category),

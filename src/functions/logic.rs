@@ -4,11 +4,21 @@
 use serde_json::Value;
 
 use super::text::render;
-use super::{arg, constant, kind, lookup as get, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
+use super::{
+    arg, constant, kind, lookup as get, present, Arg, Category, Example, Function, Outcome, Param, Pii, Ty, Val,
+};
 
 pub(super) const NOT: Function = Function {
     name: "not",
+    category: Category::Logic,
     summary: "Negates a boolean.",
+    doc: r#"
+        Only booleans are negated: the strings `"true"` and `"false"`, numbers and everything else give up
+        with the warning `expected a boolean, got a string` (or `a number`, …). Its common use is turning
+        consent into the API's opt-out: `consent($consent_category) -> opt_out | not`.
+
+        A missing or null input yields nothing.
+    "#,
     input: Ty::BOOL,
     params: &[],
     variadic: false,
@@ -26,7 +36,18 @@ pub(super) const NOT: Function = Function {
 
 pub(super) const DEFAULT: Function = Function {
     name: "default",
+    category: Category::Logic,
     summary: "Uses a fallback when the input is missing or null; an empty string is a value and is kept.",
+    doc: r#"
+        Passes any present value through unchanged, `""`, `0`, `false` and empty arrays included; only a
+        missing or null input is replaced. The fallback may be a literal, a `$parameter` or another path;
+        when it is missing or null as well, the result is nothing.
+
+        `x | default(y)` works like `x ?? y`, written as a pipe so that it can follow other functions:
+        `url_param("plan") | default("basic")`. A function earlier in the pipeline that gives up with a
+        warning ends the pipeline before `default` runs; to fall back past a value a function cannot use,
+        put the call in a `??` chain instead: `to_number(price) ?? 0`.
+    "#,
     input: Ty::ANY,
     params: &[Param {
         name: "value",
@@ -52,7 +73,20 @@ pub(super) const DEFAULT: Function = Function {
 
 pub(super) const LOOKUP: Function = Function {
     name: "lookup",
+    category: Category::Logic,
     summary: "Translates a value through a table, such as a source's event names into the API's event types.",
+    doc: r#"
+        The input is looked up by its text: strings as they are, numbers as `to_string` writes them (`2` and
+        `2.0` find the key `"2"`), booleans as `"true"` and `"false"`. Keys match exactly, case and spaces
+        included. The value found is returned as it is, whatever its type. In a mapping the table is written
+        like a JSON object whose keys may also be bare names and whose values are literals: `lookup({ "Order
+        Completed": "purchase", Signup: "sign_up" })`.
+
+        A key the table lacks gives the fallback, or nothing without one. A missing or null input gives
+        nothing, even when there is a fallback. An array or object input gives up with the warning `expected
+        a lookup key, got an array` (or `an object`). The table and the fallback must be literals or
+        `$parameter`s, and the table must be an object.
+    "#,
     input: Ty::SCALAR,
     params: &[
         Param {
@@ -89,6 +123,7 @@ pub(super) const LOOKUP: Function = Function {
         },
         Example { input: Some("2"), args: &["{\"1\": \"basic\", \"2\": \"pro\"}"], output: Some("\"pro\"") },
         Example { input: Some("true"), args: &["{\"true\": 1, \"false\": 0}"], output: Some("1") },
+        Example { input: None, args: &["{\"Order Completed\": \"purchase\"}", "\"custom\""], output: None },
     ],
     check_constants: Some(check_table),
     eval: lookup,

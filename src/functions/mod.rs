@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 mod consent;
+mod docs;
 mod logic;
 mod numeric;
 mod text;
@@ -12,6 +13,7 @@ mod time;
 mod url;
 mod value;
 
+pub use docs::{reference_json, reference_markdown, reference_text};
 pub(crate) use numeric::currency;
 pub(crate) use value::{lookup, write_json, write_json_string};
 pub use value::{Slice, Val};
@@ -125,6 +127,75 @@ pub enum Pii {
     Hashes,
 }
 
+/// The part of the library a function belongs to: the reference groups functions by it, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Category {
+    Numeric,
+    Text,
+    Url,
+    Time,
+    Logic,
+    Consent,
+}
+
+impl Category {
+    pub const ALL: [Category; 6] =
+        [Category::Numeric, Category::Text, Category::Url, Category::Time, Category::Logic, Category::Consent];
+
+    /// The section heading in the reference; distinct from every function name, so anchors do not collide.
+    pub fn title(self) -> &'static str {
+        match self {
+            Category::Numeric => "Number functions",
+            Category::Text => "Text functions",
+            Category::Url => "URL functions",
+            Category::Time => "Time functions",
+            Category::Logic => "Logic functions",
+            Category::Consent => "Consent functions",
+        }
+    }
+
+    /// The stable name tools see (`--format json`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Category::Numeric => "numeric",
+            Category::Text => "text",
+            Category::Url => "url",
+            Category::Time => "time",
+            Category::Logic => "logic",
+            Category::Consent => "consent",
+        }
+    }
+
+    /// One sentence introducing the section.
+    pub fn intro(self) -> &'static str {
+        match self {
+            Category::Numeric => {
+                "Arithmetic on amounts, exact in decimal: multiply, divide and round, ISO 4217 minor units, and \
+                 reading numbers from text. Each accepts a number or a numeric string (`\"12.50\"`, `\" 1e3 \"`); \
+                 a blank string counts as no value."
+            }
+            Category::Text => {
+                "Case and whitespace, joining and rendering text, and the normalisation and hashing that the \
+                 Conversions API's matching keys (email, phone) need."
+            }
+            Category::Url => {
+                "Reading a query parameter, such as the click id `oppref`, and cutting a URL down to its page."
+            }
+            Category::Time => {
+                "Turning the timestamps sources send (ISO 8601 text, RFC 2822 text, epoch seconds or \
+                 milliseconds) into the Unix milliseconds the Conversions API expects."
+            }
+            Category::Logic => {
+                "Negation, fallbacks for missing values, and tables that translate a source's vocabulary into \
+                 the API's."
+            }
+            Category::Consent => {
+                "Whether the visitor granted a consent category, across the shapes consent tools write."
+            }
+        }
+    }
+}
+
 /// One parameter of a function.
 #[derive(Debug)]
 pub struct Param {
@@ -162,8 +233,13 @@ pub type Eval = for<'a> fn(Option<Val<'a>>, &[Arg<'a>]) -> Outcome<'a>;
 /// A function of the mapping language.
 pub struct Function {
     pub name: &'static str,
+    pub category: Category,
     /// One line for listings and hover.
     pub summary: &'static str,
+    /// The full description in markdown, after the summary: what the function does with edge inputs (missing,
+    /// null, blank, the wrong kind of value), when it gives up with a warning, and what it does to personal
+    /// data. Paragraphs are separated by a blank line.
+    pub doc: &'static str,
     /// The piped input types the function accepts; anything else is a compile-time error when known statically.
     pub input: Ty,
     pub params: &'static [Param],
@@ -289,8 +365,7 @@ pub(crate) fn quoted(text: &str) -> String {
     }
 }
 
-/// Calls a function on `serde_json` values, for tests.
-#[cfg(test)]
+/// Calls a function on `serde_json` values, for tests and for the outcomes of examples shown in the docs.
 pub(crate) fn eval_json(f: &Function, input: Option<Value>, args: &[Option<Value>]) -> Result<Option<Value>, String> {
     let args: Vec<Arg<'_>> = args.iter().map(|a| a.as_ref().map(Val::from_json)).collect();
     (f.eval)(input.as_ref().map(Val::from_json), &args).map(|out| out.map(|v| v.to_json()))

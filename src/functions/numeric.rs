@@ -11,7 +11,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Number, Value};
 
 use super::text::upper;
-use super::{arg, constant, present, quoted, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
+use super::{arg, constant, present, quoted, Arg, Category, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 const NUMERIC: Ty = Ty::NUMBER.union(Ty::STRING);
 
@@ -20,7 +20,20 @@ const MAX_DIGITS: u64 = 10;
 
 pub(super) const MULTIPLY: Function = Function {
     name: "multiply",
+    category: Category::Numeric,
     summary: "Multiplies a number by a factor, exactly: 129.99 × 100 is 12999, not 12998.999….",
+    doc: r#"
+        The input and the factor are each a number or a numeric string. Text is trimmed and may use a sign
+        and an exponent (`"1e3"`), but not thousands separators, currency signs or `NaN`. The arithmetic is
+        decimal, not binary floating point, and a JSON number is read as the shortest decimal that reads
+        back as it (129.99 is exactly 129.99), so amounts come out as a person would compute them. A whole
+        result is written as an integer.
+
+        A missing, null or blank input or factor yields nothing. Text that is not a number gives up with a
+        warning naming it (`expected a number or numeric string, got "abc"`, prefixed `factor:` when it is
+        the factor), as does a product beyond the range of decimal arithmetic (about 7.9 × 10^28). A literal
+        factor that is not a number is a compile error.
+    "#,
     input: NUMERIC,
     params: &[Param {
         name: "factor",
@@ -46,7 +59,16 @@ pub(super) const MULTIPLY: Function = Function {
 
 pub(super) const DIVIDE: Function = Function {
     name: "divide",
+    category: Category::Numeric,
     summary: "Divides a number by a divisor, exactly; dividing by zero yields nothing with a warning.",
+    doc: r#"
+        Reads its input and divisor as `multiply` does and divides in decimal: `"7" | divide(2)` is 3.5. A
+        quotient that does not end (1 ÷ 3) is cut to what a JSON number carries, 0.3333333333333333.
+
+        A missing, null or blank input or divisor yields nothing. A divisor of zero gives up with the
+        warning `division by zero`; a literal `0` (or `"0.00"`) is a compile error. Text that is not a
+        number gives up with a warning naming it.
+    "#,
     input: NUMERIC,
     params: &[Param {
         name: "divisor",
@@ -71,7 +93,18 @@ pub(super) const DIVIDE: Function = Function {
 
 pub(super) const ROUND: Function = Function {
     name: "round",
+    category: Category::Numeric,
     summary: "Rounds a number to a number of decimal places, halves away from zero: 2.5 becomes 3, -2.5 becomes -3.",
+    doc: r#"
+        Rounds to `digits` decimal places, 0 when left out, with halves going away from zero: 2.5 to 3, -2.5
+        to -3. It rounds the decimal the sender wrote, so 1.005 to two places is 1.01, not the 1.00 that the
+        binary 1.00499… of floating point would give. Trailing zeros go: 19.999 to two places is 20, an
+        integer.
+
+        The input is read as `multiply` reads it: missing, null or blank yields nothing, text that is not a
+        number gives up with a warning. `digits` must be an integer from 0 to 10 given as a literal or a
+        `$parameter`; anything else is a compile error.
+    "#,
     input: NUMERIC,
     params: &[Param {
         name: "digits",
@@ -90,6 +123,7 @@ pub(super) const ROUND: Function = Function {
         Example { input: Some("1.005"), args: &["2"], output: Some("1.01") },
         Example { input: Some("\"19.999\""), args: &["2"], output: Some("20") },
         Example { input: Some("42"), args: &["3"], output: Some("42") },
+        Example { input: Some("\"n/a\""), args: &[], output: None },
     ],
     check_constants: Some(check_digits),
     eval: round,
@@ -97,8 +131,23 @@ pub(super) const ROUND: Function = Function {
 
 pub(super) const MINOR_UNITS: Function = Function {
     name: "minor_units",
+    category: Category::Numeric,
     summary:
         "Converts an amount to integer minor units of its ISO 4217 currency: cents for USD, yen for JPY, fils for KWD.",
+    doc: r#"
+        Multiplies the amount by 10 to the power of its currency's ISO 4217 exponent and rounds half away
+        from zero to an integer: two decimal places for USD and EUR, none for JPY and KRW, three for KWD and
+        BHD. The currency is usually a path into the event (`minor_units(properties.currency)`); its case
+        and surrounding spaces do not matter.
+
+        A missing, null or blank amount yields nothing, whatever the currency. An amount is never converted
+        with a guessed currency, since a wrong exponent misstates it by a factor of 100 or more: a missing,
+        null or blank currency gives up with the warning `no currency: amount omitted`, an unknown code with
+        `unknown currency "ABC": amount omitted`, and a currency without a minor unit (gold, `XAU`) with
+        `currency "XAU" has no minor unit: amount omitted`. An amount that is not a number, or one too large
+        for a 64-bit integer of minor units, gives up with a warning too. A literal currency is checked when
+        the mapping is compiled.
+    "#,
     input: NUMERIC,
     params: &[Param {
         name: "currency",
@@ -120,6 +169,8 @@ pub(super) const MINOR_UNITS: Function = Function {
         Example { input: Some("1.234"), args: &["\"KWD\""], output: Some("1234") },
         Example { input: Some("0.125"), args: &["\"usd\""], output: Some("13") },
         Example { input: Some("\"free\""), args: &["\"USD\""], output: None },
+        Example { input: Some("10"), args: &["null"], output: None },
+        Example { input: None, args: &["\"USD\""], output: None },
     ],
     check_constants: Some(check_currency),
     eval: minor_units,
@@ -127,7 +178,18 @@ pub(super) const MINOR_UNITS: Function = Function {
 
 pub(super) const TO_NUMBER: Function = Function {
     name: "to_number",
+    category: Category::Numeric,
     summary: "Reads a number from a numeric string such as \"12.50\"; numbers pass through.",
+    doc: r#"
+        Text is trimmed and read as a decimal number with an optional sign and exponent (`"-3"`, `"+3"`,
+        `"2.5E-3"`); numbers pass through, whole ones written as integers (12.0 becomes 12). Use it where a
+        target field needs a number and the source sends text; the arithmetic functions read numeric text by
+        themselves.
+
+        A missing, null or blank input yields nothing. Anything else that is not a number gives up with a
+        warning naming it: `"twelve"`, `"NaN"`, `"inf"`, `"1_000"`, `"12 50"`, `"$12"`, booleans, arrays and
+        objects.
+    "#,
     input: NUMERIC,
     params: &[],
     variadic: false,
@@ -139,6 +201,7 @@ pub(super) const TO_NUMBER: Function = Function {
         Example { input: Some("\"1e3\""), args: &[], output: Some("1000") },
         Example { input: Some("7"), args: &[], output: Some("7") },
         Example { input: Some("\"twelve\""), args: &[], output: None },
+        Example { input: Some("\"  \""), args: &[], output: None },
     ],
     check_constants: None,
     eval: to_number,

@@ -10,13 +10,22 @@ use phonenumber::PhoneNumber;
 use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
 
-use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
+use super::{arg, constant, kind, present, Arg, Category, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 const TEXTUAL: Ty = Ty::STRING.union(Ty::NUMBER);
 
 pub(super) const LOWERCASE: Function = Function {
     name: "lowercase",
+    category: Category::Text,
     summary: "Converts text to lower case.",
+    doc: r#"
+        Uses Unicode case mapping, so accented and non-Latin capitals are lowered too (`"ÉTÉ"` becomes
+        `"été"`). An empty string stays empty.
+
+        A missing or null input yields nothing. A number, boolean, array or object gives up with the warning
+        `expected a string, got a number` (a compile error when the source is known to hold no text); render
+        numbers with `to_string` first.
+    "#,
     input: Ty::STRING,
     params: &[],
     variadic: false,
@@ -34,7 +43,16 @@ pub(super) const LOWERCASE: Function = Function {
 
 pub(super) const UPPERCASE: Function = Function {
     name: "uppercase",
+    category: Category::Text,
     summary: "Converts text to upper case.",
+    doc: r#"
+        Uses Unicode case mapping, so one letter may become two (`"straße"` becomes `"STRASSE"`). An empty
+        string stays empty. `| uppercase` is how a lower-case currency code such as `"usd"` becomes the
+        `"USD"` the API expects.
+
+        A missing or null input yields nothing. A number, boolean, array or object gives up with the warning
+        `expected a string, got a number` (a compile error when the source is known to hold no text).
+    "#,
     input: Ty::STRING,
     params: &[],
     variadic: false,
@@ -43,6 +61,7 @@ pub(super) const UPPERCASE: Function = Function {
     source_input: None,
     examples: &[
         Example { input: Some("\"usd\""), args: &[], output: Some("\"USD\"") },
+        Example { input: Some("\"straße\""), args: &[], output: Some("\"STRASSE\"") },
         Example { input: Some("\"\""), args: &[], output: Some("\"\"") },
         Example { input: Some("null"), args: &[], output: None },
     ],
@@ -52,7 +71,17 @@ pub(super) const UPPERCASE: Function = Function {
 
 pub(super) const TRIM: Function = Function {
     name: "trim",
+    category: Category::Text,
     summary: "Removes whitespace from both ends of text.",
+    doc: r#"
+        Removes Unicode whitespace, including tabs, line breaks and non-breaking spaces, from the start and
+        the end; whitespace inside the text stays. Whitespace-only text becomes `""`, which is still a
+        value: in an optional output field a blank value is left out with a warning, in a required one it
+        rejects the event.
+
+        A missing or null input yields nothing. A value that is not a string gives up with the warning
+        `expected a string, got …`.
+    "#,
     input: Ty::STRING,
     params: &[],
     variadic: false,
@@ -61,7 +90,9 @@ pub(super) const TRIM: Function = Function {
     source_input: None,
     examples: &[
         Example { input: Some("\"  order-123\\n\""), args: &[], output: Some("\"order-123\"") },
-        Example { input: Some("\"abc\""), args: &[], output: Some("\"abc\"") },
+        Example { input: Some("\"\\u00a0 a  b \\t\""), args: &[], output: Some("\"a  b\"") },
+        Example { input: Some("\" \\n \""), args: &[], output: Some("\"\"") },
+        Example { input: None, args: &[], output: None },
     ],
     check_constants: None,
     eval: trim,
@@ -69,7 +100,17 @@ pub(super) const TRIM: Function = Function {
 
 pub(super) const CONCAT: Function = Function {
     name: "concat",
+    category: Category::Text,
     summary: "Joins the input and the arguments into one text, skipping any that are missing or null.",
+    doc: r#"
+        Joins the input and each part in order, with no separator: strings as they are, numbers as
+        `to_string` writes them (`2.5`, and `12` for 12.0), booleans as `true` and `false`. Called as a
+        source, its first argument is the input: `concat("ORD-", order_id)` is `"ORD-" | concat(order_id)`.
+
+        Missing and null parts are skipped, so a missing input still gives the other parts joined; only when
+        every part is missing or null is the result nothing. An array or object part gives up with the
+        warning `cannot join an array` (or `an object`).
+    "#,
     input: TEXTUAL,
     params: &[Param {
         name: "parts",
@@ -94,7 +135,16 @@ pub(super) const CONCAT: Function = Function {
 
 pub(super) const TO_STRING: Function = Function {
     name: "to_string",
+    category: Category::Text,
     summary: "Renders a number or boolean as text; integers have no \".0\".",
+    doc: r#"
+        Numbers are written as an analyst would write them: no `.0` on whole numbers, no exponent (`1e21`
+        becomes `"1000000000000000000000"`), the shortest digits that read back as the same number, and `0`
+        for negative zero. Booleans become `"true"` and `"false"`; strings pass through unchanged.
+
+        A missing or null input yields nothing. An array or object gives up with the warning `expected a
+        string, number or boolean, got an array` (or `an object`).
+    "#,
     input: Ty::SCALAR,
     params: &[],
     variadic: false,
@@ -106,7 +156,9 @@ pub(super) const TO_STRING: Function = Function {
         Example { input: Some("42.0"), args: &[], output: Some("\"42\"") },
         Example { input: Some("129.99"), args: &[], output: Some("\"129.99\"") },
         Example { input: Some("true"), args: &[], output: Some("\"true\"") },
+        Example { input: Some("1e21"), args: &[], output: Some("\"1000000000000000000000\"") },
         Example { input: Some("\"as is\""), args: &[], output: Some("\"as is\"") },
+        Example { input: Some("null"), args: &[], output: None },
     ],
     check_constants: None,
     eval: to_string,
@@ -114,8 +166,19 @@ pub(super) const TO_STRING: Function = Function {
 
 pub(super) const SHA256: Function = Function {
     name: "sha256",
+    category: Category::Text,
     summary:
         "Hashes text with SHA-256 as lowercase hex; a value that already is a SHA-256 hex digest passes unchanged.",
+    doc: r#"
+        Hashes the UTF-8 bytes of the text exactly as they are. It does not trim or lower-case, so normalise
+        first (`| normalize_email | sha256`, `| e164("US") | sha256`), or the same person hashes to
+        different values. A number is hashed as its text: `123` and `"123"` give the same digest. Text that
+        already is a SHA-256 digest (64 hex digits, in either case) is passed on lower-cased instead of
+        being hashed again, so sources that hash identifiers themselves still match.
+
+        A missing, null, empty or whitespace-only input yields nothing: a hash of blank text would be one
+        identifier shared by every visitor who has none. A boolean, array or object gives up with a warning.
+    "#,
     input: TEXTUAL,
     params: &[],
     variadic: false,
@@ -133,7 +196,12 @@ pub(super) const SHA256: Function = Function {
             args: &[],
             output: Some("\"b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514\""),
         },
-        Example { input: Some("\"\""), args: &[], output: None },
+        Example {
+            input: Some("123"),
+            args: &[],
+            output: Some("\"a665a45920422f9d417e4867efdc4fb8a04a1f3fff1fa07e998e86f7f7a27ae3\""),
+        },
+        Example { input: Some("\"  \""), args: &[], output: None },
     ],
     check_constants: None,
     eval: sha256,
@@ -141,7 +209,18 @@ pub(super) const SHA256: Function = Function {
 
 pub(super) const NORMALIZE_EMAIL: Function = Function {
     name: "normalize_email",
+    category: Category::Text,
     summary: "Trims and lower-cases an email address for matching; an already hashed value passes unchanged.",
+    doc: r#"
+        Removes whitespace and invisible characters (zero-width spaces, byte-order marks) from both ends of
+        the address and lower-cases all of it, so `"  User@Example.COM\t"` and `"user@example.com"` hash
+        alike. It changes nothing else: dots and `+tags` in the local part stay. The result must have text
+        on both sides of an `@`; otherwise it gives up with the warning `not an email address (no @)` or
+        `not an email address (nothing before or after the @)`. The warnings never quote the address. A
+        value that already is a SHA-256 digest (64 hex digits) passes through lower-cased.
+
+        A missing, null or blank input yields nothing. A value that is not a string gives up with a warning.
+    "#,
     input: Ty::STRING,
     params: &[],
     variadic: false,
@@ -164,7 +243,20 @@ pub(super) const NORMALIZE_EMAIL: Function = Function {
 
 pub(super) const E164: Function = Function {
     name: "e164",
+    category: Category::Text,
     summary: "Normalises a phone number to E.164 (+447700900123); an already hashed value passes unchanged.",
+    doc: r#"
+        Parses the number with libphonenumber's metadata (the `phonenumber` crate) and writes it as `+`, the
+        country code and the national number, without spaces, dashes, dots or brackets. A number written
+        with its country code (`+44 7700 900123`, or after the default region's international prefix, `0044
+        7700 900123` in GB) keeps that country; any other is read as a national number of `default_region`.
+        A JSON number is read as its digits. The number is parsed, not checked against the numbering plan,
+        so reserved numbers such as 555-0100 pass.
+
+        A missing, null or blank input yields nothing. Text that is not a phone number gives up with the
+        warning `not a phone number`, which never quotes it. A value that already is a SHA-256 digest (64
+        hex digits) passes through lower-cased.
+    "#,
     input: TEXTUAL,
     params: &[Param {
         name: "default_region",
@@ -183,6 +275,7 @@ pub(super) const E164: Function = Function {
         Example { input: Some("\"07700 900123\""), args: &["\"GB\""], output: Some("\"+447700900123\"") },
         Example { input: Some("\"call me\""), args: &["\"US\""], output: None },
         Example { input: Some("\"\""), args: &["\"US\""], output: None },
+        Example { input: Some("14155550132"), args: &["\"US\""], output: Some("\"+14155550132\"") },
     ],
     check_constants: Some(check_region),
     eval: e164,

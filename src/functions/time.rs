@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use super::numeric::{decimal, text_decimal};
-use super::{present, quoted, Arg, Example, Function, Outcome, Pii, Ty, Val};
+use super::{present, quoted, Arg, Category, Example, Function, Outcome, Pii, Ty, Val};
 use jiff::civil::{Date, DateTime};
 use jiff::tz::Offset;
 use jiff::Timestamp;
@@ -17,7 +17,24 @@ const MILLISECOND_THRESHOLD: i64 = 100_000_000_000;
 
 pub(super) const TO_UNIX_MS: Function = Function {
     name: "to_unix_ms",
+    category: Category::Time,
     summary: "Converts an ISO 8601 timestamp or epoch seconds or milliseconds to Unix milliseconds.",
+    doc: r#"
+        Text is trimmed and read as the first of these that fits: a number (epoch seconds or milliseconds,
+        as below); an RFC 3339 / ISO 8601 timestamp with an offset (`Z`, `+01:00`); a date and time without
+        an offset, taken as UTC; a date alone, taken as midnight UTC; an RFC 2822 date as JavaScript's
+        `toUTCString` and HTTP headers write it (`"Thu, 06 Jun 2024 08:00:00 GMT"`). Fractions of a
+        millisecond are dropped.
+
+        A number, or numeric text, below 10^11 in magnitude is epoch seconds, anything larger epoch
+        milliseconds: 10^11 seconds is the year 5138, while 10^11 milliseconds is 1973, before any event a
+        mapping will see. Fractions of a second are kept to the millisecond (1717660800.5 is 1717660800500).
+
+        A missing, null or blank input yields nothing. Text that is not a timestamp gives up with a warning
+        quoting it (`not a timestamp: "yesterday"`), as do impossible dates (`2024-02-30`), values out of
+        range, booleans, arrays and objects. Whether the time lies in the accepted window is checked later,
+        on the `timestamp_ms` field.
+    "#,
     input: Ty::STRING.union(Ty::NUMBER),
     params: &[],
     variadic: false,
@@ -28,11 +45,16 @@ pub(super) const TO_UNIX_MS: Function = Function {
         Example { input: Some("\"2024-06-06T08:00:00Z\""), args: &[], output: Some("1717660800000") },
         Example { input: Some("\"2026-11-18T18:56:07.748Z\""), args: &[], output: Some("1795028167748") },
         Example { input: Some("\"2024-06-06T09:00:00+01:00\""), args: &[], output: Some("1717660800000") },
+        Example { input: Some("\"2024-06-06T08:00:00\""), args: &[], output: Some("1717660800000") },
         Example { input: Some("\"2024-06-06\""), args: &[], output: Some("1717632000000") },
+        Example { input: Some("\"Thu, 06 Jun 2024 08:00:00 GMT\""), args: &[], output: Some("1717660800000") },
         Example { input: Some("1717660800"), args: &[], output: Some("1717660800000") },
         Example { input: Some("1717660800.5"), args: &[], output: Some("1717660800500") },
         Example { input: Some("1717660800000"), args: &[], output: Some("1717660800000") },
+        Example { input: Some("\"1717660800\""), args: &[], output: Some("1717660800000") },
         Example { input: Some("\"yesterday\""), args: &[], output: None },
+        Example { input: Some("\"2024-02-30\""), args: &[], output: None },
+        Example { input: Some("\"\""), args: &[], output: None },
     ],
     check_constants: None,
     eval: to_unix_ms,

@@ -5,11 +5,23 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::{arg, constant, kind, present, Arg, Example, Function, Outcome, Param, Pii, Ty, Val};
+use super::{arg, constant, kind, present, Arg, Category, Example, Function, Outcome, Param, Pii, Ty, Val};
 
 pub(super) const URL_PARAM: Function = Function {
     name: "url_param",
+    category: Category::Url,
     summary: "Reads one query parameter from a URL, decoded; nothing when it is absent or empty.",
+    doc: r#"
+        The query is the part of the URL after the first `?` and before any `#`; a `?` inside the fragment
+        starts no query. Parameters are split at `&` and decoded as HTML forms encode them (`%2F` is `/`,
+        `+` is a space; a malformed `%` escape is kept as written). The first parameter whose decoded name
+        equals `name` exactly, case included, wins. The URL need not be absolute: `"/p?oppref=abc"` and
+        `"?oppref=abc"` work too.
+
+        A missing or null input, a URL without the parameter, and a parameter with an empty value
+        (`?oppref=` or `?oppref`) all yield nothing. A value that is not a string gives up with the warning
+        `expected a URL string, got …`. `name` must be a literal or a `$parameter`, and not empty.
+    "#,
     input: Ty::STRING,
     params: &[Param {
         name: "name",
@@ -35,6 +47,8 @@ pub(super) const URL_PARAM: Function = Function {
         },
         Example { input: Some("\"https://shop.example/?oppref=\""), args: &["\"oppref\""], output: None },
         Example { input: Some("\"https://shop.example/p\""), args: &["\"oppref\""], output: None },
+        Example { input: Some("\"https://shop.example/?OPPREF=abc\""), args: &["\"oppref\""], output: None },
+        Example { input: Some("\"https://shop.example/#?oppref=abc\""), args: &["\"oppref\""], output: None },
     ],
     check_constants: Some(check_name),
     eval: url_param,
@@ -42,7 +56,16 @@ pub(super) const URL_PARAM: Function = Function {
 
 pub(super) const STRIP_QUERY: Function = Function {
     name: "strip_query",
+    category: Category::Url,
     summary: "Removes the query and fragment from a URL, keeping the page address.",
+    doc: r#"
+        Cuts the text at the first `?` or `#`, keeping scheme, host and path as written, so that query
+        strings (campaign tags, click ids, search terms) do not travel with the page address. It does not
+        parse or validate the URL: any text is accepted, and text with neither character passes unchanged.
+
+        A missing or null input yields nothing. A value that is not a string gives up with the warning
+        `expected a URL string, got …`.
+    "#,
     input: Ty::STRING,
     params: &[],
     variadic: false,
@@ -57,6 +80,7 @@ pub(super) const STRIP_QUERY: Function = Function {
         },
         Example { input: Some("\"https://example.com/a#c?d\""), args: &[], output: Some("\"https://example.com/a\"") },
         Example { input: Some("\"https://example.com/a\""), args: &[], output: Some("\"https://example.com/a\"") },
+        Example { input: Some("\"/checkout?step=2\""), args: &[], output: Some("\"/checkout\"") },
     ],
     check_constants: None,
     eval: strip_query,
