@@ -11,6 +11,7 @@ pub mod identity;
 mod input;
 pub mod plan;
 pub mod presets;
+pub mod relay;
 pub mod run;
 pub mod schema;
 pub mod source;
