@@ -32,6 +32,16 @@ impl Span {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mapping {
     pub items: Vec<Item>,
+    /// Every comment, in file order. They mean nothing to the compiler; the formatter puts them back.
+    pub comments: Vec<Comment>,
+}
+
+/// `# …` to the end of its line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comment {
+    /// The comment as written, from `#` to the end of its line, without trailing whitespace.
+    pub text: String,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -370,18 +380,29 @@ fn write_rule(f: &mut fmt::Formatter<'_>, rule: &Rule, depth: usize) -> fmt::Res
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.matcher {
-            Matcher::Event(s) => write!(f, "{}", quote_string(s.value.clone()))?,
-            Matcher::Kind(k) => write!(f, "{}", k.name)?,
-        }
-        match &self.event_type {
-            RouteType::Standard(t) => write!(f, " -> {}", t.name)?,
-            RouteType::Custom { name, .. } => write!(f, " -> custom({})", quote_string(name.value.clone()))?,
-        }
+        write!(f, "{} -> {}", self.matcher, self.event_type)?;
         if let Some(shape) = &self.shape {
             write!(f, " ({})", shape.name)?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Matcher::Event(s) => f.write_str(&quote_string(s.value.clone())),
+            Matcher::Kind(k) => f.write_str(&k.name),
+        }
+    }
+}
+
+impl fmt::Display for RouteType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteType::Standard(t) => f.write_str(&t.name),
+            RouteType::Custom { name, .. } => write!(f, "custom({})", quote_string(name.value.clone())),
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! The `engine` command line: argument parsing, file and stream I/O, and exit codes. It owns everything the
 //! library deliberately does not do (reading files, stdin and stdout, clocks); the mapping work is the library's.
 //!
-//! Exit codes: 0 success; 1 findings (`check` found errors, or `run` was given a mapping with errors);
-//! 2 usage or I/O error.
+//! Exit codes: 0 success; 1 findings (`check` found errors, `run` was given a mapping with errors, a mapping
+//! test failed or could not be run, or `fmt` met a file that is not formatted under `--check` or has syntax
+//! errors); 2 usage or I/O error.
+
+mod fmt;
 
 use std::fs;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
@@ -15,6 +18,7 @@ use serde_json::{json, Map, Value};
 use signal_engine::diagnostic::{self, RenderOptions};
 use signal_engine::functions;
 use signal_engine::identity::MemoryStore;
+use signal_engine::mapping_test;
 use signal_engine::presets;
 use signal_engine::run::{DropReason, Outcome, RejectReason};
 use signal_engine::source::FileLoader;
@@ -95,6 +99,24 @@ enum Command {
     },
     /// Lists the function library: signatures, docs and examples (`--format markdown` is docs/functions.md).
     Functions(FunctionsArgs),
+    /// Serves the language server protocol on stdin and stdout, for editors (see README "Editor support").
+    Lsp,
+    /// Runs mapping tests: `*.test.yaml` files of input events and the outcomes expected (exit 1 on a failure).
+    Test(TestArgs),
+    /// Formats mapping files in place: rule tables aligned, comments kept; `-` formats stdin to stdout.
+    Fmt(FmtArgs),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Test files, or directories searched for `*.test.yaml`; default: `mappings/` if it exists, else `.`.
+    paths: Vec<PathBuf>,
+    /// Run only the cases whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Colour: auto, always or never.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +133,16 @@ enum DocFormat {
     Text,
     Markdown,
     Json,
+}
+
+#[derive(clap::Args)]
+struct FmtArgs {
+    /// Change nothing: name the files that are not formatted, show how, and exit 1 if there are any.
+    #[arg(long)]
+    check: bool,
+    /// Mapping files; a directory stands for every `.map` file below it, `-` for stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,6 +185,9 @@ pub fn main() -> ExitCode {
             explain(ExplainArgs { map, params, now, stateless, show_pii, format })
         }
         Command::Functions(args) => functions(&args),
+        Command::Lsp => lsp(),
+        Command::Test(args) => test(args),
+        Command::Fmt(FmtArgs { check, paths }) => fmt::fmt(&paths, check),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -189,6 +224,15 @@ fn functions(args: &FunctionsArgs) -> Result<u8, Failure> {
     };
     write_or_quit(&mut io::stdout().lock(), text.as_bytes())?;
     Ok(0)
+}
+
+/// Exit 0 after `shutdown` and `exit`; 1 when the client sent `exit` without `shutdown`, as the protocol asks.
+fn lsp() -> Result<u8, Failure> {
+    match crate::lsp::serve_stdio() {
+        Ok(()) => Ok(0),
+        Err(crate::lsp::LspError::ExitWithoutShutdown) => Ok(1),
+        Err(error) => Err(usage(format!("lsp: {error}"))),
+    }
 }
 
 fn read_params(path: Option<&Path>) -> Result<Map<String, Value>, Failure> {
@@ -279,6 +323,59 @@ fn check(paths: &[PathBuf], params: Option<&Path>, format: Format, color: Color)
         }
     }
     Ok(if errors > 0 { 1 } else { 0 })
+}
+
+/// `engine test`: every test file named or found, run in path order; the outcome of each case as it finishes.
+fn test(args: TestArgs) -> Result<u8, Failure> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Failure> {
+        let entries = fs::read_dir(dir).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.to_string_lossy().ends_with(mapping_test::TEST_FILE_SUFFIX) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let roots = if args.paths.is_empty() {
+        vec![PathBuf::from(if Path::new("mappings").is_dir() { "mappings" } else { "." })]
+    } else {
+        args.paths
+    };
+    let mut files = Vec::new();
+    for root in &roots {
+        if root.is_dir() {
+            let before = files.len();
+            walk(root, &mut files)?;
+            if files.len() == before {
+                return Err(usage(format!("no `*{}` files in {}", mapping_test::TEST_FILE_SUFFIX, root.display())));
+            }
+        } else {
+            files.push(root.clone());
+        }
+    }
+    let style = mapping_test::Style { color: use_color(args.color) };
+    let mut stdout = io::stdout().lock();
+    let mut reports = Vec::with_capacity(files.len());
+    for file in &files {
+        let text = fs::read_to_string(file).map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
+        let report = mapping_test::run_file(&file.to_string_lossy(), &text, &FileLoader, args.filter.as_deref());
+        write_or_quit(&mut stdout, mapping_test::render_progress(&report, style).as_bytes())?;
+        reports.push(report);
+    }
+    write_or_quit(&mut stdout, mapping_test::render_summary(&reports, style).as_bytes())?;
+    Ok(if reports.iter().all(mapping_test::FileReport::ok) { 0 } else { 1 })
+}
+
+fn use_color(color: Color) -> bool {
+    match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -1,6 +1,7 @@
 //! The `engine` binary: a thin shell over the `signal_engine` library (see `cli` for commands and exit codes).
 
 mod cli;
+mod lsp;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -19,7 +19,8 @@ pub fn parse(file: FileId, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut items = Vec::new();
     // Editors on Windows start files with a byte order mark; it is not part of the mapping.
-    let mut offset = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let start = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let mut offset = start;
     loop {
         match MappingParser::parse(Rule::file, &text[offset..]) {
             Ok(mut pairs) => {
@@ -39,10 +40,37 @@ pub fn parse(file: FileId, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
         }
     }
     if errors.is_empty() {
-        Ok(Mapping { items })
+        Ok(Mapping { items, comments: comments(file, text, start) })
     } else {
         Err(errors)
     }
+}
+
+/// The comments of a file that parsed, in order. The grammar skips them silently; outside comments, `#` can only
+/// stand inside a string, and strings never span lines, so a scan that steps over strings finds exactly the
+/// comments the parser skipped.
+fn comments(file: FileId, text: &str, start: usize) -> Vec<Comment> {
+    // Byte-wise: the bytes looked for are ASCII, and no byte of a multi-byte character equals an ASCII byte.
+    let bytes = text.as_bytes();
+    let mut comments = Vec::new();
+    let mut at = start;
+    let mut in_string = false;
+    while at < bytes.len() {
+        match (in_string, bytes[at]) {
+            (true, b'\\') => at += 1,
+            (true, b'"' | b'\n') | (false, b'"') => in_string = !in_string,
+            (false, b'#') => {
+                let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+                let comment = text[at..line_end].trim_end();
+                comments.push(Comment { text: comment.to_string(), span: Span::new(file, at, at + comment.len()) });
+                at = line_end;
+                continue;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    comments
 }
 
 /// Parses a single pipe call such as `multiply(100)` or `sha256`, for function examples and tools.
@@ -254,14 +282,7 @@ struct Lowering<'e> {
 
 impl Lowering<'_> {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
-        let s = pair.as_span();
-        // A rule that ends in an optional or repeated part (`shape?`, `pipe*`, `block?`) has already skipped the
-        // whitespace and comments before it when that part is absent; they are not part of the node.
-        let end = match pair.clone().into_inner().last() {
-            Some(last) if is_trivia(&s.as_str()[last.as_span().end() - s.start()..]) => last.as_span().end(),
-            _ => s.end(),
-        };
-        Span::new(self.file, s.start() + self.offset, end + self.offset)
+        Span::new(self.file, pair.as_span().start() + self.offset, code_end(pair) + self.offset)
     }
 
     fn file(mut self, pair: Pair<'_, Rule>) -> Vec<Item> {
@@ -578,6 +599,24 @@ impl Lowering<'_> {
             1
         });
         Duration { text, millis, span }
+    }
+}
+
+/// Where a pair's code ends. A rule that ends in an optional or repeated part (`shape?`, `pipe*`, `block?`) has
+/// already skipped the whitespace and comments before it when that part is absent; they are not part of the node,
+/// nor of the nodes that end with it.
+fn code_end(pair: &Pair<'_, Rule>) -> usize {
+    let span = pair.as_span();
+    match pair.clone().into_inner().last() {
+        Some(last) => {
+            let last_end = code_end(&last);
+            if is_trivia(&span.as_str()[last_end - span.start()..]) {
+                last_end
+            } else {
+                span.end()
+            }
+        }
+        None => span.end(),
     }
 }
 

@@ -3,8 +3,11 @@
 mod cli;
 mod diagnostics;
 mod explain;
+mod format;
 mod functions;
 mod grammar;
+mod lsp;
+mod mapping_tests;
 mod presets;
 mod properties;
 mod runtime;
