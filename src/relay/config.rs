@@ -171,6 +171,15 @@ impl RelayConfig {
         build(file, base, env, false).map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
     }
 
+    /// Only the data directory of `path`, for tools that open the store without running the relay.
+    pub fn data_dir_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let file: File = serde_norway::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(file.data_dir.map(|d| base.join(d)).unwrap_or_else(|| base.join("relay-data")))
+    }
+
     /// The configuration of `engine serve` without a file: a local trial on 127.0.0.1, delivering nowhere.
     pub fn trial(data_dir: PathBuf) -> RelayConfig {
         let file = File { data_dir: Some(data_dir), dry_run: Some(true), ..File::default() };

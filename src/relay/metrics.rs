@@ -60,7 +60,7 @@ impl Metrics {
         };
         registry.register("events_received", "Signal events accepted and stored", metrics.received.clone());
         registry.register(
-            "events_mapped",
+            "events",
             "Events per pixel by outcome (mapped, dropped, rejected) and reason",
             metrics.outcomes.clone(),
         );
