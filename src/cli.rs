@@ -58,15 +58,8 @@ enum Command {
     },
     /// Maps Signal events (NDJSON on stdin) to OpenAI events (NDJSON on stdout).
     Run {
-        /// The mapping to apply; without it, the embedded default preset (mappings/openai_ads.map).
-        #[arg(long)]
-        map: Option<PathBuf>,
-        /// Parameter values: a YAML mapping of name to value.
-        #[arg(long)]
-        params: Option<PathBuf>,
-        /// The time the timestamp window is checked against (RFC 3339); default: the current time.
-        #[arg(long)]
-        now: Option<String>,
+        #[command(flatten)]
+        mapping: MappingArgs,
         /// Map each event alone, without identity memory.
         #[arg(long)]
         stateless: bool,
@@ -83,15 +76,8 @@ enum Command {
     /// Explains how events (JSON on stdin: one document, several, or an array) are mapped: the rule, source value
     /// and each function's result behind every output field, and why other rules produced nothing.
     Explain {
-        /// The mapping to apply; without it, the embedded default preset (mappings/openai_ads.map).
-        #[arg(long)]
-        map: Option<PathBuf>,
-        /// Parameter values: a YAML mapping of name to value.
-        #[arg(long)]
-        params: Option<PathBuf>,
-        /// The time the timestamp window is checked against (RFC 3339); default: the current time.
-        #[arg(long)]
-        now: Option<String>,
+        #[command(flatten)]
+        mapping: MappingArgs,
         /// Explain each event alone, without identity memory from the events before it.
         #[arg(long)]
         stateless: bool,
@@ -122,6 +108,20 @@ struct TestArgs {
     /// Colour: auto, always or never.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+}
+
+/// The mapping `run` and `explain` apply, and the clock they apply it at.
+#[derive(clap::Args)]
+struct MappingArgs {
+    /// The mapping to apply; without it, the embedded default preset (mappings/openai_ads.map).
+    #[arg(long)]
+    map: Option<PathBuf>,
+    /// Parameter values: a YAML mapping of name to value.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// The time the timestamp window is checked against (RFC 3339); default: the current time.
+    #[arg(long)]
+    now: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -183,11 +183,11 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check { files, params, format, color } => check(&files, params.as_deref(), format, color),
-        Command::Run { map, params, now, stateless, batch, rejects, identity_capacity } => {
-            run(RunArgs { map, params, now, stateless, batch, rejects, identity_capacity })
+        Command::Run { mapping, stateless, batch, rejects, identity_capacity } => {
+            run(RunArgs { mapping, stateless, batch, rejects, identity_capacity })
         }
-        Command::Explain { map, params, now, stateless, show_pii, format } => {
-            explain(ExplainArgs { map, params, now, stateless, show_pii, format })
+        Command::Explain { mapping, stateless, show_pii, format } => {
+            explain(ExplainArgs { mapping, stateless, show_pii, format })
         }
         Command::Functions(args) => functions(&args),
         Command::Lsp => lsp(),
@@ -403,9 +403,7 @@ fn write_or_quit(out: &mut impl Write, bytes: &[u8]) -> Result<(), Failure> {
 }
 
 struct RunArgs {
-    map: Option<PathBuf>,
-    params: Option<PathBuf>,
-    now: Option<String>,
+    mapping: MappingArgs,
     stateless: bool,
     batch: bool,
     rejects: Option<PathBuf>,
@@ -453,20 +451,18 @@ fn now_ms(now: Option<&str>) -> Result<i64, Failure> {
 }
 
 struct ExplainArgs {
-    map: Option<PathBuf>,
-    params: Option<PathBuf>,
-    now: Option<String>,
+    mapping: MappingArgs,
     stateless: bool,
     show_pii: bool,
     format: Format,
 }
 
 fn explain(args: ExplainArgs) -> Result<u8, Failure> {
-    let Some(compiled) = load_mapping(args.map.as_deref(), args.params.as_deref(), "explain")? else {
+    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "explain")? else {
         return Ok(1);
     };
     let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
-    let now_ms = now_ms(args.now.as_deref())?;
+    let now_ms = now_ms(args.mapping.now.as_deref())?;
     let mut text = String::new();
     io::Read::read_to_string(&mut io::stdin().lock(), &mut text)
         .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
@@ -504,11 +500,11 @@ fn explain(args: ExplainArgs) -> Result<u8, Failure> {
 }
 
 fn run(args: RunArgs) -> Result<u8, Failure> {
-    let Some(compiled) = load_mapping(args.map.as_deref(), args.params.as_deref(), "run")? else {
+    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "run")? else {
         return Ok(1);
     };
     let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
-    let now_ms = now_ms(args.now.as_deref())?;
+    let now_ms = now_ms(args.mapping.now.as_deref())?;
     let mut reports: Box<dyn Write> = match &args.rejects {
         Some(path) => Box::new(BufWriter::new(
             fs::File::create(path).map_err(|e| usage(format!("cannot create {}: {e}", path.display())))?,

@@ -3,14 +3,15 @@
 //! meaning is the same, every comment survives in order, files with syntax errors are refused with the
 //! diagnostics `engine check` gives); and the command line: `--check`, rewriting in place, stdin.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use proptest::prelude::*;
 use signal_engine::format::{format, FILE};
 use signal_engine::source::MemoryLoader;
 use signal_engine::{compile, syntax, CompileOptions};
+
+use crate::support::text;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -178,20 +179,7 @@ proptest! {
 // ---- the command line ----
 
 fn engine(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the engine binary starts");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    crate::support::engine_in(dir, args, stdin)
 }
 
 const MESSY: &str = "messageId->id\n\"web\"   ->   action_source # where\n";

@@ -1,7 +1,7 @@
 //! `engine functions` and `docs/functions.md`: the reference is generated from the function declarations, and
 //! the committed file must be exactly what they generate.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use signal_engine::ast::FileId;
@@ -10,11 +10,7 @@ use signal_engine::{functions, syntax};
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/functions.md");
 
 fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the engine binary starts")
+    crate::support::engine(args, "")
 }
 
 fn stdout(output: &Output) -> String {

@@ -1,15 +1,11 @@
 //! `engine test`, spawned as a user runs it: the shipped presets' test files pass, a failing test file shows a
 //! field-by-field diff with each field's rule, an invalid test file is named with its line, and exit codes.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn engine_test(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-        .arg("test")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the engine binary starts")
+    let args: Vec<&str> = std::iter::once("test").chain(args.iter().copied()).collect();
+    crate::support::engine(&args, "")
 }
 
 fn stdout(output: &Output) -> String {

@@ -11,3 +11,4 @@ mod mapping_tests;
 mod presets;
 mod properties;
 mod runtime;
+mod support;
