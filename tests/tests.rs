@@ -3,6 +3,7 @@
 mod cli;
 mod diagnostics;
 mod explain;
+mod fake_openai;
 mod format;
 mod functions;
 mod grammar;
@@ -10,5 +11,6 @@ mod lsp;
 mod mapping_tests;
 mod presets;
 mod properties;
+mod relay;
 mod runtime;
 mod support;

@@ -60,8 +60,9 @@ enum DlqAction {
 pub(super) fn serve(args: ServeArgs) -> Result<u8, Failure> {
     init_logging(args.json_logs);
     let config = match &args.config {
-        Some(path) => RelayConfig::load(path, &|name| std::env::var(name).ok())
-            .map_err(|e| Failure { code: 2, message: e.0 })?,
+        Some(path) => {
+            RelayConfig::load(path, &|name| std::env::var(name).ok()).map_err(|e| Failure { code: 2, message: e.0 })?
+        }
         None => {
             let config = RelayConfig::trial(PathBuf::from("relay-data"));
             tracing::info!(
@@ -92,9 +93,7 @@ fn init_logging(json: bool) {
 pub(super) fn dlq(args: DlqArgs) -> Result<u8, Failure> {
     let data_dir = match (&args.data_dir, &args.config) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(config)) => {
-            RelayConfig::data_dir_of(config).map_err(|e| Failure { code: 2, message: e.0 })?
-        }
+        (None, Some(config)) => RelayConfig::data_dir_of(config).map_err(|e| Failure { code: 2, message: e.0 })?,
         (None, None) => PathBuf::from("relay-data"),
     };
     let store = open(&data_dir)?;
@@ -142,9 +141,8 @@ fn open(data_dir: &Path) -> Result<RedbStore, Failure> {
     if !data_dir.join(RedbStore::FILE).is_file() {
         return Err(usage(format!("no relay store in {}", data_dir.display())));
     }
-    RedbStore::open(data_dir).map_err(|e| {
-        usage(format!("{} (if the relay is running it holds the store: stop it first)", e.0))
-    })
+    RedbStore::open(data_dir)
+        .map_err(|e| usage(format!("{} (if the relay is running it holds the store: stop it first)", e.0)))
 }
 
 fn storage(error: signal_engine::relay::store::StoreError) -> Failure {

@@ -164,17 +164,18 @@ pub struct ConfigError(pub String);
 impl RelayConfig {
     /// Reads and validates `path`; `env` looks up environment variables (injected so tests need not set them).
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<RelayConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         let file: File = serde_norway::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        build(file, base, env, false).map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
+        build(file, base, env, false)
+            .map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
     }
 
     /// Only the data directory of `path`, for tools that open the store without running the relay.
     pub fn data_dir_of(path: &Path) -> Result<PathBuf, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         let file: File = serde_norway::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(file.data_dir.map(|d| base.join(d)).unwrap_or_else(|| base.join("relay-data")))
@@ -229,9 +230,7 @@ fn build(
         auth_probe: Duration::from_millis(file.retry.auth_probe_ms.unwrap_or(60_000)),
     };
     if retry.initial_backoff.is_zero() || retry.max_backoff < retry.initial_backoff {
-        return Err(ConfigError(
-            "`retry`: initial_backoff_ms must be positive and at most max_backoff_ms".to_string(),
-        ));
+        return Err(ConfigError("`retry`: initial_backoff_ms must be positive and at most max_backoff_ms".to_string()));
     }
     let mut files = file.integrations;
     let from_list = !files.is_empty();
@@ -319,13 +318,21 @@ fn ingestion(file: IngestionFile, env: &dyn Fn(&str) -> Option<String>) -> Resul
     let mut keys = Vec::new();
     for (index, key) in file.keys.into_iter().enumerate() {
         let field = |name: &str| format!("ingestion.keys[{index}].{name}");
-        let secret = |value: Option<String>, variable: Option<String>, name: &str| -> Result<Option<SecretString>, ConfigError> {
+        let secret = |value: Option<String>,
+                      variable: Option<String>,
+                      name: &str|
+         -> Result<Option<SecretString>, ConfigError> {
             match (value, variable) {
-                (Some(_), Some(_)) => Err(ConfigError(format!("`{}` and `{}_env`: give one of them", field(name), field(name)))),
+                (Some(_), Some(_)) => {
+                    Err(ConfigError(format!("`{}` and `{}_env`: give one of them", field(name), field(name))))
+                }
                 (Some(value), None) => Ok(Some(SecretString::from(value))),
                 (None, Some(variable)) => match env(&variable) {
                     Some(value) if !value.is_empty() => Ok(Some(SecretString::from(value))),
-                    _ => Err(ConfigError(format!("`{}_env`: the environment variable {variable} is not set", field(name)))),
+                    _ => Err(ConfigError(format!(
+                        "`{}_env`: the environment variable {variable} is not set",
+                        field(name)
+                    ))),
                 },
                 (None, None) => Ok(None),
             }
@@ -383,8 +390,8 @@ mod tests {
 
     #[test]
     fn a_single_pixel_at_the_top_level_with_the_key_from_the_environment() {
-        let config = load("pixel_id: px_1\nconsent_category: ads\n", &[("OPENAI_ADS_API_KEY", "sk-secret-value")])
-            .unwrap();
+        let config =
+            load("pixel_id: px_1\nconsent_category: ads\n", &[("OPENAI_ADS_API_KEY", "sk-secret-value")]).unwrap();
         let pixel = &config.integrations[0];
         assert_eq!((pixel.name.as_str(), pixel.pixel_id.as_str()), ("default", "px_1"));
         assert_eq!(pixel.params["consent_category"], "ads");
@@ -404,7 +411,10 @@ mod tests {
             ("pixel_id: px\napi_key: k\npixle: 1\n", "unknown field `pixle`"),
             ("integrations:\n  - pixel_id: a\n    api_key: k\n  - pixel_id: b\n", "`integrations[1].api_key_env`"),
             ("pixel_id: px\napi_key: k\nlisten: 0.0.0.0:80\n", "`ingestion.keys`: none configured"),
-            ("pixel_id: px\napi_key: k\ningestion: {keys: [{key: short}]}\n", "`ingestion.keys[0].key`: a key must be at least 8"),
+            (
+                "pixel_id: px\napi_key: k\ningestion: {keys: [{key: short}]}\n",
+                "`ingestion.keys[0].key`: a key must be at least 8",
+            ),
         ];
         for (yaml, expected) in cases {
             let error = load(yaml, &[]).expect_err(yaml);

@@ -162,10 +162,7 @@ struct Filter {
 }
 
 pub(super) fn routes(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/debug/events", get(events))
-        .route("/debug", get(page))
-        .with_state(shared)
+    Router::new().route("/debug/events", get(events)).route("/debug", get(page)).with_state(shared)
 }
 
 async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>) -> Response {

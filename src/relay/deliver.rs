@@ -25,11 +25,20 @@ use crate::run::{WINDOW_FUTURE_MS, WINDOW_PAST_MS};
 enum Answer {
     Accepted,
     /// The batch was refused as a whole (400, 422, 413): some event in it is bad.
-    Refused { status: u16, body: String },
+    Refused {
+        status: u16,
+        body: String,
+    },
     /// Try again later (429, 5xx, timeout, connection error).
-    Later { after: Option<Duration>, why: String },
+    Later {
+        after: Option<Duration>,
+        why: String,
+    },
     /// The key is invalid or not authorised for this pixel (401, 403).
-    Unauthorized { status: u16, body: String },
+    Unauthorized {
+        status: u16,
+        body: String,
+    },
 }
 
 /// How a round of delivery ended.
@@ -194,9 +203,9 @@ impl Deliverer {
     /// Dead-letters the events OpenAI would refuse for their age (or a clock far ahead); returns the others.
     async fn expire(&self, batch: Vec<(u64, Pending)>) -> Result<Vec<(u64, Pending)>, StoreError> {
         let now = now_ms();
-        let (expired, live): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, p)| {
-            p.timestamp_ms.is_some_and(|t| t < now - WINDOW_PAST_MS || t > now + WINDOW_FUTURE_MS)
-        });
+        let (expired, live): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(_, p)| p.timestamp_ms.is_some_and(|t| t < now - WINDOW_PAST_MS || t > now + WINDOW_FUTURE_MS));
         if !expired.is_empty() {
             let dead: Vec<(u64, String, String)> = expired
                 .iter()
@@ -372,7 +381,11 @@ mod tests {
         for failures in 1..40 {
             let ceiling = Duration::from_millis(100 * (1u64 << (failures - 1).min(20))).min(Duration::from_secs(2));
             let delay = backoff(&retry, failures);
-            assert!(delay <= ceiling && delay >= ceiling / 2, "{failures}: {delay:?} not in [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "{failures}: {delay:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
         }
     }
 

@@ -75,6 +75,7 @@ pub(super) fn router(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) -> Router {
 }
 
 /// A refused request: status and a JSON body naming the problem.
+#[derive(Debug)]
 struct Problem {
     status: StatusCode,
     message: String,
@@ -292,7 +293,7 @@ impl Ingress {
         }
         let signature = header_text("x-signal-signature")
             .and_then(|s| s.trim().strip_prefix("sha256="))
-            .and_then(|hex| decode_hex(hex))
+            .and_then(decode_hex)
             .ok_or_else(|| unauthorized("missing or malformed X-Signal-Signature (sha256=<hex>)".into()))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
             .map_err(|_| unauthorized("the key's secret cannot be used".into()))?;
@@ -398,8 +399,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                     let text = event.to_string();
                     for pixel in &shared.pixels {
                         let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.config.name };
-                        let explanation =
-                            explain(&pixel.plan, &text, &mut Context::with_identity(now, &mut memory));
+                        let explanation = explain(&pixel.plan, &text, &mut Context::with_identity(now, &mut memory));
                         let mut event_id = None;
                         if let Outcome::Mapped(mapped) = &explanation.outcome {
                             let output: Value = serde_json::from_str(&mapped.json).unwrap_or(Value::Null);

@@ -66,15 +66,19 @@ impl Metrics {
         );
         registry.register("events_delivered", "OpenAI events accepted by OpenAI", metrics.delivered.clone());
         registry.register("requests_retried", "OpenAI requests that will be retried", metrics.retried.clone());
-        registry.register("events_dead_lettered", "Events moved to the dead-letter store", metrics.dead_lettered.clone());
+        registry.register(
+            "events_dead_lettered",
+            "Events moved to the dead-letter store",
+            metrics.dead_lettered.clone(),
+        );
         registry.register("ingestion_refused", "Events refused at ingestion, by reason", metrics.refused.clone());
         registry.register("queue_depth", "OpenAI events waiting for delivery", metrics.queue_depth.clone());
-        registry.register("pixel_paused", "1 while a pixel is paused on an authentication error", metrics.paused.clone());
         registry.register(
-            "batch_latency_seconds",
-            "Time OpenAI took to answer a batch",
-            metrics.batch_latency.clone(),
+            "pixel_paused",
+            "1 while a pixel is paused on an authentication error",
+            metrics.paused.clone(),
         );
+        registry.register("batch_latency_seconds", "Time OpenAI took to answer a batch", metrics.batch_latency.clone());
         for name in pixels {
             metrics.queue_depth.get_or_create(&pixel(name)).set(0);
             metrics.paused.get_or_create(&pixel(name)).set(0);
@@ -145,12 +149,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 /// 200 while every pixel delivers; 503 naming the paused pixels (their events are kept) or a failing store.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let paused: Vec<&str> = shared
-        .pixels
-        .iter()
-        .filter(|p| p.paused.load(Ordering::Relaxed))
-        .map(|p| p.config.name.as_str())
-        .collect();
+    let paused: Vec<&str> =
+        shared.pixels.iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.config.name.as_str()).collect();
     let store = shared.store.stored_bytes();
     let status = if paused.is_empty() && store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({

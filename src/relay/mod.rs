@@ -86,12 +86,7 @@ fn compile_pixels(config: &RelayConfig) -> Result<Vec<Pixel>, ConfigError> {
             );
             return Err(ConfigError(format!("mapping of `{}` has errors:\n{rendered}", integration.name)));
         };
-        pixels.push(Pixel {
-            config: integration.clone(),
-            plan,
-            queued: Notify::new(),
-            paused: Default::default(),
-        });
+        pixels.push(Pixel { config: integration.clone(), plan, queued: Notify::new(), paused: Default::default() });
     }
     Ok(pixels)
 }
@@ -102,9 +97,8 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     // reqwest's TLS needs a process-wide crypto provider; a second relay in the same process finds it installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pixels = compile_pixels(&config)?;
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?,
-    );
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ConfigError(format!("`listen`: cannot listen on {}: {e}", config.listen)))?;

@@ -324,11 +324,7 @@ impl Store for RedbStore {
 
 impl RedbStore {
     fn chosen(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<Vec<DeadLetter>, StoreError> {
-        Ok(self
-            .dead_letters(pixel)?
-            .into_iter()
-            .filter(|d| seqs.is_none_or(|s| s.contains(&d.seq)))
-            .collect())
+        Ok(self.dead_letters(pixel)?.into_iter().filter(|d| seqs.is_none_or(|s| s.contains(&d.seq))).collect())
     }
 
     /// How many visitor keys identity memory holds.
