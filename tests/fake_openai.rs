@@ -45,6 +45,8 @@ struct FakeState {
     keys: HashMap<(String, String), usize>,
     duplicates: usize,
     requests: Vec<Seen>,
+    /// Requests that reached the fake, including those still waiting for a scripted answer.
+    arrived: usize,
     /// Events whose `id` is listed here make the batch fail with 400, as a malformed event would.
     poisoned: Vec<String>,
 }
@@ -105,6 +107,11 @@ impl FakeOpenAi {
         self.lock().requests.clone()
     }
 
+    /// How many requests arrived, answered or not (a `Hang` never answers).
+    pub fn arrived(&self) -> usize {
+        self.lock().arrived
+    }
+
     /// Waits until `n` distinct events were accepted, or fails after `within`.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
         let deadline = Instant::now() + within;
@@ -133,7 +140,11 @@ async fn events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let scripted = state.lock().unwrap_or_else(|p| p.into_inner()).script.pop_front();
+    let scripted = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        state.arrived += 1;
+        state.script.pop_front()
+    };
     match scripted {
         Some(Scripted::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -12,5 +12,6 @@ mod mapping_tests;
 mod presets;
 mod properties;
 mod relay;
+mod relay_process;
 mod runtime;
 mod support;

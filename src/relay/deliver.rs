@@ -114,7 +114,13 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
         if live.is_empty() {
             continue;
         }
-        match deliverer.round(&live).await {
+        let round = tokio::select! {
+            round = deliverer.round(&live) => round,
+            // A request OpenAI is slow to answer must not hold up a shutdown: its events stay queued and are sent
+            // again, under the same ids, when the relay next starts.
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        match round {
             Round::Done => {
                 failures = 0;
                 if pixel.paused.swap(false, Ordering::Relaxed) {
