@@ -12,6 +12,7 @@ mod mapping_tests;
 mod presets;
 mod properties;
 mod relay;
+mod relay_browser;
 mod relay_dlq;
 mod relay_process;
 mod runtime;

@@ -192,6 +192,8 @@ const PAGE: &str = r#"<!doctype html>
   .event { border: 1px solid #ccc; border-radius: 6px; margin: .6rem 0; padding: .5rem .8rem; }
   .event header { display: flex; gap: 1rem; flex-wrap: wrap; }
   .state { font-weight: 600; }
+  .event-id { color: #57606a; }
+  .why { margin: .3rem 0; }
   .delivered { color: #1a7f37; } .dead_lettered, .rejected { color: #cf222e; } .queued { color: #9a6700; }
   pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; font-size: 12px; }
   details summary { cursor: pointer; }
@@ -208,8 +210,9 @@ function text(tag, content, cls) {
   if (cls) el.className = cls;
   return el;
 }
-function block(title, value, open) {
+function block(stage, title, value, open) {
   const d = document.createElement('details');
+  d.dataset.stage = stage;
   if (open) d.open = true;
   d.appendChild(text('summary', title));
   d.appendChild(text('pre', typeof value === 'string' ? value : JSON.stringify(value, null, 2)));
@@ -225,24 +228,29 @@ async function refresh() {
       const div = document.createElement('div');
       div.className = 'event';
       div.dataset.eventId = e.event_id || '';
+      div.dataset.state = e.state;
       const head = document.createElement('header');
       head.appendChild(text('span', e.input.event || e.input.type || '(no type)'));
+      if (e.event_id) head.appendChild(text('code', e.event_id, 'event-id'));
       head.appendChild(text('span', 'pixel ' + e.pixel));
       head.appendChild(text('span', e.state, 'state ' + e.state));
       if (e.reason) head.appendChild(text('span', e.reason));
       head.appendChild(text('span', new Date(e.received_ms).toISOString()));
       div.appendChild(head);
-      div.appendChild(block('input (personal data masked)', e.input));
+      div.appendChild(block('input', 'input (personal data masked)', e.input));
       const outcome = e.explanation.outcome || {};
-      if (outcome.event) div.appendChild(block('mapped payload', outcome.event, true));
-      div.appendChild(block('field provenance', e.explanation.fields || []));
+      if (outcome.message) div.appendChild(text('p', outcome.message, 'why'));
+      if (outcome.event) div.appendChild(block('payload', 'mapped payload', outcome.event, true));
+      div.appendChild(block('provenance', 'field provenance', e.explanation.fields || []));
       for (const a of e.attempts) {
         const label = (a.dry_run ? 'dry run' : 'HTTP ' + (a.status ?? 'no response')) + ' — batch of ' + a.batch_size;
-        div.appendChild(block('delivery: ' + label, a.response, true));
+        const attempt = block('delivery', 'delivery: ' + label, a.response, true);
+        attempt.dataset.status = a.dry_run ? 'dry-run' : String(a.status ?? 'none');
+        div.appendChild(attempt);
       }
       list.appendChild(div);
     }
-    document.getElementById('status').textContent = entries.length + ' events';
+    document.getElementById('status').textContent = entries.length + (entries.length === 1 ? ' event' : ' events');
   } catch (error) {
     document.getElementById('status').textContent = 'cannot load events: ' + error;
   }
