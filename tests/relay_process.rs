@@ -360,3 +360,37 @@ async fn sigterm_during_a_request_openai_never_answers_exits_promptly_and_keeps_
     assert_eq!(accepted[0]["id"], "hang-1", "the event interrupted in flight is sent again after the restart");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_api_key_pauses_the_pixel_where_a_supervisor_sees_it_and_delivery_resumes_once_openai_takes_it() {
+    // OpenAI does not know the relay's key yet (it was revoked, or is not active).
+    let fake = FakeOpenAi::start("sk-not-the-relays-key", &[PIXEL]).await;
+    let dir = data_dir("auth-pause");
+    let relay = RelayProcess::spawn(&write_config(&dir, &fake.url, "")).await;
+    let (acked, _) = load(relay.addr, "k", 2, 50).await;
+    relay.wait_for_log("delivery is paused", Duration::from_secs(30)).await;
+
+    let client = client();
+    let health = client.get(format!("http://{}/healthz", relay.addr)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!((&health["status"], &health["paused_pixels"]), (&json!("degraded"), &json!(["default"])));
+    let metrics = client.get(format!("http://{}/metrics", relay.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"signal_relay_pixel_paused{pixel="default"} 1"#), "{metrics}");
+    assert!(metrics.contains(&format!(r#"signal_relay_queue_depth{{pixel="default"}} {}"#, acked.len())), "{metrics}");
+
+    // While paused, the relay probes every `auth_probe_ms` (100 ms here) instead of hammering OpenAI.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let probes: Vec<Instant> = fake.requests().iter().filter(|r| r.status == 401).map(|r| r.at).collect();
+    assert!(probes.len() >= 3, "{} probes", probes.len());
+    assert!(probes.windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(90)), "probes too close: {probes:?}");
+
+    fake.set_api_key(API_KEY);
+    let accepted = fake.wait_for(acked.len(), Duration::from_secs(30)).await;
+    assert_eq!(accepted.len(), acked.len(), "nothing was dropped while paused");
+    let health = client.get(format!("http://{}/healthz", relay.addr)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_key_kept_secret(&relay.logs(), &dir.join("data"));
+    drop(relay);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -14,6 +14,7 @@ mod properties;
 mod relay;
 mod relay_browser;
 mod relay_dlq;
+mod relay_docs;
 mod relay_process;
 mod runtime;
 mod support;

@@ -79,10 +79,16 @@ impl Metrics {
             metrics.paused.clone(),
         );
         registry.register("batch_latency_seconds", "Time OpenAI took to answer a batch", metrics.batch_latency.clone());
+        // Series that alerts watch exist from the start, so that a first dead letter or refusal is an increase.
+        metrics.refused.get_or_create(&vec![("reason", "disk_cap".to_string())]).inc_by(0);
         for name in pixels {
             metrics.queue_depth.get_or_create(&pixel(name)).set(0);
             metrics.paused.get_or_create(&pixel(name)).set(0);
             metrics.delivered.get_or_create(&pixel(name)).inc_by(0);
+            for reason in ["expired", "rejected"] {
+                let labels = vec![("pixel", name.to_string()), ("reason", reason.to_string())];
+                metrics.dead_lettered.get_or_create(&labels).inc_by(0);
+            }
         }
         Metrics { registry, ..metrics }
     }
