@@ -24,7 +24,7 @@ const KEY_ENV: &str = "ENGINE_TEST_OPENAI_KEY";
 pub fn write_config(dir: &Path, endpoint: &str, extra: &str) -> PathBuf {
     let yaml = format!(
         "listen: 127.0.0.1:0\ndata_dir: data\npixel_id: {PIXEL}\napi_key_env: {KEY_ENV}\nendpoint: {endpoint}\n\
-         ingestion:\n  keys:\n    - name: site\n      key: {INGESTION_KEY}\n\
+         ingestion:\n  rate_limit: 100000\n  keys:\n    - name: site\n      key: {INGESTION_KEY}\n\
          batch:\n  max_events: 100\n  linger_ms: 20\n\
          retry:\n  initial_backoff_ms: 20\n  max_backoff_ms: 200\n  timeout_ms: 2000\n  auth_probe_ms: 100\n{extra}"
     );
@@ -388,8 +388,16 @@ async fn a_refused_api_key_pauses_the_pixel_where_a_supervisor_sees_it_and_deliv
     fake.set_api_key(API_KEY);
     let accepted = fake.wait_for(acked.len(), Duration::from_secs(30)).await;
     assert_eq!(accepted.len(), acked.len(), "nothing was dropped while paused");
-    let health = client.get(format!("http://{}/healthz", relay.addr)).send().await.unwrap();
-    assert_eq!(health.status().as_u16(), 200);
+    // The relay marks the pixel healthy once it has OpenAI's answer, a moment after OpenAI recorded the events.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = client.get(format!("http://{}/healthz", relay.addr)).send().await.unwrap();
+        if health.status().as_u16() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unhealthy: {}", health.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_key_kept_secret(&relay.logs(), &dir.join("data"));
     drop(relay);
     std::fs::remove_dir_all(&dir).ok();
