@@ -132,7 +132,7 @@ async fn an_event_openai_refused_is_dead_lettered_shown_and_replayed_once_openai
     let strict = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
     strict.poison("bad-1");
     let dir = data_dir("dlq-relay");
-    let mut relay = RelayProcess::spawn(&write_config(&dir, &strict.url, "")).await;
+    let mut relay = RelayProcess::spawn(&write_config(&dir, &strict.url)).await;
     let client = client();
     for id in ["good-1", "bad-1", "good-2"] {
         assert_eq!(send(&client, relay.addr, "/v1/t", &order(id)).await, Some(200));
@@ -164,7 +164,7 @@ async fn an_event_openai_refused_is_dead_lettered_shown_and_replayed_once_openai
     let fixed = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
     let replayed = dlq(&dir, &["replay", "--config", "relay.yaml"]);
     assert_eq!(replayed.status.code(), Some(0), "{}", text(&replayed.stderr));
-    let mut relay = RelayProcess::spawn(&write_config(&dir, &fixed.url, "")).await;
+    let mut relay = RelayProcess::spawn(&write_config(&dir, &fixed.url)).await;
     let accepted = fixed.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(accepted[0]["id"], "bad-1");
     assert_eq!(accepted.len(), 1, "only the replayed event; the others were delivered before");

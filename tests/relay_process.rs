@@ -20,13 +20,13 @@ use crate::relay::{data_dir, order, API_KEY, INGESTION_KEY, PIXEL};
 const KEY_ENV: &str = "ENGINE_TEST_OPENAI_KEY";
 
 /// Writes `dir/relay.yaml`: listening on a port the system picks, storing in `dir/data`, delivering to `endpoint`
-/// in batches of at most 100 with short lingers and backoffs; `extra` YAML is appended.
-pub fn write_config(dir: &Path, endpoint: &str, extra: &str) -> PathBuf {
+/// in batches of at most 100 with short lingers and backoffs, and requests to OpenAI timing out after 2 s.
+pub fn write_config(dir: &Path, endpoint: &str) -> PathBuf {
     let yaml = format!(
         "listen: 127.0.0.1:0\ndata_dir: data\npixel_id: {PIXEL}\napi_key_env: {KEY_ENV}\nendpoint: {endpoint}\n\
          ingestion:\n  rate_limit: 100000\n  keys:\n    - name: site\n      key: {INGESTION_KEY}\n\
          batch:\n  max_events: 100\n  linger_ms: 20\n\
-         retry:\n  initial_backoff_ms: 20\n  max_backoff_ms: 200\n  timeout_ms: 2000\n  auth_probe_ms: 100\n{extra}"
+         retry:\n  initial_backoff_ms: 20\n  max_backoff_ms: 200\n  timeout_ms: 2000\n  auth_probe_ms: 100\n"
     );
     let path = dir.join("relay.yaml");
     std::fs::write(&path, yaml).expect("config written");
@@ -227,7 +227,7 @@ async fn killed_with_sigkill_under_load_and_restarted_it_delivers_every_acknowle
     // OpenAI answers slowly, so the relay takes events faster than it delivers them and dies with a backlog.
     fake.script((0..1000).map(|_| Scripted::Slow(Duration::from_millis(150))));
     let dir = data_dir("sigkill");
-    let config = write_config(&dir, &fake.url, "");
+    let config = write_config(&dir, &fake.url);
     let mut relay = RelayProcess::spawn(&config).await;
 
     // Eight senders post until the relay dies under them; it is killed once 500 events were delivered.
@@ -305,7 +305,7 @@ async fn killed_with_sigkill_under_load_and_restarted_it_delivers_every_acknowle
 async fn sigterm_while_openai_is_down_exits_0_promptly_and_a_restart_delivers_everything() {
     let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
     let dir = data_dir("sigterm");
-    let mut relay = RelayProcess::spawn(&write_config(&dir, &closed_endpoint(), "")).await;
+    let mut relay = RelayProcess::spawn(&write_config(&dir, &closed_endpoint())).await;
     let (acked, _) = load(relay.addr, "t", 2, 300).await;
     assert!(acked.len() >= 300);
     relay.wait_for_log("delivery will be retried", Duration::from_secs(30)).await;
@@ -319,7 +319,7 @@ async fn sigterm_while_openai_is_down_exits_0_promptly_and_a_restart_delivers_ev
     assert!(relay.logs().contains("relay stopped"), "{}", relay.logs());
     let logs_before = relay.logs();
 
-    let mut relay = RelayProcess::spawn(&write_config(&dir, &fake.url, "")).await;
+    let mut relay = RelayProcess::spawn(&write_config(&dir, &fake.url)).await;
     let accepted = fake.wait_for(acked.len(), Duration::from_secs(60)).await;
     let delivered: HashSet<&str> = accepted.iter().filter_map(|e| e["id"].as_str()).collect();
     let acked: HashSet<&str> = acked.iter().map(String::as_str).collect();
@@ -335,11 +335,11 @@ async fn sigterm_during_a_request_openai_never_answers_exits_promptly_and_keeps_
     let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
     fake.script([Scripted::Hang]);
     let dir = data_dir("sigterm-hang");
-    // The request timeout is OpenAI's default of 30 s: SIGTERM must not wait for it.
-    let config = write_config(&dir, &fake.url, "").to_string_lossy().into_owned();
+    // The request timeout is the default of 30 s: SIGTERM must not wait for it.
+    let config = write_config(&dir, &fake.url);
     let yaml = std::fs::read_to_string(&config).unwrap().replace("timeout_ms: 2000", "timeout_ms: 30000");
     std::fs::write(&config, yaml).unwrap();
-    let mut relay = RelayProcess::spawn(Path::new(&config)).await;
+    let mut relay = RelayProcess::spawn(&config).await;
     let client = client();
     assert_eq!(send(&client, relay.addr, "/v1/t", &order("hang-1")).await, Some(200));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -355,7 +355,7 @@ async fn sigterm_during_a_request_openai_never_answers_exits_promptly_and_keeps_
     assert_eq!(status.code(), Some(0), "{}", relay.logs());
     assert!(took < Duration::from_secs(3), "SIGTERM waited {took:?} for a request OpenAI never answers");
 
-    let _relay = RelayProcess::spawn(Path::new(&config)).await;
+    let _relay = RelayProcess::spawn(&config).await;
     let accepted = fake.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(accepted[0]["id"], "hang-1", "the event interrupted in flight is sent again after the restart");
     std::fs::remove_dir_all(&dir).ok();
@@ -366,7 +366,7 @@ async fn a_refused_api_key_pauses_the_pixel_where_a_supervisor_sees_it_and_deliv
     // OpenAI does not know the relay's key yet (it was revoked, or is not active).
     let fake = FakeOpenAi::start("sk-not-the-relays-key", &[PIXEL]).await;
     let dir = data_dir("auth-pause");
-    let relay = RelayProcess::spawn(&write_config(&dir, &fake.url, "")).await;
+    let relay = RelayProcess::spawn(&write_config(&dir, &fake.url)).await;
     let (acked, _) = load(relay.addr, "k", 2, 50).await;
     relay.wait_for_log("delivery is paused", Duration::from_secs(30)).await;
 
