@@ -3,9 +3,12 @@
 //! delivers it.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use super::*;
+use crate::fake_openai::Scripted;
 
 const SECONDS: Duration = Duration::from_secs(15);
 
@@ -53,7 +56,7 @@ async fn at_the_disk_cap_ingestion_answers_503_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_relay_keeps_its_queue_and_the_next_one_delivers_it() {
+async fn a_stopped_relay_keeps_its_queue_and_identity_memory_and_the_next_one_delivers() {
     let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
     fake.outage(Some(503));
     let dir = data_dir("restart");
@@ -62,9 +65,12 @@ async fn a_stopped_relay_keeps_its_queue_and_the_next_one_delivers_it() {
     for id in &sent {
         assert_eq!(post(&first, "/v1/t", &order(id)).await.0, 200);
     }
+    let identify = json!({"type": "identify", "messageId": "q-identify", "anonymousId": "visitor-r",
+                          "timestamp": now_rfc3339(), "traits": {"email": "Returning@Example.com"}});
+    assert_eq!(post(&first, "/v1/i", &identify).await.0, 200);
     eventually("delivery is being retried", SECONDS, || async { fake.requests().len() >= 2 }).await;
     let addr = first.addr;
-    let stopping = std::time::Instant::now();
+    let stopping = Instant::now();
     tokio::time::timeout(SECONDS, first.stop()).await.expect("the relay stops promptly");
     assert!(stopping.elapsed() < Duration::from_secs(5), "stopped in {:?}", stopping.elapsed());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "a stopped relay accepts no connection");
@@ -79,6 +85,39 @@ async fn a_stopped_relay_keeps_its_queue_and_the_next_one_delivers_it() {
     let second = relay(&dir, &fake, "").await;
     let accepted = fake.wait_for(sent.len(), SECONDS).await;
     assert_eq!(ids(&accepted), sent, "delivered in order by the next relay");
+    // What the first relay learned from identify is on disk too.
+    let mut later = order("q-later");
+    later["anonymousId"] = json!("visitor-r");
+    later["context"]["traits"] = json!({});
+    assert_eq!(post(&second, "/v1/t", &later).await.0, 200);
+    let accepted = fake.wait_for(sent.len() + 1, SECONDS).await;
+    let later = accepted.last().expect("the later order");
+    assert_eq!(
+        (&later["id"], &later["user"]["email"]),
+        (&json!("q-later"), &json!(sha256_hex("returning@example.com")))
+    );
+    second.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_request_openai_never_answers() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    fake.script([Scripted::Hang]);
+    let dir = data_dir("stop-hang");
+    let first = relay(&dir, &fake, "retry: {timeout_ms: 20000}").await;
+    assert_eq!(post(&first, "/v1/t", &order("h-1")).await.0, 200);
+    eventually("the request hangs at OpenAI", SECONDS, || async { !fake.requests().is_empty() }).await;
+    let stopping = Instant::now();
+    tokio::time::timeout(SECONDS, first.stop()).await.expect("the relay stops");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "stopped in {:?}: the in-flight request is abandoned, its events stay queued",
+        stopping.elapsed()
+    );
+    let second = relay(&dir, &fake, "").await;
+    let accepted = fake.wait_for(1, SECONDS).await;
+    assert_eq!(ids(&accepted), ["h-1"]);
     second.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
