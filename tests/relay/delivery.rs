@@ -190,3 +190,21 @@ async fn validate_only_is_sent_in_the_body() {
     relay.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hold_at_most_max_events_and_a_lone_event_waits_for_the_linger() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("batching");
+    let relay = relay(&dir, &fake, "batch: {max_events: 10, linger_ms: 300}").await;
+    let events: Vec<_> = (0..25).map(|i| page(&format!("b-{i:02}"))).collect();
+    let sent = std::time::Instant::now();
+    assert_eq!(post(&relay, "/v1/batch", &json!({"batch": events})).await.0, 200);
+    let accepted = fake.wait_for(25, SECONDS).await;
+    assert_eq!(ids(&accepted), (0..25).map(|i| format!("b-{i:02}")).collect::<Vec<_>>(), "in order");
+    let sizes: Vec<usize> = fake.requests().iter().map(|r| r.events).collect();
+    assert_eq!(sizes, [10, 10, 5], "full batches go at once, the rest after the linger");
+    let last = fake.requests()[2].at - sent;
+    assert!(last >= Duration::from_millis(250), "the partial batch went after {last:?}, before the 300 ms linger");
+    relay.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}

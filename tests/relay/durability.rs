@@ -121,3 +121,26 @@ async fn stopping_does_not_wait_for_a_request_openai_never_answers() {
     second.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_each_acknowledged_and_delivered_once() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("concurrent");
+    let relay = std::sync::Arc::new(relay(&dir, &fake, "").await);
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            let relay = relay.clone();
+            tokio::spawn(async move { post(&relay, "/v1/t", &order(&format!("c-{i:03}"))).await.0 })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.expect("the request task"), 200);
+    }
+    let accepted = fake.wait_for(200, SECONDS).await;
+    let delivered: BTreeSet<String> = ids(&accepted).into_iter().collect();
+    assert_eq!(delivered, (0..200).map(|i| format!("c-{i:03}")).collect());
+    assert_eq!(fake.duplicates(), 0);
+    let relay = std::sync::Arc::into_inner(relay).expect("no other handle");
+    relay.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
