@@ -1,6 +1,7 @@
 //! An in-process stand-in for OpenAI's Conversions API that enforces the documented rules — Bearer key, known pixel
 //! id, at most 1,000 events, each event's required fields and timestamp window, whole-batch rejection, deduplication
-//! on `id` and `type` — and can be scripted to answer 429, 5xx, slowly, or not at all.
+//! on `id` and `type` per pixel — and can be scripted to answer 429, 5xx, slowly, or not at all, or be down for a
+//! while.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,8 @@ use serde_json::{json, Value};
 pub enum Scripted {
     /// Answer with this status (and `Retry-After` seconds when given), accepting nothing.
     Status(u16, Option<u64>),
-    /// Wait this long, then apply the rules.
+    /// Apply the rules (accepting the events when they pass), then wait this long before answering: a client that
+    /// gives up sooner sends again what OpenAI already has.
     Slow(Duration),
     /// Never answer (the client times out).
     Hang,
@@ -33,6 +35,15 @@ pub struct Seen {
     pub events: usize,
     pub pid: Option<String>,
     pub validate_only: bool,
+    /// The `id` of every event the request carried, in order.
+    pub ids: Vec<String>,
+}
+
+/// An event OpenAI accepted, and the pixel it was sent to.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub pid: String,
+    pub event: Value,
 }
 
 #[derive(Default)]
@@ -40,13 +51,13 @@ struct FakeState {
     api_key: String,
     pixels: Vec<String>,
     script: VecDeque<Scripted>,
-    /// Accepted events by (id, type), in order of first acceptance.
-    accepted: Vec<Value>,
-    keys: HashMap<(String, String), usize>,
+    /// While set, every request is answered with this status (an outage), after the script.
+    outage: Option<u16>,
+    /// Accepted events, once per (pixel, id, type), in order of first acceptance.
+    accepted: Vec<Accepted>,
+    keys: HashMap<(String, String, String), usize>,
     duplicates: usize,
     requests: Vec<Seen>,
-    /// Requests that reached the fake, including those still waiting for a scripted answer.
-    arrived: usize,
     /// Events whose `id` is listed here make the batch fail with 400, as a malformed event would.
     poisoned: Vec<String>,
 }
@@ -88,28 +99,33 @@ impl FakeOpenAi {
         self.lock().script.extend(answers);
     }
 
+    /// Answers every request with `status` until called again with `None`.
+    pub fn outage(&self, status: Option<u16>) {
+        self.lock().outage = status;
+    }
+
     /// Events with this id are malformed: a batch holding one is rejected as a whole with 400.
     pub fn poison(&self, id: &str) {
         self.lock().poisoned.push(id.to_string());
     }
 
-    /// Every event accepted, once per (`id`, `type`).
+    /// Every event accepted, once per (pixel, `id`, `type`).
     pub fn accepted(&self) -> Vec<Value> {
-        self.lock().accepted.clone()
+        self.lock().accepted.iter().map(|a| a.event.clone()).collect()
     }
 
-    /// How many accepted events repeated an (`id`, `type`) already accepted.
+    /// The events accepted for one pixel.
+    pub fn accepted_for(&self, pid: &str) -> Vec<Value> {
+        self.lock().accepted.iter().filter(|a| a.pid == pid).map(|a| a.event.clone()).collect()
+    }
+
+    /// How many accepted events repeated a (pixel, `id`, `type`) already accepted.
     pub fn duplicates(&self) -> usize {
         self.lock().duplicates
     }
 
     pub fn requests(&self) -> Vec<Seen> {
         self.lock().requests.clone()
-    }
-
-    /// How many requests arrived, answered or not (a `Hang` never answers).
-    pub fn arrived(&self) -> usize {
-        self.lock().arrived
     }
 
     /// Waits until `n` distinct events were accepted, or fails after `within`.
@@ -122,8 +138,9 @@ impl FakeOpenAi {
             }
             assert!(
                 Instant::now() < deadline,
-                "only {} of {n} events reached OpenAI within {within:?}",
-                accepted.len()
+                "only {} of {n} events reached OpenAI within {within:?}; requests: {:#?}",
+                accepted.len(),
+                self.requests()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -140,37 +157,59 @@ async fn events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let scripted = {
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        state.arrived += 1;
-        state.script.pop_front()
-    };
-    match scripted {
-        Some(Scripted::Hang) => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-        Some(Scripted::Slow(delay)) => tokio::time::sleep(delay).await,
-        _ => {}
-    }
-    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let events = parsed.as_ref().and_then(|b| b["events"].as_array()).map_or(0, Vec::len);
+    let ids: Vec<String> = parsed
+        .as_ref()
+        .and_then(|b| b["events"].as_array())
+        .map(|events| events.iter().map(|e| e["id"].as_str().unwrap_or_default().to_string()).collect())
+        .unwrap_or_default();
     let validate_only = parsed.as_ref().is_some_and(|b| b["validate_only"] == json!(true));
     let pid = query.get("pid").cloned();
-    let response = match scripted {
-        Some(Scripted::Status(status, retry_after)) => {
-            let mut response =
-                problem(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "scripted".into());
-            if let Some(seconds) = retry_after {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, seconds.to_string().parse().expect("a header value"));
-            }
-            response
-        }
-        _ => judge(&mut state, &headers, pid.as_deref(), parsed, validate_only),
+    let seen = |status: u16| Seen {
+        at: Instant::now(),
+        status,
+        events: ids.len(),
+        pid: pid.clone(),
+        validate_only,
+        ids: ids.clone(),
     };
-    state.requests.push(Seen { at: Instant::now(), status: response.status().as_u16(), events, pid, validate_only });
+    let scripted = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let scripted = state.script.pop_front();
+        if matches!(scripted, Some(Scripted::Hang)) {
+            // Recorded now with status 0, since no answer ever comes.
+            state.requests.push(seen(0));
+        }
+        scripted
+    };
+    if matches!(scripted, Some(Scripted::Hang)) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let response = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let forced = match scripted {
+            Some(Scripted::Status(status, retry_after)) => Some((status, retry_after)),
+            _ => state.outage.map(|status| (status, None)),
+        };
+        let response = match forced {
+            Some((status, retry_after)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = problem(status, "scripted".into());
+                if let Some(seconds) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, seconds.to_string().parse().expect("a header value"));
+                }
+                response
+            }
+            None => judge(&mut state, &headers, pid.as_deref(), parsed, validate_only),
+        };
+        state.requests.push(seen(response.status().as_u16()));
+        response
+    };
+    if let Some(Scripted::Slow(delay)) = scripted {
+        tokio::time::sleep(delay).await;
+    }
     response
 }
 
@@ -216,8 +255,10 @@ fn judge(
         }
     }
     if !validate_only {
+        let pid = pid.unwrap_or_default().to_string();
         for event in events {
             let key = (
+                pid.clone(),
                 event["id"].as_str().unwrap_or_default().to_string(),
                 event["type"].as_str().unwrap_or_default().to_string(),
             );
@@ -225,7 +266,7 @@ fn judge(
                 state.duplicates += 1;
             } else {
                 state.keys.insert(key, state.accepted.len());
-                state.accepted.push(event.clone());
+                state.accepted.push(Accepted { pid: pid.clone(), event: event.clone() });
             }
         }
     }

@@ -58,6 +58,7 @@ async fn relay_example_yaml_starts_with_its_two_pixels() {
     assert_eq!(config.ingestion.keys.len(), 2);
     assert!(config.ingestion.keys[1].hmac_secret.is_some());
     assert!(!config.debug && !config.dry_run);
+    assert_eq!(config.identity_ttl, Duration::from_secs(90 * 86_400));
     assert_eq!(config.data_dir, Path::new(ROOT).join("relay-data"));
     assert_eq!(starts("relay-example", config).await.len(), 2);
 }

@@ -28,6 +28,8 @@ struct File {
     dry_run: Option<bool>,
     /// Serve `/debug` and `/debug/events`; default: only when listening on a loopback address.
     debug: Option<bool>,
+    /// Days after which identity memory forgets a visitor it has not seen since (default 90).
+    identity_ttl_days: Option<u64>,
     #[serde(default)]
     ingestion: IngestionFile,
     #[serde(default)]
@@ -103,6 +105,8 @@ pub struct RelayConfig {
     pub dry_run: bool,
     /// `/debug` is served (personal data masked, but the mapped payloads and OpenAI's answers are visible).
     pub debug: bool,
+    /// A visitor not seen for this long is forgotten by identity memory.
+    pub identity_ttl: Duration,
     pub ingestion: Ingestion,
     pub batch: Batching,
     pub retry: Retry,
@@ -259,7 +263,24 @@ fn build(
         integrations.push(built);
     }
     let debug = file.debug.unwrap_or(listen.ip().is_loopback());
-    Ok(RelayConfig { listen, data_dir, disk_cap_bytes, dry_run, debug, ingestion, batch, retry, integrations, trial })
+    let ttl_days = file.identity_ttl_days.unwrap_or(90);
+    if ttl_days == 0 {
+        return Err(ConfigError("`identity_ttl_days`: must be at least 1".to_string()));
+    }
+    let identity_ttl = Duration::from_secs(ttl_days.saturating_mul(86_400));
+    Ok(RelayConfig {
+        listen,
+        data_dir,
+        disk_cap_bytes,
+        dry_run,
+        debug,
+        identity_ttl,
+        ingestion,
+        batch,
+        retry,
+        integrations,
+        trial,
+    })
 }
 
 fn integration_config(

@@ -44,8 +44,16 @@ enum Answer {
 /// How a round of delivery ended.
 enum Round {
     Done,
-    Later { after: Option<Duration>, why: String },
-    Unauthorized { status: u16, body: String },
+    /// The relay is stopping: the request in flight was abandoned, its events stay queued for the next start.
+    Stopped,
+    Later {
+        after: Option<Duration>,
+        why: String,
+    },
+    Unauthorized {
+        status: u16,
+        body: String,
+    },
 }
 
 type Batch = [(u64, Pending)];
@@ -114,13 +122,15 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
         if live.is_empty() {
             continue;
         }
-        let round = tokio::select! {
-            round = deliverer.round(&live) => round,
-            // A request OpenAI is slow to answer must not hold up a shutdown: its events stay queued and are sent
-            // again, under the same ids, when the relay next starts.
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        match round {
+        match deliverer.round(&live, &mut shutdown).await {
+            Round::Stopped => {
+                tracing::info!(
+                    pixel = %pixel.config.name,
+                    events = live.len(),
+                    "stopping: the request in flight is abandoned; its events stay queued and keep their ids"
+                );
+                break;
+            }
             Round::Done => {
                 failures = 0;
                 if pixel.paused.swap(false, Ordering::Relaxed) {
@@ -241,11 +251,17 @@ impl Deliverer {
         Ok(live)
     }
 
-    /// Delivers a batch, splitting refused batches in halves until each bad event stands alone.
-    async fn round(&self, batch: &Batch) -> Round {
+    /// Delivers a batch, splitting refused batches in halves until each bad event stands alone. A stop does not
+    /// wait for OpenAI's answer (up to `retry.timeout`): what is not settled yet is stored and sent again later.
+    async fn round(&self, batch: &Batch, shutdown: &mut watch::Receiver<bool>) -> Round {
         let mut parts: Vec<&Batch> = vec![batch];
         while let Some(part) = parts.pop() {
-            match self.post(part).await {
+            let answer = tokio::select! {
+                answer = self.post(part) => answer,
+                // Err means the handle is gone without a stop: keep delivering.
+                Ok(()) = shutdown.changed() => return Round::Stopped,
+            };
+            match answer {
                 Answer::Accepted => {
                     if let Err(round) = self.settle(part, None).await {
                         return round;

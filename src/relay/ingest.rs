@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,17 +57,17 @@ pub(super) fn router(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) -> Router {
     let body_limit = shared.config.ingestion.max_batch_bytes.max(shared.config.ingestion.max_event_bytes);
     let ingress = Ingress { shared: shared.clone(), jobs, limiter };
     Router::new()
-        .route("/v1/t", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("track"), false)))
-        .route("/v1/p", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("page"), false)))
-        .route("/v1/i", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("identify"), false)))
-        .route("/v1/g", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("group"), false)))
-        .route("/v1/track", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("track"), false)))
-        .route("/v1/page", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("page"), false)))
+        .route("/v1/t", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("track"), false)))
+        .route("/v1/p", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("page"), false)))
+        .route("/v1/i", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("identify"), false)))
+        .route("/v1/g", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("group"), false)))
+        .route("/v1/track", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("track"), false)))
+        .route("/v1/page", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("page"), false)))
         .route(
             "/v1/identify",
-            post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, Some("identify"), false)),
+            post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("identify"), false)),
         )
-        .route("/v1/events", post(|s: State<Ingress>, h: HeaderMap, b: Bytes| single(s, h, b, None, true)))
+        .route("/v1/events", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, None, true)))
         .route("/v1/batch", post(batch))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ingress)
@@ -111,15 +112,30 @@ impl IntoResponse for Problem {
     }
 }
 
+/// A request body, or why it could not be read: a body over the limit is refused only after the key is checked,
+/// and with a JSON error like every other refusal.
+type Body = Result<Bytes, BytesRejection>;
+
+fn read_body(body: Body, what: &str, limit: usize) -> Result<Bytes, Problem> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the {what} is more than the limit of {limit} bytes"))
+        } else {
+            Problem::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {}", rejection.body_text()))
+        }
+    })
+}
+
 async fn single(
     State(ingress): State<Ingress>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
     kind: Option<&'static str>,
     signed: bool,
 ) -> Response {
     let result = async {
         let key = ingress.authenticate(&headers)?;
+        let body = read_body(body, "event", ingress.shared.config.ingestion.max_event_bytes)?;
         if signed {
             ingress.verify_signature(key, &headers, &body)?;
         }
@@ -139,11 +155,12 @@ async fn single(
     respond(result)
 }
 
-async fn batch(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes) -> Response {
+async fn batch(State(ingress): State<Ingress>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let key = ingress.authenticate(&headers)?;
         ingress.rate_limit(key)?;
         let config = &ingress.shared.config.ingestion;
+        let body = read_body(body, "batch", config.max_batch_bytes)?;
         if body.len() > config.max_batch_bytes {
             return Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -114,6 +114,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
             .spawn(move || ingest::writer(shared, jobs_rx))
             .map_err(|e| ConfigError(format!("cannot start the writer thread: {e}")))?
     };
+    let pruning = tokio::spawn(forget_old_visitors(shared.clone(), shutdown_rx.clone()));
     let deliveries: Vec<_> = (0..shared.pixels.len())
         .map(|index| tokio::spawn(deliver::run(shared.clone(), index, shutdown_rx.clone())))
         .collect();
@@ -133,9 +134,32 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         for delivery in deliveries {
             let _ = delivery.await;
         }
+        // Every task holding the store has ended, so the store is closed once `stop` returns.
+        let _ = pruning.await;
         tracing::info!("relay stopped");
     });
     Ok(RelayHandle { addr, shutdown: shutdown_tx, done })
+}
+
+/// Identity memory forgets visitors not seen for `identity_ttl`, checked at start and every hour, so that the
+/// store stays bounded however many visitors come and go.
+async fn forget_old_visitors(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let cutoff = now_ms() - shared.config.identity_ttl.as_millis() as i64;
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.forget_visitors(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(forgotten)) => {
+                tracing::info!(visitors = forgotten, "identity memory forgot visitors not seen lately")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot prune identity memory"),
+            Err(error) => tracing::warn!(%error, "the identity pruning task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// Runs a relay until SIGTERM or ctrl-c, then drains and returns.

@@ -73,16 +73,27 @@ pub trait Store: Send + Sync + 'static {
     fn purge(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<usize, StoreError>;
     /// How many events wait for delivery to `pixel`.
     fn depth(&self, pixel: &str) -> Result<u64, StoreError>;
-    /// Bytes of queued events and dead letters: what the disk cap is enforced on.
+    /// Bytes of queued events, dead letters and identity memory: what the disk cap is enforced on.
     fn stored_bytes(&self) -> Result<u64, StoreError>;
+    /// Forgets the visitors whose profile was last written before `before_ms`; returns how many.
+    fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError>;
 }
 
 /// (pixel, seq) → `Pending` as JSON.
 const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
 /// (pixel, seq) → `DeadLetter` as JSON.
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
-/// visitor key → `Profile` as JSON.
+/// visitor key → `Remembered` as JSON.
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
+/// (last touched ms, visitor key): the order in which visitors not seen for a while are forgotten.
+const IDENTITY_TOUCHED: TableDefinition<(u64, &str), ()> = TableDefinition::new("identity_touched");
+
+/// A visitor's profile as stored, with when it was last written.
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    profile: Profile,
+    touched_ms: u64,
+}
 /// counters: `next_seq`, `stored_bytes`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -105,6 +116,7 @@ impl RedbStore {
             txn.open_table(QUEUE).map_err(fail)?;
             txn.open_table(DEAD).map_err(fail)?;
             txn.open_table(IDENTITY).map_err(fail)?;
+            txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
             txn.open_table(META).map_err(fail)?;
         }
         txn.commit().map_err(fail)?;
@@ -142,6 +154,8 @@ fn adjust_bytes(txn: &WriteTransaction, added: u64, removed: u64) -> Result<(), 
 
 struct RedbIngest<'t> {
     txn: &'t WriteTransaction,
+    /// When the transaction began: the time visitors' profiles are touched at.
+    now_ms: u64,
     /// The first failure of identity memory, which the trait cannot return: it fails the whole transaction.
     failure: Option<StoreError>,
 }
@@ -156,15 +170,24 @@ impl IdentityStore for RedbIngest<'_> {
             }
         };
         let bytes = table.get(key).ok().flatten()?;
-        serde_json::from_slice(bytes.value()).ok()
+        serde_json::from_slice::<Remembered>(bytes.value()).ok().map(|r| r.profile)
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
         let result = (|| {
             let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
-            let bytes = serde_json::to_vec(&profile).map_err(fail)?;
-            table.insert(key, bytes.as_slice()).map_err(fail)?;
-            Ok::<(), StoreError>(())
+            let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(fail)?;
+            let mut removed = 0;
+            if let Some(old) = table.insert(key, bytes.as_slice()).map_err(fail)? {
+                removed = old.value().len() as u64;
+                if let Ok(previous) = serde_json::from_slice::<Remembered>(old.value()) {
+                    touched.remove((previous.touched_ms, key)).map_err(fail)?;
+                }
+            }
+            touched.insert((self.now_ms, key), ()).map_err(fail)?;
+            drop((table, touched));
+            adjust_bytes(self.txn, bytes.len() as u64, removed)
         })();
         if let Err(error) = result {
             self.failure.get_or_insert(error);
@@ -187,8 +210,9 @@ impl IngestTx for RedbIngest<'_> {
 
 impl Store for RedbStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         self.write(|txn| {
-            let mut ingest = RedbIngest { txn, failure: None };
+            let mut ingest = RedbIngest { txn, now_ms, failure: None };
             work(&mut ingest)?;
             match ingest.failure {
                 Some(error) => Err(error),
@@ -315,6 +339,32 @@ impl Store for RedbStore {
         Ok(count)
     }
 
+    fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let cutoff = before_ms.max(0) as u64;
+        let mut forgotten = 0;
+        self.write(|txn| {
+            let mut touched = txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+            let mut table = txn.open_table(IDENTITY).map_err(fail)?;
+            let stale: Vec<(u64, String)> = touched
+                .range((0, "")..(cutoff, ""))
+                .map_err(fail)?
+                .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_string())))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?;
+            let mut removed = 0;
+            for (at, key) in &stale {
+                touched.remove((*at, key.as_str())).map_err(fail)?;
+                if let Some(old) = table.remove(key.as_str()).map_err(fail)? {
+                    removed += old.value().len() as u64;
+                }
+            }
+            forgotten = stale.len();
+            drop((touched, table));
+            adjust_bytes(txn, 0, removed)
+        })?;
+        Ok(forgotten)
+    }
+
     fn stored_bytes(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(fail)?;
         let table = txn.open_table(META).map_err(fail)?;
@@ -387,6 +437,12 @@ mod tests {
         assert_eq!(queued, ["b", "c"], "a replayed event goes back to its place in the queue");
         store.complete("px", &[1, 2]).unwrap();
         store.complete("other", &[3]).unwrap();
+        let remembered = store.stored_bytes().unwrap();
+        assert!(remembered > 0, "identity memory counts toward the disk cap");
+        assert_eq!(store.forget_visitors(0).unwrap(), 0, "a visitor touched now is not forgotten for a past cutoff");
+        let later = jiff::Timestamp::now().as_millisecond() + 1000;
+        assert_eq!(store.forget_visitors(later).unwrap(), 1);
+        assert_eq!(store.identity_keys().unwrap(), 0);
         assert_eq!(store.stored_bytes().unwrap(), 0, "the byte count returns to zero when everything is delivered");
         std::fs::remove_dir_all(&dir).unwrap();
     }
