@@ -6,6 +6,7 @@
 //! errors); 2 usage or I/O error.
 
 mod fmt;
+mod relay;
 
 use std::fs;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
@@ -36,6 +37,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the relay: receives Signal and Segment events over HTTP, maps them, and delivers them to OpenAI.
+    Serve(relay::ServeArgs),
+    /// Lists, shows, replays or purges the relay's dead letters (while the relay is stopped).
+    Dlq(relay::DlqArgs),
     /// Checks mapping files and reports every problem found (exit 1 when any is an error).
     Check {
         /// Mapping files to check; a directory stands for every `.map` file below it.
@@ -188,6 +193,8 @@ pub fn main() -> ExitCode {
         Command::Lsp => lsp(),
         Command::Test(args) => test(args),
         Command::Fmt(FmtArgs { check, paths }) => fmt::fmt(&paths, check),
+        Command::Serve(args) => relay::serve(args),
+        Command::Dlq(args) => relay::dlq(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

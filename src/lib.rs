@@ -13,6 +13,7 @@ mod input;
 pub mod mapping_test;
 pub mod plan;
 pub mod presets;
+pub mod relay;
 pub mod run;
 pub mod schema;
 pub mod source;

@@ -3,6 +3,7 @@
 mod cli;
 mod diagnostics;
 mod explain;
+mod fake_openai;
 mod format;
 mod functions;
 mod grammar;
@@ -10,5 +11,10 @@ mod lsp;
 mod mapping_tests;
 mod presets;
 mod properties;
+mod relay;
+mod relay_browser;
+mod relay_dlq;
+mod relay_docs;
+mod relay_process;
 mod runtime;
 mod support;

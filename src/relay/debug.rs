@@ -1,0 +1,283 @@
+//! The event debugger: the latest events with their stages — the input (personal data masked), the mapped payload
+//! with field provenance from `explain`, each delivery attempt and OpenAI's response — at `GET /debug/events` and
+//! as a small page at `/debug`. Kept in memory only; it answers "did my Order Completed reach OpenAI, and what did
+//! it look like?".
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Shared;
+use crate::explain::Explanation;
+use crate::run::Outcome;
+use crate::schema;
+
+/// One event at one pixel, and what became of it.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Entry {
+    /// Position in the debugger, newest highest.
+    pub seq: u64,
+    pub pixel: String,
+    pub received_ms: i64,
+    /// The Signal event with personal values masked.
+    pub input: Value,
+    /// `mapped`, `dropped` or `rejected`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The OpenAI event id, for mapped events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// `explain`'s account, personal values masked: the payload and where each field came from.
+    pub explanation: Value,
+    /// `queued`, `delivered`, `dead_lettered`, or the outcome for events that are not sent.
+    pub state: String,
+    pub attempts: Vec<Attempt>,
+}
+
+/// One request that carried the event to OpenAI.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Attempt {
+    pub at_ms: i64,
+    /// HTTP status; `None` when no response came (timeout, connection error).
+    pub status: Option<u16>,
+    /// OpenAI's response body (cut at 2 KB), or what went wrong.
+    pub response: String,
+    pub batch_size: usize,
+    pub dry_run: bool,
+}
+
+impl Entry {
+    pub fn received(
+        pixel: &str,
+        input: &Value,
+        explanation: &Explanation,
+        event_id: Option<String>,
+        now_ms: i64,
+    ) -> Entry {
+        let (outcome, reason, state) = match &explanation.outcome {
+            Outcome::Mapped(_) => ("mapped", None, "queued".to_string()),
+            Outcome::Dropped(d) => ("dropped", Some(reason_name(&d.reason)), "dropped".to_string()),
+            Outcome::Rejected(r) => ("rejected", Some(reason_name(&r.reason)), "rejected".to_string()),
+        };
+        let mut input = input.clone();
+        mask_personal(&mut input);
+        Entry {
+            seq: 0,
+            pixel: pixel.to_string(),
+            received_ms: now_ms,
+            input,
+            outcome,
+            reason,
+            event_id,
+            explanation: explanation.to_json(false),
+            state,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+fn reason_name(reason: &impl Serialize) -> String {
+    serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Replaces every value under a key that names personal data (email, phone, names, address, per
+/// `mappings/schema/signal.yaml`) with its kind and size.
+pub(super) fn mask_personal(value: &mut Value) {
+    let input = schema::input();
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if input.is_pii_key(key) && !child.is_null() {
+                    *child = match child {
+                        Value::String(s) => Value::String(format!("<personal: {} characters>", s.chars().count())),
+                        _ => Value::String("<personal>".to_string()),
+                    };
+                } else {
+                    mask_personal(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_personal),
+        _ => {}
+    }
+}
+
+/// The latest entries, bounded.
+pub(super) struct DebugLog {
+    entries: Mutex<VecDeque<Entry>>,
+    capacity: usize,
+}
+
+impl DebugLog {
+    pub fn new(capacity: usize) -> DebugLog {
+        DebugLog { entries: Mutex::new(VecDeque::with_capacity(capacity)), capacity }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
+        // A panic elsewhere while holding the lock leaves a log that is still fine to read.
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn push(&self, mut entry: Entry) {
+        let mut entries = self.lock();
+        entry.seq = entries.back().map_or(1, |e| e.seq + 1);
+        if entries.len() == self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    /// Records a delivery attempt on the entries of these events, and their new state when it is final.
+    pub fn attempt(&self, pixel: &str, event_ids: &[&str], attempt: &Attempt, state: Option<&str>) {
+        let mut entries = self.lock();
+        for entry in entries.iter_mut().rev() {
+            let Some(id) = entry.event_id.as_deref() else { continue };
+            if entry.pixel == pixel && event_ids.contains(&id) {
+                entry.attempts.push(attempt.clone());
+                if let Some(state) = state {
+                    entry.state = state.to_string();
+                }
+            }
+        }
+    }
+
+    pub fn latest(&self, limit: usize, pixel: Option<&str>) -> Vec<Entry> {
+        let entries = self.lock();
+        entries.iter().rev().filter(|e| pixel.is_none_or(|p| e.pixel == p)).take(limit).cloned().collect()
+    }
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    limit: Option<usize>,
+    pixel: Option<String>,
+}
+
+pub(super) fn routes(shared: Arc<Shared>) -> Router {
+    Router::new().route("/debug/events", get(events)).route("/debug", get(page)).with_state(shared)
+}
+
+async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>) -> Response {
+    if !shared.config.debug {
+        return (StatusCode::NOT_FOUND, "the debugger is off: set `debug: true` in relay.yaml").into_response();
+    }
+    let limit = filter.limit.unwrap_or(50).min(500);
+    Json(shared.debug.latest(limit, filter.pixel.as_deref())).into_response()
+}
+
+async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    if !shared.config.debug {
+        return (StatusCode::NOT_FOUND, "the debugger is off: set `debug: true` in relay.yaml").into_response();
+    }
+    ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
+}
+
+/// A dependency-free page: it polls `/debug/events` and renders each event's stages.
+const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>signal-engine relay — events</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; }
+  h1 { font-size: 1.2rem; }
+  .event { border: 1px solid #ccc; border-radius: 6px; margin: .6rem 0; padding: .5rem .8rem; }
+  .event header { display: flex; gap: 1rem; flex-wrap: wrap; }
+  .state { font-weight: 600; }
+  .event-id { color: #57606a; }
+  .why { margin: .3rem 0; }
+  .delivered { color: #1a7f37; } .dead_lettered, .rejected { color: #cf222e; } .queued { color: #9a6700; }
+  pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; font-size: 12px; }
+  details summary { cursor: pointer; }
+</style>
+</head>
+<body>
+<h1>Latest events</h1>
+<p id="status">loading…</p>
+<div id="events"></div>
+<script>
+function text(tag, content, cls) {
+  const el = document.createElement(tag);
+  el.textContent = content;
+  if (cls) el.className = cls;
+  return el;
+}
+function block(stage, title, value, open) {
+  const d = document.createElement('details');
+  d.dataset.stage = stage;
+  if (open) d.open = true;
+  d.appendChild(text('summary', title));
+  d.appendChild(text('pre', typeof value === 'string' ? value : JSON.stringify(value, null, 2)));
+  return d;
+}
+async function refresh() {
+  try {
+    const response = await fetch('/debug/events?limit=100');
+    const entries = await response.json();
+    const list = document.getElementById('events');
+    list.replaceChildren();
+    for (const e of entries) {
+      const div = document.createElement('div');
+      div.className = 'event';
+      div.dataset.eventId = e.event_id || '';
+      div.dataset.state = e.state;
+      const head = document.createElement('header');
+      head.appendChild(text('span', e.input.event || e.input.type || '(no type)'));
+      if (e.event_id) head.appendChild(text('code', e.event_id, 'event-id'));
+      head.appendChild(text('span', 'pixel ' + e.pixel));
+      head.appendChild(text('span', e.state, 'state ' + e.state));
+      if (e.reason) head.appendChild(text('span', e.reason));
+      head.appendChild(text('span', new Date(e.received_ms).toISOString()));
+      div.appendChild(head);
+      div.appendChild(block('input', 'input (personal data masked)', e.input));
+      const outcome = e.explanation.outcome || {};
+      if (outcome.message) div.appendChild(text('p', outcome.message, 'why'));
+      if (outcome.event) div.appendChild(block('payload', 'mapped payload', outcome.event, true));
+      div.appendChild(block('provenance', 'field provenance', e.explanation.fields || []));
+      for (const a of e.attempts) {
+        const label = (a.dry_run ? 'dry run' : 'HTTP ' + (a.status ?? 'no response')) + ' — batch of ' + a.batch_size;
+        const attempt = block('delivery', 'delivery: ' + label, a.response, true);
+        attempt.dataset.status = a.dry_run ? 'dry-run' : String(a.status ?? 'none');
+        div.appendChild(attempt);
+      }
+      list.appendChild(div);
+    }
+    document.getElementById('status').textContent = entries.length + (entries.length === 1 ? ' event' : ' events');
+  } catch (error) {
+    document.getElementById('status').textContent = 'cannot load events: ' + error;
+  }
+}
+refresh();
+setInterval(refresh, 2000);
+</script>
+</body>
+</html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn personal_values_are_masked_wherever_they_are() {
+        let mut event = json!({
+            "traits": {"email": "jane@example.com", "plan": "pro"},
+            "context": {"traits": {"phone": "+44 7700 900123"}},
+            "properties": {"items": [{"Email_Address": "x@y.z"}]}
+        });
+        mask_personal(&mut event);
+        let text = event.to_string();
+        assert!(!text.contains("jane@example.com") && !text.contains("7700") && !text.contains("x@y.z"), "{text}");
+        assert_eq!(event["traits"]["plan"], "pro");
+        assert_eq!(event["traits"]["email"], "<personal: 16 characters>");
+    }
+}

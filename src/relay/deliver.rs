@@ -1,0 +1,424 @@
+//! Delivery: one task per pixel takes the oldest queued events, at most `batch.max_events` at a time once the batch
+//! is full or its oldest event has lingered long enough, and POSTs them to `{endpoint}/v1/events?pid=…`. 2xx
+//! completes them. 429, 5xx, timeouts and connection errors are retried with jittered exponential backoff that
+//! honours Retry-After; the events keep their ids, so OpenAI's deduplication makes retries harmless. A 400 or 422
+//! rejects the whole batch: it is split in halves until the bad events are isolated, the rest is delivered and
+//! the bad ones are dead-lettered with OpenAI's answer. 401 and 403 pause the pixel without dropping anything;
+//! the next batch is tried again every `retry.auth_probe` until the key works.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+
+use super::debug::Attempt;
+use super::store::{Pending, StoreError};
+use super::{now_ms, Pixel, Shared};
+use crate::run::{WINDOW_FUTURE_MS, WINDOW_PAST_MS};
+
+/// What OpenAI made of one request.
+enum Answer {
+    Accepted,
+    /// The batch was refused as a whole (400, 422, 413): some event in it is bad.
+    Refused {
+        status: u16,
+        body: String,
+    },
+    /// Try again later (429, 5xx, timeout, connection error).
+    Later {
+        after: Option<Duration>,
+        why: String,
+    },
+    /// The key is invalid or not authorised for this pixel (401, 403).
+    Unauthorized {
+        status: u16,
+        body: String,
+    },
+}
+
+/// How a round of delivery ended.
+enum Round {
+    Done,
+    /// The relay is stopping: the request in flight was abandoned, its events stay queued for the next start.
+    Stopped,
+    Later {
+        after: Option<Duration>,
+        why: String,
+    },
+    Unauthorized {
+        status: u16,
+        body: String,
+    },
+}
+
+type Batch = [(u64, Pending)];
+
+struct Deliverer {
+    shared: Arc<Shared>,
+    index: usize,
+    client: reqwest::Client,
+}
+
+pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::Receiver<bool>) {
+    let client = match reqwest::Client::builder().timeout(shared.config.retry.timeout).build() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot create the HTTP client; delivery is stopped, events stay queued");
+            return;
+        }
+    };
+    let deliverer = Deliverer { shared: shared.clone(), index, client };
+    let pixel = deliverer.pixel();
+    let batching = shared.config.batch;
+    let mut failures: u32 = 0;
+    loop {
+        let stopping = *shutdown.borrow();
+        let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(pixel = %pixel.config.name, %error, "cannot read the queue");
+                if stopping {
+                    break;
+                }
+                pause(&mut shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if stopping {
+            break;
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = pixel.queued.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        if batch.len() < batching.max_events {
+            let waited = now_ms() - batch[0].1.received_ms;
+            let linger = batching.linger.as_millis() as i64;
+            if waited < linger {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis((linger - waited) as u64)) => {}
+                    _ = pixel.queued.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        }
+        let live = match deliverer.expire(batch).await {
+            Ok(live) => live,
+            Err(error) => {
+                tracing::error!(pixel = %pixel.config.name, %error, "cannot dead-letter expired events");
+                pause(&mut shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if live.is_empty() {
+            continue;
+        }
+        match deliverer.round(&live, &mut shutdown).await {
+            Round::Stopped => {
+                tracing::info!(
+                    pixel = %pixel.config.name,
+                    events = live.len(),
+                    "stopping: the request in flight is abandoned; its events stay queued and keep their ids"
+                );
+                break;
+            }
+            Round::Done => {
+                failures = 0;
+                if pixel.paused.swap(false, Ordering::Relaxed) {
+                    tracing::info!(pixel = %pixel.config.name, "the API key works again: delivery resumed");
+                }
+            }
+            Round::Later { after, why } => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(&shared.config.retry, failures).max(after.unwrap_or_default());
+                tracing::warn!(pixel = %pixel.config.name, %why, retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
+                deliverer.shared.metrics.retried(&pixel.config.name, &why);
+                pause(&mut shutdown, delay).await;
+            }
+            Round::Unauthorized { status, body } => {
+                if !pixel.paused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        pixel = %pixel.config.name,
+                        status,
+                        response = %body,
+                        "OpenAI refused the API key: delivery is paused, every event is kept, and delivery resumes \
+                         by itself once the key works"
+                    );
+                }
+                pause(&mut shutdown, shared.config.retry.auth_probe).await;
+            }
+        }
+    }
+}
+
+/// Sleeps, or returns early when the relay is stopping.
+async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Exponential backoff from `initial` up to `max`, with "full jitter" between half and all of it so that relays
+/// restarted together do not retry in step.
+fn backoff(retry: &super::config::Retry, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    let ceiling = retry.initial_backoff.saturating_mul(1 << exponent).min(retry.max_backoff);
+    let unit = (RandomState::new().hash_one(failures) % 1000) as f64 / 1000.0;
+    ceiling.mul_f64(0.5 + unit / 2.0)
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::parse(text).ok()?.timestamp();
+    let wait = at.as_millisecond() - now_ms();
+    Some(Duration::from_millis(wait.max(0) as u64))
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl Deliverer {
+    fn pixel(&self) -> &Pixel {
+        &self.shared.pixels[self.index]
+    }
+
+    /// Runs a store call off the async threads.
+    async fn store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn super::store::Store, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        let index = self.index;
+        tokio::task::spawn_blocking(move || call(shared.store.as_ref(), &shared.pixels[index].config.name))
+            .await
+            .map_err(|e| StoreError(format!("the storage task failed: {e}")))?
+    }
+
+    /// Dead-letters the events OpenAI would refuse for their age (or a clock far ahead); returns the others.
+    async fn expire(&self, batch: Vec<(u64, Pending)>) -> Result<Vec<(u64, Pending)>, StoreError> {
+        let now = now_ms();
+        let (expired, live): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(_, p)| p.timestamp_ms.is_some_and(|t| t < now - WINDOW_PAST_MS || t > now + WINDOW_FUTURE_MS));
+        if !expired.is_empty() {
+            let dead: Vec<(u64, String, String)> = expired
+                .iter()
+                .map(|(seq, p)| {
+                    let detail = format!(
+                        "timestamp_ms {} is outside OpenAI's window (7 days back, 10 minutes ahead) at send time {now}",
+                        p.timestamp_ms.unwrap_or_default()
+                    );
+                    (*seq, "expired".to_string(), detail)
+                })
+                .collect();
+            let count = dead.len();
+            self.store(move |store, name| store.bury(name, &dead, now)).await?;
+            let pixel = self.pixel();
+            tracing::warn!(pixel = %pixel.config.name, events = count, "events expired before delivery: dead-lettered");
+            self.shared.metrics.dead_lettered(&pixel.config.name, "expired", count);
+            let ids: Vec<&str> = expired.iter().map(|(_, p)| p.id.as_str()).collect();
+            let attempt = Attempt {
+                at_ms: now,
+                status: None,
+                response: "expired before delivery: outside OpenAI's timestamp window".to_string(),
+                batch_size: count,
+                dry_run: self.shared.config.dry_run,
+            };
+            self.shared.debug.attempt(&pixel.config.name, &ids, &attempt, Some("dead_lettered"));
+        }
+        Ok(live)
+    }
+
+    /// Delivers a batch, splitting refused batches in halves until each bad event stands alone. A stop does not
+    /// wait for OpenAI's answer (up to `retry.timeout`): what is not settled yet is stored and sent again later.
+    async fn round(&self, batch: &Batch, shutdown: &mut watch::Receiver<bool>) -> Round {
+        let mut parts: Vec<&Batch> = vec![batch];
+        while let Some(part) = parts.pop() {
+            let answer = tokio::select! {
+                answer = self.post(part) => answer,
+                // Err means the handle is gone without a stop: keep delivering.
+                Ok(()) = shutdown.changed() => return Round::Stopped,
+            };
+            match answer {
+                Answer::Accepted => {
+                    if let Err(round) = self.settle(part, None).await {
+                        return round;
+                    }
+                }
+                Answer::Refused { status, body } if part.len() == 1 => {
+                    let detail = format!("HTTP {status}: {body}");
+                    if let Err(round) = self.settle(part, Some(detail)).await {
+                        return round;
+                    }
+                }
+                Answer::Refused { .. } => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+                Answer::Later { after, why } => return Round::Later { after, why },
+                Answer::Unauthorized { status, body } => return Round::Unauthorized { status, body },
+            }
+        }
+        Round::Done
+    }
+
+    /// Removes delivered events from the queue, or dead-letters a refused one with OpenAI's answer.
+    async fn settle(&self, part: &Batch, refused: Option<String>) -> Result<(), Round> {
+        let seqs: Vec<u64> = part.iter().map(|(seq, _)| *seq).collect();
+        let count = seqs.len();
+        let name = self.pixel().config.name.clone();
+        let result = match refused.clone() {
+            None => self.store(move |store, name| store.complete(name, &seqs)).await,
+            Some(detail) => {
+                let dead: Vec<(u64, String, String)> =
+                    seqs.iter().map(|seq| (*seq, "rejected".to_string(), detail.clone())).collect();
+                self.store(move |store, name| store.bury(name, &dead, now_ms())).await
+            }
+        };
+        if let Err(error) = result {
+            // The events stay queued and are sent again: OpenAI deduplicates them by id.
+            return Err(Round::Later { after: None, why: format!("storage: {}", error.0) });
+        }
+        match refused {
+            None => self.shared.metrics.delivered(&name, count),
+            Some(detail) => {
+                tracing::warn!(pixel = %name, id = %part[0].1.id, %detail, "OpenAI refused an event: dead-lettered");
+                self.shared.metrics.dead_lettered(&name, "rejected", count);
+            }
+        }
+        Ok(())
+    }
+
+    /// One request to OpenAI (or, in dry-run mode, to the log).
+    async fn post(&self, part: &Batch) -> Answer {
+        let pixel = self.pixel();
+        let config = &pixel.config;
+        let mut body = String::with_capacity(part.iter().map(|(_, p)| p.event.len() + 1).sum::<usize>() + 40);
+        body.push('{');
+        if config.validate_only {
+            body.push_str("\"validate_only\":true,");
+        }
+        body.push_str("\"events\":[");
+        for (i, (_, pending)) in part.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&pending.event);
+        }
+        body.push_str("]}");
+        let ids: Vec<&str> = part.iter().map(|(_, p)| p.id.as_str()).collect();
+        let record = |status: Option<u16>, response: &str, state: Option<&str>| {
+            let attempt = Attempt {
+                at_ms: now_ms(),
+                status,
+                response: cut(response, 2048),
+                batch_size: part.len(),
+                dry_run: self.shared.config.dry_run,
+            };
+            self.shared.debug.attempt(&config.name, &ids, &attempt, state);
+        };
+        let Some(api_key) = config.api_key.as_ref().filter(|_| !self.shared.config.dry_run) else {
+            tracing::info!(pixel = %config.name, pid = %config.pixel_id, events = part.len(), body = %cut(&body, 4096), "dry run: batch not sent");
+            record(None, "dry run: not sent to OpenAI", Some("delivered"));
+            return Answer::Accepted;
+        };
+        let started = Instant::now();
+        let result = self
+            .client
+            .post(format!(
+                "{}/v1/events?pid={}",
+                config.endpoint,
+                form_urlencoded::byte_serialize(config.pixel_id.as_bytes()).collect::<String>()
+            ))
+            .bearer_auth(api_key.expose_secret())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let why = if error.is_timeout() { "timeout" } else { "connection error" };
+                // reqwest's message names the URL (with the pixel id) but never the Authorization header.
+                record(None, &format!("{why}: {error}"), None);
+                return Answer::Later { after: None, why: why.to_string() };
+            }
+        };
+        let status = response.status().as_u16();
+        let after = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        self.shared.metrics.batch_latency(&config.name, started.elapsed().as_secs_f64());
+        let answer = match status {
+            200..=299 => Answer::Accepted,
+            400 | 413 | 422 => Answer::Refused { status, body: cut(&text, 16 * 1024) },
+            401 | 403 => Answer::Unauthorized { status, body: cut(&text, 2048) },
+            429 => Answer::Later { after, why: "throttled (429)".to_string() },
+            _ => Answer::Later { after, why: format!("HTTP {status}") },
+        };
+        let state = match (&answer, part.len()) {
+            (Answer::Accepted, _) => Some("delivered"),
+            (Answer::Refused { .. }, 1) => Some("dead_lettered"),
+            _ => None,
+        };
+        record(Some(status), &text, state);
+        answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter() {
+        let retry = super::super::config::Retry {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            auth_probe: Duration::from_secs(1),
+        };
+        for failures in 1..40 {
+            let ceiling = Duration::from_millis(100 * (1u64 << (failures - 1).min(20))).min(Duration::from_secs(2));
+            let delay = backoff(&retry, failures);
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "{failures}: {delay:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date in the past means now");
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! `/metrics` in Prometheus text format and `/healthz`: events received, mapped, dropped and rejected by reason,
+//! delivered, retried and dead-lettered per pixel, queue depth, batch latency, paused pixels, and ingestion refused
+//! at the disk cap.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use super::{debug, Shared};
+
+type Labels = Vec<(&'static str, String)>;
+
+pub(super) struct Metrics {
+    registry: Registry,
+    received: Counter,
+    outcomes: Family<Labels, Counter>,
+    delivered: Family<Labels, Counter>,
+    retried: Family<Labels, Counter>,
+    dead_lettered: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    queue_depth: Family<Labels, Gauge>,
+    paused: Family<Labels, Gauge>,
+    batch_latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+fn pixel(name: &str) -> Labels {
+    vec![("pixel", name.to_string())]
+}
+
+impl Metrics {
+    pub fn new<'a>(pixels: impl Iterator<Item = &'a str>) -> Metrics {
+        let mut registry = Registry::with_prefix("signal_relay");
+        let metrics = Metrics {
+            received: Counter::default(),
+            outcomes: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            refused: Family::default(),
+            queue_depth: Family::default(),
+            paused: Family::default(),
+            batch_latency: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register("events_received", "Signal events accepted and stored", metrics.received.clone());
+        registry.register(
+            "events",
+            "Events per pixel by outcome (mapped, dropped, rejected) and reason",
+            metrics.outcomes.clone(),
+        );
+        registry.register("events_delivered", "OpenAI events accepted by OpenAI", metrics.delivered.clone());
+        registry.register("requests_retried", "OpenAI requests that will be retried", metrics.retried.clone());
+        registry.register(
+            "events_dead_lettered",
+            "Events moved to the dead-letter store",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register("ingestion_refused", "Events refused at ingestion, by reason", metrics.refused.clone());
+        registry.register("queue_depth", "OpenAI events waiting for delivery", metrics.queue_depth.clone());
+        registry.register(
+            "pixel_paused",
+            "1 while a pixel is paused on an authentication error",
+            metrics.paused.clone(),
+        );
+        registry.register("batch_latency_seconds", "Time OpenAI took to answer a batch", metrics.batch_latency.clone());
+        // Series that alerts watch exist from the start, so that a first dead letter or refusal is an increase.
+        metrics.refused.get_or_create(&vec![("reason", "disk_cap".to_string())]).inc_by(0);
+        for name in pixels {
+            metrics.queue_depth.get_or_create(&pixel(name)).set(0);
+            metrics.paused.get_or_create(&pixel(name)).set(0);
+            metrics.delivered.get_or_create(&pixel(name)).inc_by(0);
+            for reason in ["expired", "rejected"] {
+                let labels = vec![("pixel", name.to_string()), ("reason", reason.to_string())];
+                metrics.dead_lettered.get_or_create(&labels).inc_by(0);
+            }
+        }
+        Metrics { registry, ..metrics }
+    }
+
+    pub fn received(&self, events: usize) {
+        self.received.inc_by(events as u64);
+    }
+
+    pub fn refused_full(&self, events: usize) {
+        self.refused.get_or_create(&vec![("reason", "disk_cap".to_string())]).inc_by(events as u64);
+    }
+
+    pub fn outcome(&self, entry: &debug::Entry) {
+        let mut labels = pixel(&entry.pixel);
+        labels.push(("outcome", entry.outcome.to_string()));
+        labels.push(("reason", entry.reason.clone().unwrap_or_default()));
+        self.outcomes.get_or_create(&labels).inc();
+    }
+
+    pub fn delivered(&self, name: &str, events: usize) {
+        self.delivered.get_or_create(&pixel(name)).inc_by(events as u64);
+    }
+
+    pub fn retried(&self, name: &str, why: &str) {
+        let mut labels = pixel(name);
+        labels.push(("reason", why.to_string()));
+        self.retried.get_or_create(&labels).inc();
+    }
+
+    pub fn dead_lettered(&self, name: &str, reason: &str, events: usize) {
+        let mut labels = pixel(name);
+        labels.push(("reason", reason.to_string()));
+        self.dead_lettered.get_or_create(&labels).inc_by(events as u64);
+    }
+
+    pub fn batch_latency(&self, name: &str, seconds: f64) {
+        self.batch_latency.get_or_create(&pixel(name)).observe(seconds);
+    }
+
+    fn render(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
+        for p in &shared.pixels {
+            if let Ok(depth) = shared.store.depth(&p.config.name) {
+                self.queue_depth.get_or_create(&pixel(&p.config.name)).set(depth as i64);
+            }
+            let paused = p.paused.load(Ordering::Relaxed);
+            self.paused.get_or_create(&pixel(&p.config.name)).set(i64::from(paused));
+        }
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+pub(super) fn routes(shared: Arc<Shared>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(health)).with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.metrics.render(&shared) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// 200 while every pixel delivers; 503 naming the paused pixels (their events are kept) or a failing store.
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let paused: Vec<&str> =
+        shared.pixels.iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.config.name.as_str()).collect();
+    let store = shared.store.stored_bytes();
+    let status = if paused.is_empty() && store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "paused_pixels": paused,
+        "stored_bytes": store.as_ref().ok(),
+        "disk_cap_bytes": shared.config.disk_cap_bytes,
+        "store_error": store.err().map(|e| e.0),
+        "dry_run": shared.config.dry_run,
+    });
+    (status, Json(body)).into_response()
+}

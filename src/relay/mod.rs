@@ -1,0 +1,203 @@
+//! The relay (`engine serve`): receives Signal and Segment events over HTTP, maps them with the engine, stores the
+//! OpenAI events durably before acknowledging, and delivers them to OpenAI in batches per pixel, retrying what can
+//! succeed later and dead-lettering what never will. This is the only part of the crate that uses tokio and
+//! reqwest; the engine it embeds stays synchronous.
+
+pub mod config;
+mod debug;
+mod deliver;
+mod ingest;
+mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::compile::CompileOptions;
+use crate::diagnostic::{self, RenderOptions};
+use crate::plan::Plan;
+use crate::presets;
+use crate::source::FileLoader;
+use config::{Integration, RelayConfig};
+use store::{RedbStore, Store};
+
+pub use config::ConfigError;
+
+/// One pixel the relay delivers to, with its compiled mapping.
+struct Pixel {
+    config: Integration,
+    plan: Plan,
+    /// Wakes the pixel's delivery task when events are queued.
+    queued: Notify,
+    /// Paused on an authentication error; delivery resumes by itself when the key works again.
+    paused: std::sync::atomic::AtomicBool,
+}
+
+/// What every part of a running relay shares.
+struct Shared {
+    config: RelayConfig,
+    store: Arc<dyn Store>,
+    pixels: Vec<Pixel>,
+    debug: debug::DebugLog,
+    metrics: metrics::Metrics,
+}
+
+/// A relay running in this process: its address, and the handle to stop it.
+pub struct RelayHandle {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops accepting, lets in-flight requests and deliveries finish (what is queued stays stored), and waits.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Waits until the relay stops (after SIGTERM or ctrl-c when started by [`serve`]).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Compiles each pixel's mapping; a mapping with errors stops the relay with its diagnostics.
+fn compile_pixels(config: &RelayConfig) -> Result<Vec<Pixel>, ConfigError> {
+    let mut pixels = Vec::new();
+    for integration in &config.integrations {
+        let options = CompileOptions { params: integration.params.clone() };
+        let compiled = match &integration.mapping {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("mapping of `{}`: cannot read {}: {e}", integration.name, path.display()))
+                })?;
+                crate::compile(&path.to_string_lossy(), &text, &FileLoader, &options)
+            }
+            None => presets::OPENAI_ADS.compile(&options),
+        };
+        let Some(plan) = compiled.plan else {
+            let rendered = diagnostic::render(
+                &compiled.diagnostics,
+                &compiled.sources,
+                RenderOptions { color: false, width: 100 },
+            );
+            return Err(ConfigError(format!("mapping of `{}` has errors:\n{rendered}", integration.name)));
+        };
+        pixels.push(Pixel { config: integration.clone(), plan, queued: Notify::new(), paused: Default::default() });
+    }
+    Ok(pixels)
+}
+
+/// Starts a relay: opens the store, compiles the mappings, binds the listener and spawns ingestion and delivery.
+/// Must be called inside a tokio runtime.
+pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
+    // reqwest's TLS needs a process-wide crypto provider; a second relay in the same process finds it installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pixels = compile_pixels(&config)?;
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ConfigError(format!("`listen`: cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr().map_err(|e| ConfigError(format!("`listen`: {e}")))?;
+    let metrics = metrics::Metrics::new(pixels.iter().map(|p| p.config.name.as_str()));
+    let shared = Arc::new(Shared { config, store, pixels, debug: debug::DebugLog::new(500), metrics });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+    let writer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("relay-writer".into())
+            .spawn(move || ingest::writer(shared, jobs_rx))
+            .map_err(|e| ConfigError(format!("cannot start the writer thread: {e}")))?
+    };
+    let pruning = tokio::spawn(forget_old_visitors(shared.clone(), shutdown_rx.clone()));
+    let deliveries: Vec<_> = (0..shared.pixels.len())
+        .map(|index| tokio::spawn(deliver::run(shared.clone(), index, shutdown_rx.clone())))
+        .collect();
+    let app = ingest::router(shared.clone(), jobs_tx);
+    let mut server_shutdown = shutdown_rx.clone();
+    tracing::info!(%addr, pixels = shared.pixels.len(), dry_run = shared.config.dry_run, "relay listening");
+    let done = tokio::spawn(async move {
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|stop| *stop).await;
+            });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "server stopped");
+        }
+        // The router held the only senders: the writer drains what was submitted, then ends.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        for delivery in deliveries {
+            let _ = delivery.await;
+        }
+        // Every task holding the store has ended, so the store is closed once `stop` returns.
+        let _ = pruning.await;
+        tracing::info!("relay stopped");
+    });
+    Ok(RelayHandle { addr, shutdown: shutdown_tx, done })
+}
+
+/// Identity memory forgets visitors not seen for `identity_ttl`, checked at start and every hour, so that the
+/// store stays bounded however many visitors come and go.
+async fn forget_old_visitors(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let cutoff = now_ms() - shared.config.identity_ttl.as_millis() as i64;
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.forget_visitors(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(forgotten)) => {
+                tracing::info!(visitors = forgotten, "identity memory forgot visitors not seen lately")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot prune identity memory"),
+            Err(error) => tracing::warn!(%error, "the identity pruning task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Runs a relay until SIGTERM or ctrl-c, then drains and returns.
+pub async fn serve(config: RelayConfig) -> Result<(), ConfigError> {
+    let handle = start(config).await?;
+    let shutdown = handle.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new events accepted; queued events stay stored");
+        let _ = shutdown.send(true);
+    });
+    handle.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Epoch milliseconds now.
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}

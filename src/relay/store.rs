@@ -1,0 +1,465 @@
+//! The relay's durable state behind one interface: the delivery queue of mapped events per pixel, the dead-letter
+//! store, identity memory and the byte count the disk cap is enforced on. [`RedbStore`] keeps it in an embedded,
+//! crash-safe redb file: every write transaction is fsynced before it returns, so what the relay acknowledged
+//! survives a killed process or a lost machine. Only mapped events are stored (personal data already hashed);
+//! raw input events and API keys never reach the disk.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{IdentityStore, Profile};
+
+/// An OpenAI event waiting for delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The event's `id`: OpenAI deduplicates on it with `type`, so it stays the same on every attempt.
+    pub id: String,
+    pub event_type: String,
+    /// `timestamp_ms` of the event, to check OpenAI's window again at send time.
+    pub timestamp_ms: Option<i64>,
+    /// When the relay acknowledged it, epoch ms.
+    pub received_ms: i64,
+    /// The OpenAI event as JSON.
+    pub event: String,
+}
+
+/// An event OpenAI will never accept, kept for an operator to inspect, replay or purge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub pixel: String,
+    /// Its position in the queue it came from; replay puts it back there.
+    pub seq: u64,
+    pub pending: Pending,
+    /// `expired` (outside OpenAI's timestamp window at send time) or `rejected` (OpenAI refused it).
+    pub reason: String,
+    /// OpenAI's response body, or what made the event expire.
+    pub detail: String,
+    pub dead_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+fn fail(error: impl std::fmt::Display) -> StoreError {
+    StoreError(error.to_string())
+}
+
+/// One durable write: the events an ingestion request queued and the identity memory it updated commit together
+/// or not at all.
+pub trait IngestTx: IdentityStore {
+    /// Queues a mapped event for `pixel`; returns its sequence number.
+    fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError>;
+}
+
+/// The relay's storage. One interface so that a shared backend for a fleet of relays can replace the embedded one.
+pub trait Store: Send + Sync + 'static {
+    /// Runs `work` in one write transaction and makes it durable (fsync) before returning. An error from `work`
+    /// or from the commit rolls back everything it did.
+    fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    /// The oldest `limit` events queued for `pixel`, in order.
+    fn peek(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError>;
+    /// Removes delivered events from the queue.
+    fn complete(&self, pixel: &str, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Moves events from the queue to the dead-letter store, with the reason and detail of each.
+    fn bury(&self, pixel: &str, dead: &[(u64, String, String)], now_ms: i64) -> Result<(), StoreError>;
+    /// Dead letters, of one pixel or all, oldest first.
+    fn dead_letters(&self, pixel: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Puts dead letters back into their queues (all of a pixel, or the given sequence numbers); returns how many.
+    fn replay(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<usize, StoreError>;
+    /// Deletes dead letters for good; returns how many.
+    fn purge(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<usize, StoreError>;
+    /// How many events wait for delivery to `pixel`.
+    fn depth(&self, pixel: &str) -> Result<u64, StoreError>;
+    /// Bytes of queued events, dead letters and identity memory: what the disk cap is enforced on.
+    fn stored_bytes(&self) -> Result<u64, StoreError>;
+    /// Forgets the visitors whose profile was last written before `before_ms`; returns how many.
+    fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError>;
+}
+
+/// (pixel, seq) → `Pending` as JSON.
+const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
+/// (pixel, seq) → `DeadLetter` as JSON.
+const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+/// visitor key → `Remembered` as JSON.
+const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
+/// (last touched ms, visitor key): the order in which visitors not seen for a while are forgotten.
+const IDENTITY_TOUCHED: TableDefinition<(u64, &str), ()> = TableDefinition::new("identity_touched");
+
+/// A visitor's profile as stored, with when it was last written.
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    profile: Profile,
+    touched_ms: u64,
+}
+/// counters: `next_seq`, `stored_bytes`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The embedded store: one redb file in the relay's data directory.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    pub const FILE: &'static str = "relay.redb";
+
+    /// Opens (or creates) the store in `data_dir`. Fails when another process has it open.
+    pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(Self::FILE);
+        let db = Database::create(&path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(fail)?;
+        {
+            txn.open_table(QUEUE).map_err(fail)?;
+            txn.open_table(DEAD).map_err(fail)?;
+            txn.open_table(IDENTITY).map_err(fail)?;
+            txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+            txn.open_table(META).map_err(fail)?;
+        }
+        txn.commit().map_err(fail)?;
+        Ok(RedbStore { db })
+    }
+
+    fn write(&self, work: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(fail)?;
+        match work(&txn) {
+            Ok(()) => txn.commit().map_err(fail),
+            Err(error) => {
+                let _ = txn.abort();
+                Err(error)
+            }
+        }
+    }
+}
+
+fn counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
+    let table = txn.open_table(META).map_err(fail)?;
+    let value = table.get(name).map_err(fail)?.map(|v| v.value()).unwrap_or(0);
+    Ok(value)
+}
+
+fn set_counter(txn: &WriteTransaction, name: &str, value: u64) -> Result<(), StoreError> {
+    let mut table = txn.open_table(META).map_err(fail)?;
+    table.insert(name, value).map_err(fail)?;
+    Ok(())
+}
+
+fn adjust_bytes(txn: &WriteTransaction, added: u64, removed: u64) -> Result<(), StoreError> {
+    let bytes = counter(txn, "stored_bytes")?;
+    set_counter(txn, "stored_bytes", bytes.saturating_add(added).saturating_sub(removed))
+}
+
+struct RedbIngest<'t> {
+    txn: &'t WriteTransaction,
+    /// When the transaction began: the time visitors' profiles are touched at.
+    now_ms: u64,
+    /// The first failure of identity memory, which the trait cannot return: it fails the whole transaction.
+    failure: Option<StoreError>,
+}
+
+impl IdentityStore for RedbIngest<'_> {
+    fn load(&mut self, key: &str) -> Option<Profile> {
+        let table = match self.txn.open_table(IDENTITY) {
+            Ok(table) => table,
+            Err(error) => {
+                self.failure.get_or_insert(fail(error));
+                return None;
+            }
+        };
+        let bytes = table.get(key).ok().flatten()?;
+        serde_json::from_slice::<Remembered>(bytes.value()).ok().map(|r| r.profile)
+    }
+
+    fn store(&mut self, key: &str, profile: Profile) {
+        let result = (|| {
+            let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
+            let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(fail)?;
+            let mut removed = 0;
+            if let Some(old) = table.insert(key, bytes.as_slice()).map_err(fail)? {
+                removed = old.value().len() as u64;
+                if let Ok(previous) = serde_json::from_slice::<Remembered>(old.value()) {
+                    touched.remove((previous.touched_ms, key)).map_err(fail)?;
+                }
+            }
+            touched.insert((self.now_ms, key), ()).map_err(fail)?;
+            drop((table, touched));
+            adjust_bytes(self.txn, bytes.len() as u64, removed)
+        })();
+        if let Err(error) = result {
+            self.failure.get_or_insert(error);
+        }
+    }
+}
+
+impl IngestTx for RedbIngest<'_> {
+    fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError> {
+        let seq = counter(self.txn, "next_seq")?;
+        set_counter(self.txn, "next_seq", seq + 1)?;
+        let bytes = serde_json::to_vec(pending).map_err(fail)?;
+        let mut table = self.txn.open_table(QUEUE).map_err(fail)?;
+        table.insert((pixel, seq), bytes.as_slice()).map_err(fail)?;
+        drop(table);
+        adjust_bytes(self.txn, bytes.len() as u64, 0)?;
+        Ok(seq)
+    }
+}
+
+impl Store for RedbStore {
+    fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+        self.write(|txn| {
+            let mut ingest = RedbIngest { txn, now_ms, failure: None };
+            work(&mut ingest)?;
+            match ingest.failure {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn peek(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
+        let txn = self.db.begin_read().map_err(fail)?;
+        let table = txn.open_table(QUEUE).map_err(fail)?;
+        let mut out = Vec::new();
+        for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
+            let (key, value) = entry.map_err(fail)?;
+            let pending: Pending = serde_json::from_slice(value.value()).map_err(fail)?;
+            out.push((key.value().1, pending));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn complete(&self, pixel: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(QUEUE).map_err(fail)?;
+            let mut removed = 0u64;
+            for &seq in seqs {
+                if let Some(old) = table.remove((pixel, seq)).map_err(fail)? {
+                    removed += old.value().len() as u64;
+                }
+            }
+            drop(table);
+            adjust_bytes(txn, 0, removed)
+        })
+    }
+
+    fn bury(&self, pixel: &str, dead: &[(u64, String, String)], now_ms: i64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut queue = txn.open_table(QUEUE).map_err(fail)?;
+            let mut dead_table = txn.open_table(DEAD).map_err(fail)?;
+            let (mut added, mut removed) = (0u64, 0u64);
+            for (seq, reason, detail) in dead {
+                let Some(old) = queue.remove((pixel, *seq)).map_err(fail)? else { continue };
+                removed += old.value().len() as u64;
+                let pending: Pending = serde_json::from_slice(old.value()).map_err(fail)?;
+                drop(old);
+                let letter = DeadLetter {
+                    pixel: pixel.to_string(),
+                    seq: *seq,
+                    pending,
+                    reason: reason.clone(),
+                    detail: detail.clone(),
+                    dead_ms: now_ms,
+                };
+                let bytes = serde_json::to_vec(&letter).map_err(fail)?;
+                added += bytes.len() as u64;
+                dead_table.insert((pixel, *seq), bytes.as_slice()).map_err(fail)?;
+            }
+            drop((queue, dead_table));
+            adjust_bytes(txn, added, removed)
+        })
+    }
+
+    fn dead_letters(&self, pixel: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let txn = self.db.begin_read().map_err(fail)?;
+        let table = txn.open_table(DEAD).map_err(fail)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(fail)? {
+            let (key, value) = entry.map_err(fail)?;
+            if pixel.is_some_and(|p| p != key.value().0) {
+                continue;
+            }
+            out.push(serde_json::from_slice::<DeadLetter>(value.value()).map_err(fail)?);
+        }
+        out.sort_by_key(|d| d.seq);
+        Ok(out)
+    }
+
+    fn replay(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<usize, StoreError> {
+        let chosen = self.chosen(pixel, seqs)?;
+        self.write(|txn| {
+            let mut queue = txn.open_table(QUEUE).map_err(fail)?;
+            let mut dead = txn.open_table(DEAD).map_err(fail)?;
+            let (mut added, mut removed) = (0u64, 0u64);
+            for letter in &chosen {
+                if let Some(old) = dead.remove((letter.pixel.as_str(), letter.seq)).map_err(fail)? {
+                    removed += old.value().len() as u64;
+                }
+                let bytes = serde_json::to_vec(&letter.pending).map_err(fail)?;
+                added += bytes.len() as u64;
+                queue.insert((letter.pixel.as_str(), letter.seq), bytes.as_slice()).map_err(fail)?;
+            }
+            drop((queue, dead));
+            adjust_bytes(txn, added, removed)
+        })?;
+        Ok(chosen.len())
+    }
+
+    fn purge(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<usize, StoreError> {
+        let chosen = self.chosen(pixel, seqs)?;
+        self.write(|txn| {
+            let mut dead = txn.open_table(DEAD).map_err(fail)?;
+            let mut removed = 0u64;
+            for letter in &chosen {
+                if let Some(old) = dead.remove((letter.pixel.as_str(), letter.seq)).map_err(fail)? {
+                    removed += old.value().len() as u64;
+                }
+            }
+            drop(dead);
+            adjust_bytes(txn, 0, removed)
+        })?;
+        Ok(chosen.len())
+    }
+
+    fn depth(&self, pixel: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(fail)?;
+        let table = txn.open_table(QUEUE).map_err(fail)?;
+        let mut count = 0;
+        for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
+            entry.map_err(fail)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let cutoff = before_ms.max(0) as u64;
+        let mut forgotten = 0;
+        self.write(|txn| {
+            let mut touched = txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+            let mut table = txn.open_table(IDENTITY).map_err(fail)?;
+            let stale: Vec<(u64, String)> = touched
+                .range((0, "")..(cutoff, ""))
+                .map_err(fail)?
+                .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_string())))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?;
+            let mut removed = 0;
+            for (at, key) in &stale {
+                touched.remove((*at, key.as_str())).map_err(fail)?;
+                if let Some(old) = table.remove(key.as_str()).map_err(fail)? {
+                    removed += old.value().len() as u64;
+                }
+            }
+            forgotten = stale.len();
+            drop((touched, table));
+            adjust_bytes(txn, 0, removed)
+        })?;
+        Ok(forgotten)
+    }
+
+    fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(fail)?;
+        let table = txn.open_table(META).map_err(fail)?;
+        Ok(table.get("stored_bytes").map_err(fail)?.map(|v| v.value()).unwrap_or(0))
+    }
+}
+
+impl RedbStore {
+    fn chosen(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self.dead_letters(pixel)?.into_iter().filter(|d| seqs.is_none_or(|s| s.contains(&d.seq))).collect())
+    }
+
+    /// How many visitor keys identity memory holds.
+    pub fn identity_keys(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(fail)?;
+        let table = txn.open_table(IDENTITY).map_err(fail)?;
+        table.len().map_err(fail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(id: &str) -> Pending {
+        Pending {
+            id: id.into(),
+            event_type: "page_viewed".into(),
+            timestamp_ms: Some(1),
+            received_ms: 2,
+            event: format!(r#"{{"id":"{id}"}}"#),
+        }
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("engine-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn queue_dead_letters_and_byte_count_survive_reopening() {
+        let dir = temp_dir("reopen");
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            store
+                .ingest(&mut |tx| {
+                    for id in ["a", "b", "c"] {
+                        tx.enqueue("px", &pending(id))?;
+                    }
+                    tx.enqueue("other", &pending("z"))?;
+                    tx.store("anon:1", Profile { fields: Vec::new(), keys: vec!["anon:1".into()] });
+                    Ok(())
+                })
+                .unwrap();
+            store.complete("px", &[0]).unwrap();
+            store.bury("px", &[(1, "rejected".into(), "{\"error\":\"bad\"}".into())], 10).unwrap();
+        }
+        let store = RedbStore::open(&dir).unwrap();
+        let queued: Vec<String> = store.peek("px", 10).unwrap().into_iter().map(|(_, p)| p.id).collect();
+        assert_eq!(queued, ["c"]);
+        assert_eq!(store.depth("other").unwrap(), 1);
+        let dead = store.dead_letters(Some("px")).unwrap();
+        assert_eq!((dead.len(), dead[0].pending.id.as_str(), dead[0].reason.as_str()), (1, "b", "rejected"));
+        assert_eq!(store.identity_keys().unwrap(), 1);
+        let bytes = store.stored_bytes().unwrap();
+        assert!(bytes > 0);
+        assert_eq!(store.replay(Some("px"), None).unwrap(), 1);
+        let queued: Vec<String> = store.peek("px", 10).unwrap().into_iter().map(|(_, p)| p.id).collect();
+        assert_eq!(queued, ["b", "c"], "a replayed event goes back to its place in the queue");
+        store.complete("px", &[1, 2]).unwrap();
+        store.complete("other", &[3]).unwrap();
+        let remembered = store.stored_bytes().unwrap();
+        assert!(remembered > 0, "identity memory counts toward the disk cap");
+        assert_eq!(store.forget_visitors(0).unwrap(), 0, "a visitor touched now is not forgotten for a past cutoff");
+        let later = jiff::Timestamp::now().as_millisecond() + 1000;
+        assert_eq!(store.forget_visitors(later).unwrap(), 1);
+        assert_eq!(store.identity_keys().unwrap(), 0);
+        assert_eq!(store.stored_bytes().unwrap(), 0, "the byte count returns to zero when everything is delivered");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_ingest_leaves_nothing_behind() {
+        let dir = temp_dir("rollback");
+        let store = RedbStore::open(&dir).unwrap();
+        let result = store.ingest(&mut |tx| {
+            tx.enqueue("px", &pending("a"))?;
+            Err(StoreError("the request failed".into()))
+        });
+        assert!(result.is_err());
+        assert_eq!(store.depth("px").unwrap(), 0);
+        assert_eq!(store.stored_bytes().unwrap(), 0);
+        assert!(RedbStore::open(&dir).is_err(), "a second opener is refused while the store is open");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
