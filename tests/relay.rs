@@ -51,6 +51,7 @@ pub fn config(dir: &Path, fake: &FakeOpenAi, extra: &str) -> RelayConfig {
         "endpoint": fake.url,
         "ingestion": {"keys": [{"name": "site", "key": INGESTION_KEY, "hmac_secret": HMAC_SECRET}]},
         "batch": {"linger_ms": 50},
+        "shutdown_grace_ms": 300,
         "retry": {"initial_backoff_ms": 20, "max_backoff_ms": 200, "timeout_ms": 2000, "auth_probe_ms": 100},
     });
     let extra: Value = if extra.trim().is_empty() {

@@ -30,6 +30,8 @@ struct File {
     debug: Option<bool>,
     /// Days after which identity memory forgets a visitor it has not seen since (default 90).
     identity_ttl_days: Option<u64>,
+    /// On SIGTERM, how long delivery keeps sending what is queued before the relay exits (default 5000).
+    shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     ingestion: IngestionFile,
     #[serde(default)]
@@ -107,6 +109,8 @@ pub struct RelayConfig {
     pub debug: bool,
     /// A visitor not seen for this long is forgotten by identity memory.
     pub identity_ttl: Duration,
+    /// On stop, how long delivery keeps sending what is queued before abandoning what is in flight.
+    pub shutdown_grace: Duration,
     pub ingestion: Ingestion,
     pub batch: Batching,
     pub retry: Retry,
@@ -275,6 +279,7 @@ fn build(
         dry_run,
         debug,
         identity_ttl,
+        shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(5000)),
         ingestion,
         batch,
         retry,

@@ -64,7 +64,10 @@ struct Deliverer {
     client: reqwest::Client,
 }
 
-pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::Receiver<bool>) {
+/// `Some(deadline)` once the relay is stopping: the queue is drained until then.
+type Stop = watch::Receiver<Option<Instant>>;
+
+pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
     let client = match reqwest::Client::builder().timeout(shared.config.retry.timeout).build() {
         Ok(client) => client,
         Err(error) => {
@@ -77,29 +80,34 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
     let batching = shared.config.batch;
     let mut failures: u32 = 0;
     loop {
-        let stopping = *shutdown.borrow();
+        // Stopping, the queue is drained without waiting for full batches, until it is empty, the grace period
+        // ends, or OpenAI cannot take it now; what is left stays stored for the next start.
+        let draining = *shutdown.borrow();
+        if draining.is_some_and(|deadline| Instant::now() >= deadline) {
+            break;
+        }
         let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(pixel = %pixel.config.name, %error, "cannot read the queue");
-                if stopping {
+                if draining.is_some() {
                     break;
                 }
                 pause(&mut shutdown, Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if stopping {
-            break;
-        }
         if batch.is_empty() {
+            if draining.is_some() {
+                break;
+            }
             tokio::select! {
                 _ = pixel.queued.notified() => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        if batch.len() < batching.max_events {
+        if batch.len() < batching.max_events && draining.is_none() {
             let waited = now_ms() - batch[0].1.received_ms;
             let linger = batching.linger.as_millis() as i64;
             if waited < linger {
@@ -115,6 +123,9 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
             Ok(live) => live,
             Err(error) => {
                 tracing::error!(pixel = %pixel.config.name, %error, "cannot dead-letter expired events");
+                if draining.is_some() {
+                    break;
+                }
                 pause(&mut shutdown, Duration::from_secs(1)).await;
                 continue;
             }
@@ -122,12 +133,15 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
         if live.is_empty() {
             continue;
         }
-        match deliverer.round(&live, &mut shutdown).await {
+        let round = deliverer.round(&live, &mut shutdown).await;
+        let stopping = shutdown.borrow().is_some();
+        match round {
             Round::Stopped => {
                 tracing::info!(
                     pixel = %pixel.config.name,
                     events = live.len(),
-                    "stopping: the request in flight is abandoned; its events stay queued and keep their ids"
+                    "stopping: the grace period is over; the request in flight is abandoned and its events stay \
+                     queued with their ids"
                 );
                 break;
             }
@@ -139,9 +153,13 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
             }
             Round::Later { after, why } => {
                 failures = failures.saturating_add(1);
+                deliverer.shared.metrics.retried(&pixel.config.name, &why);
+                if stopping {
+                    tracing::info!(pixel = %pixel.config.name, %why, "stopping: undelivered events stay queued");
+                    break;
+                }
                 let delay = backoff(&shared.config.retry, failures).max(after.unwrap_or_default());
                 tracing::warn!(pixel = %pixel.config.name, %why, retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
-                deliverer.shared.metrics.retried(&pixel.config.name, &why);
                 pause(&mut shutdown, delay).await;
             }
             Round::Unauthorized { status, body } => {
@@ -154,14 +172,17 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
                          by itself once the key works"
                     );
                 }
+                if stopping {
+                    break;
+                }
                 pause(&mut shutdown, shared.config.retry.auth_probe).await;
             }
         }
     }
 }
 
-/// Sleeps, or returns early when the relay is stopping.
-async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+/// Sleeps, or returns early when the relay starts stopping.
+async fn pause(shutdown: &mut Stop, delay: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.changed() => {}
@@ -253,13 +274,26 @@ impl Deliverer {
 
     /// Delivers a batch, splitting refused batches in halves until each bad event stands alone. A stop does not
     /// wait for OpenAI's answer (up to `retry.timeout`): what is not settled yet is stored and sent again later.
-    async fn round(&self, batch: &Batch, shutdown: &mut watch::Receiver<bool>) -> Round {
+    async fn round(&self, batch: &Batch, shutdown: &mut Stop) -> Round {
         let mut parts: Vec<&Batch> = vec![batch];
         while let Some(part) = parts.pop() {
-            let answer = tokio::select! {
-                answer = self.post(part) => answer,
-                // Err means the handle is gone without a stop: keep delivering.
-                Ok(()) = shutdown.changed() => return Round::Stopped,
+            let post = self.post(part);
+            tokio::pin!(post);
+            // A stop lets the request in flight finish within the grace period; past it, the request is abandoned
+            // (its events stay queued, and OpenAI deduplicates them by id if it did take them).
+            let answer = loop {
+                let draining = *shutdown.borrow();
+                match draining {
+                    Some(deadline) => tokio::select! {
+                        answer = &mut post => break answer,
+                        _ = tokio::time::sleep_until(deadline.into()) => return Round::Stopped,
+                    },
+                    None => tokio::select! {
+                        answer = &mut post => break answer,
+                        // Err means the handle is gone without a stop: keep delivering.
+                        Ok(()) = shutdown.changed() => continue,
+                    },
+                }
             };
             match answer {
                 Answer::Accepted => {

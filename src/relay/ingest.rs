@@ -431,6 +431,16 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             tx.enqueue(&pixel.config.name, &pending)?;
                             event_id = Some(id);
                         }
+                        if let Outcome::Rejected(rejected) = &explanation.outcome {
+                            // The message may quote a value; the reason, field and rule say what to fix.
+                            tracing::info!(
+                                pixel = %pixel.config.name,
+                                reason = ?rejected.reason,
+                                field = rejected.field.as_deref().unwrap_or_default(),
+                                rule = rejected.rule.as_deref().unwrap_or_default(),
+                                "event rejected by the mapping: not sent (see /debug)"
+                            );
+                        }
                         entries.push(debug::Entry::received(&pixel.config.name, event, &explanation, event_id, now));
                     }
                 }

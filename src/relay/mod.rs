@@ -12,6 +12,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -47,14 +48,17 @@ struct Shared {
 /// A relay running in this process: its address, and the handle to stop it.
 pub struct RelayHandle {
     pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
+    /// `Some(deadline)` once stopping: deliveries drain the queue until the deadline.
+    shutdown: watch::Sender<Option<Instant>>,
+    grace: Duration,
     done: tokio::task::JoinHandle<()>,
 }
 
 impl RelayHandle {
-    /// Stops accepting, lets in-flight requests and deliveries finish (what is queued stays stored), and waits.
+    /// Stops accepting; delivery sends what is queued for up to `shutdown_grace_ms` (without waiting for full
+    /// batches), then abandons what is still in flight. Whatever was not delivered stays stored for the next start.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Some(Instant::now() + self.grace));
         let _ = self.done.await;
     }
 
@@ -105,7 +109,8 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     let addr = listener.local_addr().map_err(|e| ConfigError(format!("`listen`: {e}")))?;
     let metrics = metrics::Metrics::new(pixels.iter().map(|p| p.config.name.as_str()));
     let shared = Arc::new(Shared { config, store, pixels, debug: debug::DebugLog::new(500), metrics });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(None);
+    let grace = shared.config.shutdown_grace;
     let (jobs_tx, jobs_rx) = mpsc::channel(1024);
     let writer = {
         let shared = shared.clone();
@@ -124,7 +129,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     let done = tokio::spawn(async move {
         let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|stop| *stop).await;
+                let _ = server_shutdown.wait_for(Option::is_some).await;
             });
         if let Err(error) = server.await {
             tracing::error!(%error, "server stopped");
@@ -138,12 +143,12 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         let _ = pruning.await;
         tracing::info!("relay stopped");
     });
-    Ok(RelayHandle { addr, shutdown: shutdown_tx, done })
+    Ok(RelayHandle { addr, shutdown: shutdown_tx, grace, done })
 }
 
 /// Identity memory forgets visitors not seen for `identity_ttl`, checked at start and every hour, so that the
 /// store stays bounded however many visitors come and go.
-async fn forget_old_visitors(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn forget_old_visitors(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<Instant>>) {
     loop {
         let cutoff = now_ms() - shared.config.identity_ttl.as_millis() as i64;
         let store = shared.store.clone();
@@ -157,7 +162,7 @@ async fn forget_old_visitors(shared: Arc<Shared>, mut shutdown: watch::Receiver<
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(Option::is_some) => return,
         }
     }
 }
@@ -166,10 +171,14 @@ async fn forget_old_visitors(shared: Arc<Shared>, mut shutdown: watch::Receiver<
 pub async fn serve(config: RelayConfig) -> Result<(), ConfigError> {
     let handle = start(config).await?;
     let shutdown = handle.shutdown.clone();
+    let grace = handle.grace;
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: no new events accepted; queued events stay stored");
-        let _ = shutdown.send(true);
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: no new events accepted; delivering what is queued within the grace period, the rest stays stored"
+        );
+        let _ = shutdown.send(Some(Instant::now() + grace));
     });
     handle.wait().await;
     Ok(())

@@ -144,3 +144,25 @@ async fn concurrent_requests_are_each_acknowledged_and_delivered_once() {
     relay.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_drains_the_queue_within_the_grace_period() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("drain");
+    // A batch would wait a minute to fill up; a stop sends what is there at once.
+    let relay = relay(&dir, &fake, "batch: {linger_ms: 60000}\nshutdown_grace_ms: 5000").await;
+    for id in ["d-1", "d-2", "d-3"] {
+        assert_eq!(post(&relay, "/v1/t", &order(id)).await.0, 200);
+    }
+    assert!(fake.requests().is_empty(), "the batch lingers");
+    let stopping = Instant::now();
+    tokio::time::timeout(SECONDS, relay.stop()).await.expect("the relay stops");
+    assert!(stopping.elapsed() < Duration::from_secs(5), "drained in {:?}", stopping.elapsed());
+    let mut delivered = ids(&fake.accepted());
+    delivered.sort();
+    assert_eq!(delivered, ["d-1", "d-2", "d-3"], "delivered before stop returned");
+    let store = RedbStore::open(&dir.join("data")).expect("the store is closed once stop returns");
+    assert_eq!(store.depth(PIXEL_NAME).unwrap(), 0);
+    drop(store);
+    std::fs::remove_dir_all(&dir).ok();
+}
