@@ -260,25 +260,27 @@ fn compile_file(path: &Path, options: &CompileOptions) -> Result<Compiled, Failu
     Ok(signal_engine::compile(&path.to_string_lossy(), &text, &FileLoader, options))
 }
 
+/// The files below `dir` (recursively, in path order) that `wanted` picks.
+fn files_below(dir: &Path, wanted: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> Result<(), Failure> {
+    let entries = fs::read_dir(dir).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            files_below(&path, wanted, out)?;
+        } else if wanted(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 /// The mapping files named: files as given, directories expanded to the `.map` files below them, sorted.
 fn mapping_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Failure> {
-        let entries = fs::read_dir(dir).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.extension().is_some_and(|e| e == "map") {
-                out.push(path);
-            }
-        }
-        Ok(())
-    }
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            walk(path, &mut files)?;
+            files_below(path, &|p| p.extension().is_some_and(|e| e == "map"), &mut files)?;
         } else {
             files.push(path.clone());
         }
@@ -334,19 +336,6 @@ fn check(paths: &[PathBuf], params: Option<&Path>, format: Format, color: Color)
 
 /// `engine test`: every test file named or found, run in path order; the outcome of each case as it finishes.
 fn test(args: TestArgs) -> Result<u8, Failure> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Failure> {
-        let entries = fs::read_dir(dir).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.to_string_lossy().ends_with(mapping_test::TEST_FILE_SUFFIX) {
-                out.push(path);
-            }
-        }
-        Ok(())
-    }
     let roots = if args.paths.is_empty() {
         vec![PathBuf::from(if Path::new("mappings").is_dir() { "mappings" } else { "." })]
     } else {
@@ -356,7 +345,7 @@ fn test(args: TestArgs) -> Result<u8, Failure> {
     for root in &roots {
         if root.is_dir() {
             let before = files.len();
-            walk(root, &mut files)?;
+            files_below(root, &|p| p.to_string_lossy().ends_with(mapping_test::TEST_FILE_SUFFIX), &mut files)?;
             if files.len() == before {
                 return Err(usage(format!("no `*{}` files in {}", mapping_test::TEST_FILE_SUFFIX, root.display())));
             }
