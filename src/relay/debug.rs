@@ -62,11 +62,8 @@ impl Entry {
         event_id: Option<String>,
         now_ms: i64,
     ) -> Entry {
-        let (outcome, reason, state) = match &explanation.outcome {
-            Outcome::Mapped(_) => ("mapped", None, "queued".to_string()),
-            Outcome::Dropped(d) => ("dropped", Some(reason_name(&d.reason)), "dropped".to_string()),
-            Outcome::Rejected(r) => ("rejected", Some(reason_name(&r.reason)), "rejected".to_string()),
-        };
+        let (outcome, reason) = describe(&explanation.outcome);
+        let state = if outcome == "mapped" { "queued" } else { outcome }.to_string();
         let mut input = input.clone();
         mask_personal(&mut input);
         Entry {
@@ -81,6 +78,15 @@ impl Entry {
             state,
             attempts: Vec::new(),
         }
+    }
+}
+
+/// An outcome as the debugger and the metrics name it: `mapped`, `dropped` or `rejected`, and the reason.
+pub(super) fn describe(outcome: &Outcome) -> (&'static str, Option<String>) {
+    match outcome {
+        Outcome::Mapped(_) => ("mapped", None),
+        Outcome::Dropped(d) => ("dropped", Some(reason_name(&d.reason))),
+        Outcome::Rejected(r) => ("rejected", Some(reason_name(&r.reason))),
     }
 }
 
@@ -124,6 +130,11 @@ impl DebugLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
         // A panic elsewhere while holding the lock leaves a log that is still fine to read.
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many entries it keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn push(&self, mut entry: Entry) {

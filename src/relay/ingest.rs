@@ -409,16 +409,36 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         }
         let now = now_ms();
         let mut entries = Vec::new();
+        let mut outcomes: Vec<(&str, &'static str, Option<String>)> = Vec::new();
+        // An explanation costs several times what applying does, so under load the debugger samples: the newest
+        // events of each group are explained and kept, the others only applied. At a trickle, every event is.
+        const EXPLAINED_PER_GROUP: usize = 64;
+        let mapped_events = group.iter().map(|j| j.events.len()).sum::<usize>() * shared.pixels.len();
+        let explain_from = mapped_events.saturating_sub(EXPLAINED_PER_GROUP.min(shared.debug.capacity()));
         let result = shared.store.ingest(&mut |tx| {
             entries.clear();
+            outcomes.clear();
+            let mut index = 0;
             for job in &group {
                 for event in &job.events {
                     let text = event.to_string();
                     for pixel in &shared.pixels {
                         let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.config.name };
-                        let explanation = explain(&pixel.plan, &text, &mut Context::with_identity(now, &mut memory));
+                        let mut context = Context::with_identity(now, &mut memory);
+                        let explanation = (index >= explain_from).then(|| explain(&pixel.plan, &text, &mut context));
+                        index += 1;
+                        let applied;
+                        let outcome = match &explanation {
+                            Some(explanation) => &explanation.outcome,
+                            None => {
+                                applied = pixel.plan.apply_str(&text, &mut context);
+                                &applied
+                            }
+                        };
+                        let (name, reason) = debug::describe(outcome);
+                        outcomes.push((&pixel.config.name, name, reason));
                         let mut event_id = None;
-                        if let Outcome::Mapped(mapped) = &explanation.outcome {
+                        if let Outcome::Mapped(mapped) = outcome {
                             let output: Value = serde_json::from_str(&mapped.json).unwrap_or(Value::Null);
                             let id = output["id"].as_str().unwrap_or_default().to_string();
                             let pending = Pending {
@@ -431,7 +451,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             tx.enqueue(&pixel.config.name, &pending)?;
                             event_id = Some(id);
                         }
-                        if let Outcome::Rejected(rejected) = &explanation.outcome {
+                        if let Outcome::Rejected(rejected) = outcome {
                             // The message may quote a value; the reason, field and rule say what to fix.
                             tracing::info!(
                                 pixel = %pixel.config.name,
@@ -441,7 +461,9 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                 "event rejected by the mapping: not sent (see /debug)"
                             );
                         }
-                        entries.push(debug::Entry::received(&pixel.config.name, event, &explanation, event_id, now));
+                        if let Some(explanation) = &explanation {
+                            entries.push(debug::Entry::received(&pixel.config.name, event, explanation, event_id, now));
+                        }
                     }
                 }
             }
@@ -449,8 +471,10 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         });
         match result {
             Ok(()) => {
+                for (pixel, outcome, reason) in outcomes.drain(..) {
+                    shared.metrics.outcome(pixel, outcome, reason);
+                }
                 for entry in entries.drain(..) {
-                    shared.metrics.outcome(&entry);
                     shared.debug.push(entry);
                 }
                 for job in group {

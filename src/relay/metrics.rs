@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use super::{debug, Shared};
+use super::Shared;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -101,10 +101,10 @@ impl Metrics {
         self.refused.get_or_create(&vec![("reason", "disk_cap".to_string())]).inc_by(events as u64);
     }
 
-    pub fn outcome(&self, entry: &debug::Entry) {
-        let mut labels = pixel(&entry.pixel);
-        labels.push(("outcome", entry.outcome.to_string()));
-        labels.push(("reason", entry.reason.clone().unwrap_or_default()));
+    pub fn outcome(&self, name: &str, outcome: &str, reason: Option<String>) {
+        let mut labels = pixel(name);
+        labels.push(("outcome", outcome.to_string()));
+        labels.push(("reason", reason.unwrap_or_default()));
         self.outcomes.get_or_create(&labels).inc();
     }
 

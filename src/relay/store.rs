@@ -158,6 +158,10 @@ struct RedbIngest<'t> {
     now_ms: u64,
     /// The first failure of identity memory, which the trait cannot return: it fails the whole transaction.
     failure: Option<StoreError>,
+    /// The counters, read once and written once per transaction rather than per event.
+    next_seq: Option<u64>,
+    bytes_added: u64,
+    bytes_removed: u64,
 }
 
 impl IdentityStore for RedbIngest<'_> {
@@ -186,8 +190,9 @@ impl IdentityStore for RedbIngest<'_> {
                 }
             }
             touched.insert((self.now_ms, key), ()).map_err(fail)?;
-            drop((table, touched));
-            adjust_bytes(self.txn, bytes.len() as u64, removed)
+            self.bytes_added += bytes.len() as u64;
+            self.bytes_removed += removed;
+            Ok::<(), StoreError>(())
         })();
         if let Err(error) = result {
             self.failure.get_or_insert(error);
@@ -197,13 +202,15 @@ impl IdentityStore for RedbIngest<'_> {
 
 impl IngestTx for RedbIngest<'_> {
     fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError> {
-        let seq = counter(self.txn, "next_seq")?;
-        set_counter(self.txn, "next_seq", seq + 1)?;
+        let seq = match self.next_seq {
+            Some(seq) => seq,
+            None => counter(self.txn, "next_seq")?,
+        };
+        self.next_seq = Some(seq + 1);
         let bytes = serde_json::to_vec(pending).map_err(fail)?;
         let mut table = self.txn.open_table(QUEUE).map_err(fail)?;
         table.insert((pixel, seq), bytes.as_slice()).map_err(fail)?;
-        drop(table);
-        adjust_bytes(self.txn, bytes.len() as u64, 0)?;
+        self.bytes_added += bytes.len() as u64;
         Ok(seq)
     }
 }
@@ -212,12 +219,16 @@ impl Store for RedbStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         self.write(|txn| {
-            let mut ingest = RedbIngest { txn, now_ms, failure: None };
+            let mut ingest =
+                RedbIngest { txn, now_ms, failure: None, next_seq: None, bytes_added: 0, bytes_removed: 0 };
             work(&mut ingest)?;
-            match ingest.failure {
-                Some(error) => Err(error),
-                None => Ok(()),
+            if let Some(error) = ingest.failure {
+                return Err(error);
             }
+            if let Some(next) = ingest.next_seq {
+                set_counter(txn, "next_seq", next)?;
+            }
+            adjust_bytes(txn, ingest.bytes_added, ingest.bytes_removed)
         })
     }
 
