@@ -75,6 +75,20 @@ pub struct RuleTrace {
     pub personal: bool,
 }
 
+impl RuleTrace {
+    /// A rule's trace before its steps are evaluated.
+    fn start(location: &str, target: &str, scope: &Option<String>, personal: bool) -> RuleTrace {
+        RuleTrace {
+            rule: location.to_string(),
+            target: target.to_string(),
+            scope: scope.clone(),
+            steps: Vec::new(),
+            why: None,
+            personal,
+        }
+    }
+}
+
 /// A source term or a pipe call, and what it gave.
 #[derive(Clone, Debug, Serialize)]
 pub struct TraceStep {
@@ -212,14 +226,7 @@ impl Tracer<'_, '_> {
 
     /// Traces a scalar rule; the value is `None` when it produced nothing (its trace then says why).
     fn trace_rule(&self, rule: &PlanRule) -> (RuleTrace, Option<Value>) {
-        let mut trace = RuleTrace {
-            rule: rule.location.clone(),
-            target: rule.target_name.clone(),
-            scope: rule.text.scope.clone(),
-            steps: Vec::new(),
-            why: None,
-            personal: rule.personal,
-        };
+        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
         let value = self.trace_value(&rule.expr, &rule.pipes, &rule.text, rule.personal, None, &mut trace);
         (trace, value)
     }
@@ -368,14 +375,7 @@ impl Tracer<'_, '_> {
         rules: &[ElementRule],
         silent: &mut Vec<RuleTrace>,
     ) -> BlockTrace {
-        let mut trace = RuleTrace {
-            rule: rule.location.clone(),
-            target: rule.target_name.clone(),
-            scope: rule.text.scope.clone(),
-            steps: Vec::new(),
-            why: None,
-            personal: rule.personal,
-        };
+        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
         let source = match eval_ref(&rule.expr, self.input, None) {
             Ok(got) => got.map(|g| g.into_val().to_json()),
             Err(note) => {
@@ -412,14 +412,12 @@ impl Tracer<'_, '_> {
         for (index, element) in elements.iter().enumerate() {
             let mut fields: Vec<(String, RuleTrace, Value)> = Vec::new();
             for element_rule in rules {
-                let mut field_trace = RuleTrace {
-                    rule: element_rule.location.clone(),
-                    target: element_rule.target_name.clone(),
-                    scope: rule.text.scope.clone(),
-                    steps: Vec::new(),
-                    why: None,
-                    personal: element_rule.personal,
-                };
+                let mut field_trace = RuleTrace::start(
+                    &element_rule.location,
+                    &element_rule.target_name,
+                    &rule.text.scope,
+                    element_rule.personal,
+                );
                 let value = self.trace_value(
                     &element_rule.expr,
                     &element_rule.pipes,

@@ -6,33 +6,20 @@
 use serde_json::{json, Value};
 use signal_engine::explain::{explain, Origin};
 use signal_engine::identity::MemoryStore;
-use signal_engine::presets::{self, Preset};
+use signal_engine::presets;
 use signal_engine::run::Outcome;
-use signal_engine::{CompileOptions, Context, Plan};
+use signal_engine::Context;
 
-fn plan(preset: &Preset) -> Plan {
-    preset.compile(&CompileOptions::default()).plan.expect("a preset compiles")
-}
-
-fn millis(rfc3339: &str) -> i64 {
-    rfc3339.parse::<jiff::Timestamp>().expect("valid time").as_millisecond()
-}
+use crate::support::{millis, preset_plan as plan, PresetCase};
 
 #[test]
 fn explain_preset_fixtures() {
     insta::glob!("fixtures/events/*.json", |path| {
-        let case: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let preset = match case["preset"].as_str() {
-            Some("openai_ads_developer_docs") => presets::OPENAI_ADS_DEVELOPER_DOCS,
-            _ => presets::OPENAI_ADS,
-        };
-        let plan = plan(&preset);
-        let now = millis(case["now"].as_str().expect("every case has `now`"));
+        let PresetCase { plan, now_ms: now, remembering, events, .. } = PresetCase::load(path);
         let mut memory = MemoryStore::default();
-        let remembering = case["identity"].as_bool().unwrap_or(false);
         let mut text = String::new();
         let mut records = Vec::new();
-        for (index, event) in case["events"].as_array().expect("every case has `events`").iter().enumerate() {
+        for (index, event) in events.iter().enumerate() {
             let mut context =
                 if remembering { Context::with_identity(now, &mut memory) } else { Context::stateless(now) };
             let explanation = explain(&plan, &event.to_string(), &mut context);

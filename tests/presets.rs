@@ -3,19 +3,11 @@
 
 use serde_json::{json, Value};
 use signal_engine::identity::MemoryStore;
-use signal_engine::presets::{self, Preset};
+use signal_engine::presets;
 use signal_engine::run::Outcome;
-use signal_engine::{CompileOptions, Context, Plan};
+use signal_engine::{CompileOptions, Context};
 
-fn plan(preset: &Preset) -> Plan {
-    let compiled = preset.compile(&CompileOptions::default());
-    assert!(compiled.diagnostics.is_empty(), "{} has diagnostics: {:?}", preset.name, compiled.diagnostics);
-    compiled.plan.expect("a preset compiles")
-}
-
-fn millis(rfc3339: &str) -> i64 {
-    rfc3339.parse::<jiff::Timestamp>().expect("valid time").as_millisecond()
-}
+use crate::support::{millis, preset_plan as plan, PresetCase};
 
 /// The outcome as a JSON value for snapshots: the mapped event itself, or the drop or rejection record.
 fn outcome_json(outcome: &Outcome) -> Value {
@@ -35,18 +27,9 @@ fn outcome_json(outcome: &Outcome) -> Value {
 #[test]
 fn preset_cases() {
     insta::glob!("fixtures/events/*.json", |path| {
-        let case: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let preset = match case["preset"].as_str() {
-            Some("openai_ads_developer_docs") => presets::OPENAI_ADS_DEVELOPER_DOCS,
-            _ => presets::OPENAI_ADS,
-        };
-        let plan = plan(&preset);
-        let now = millis(case["now"].as_str().expect("every case has `now`"));
+        let PresetCase { about, plan, now_ms: now, remembering, events } = PresetCase::load(path);
         let mut memory = MemoryStore::default();
-        let remembering = case["identity"].as_bool().unwrap_or(false);
-        let outcomes: Vec<Value> = case["events"]
-            .as_array()
-            .expect("every case has `events`")
+        let outcomes: Vec<Value> = events
             .iter()
             .map(|event| {
                 if remembering {
@@ -60,7 +43,7 @@ fn preset_cases() {
                 outcome_json(&from_value)
             })
             .collect();
-        insta::assert_json_snapshot!(json!({ "about": case["about"], "outcomes": outcomes }));
+        insta::assert_json_snapshot!(json!({ "about": about, "outcomes": outcomes }));
     });
 }
 
