@@ -7,6 +7,7 @@
 
 mod fmt;
 mod relay;
+mod send;
 
 use std::fs;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
@@ -41,6 +42,8 @@ enum Command {
     Serve(relay::ServeArgs),
     /// Lists, shows, replays or purges the relay's dead letters (while the relay is stopped).
     Dlq(relay::DlqArgs),
+    /// Posts NDJSON events to a relay as a server SDK would: batches, gzip, retries on 429 and 5xx.
+    Send(send::SendArgs),
     /// Checks mapping files and reports every problem found (exit 1 when any is an error).
     Check {
         /// Mapping files to check; a directory stands for every `.map` file below it.
@@ -195,6 +198,7 @@ pub fn main() -> ExitCode {
         Command::Fmt(FmtArgs { check, paths }) => fmt::fmt(&paths, check),
         Command::Serve(args) => relay::serve(args),
         Command::Dlq(args) => relay::dlq(args),
+        Command::Send(args) => send::send(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -543,7 +547,8 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             Outcome::Dropped(dropped) => {
                 match dropped.reason {
                     DropReason::Unmapped => summary.unmapped += 1,
-                    DropReason::Identify => summary.identify += 1,
+                    // An alias, like an identify, only feeds identity memory.
+                    DropReason::Identify | DropReason::Alias => summary.identify += 1,
                 }
                 report(
                     &mut reports,

@@ -219,7 +219,7 @@ struct Compiler<'s> {
     routes_location: Option<String>,
 }
 
-const FIXED_PATHS: [&str; 4] = ["type", "event", "anonymousId", "userId"];
+const FIXED_PATHS: [&str; 5] = ["type", "event", "anonymousId", "userId", "previousId"];
 
 impl<'s> Compiler<'s> {
     fn new(sources: &'s Sources, root: FileId, options: &'s CompileOptions) -> Self {

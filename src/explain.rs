@@ -105,6 +105,10 @@ pub struct TraceStep {
     /// The value is personal data (before any hashing).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub personal: bool,
+    /// The relay added this value to the event, and how (`the connection's address`): from the event's `_relay`
+    /// notes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_by_relay: Option<String>,
 }
 
 /// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
@@ -120,7 +124,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
     let Ok(input) = plan.input.read_str(event) else { return explanation };
     let tracer = Tracer { plan, input: &input };
     match plan.routing(&input) {
-        Routing::Unmapped(_) => {}
+        Routing::Unmapped(_) | Routing::Alias => {}
         Routing::Identify => {
             let rules: Vec<usize> = plan.identity_rules.clone();
             let produced = tracer.run_rules(&rules, &mut explanation.silent);
@@ -166,7 +170,33 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
             }
         }
     }
+    note_relay_additions(&mut explanation, event);
     explanation
+}
+
+/// Marks the steps that read a value the relay added to the event (its `_relay` notes, see the relay's `enrich`).
+fn note_relay_additions(explanation: &mut Explanation, event: &str) {
+    if !event.contains("\"_relay\"") {
+        return;
+    }
+    let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(event) else { return };
+    let Some(Value::Object(notes)) = event.remove("_relay") else { return };
+    let mark = |steps: &mut Vec<TraceStep>| {
+        for step in steps {
+            let path = step.read.as_deref().unwrap_or(&step.expression);
+            if let Some(Value::String(how)) = notes.get(path) {
+                step.set_by_relay = Some(how.clone());
+            }
+        }
+    };
+    for field in &mut explanation.fields {
+        if let Origin::Rule(trace) = &mut field.origin {
+            mark(&mut trace.steps);
+        }
+    }
+    for trace in &mut explanation.silent {
+        mark(&mut trace.steps);
+    }
 }
 
 /// Placeholder reason while fields are collected; replaced by the runtime's warning for the field.
@@ -293,7 +323,7 @@ impl Tracer<'_, '_> {
                 Ok(value) => (value.as_ref().map(Val::to_json), None),
                 Err(note) => (None, Some(note.clone())),
             };
-            trace.steps.push(TraceStep { expression, read: None, value, note, personal: tainted });
+            trace.steps.push(TraceStep { expression, read: None, value, note, personal: tainted, set_by_relay: None });
         }
         match result {
             Ok(Some(value)) if !value.is_null() => Some(value.to_json()),
@@ -319,7 +349,7 @@ impl Tracer<'_, '_> {
         let expression = text.cloned().unwrap_or_default();
         let read = self.read_path(term).filter(|path| !expression.contains(path.as_str()));
         let personal = personal && !matches!(term, Expr::Const(_));
-        TraceStep { expression, read, value: value.map(Val::to_json), note, personal }
+        TraceStep { expression, read, value: value.map(Val::to_json), note, personal, set_by_relay: None }
     }
 
     /// The event path an expression reads, directly or as the input of a function called as a source.
@@ -389,6 +419,7 @@ impl Tracer<'_, '_> {
             value: source.clone(),
             note: None,
             personal: rule.personal,
+            set_by_relay: None,
         });
         let source = source.unwrap_or(Value::Null);
         let elements: Vec<Val<'_>> = match (&source, each) {
@@ -798,7 +829,8 @@ fn write_steps(out: &mut String, indent: &str, steps: &[TraceStep]) -> std::fmt:
             (None, None) if step.expression.starts_with('|') => "gave nothing".to_string(),
             (None, None) => "not in the event".to_string(),
         };
-        writeln!(out, "{indent}{branch}{}{read} {result}", step.expression)?;
+        let relay = step.set_by_relay.as_ref().map(|how| format!("  [set by the relay: {how}]")).unwrap_or_default();
+        writeln!(out, "{indent}{branch}{}{read} {result}{relay}", step.expression)?;
     }
     Ok(())
 }

@@ -66,6 +66,8 @@ pub enum DropReason {
     Unmapped,
     /// An identify event: it fed identity memory and produces no conversion.
     Identify,
+    /// An alias event: it linked `previousId` to the visitor in identity memory and produces no conversion.
+    Alias,
 }
 
 /// An event that cannot become a valid OpenAI event, with the field and rule responsible.
@@ -107,6 +109,7 @@ pub struct Warning {
 pub(crate) enum Routing {
     Route(usize),
     Identify,
+    Alias,
     /// No route takes it; the message says what the event was.
     Unmapped(String),
 }
@@ -160,6 +163,7 @@ impl Plan {
         let route_index = match self.routing(input) {
             Routing::Route(index) => index,
             Routing::Identify => return self.identify(&mut state, context),
+            Routing::Alias => return self.alias(&state, context),
             Routing::Unmapped(message) => {
                 return Outcome::Dropped(Dropped { reason: DropReason::Unmapped, message });
             }
@@ -192,7 +196,7 @@ impl Plan {
 
     /// Which route an event takes, from the captured `type` and `event`.
     pub(crate) fn routing(&self, input: &[Option<Val<'_>>]) -> Routing {
-        // Slots 0-3 hold `type`, `event`, `anonymousId`, `userId` (registered first by the compiler).
+        // Slots 0-4 hold `type`, `event`, `anonymousId`, `userId`, `previousId` (registered first by the compiler).
         let kind = input[0].as_ref().and_then(Val::as_str).unwrap_or_default();
         let event_name = input[1].as_ref().and_then(Val::as_str);
         let route = match kind {
@@ -203,6 +207,7 @@ impl Plan {
             "page" => self.router.page,
             "screen" => self.router.screen,
             "identify" => return Routing::Identify,
+            "alias" => return Routing::Alias,
             _ => None,
         };
         match route {
@@ -250,17 +255,45 @@ impl Plan {
         })
     }
 
-    /// The visitor's keys and what is remembered under any of them.
-    fn load_memory(&self, state: &State<'_>, store: &mut dyn IdentityStore) -> Option<Memory> {
-        if self.remembered.is_empty() {
-            return None;
+    /// An alias event says that `previousId` (an anonymous id, or an earlier user id) and the event's own ids are one
+    /// visitor: their identity memories are linked, so what one learned reaches conversions under the others.
+    fn alias(&self, state: &State<'_>, context: &mut Context<'_>) -> Outcome {
+        let previous = state.input[4].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty());
+        let mut message = "alias: nothing to link (no `previousId`)".to_string();
+        if let (Some(previous), Some(store)) = (previous, context.identity.as_deref_mut()) {
+            // Which kind of id `previousId` is cannot be told from the event: both are linked.
+            let mut keys = self.visitor_keys(state);
+            keys.push(["anon:", previous].concat());
+            keys.push(["user:", previous].concat());
+            if let Some(memory) = self.load_memory_of(keys, store) {
+                let event_ms = self.event_time(state, context.now_ms);
+                self.remember(state, store, memory, event_ms);
+            }
+            message = "alias: previousId linked to the visitor in identity memory".to_string();
         }
-        let mut keys = Vec::with_capacity(2);
+        Outcome::Dropped(Dropped { reason: DropReason::Alias, message })
+    }
+
+    /// The identity-memory keys of the event's visitor: its anonymous id and its user id.
+    fn visitor_keys(&self, state: &State<'_>) -> Vec<String> {
+        let mut keys = Vec::with_capacity(4);
         if let Some(anonymous) = state.input[2].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
             keys.push(["anon:", anonymous].concat());
         }
         if let Some(user) = state.input[3].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
             keys.push(["user:", user].concat());
+        }
+        keys
+    }
+
+    /// The visitor's keys and what is remembered under any of them.
+    fn load_memory(&self, state: &State<'_>, store: &mut dyn IdentityStore) -> Option<Memory> {
+        self.load_memory_of(self.visitor_keys(state), store)
+    }
+
+    fn load_memory_of(&self, keys: Vec<String>, store: &mut dyn IdentityStore) -> Option<Memory> {
+        if self.remembered.is_empty() {
+            return None;
         }
         if keys.is_empty() {
             return None;

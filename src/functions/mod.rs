@@ -15,6 +15,7 @@ mod value;
 
 pub use docs::{reference_json, reference_markdown, reference_text};
 pub(crate) use numeric::currency;
+pub use time::timestamp_ms;
 pub(crate) use value::{lookup, write_json, write_json_string};
 pub use value::{Slice, Val};
 

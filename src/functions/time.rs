@@ -83,6 +83,15 @@ fn to_unix_ms<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
     Ok(Some(Val::from(ms)))
 }
 
+/// A JSON timestamp read exactly as `to_unix_ms` reads it (ISO 8601 text, epoch seconds or milliseconds), for
+/// callers outside mappings such as the relay's clock-skew correction; `None` when it is not a time.
+pub fn timestamp_ms(value: &serde_json::Value) -> Option<i64> {
+    match to_unix_ms(Some(Val::from_json(value)), &[]) {
+        Ok(Some(ms)) => ms.as_i64(),
+        _ => None,
+    }
+}
+
 fn epoch_ms(epoch: Decimal) -> Result<i64, String> {
     let ms = if epoch.abs() < Decimal::from(MILLISECOND_THRESHOLD) {
         epoch.checked_mul(Decimal::ONE_THOUSAND)

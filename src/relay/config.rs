@@ -38,6 +38,10 @@ struct File {
     batch: BatchFile,
     #[serde(default)]
     retry: RetryFile,
+    #[serde(default)]
+    http: HttpFile,
+    /// Serve HTTPS: PEM files of the certificate chain and its private key.
+    tls: Option<TlsFile>,
     #[serde(flatten)]
     pixel: IntegrationFile,
     #[serde(default)]
@@ -69,6 +73,26 @@ struct IngestionFile {
     max_batch_bytes: Option<usize>,
     /// Requests per second and key; bursts up to twice that.
     rate_limit: Option<u32>,
+    /// Peers (CIDRs such as `10.0.0.0/8` or single addresses) whose `X-Forwarded-For` / `Forwarded` headers are
+    /// believed; from anyone else those headers are ignored and the connection's address is the visitor's.
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +103,11 @@ struct KeyFile {
     key_env: Option<String>,
     hmac_secret: Option<String>,
     hmac_secret_env: Option<String>,
+    /// Origins web pages may send with this key from: `https://shop.example.com`, `https://*.example.com`.
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    /// A key published in web pages: it only ingests, and only from its allowed origins.
+    browser: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +143,9 @@ pub struct RelayConfig {
     pub ingestion: Ingestion,
     pub batch: Batching,
     pub retry: Retry,
+    pub http: Http,
+    /// HTTPS on the listener.
+    pub tls: Option<Tls>,
     pub integrations: Vec<Integration>,
     /// Started without a configuration file: a local trial.
     pub trial: bool,
@@ -127,6 +159,34 @@ pub struct Ingestion {
     pub max_event_bytes: usize,
     pub max_batch_bytes: usize,
     pub rate_limit: u32,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Ingestion {
+    /// Whether a page at `origin` may send to the relay at all (a CORS preflight carries no key): with keys, some
+    /// key must allow it; without keys (a loopback trial), every origin may.
+    pub fn any_key_allows(&self, origin: &str) -> bool {
+        self.keys.is_empty() || self.keys.iter().any(|k| k.allows(origin))
+    }
+}
+
+/// The listener's limits: how long a client may take and how many may be connected at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Http {
+    /// The whole request head (line and headers) must arrive within this; the same bound applies to a kept-alive
+    /// connection waiting for its next request.
+    pub header_timeout: Duration,
+    /// The whole body must arrive within this after the head.
+    pub body_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug)]
@@ -134,6 +194,68 @@ pub struct IngestionKey {
     pub name: String,
     pub key: SecretString,
     pub hmac_secret: Option<SecretString>,
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Published in web pages: ingests only from its allowed origins, never through the signed route.
+    pub browser: bool,
+}
+
+impl IngestionKey {
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|pattern| pattern.matches(origin))
+    }
+}
+
+/// An allowed origin: exact (`https://shop.example.com`, `http://localhost:3000`) or with a wildcard for any
+/// subdomain (`https://*.example.com` matches `https://www.example.com` and `https://a.b.example.com`, not
+/// `https://example.com`). Compared without regard to case, as origins are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginPattern {
+    scheme: String,
+    /// `Some(".example.com")` for a wildcard.
+    wildcard_suffix: Option<String>,
+    /// The exact host, or empty for a wildcard.
+    host: String,
+    port: Option<u16>,
+}
+
+impl OriginPattern {
+    pub fn parse(text: &str) -> Result<OriginPattern, String> {
+        let text = text.trim().to_ascii_lowercase();
+        let (scheme, rest) = text
+            .split_once("://")
+            .filter(|(scheme, _)| *scheme == "http" || *scheme == "https")
+            .ok_or_else(|| format!("{text:?} is not an origin such as https://shop.example.com"))?;
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(format!("{text:?} is not an origin: scheme, host and port only, no path"));
+        }
+        let (host, port) = split_host_port(rest).ok_or_else(|| format!("{text:?}: the port is not a number"))?;
+        let (wildcard_suffix, host) = match host.strip_prefix("*.") {
+            Some(domain) if !domain.is_empty() && !domain.contains('*') => (Some(format!(".{domain}")), String::new()),
+            _ if host.contains('*') => {
+                return Err(format!("{text:?}: a wildcard stands only for subdomains, as in https://*.example.com"))
+            }
+            _ => (None, host.to_string()),
+        };
+        Ok(OriginPattern { scheme: scheme.to_string(), wildcard_suffix, host, port })
+    }
+
+    /// Whether the `Origin` a browser sent is allowed by this pattern.
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        let Some((scheme, rest)) = origin.split_once("://") else { return false };
+        if scheme != self.scheme || rest.contains(['/', '@']) {
+            return false;
+        }
+        let Some((host, port)) = split_host_port(rest) else { return false };
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        if port.unwrap_or(default_port) != self.port.unwrap_or(default_port) {
+            return false;
+        }
+        match &self.wildcard_suffix {
+            Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            None => host == self.host,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -240,6 +362,28 @@ fn build(
     if retry.initial_backoff.is_zero() || retry.max_backoff < retry.initial_backoff {
         return Err(ConfigError("`retry`: initial_backoff_ms must be positive and at most max_backoff_ms".to_string()));
     }
+    let http = Http {
+        header_timeout: Duration::from_millis(file.http.header_timeout_ms.unwrap_or(10_000)),
+        body_timeout: Duration::from_millis(file.http.body_timeout_ms.unwrap_or(30_000)),
+        idle_timeout: Duration::from_millis(file.http.idle_timeout_ms.unwrap_or(60_000)),
+        max_connections: file.http.max_connections.unwrap_or(1024),
+    };
+    if http.header_timeout.is_zero() || http.body_timeout.is_zero() || http.idle_timeout.is_zero() {
+        return Err(ConfigError("`http`: timeouts must be positive".to_string()));
+    }
+    if http.max_connections == 0 {
+        return Err(ConfigError("`http.max_connections`: must be at least 1".to_string()));
+    }
+    let tls = match file.tls {
+        None => None,
+        Some(TlsFile { cert: Some(cert), key: Some(key) }) => Some(Tls { cert: base.join(cert), key: base.join(key) }),
+        Some(TlsFile { cert: None, .. }) => {
+            return Err(ConfigError("`tls.cert` is missing: the PEM file of the certificate chain".to_string()))
+        }
+        Some(TlsFile { key: None, .. }) => {
+            return Err(ConfigError("`tls.key` is missing: the PEM file of the certificate's private key".to_string()))
+        }
+    };
     let mut files = file.integrations;
     let from_list = !files.is_empty();
     let top_level = file.pixel;
@@ -283,6 +427,8 @@ fn build(
         ingestion,
         batch,
         retry,
+        http,
+        tls,
         integrations,
         trial,
     })
@@ -369,7 +515,45 @@ fn ingestion(file: IngestionFile, env: &dyn Fn(&str) -> Option<String>) -> Resul
             return Err(ConfigError(format!("`{}`: a key must be at least 8 characters", field("key"))));
         }
         let hmac_secret = secret(key.hmac_secret, key.hmac_secret_env, "hmac_secret")?;
-        keys.push(IngestionKey { name: key.name.unwrap_or_else(|| format!("key{index}")), key: value, hmac_secret });
+        let mut allowed_origins = Vec::new();
+        for (position, text) in key.allowed_origins.iter().enumerate() {
+            let pattern = OriginPattern::parse(text)
+                .map_err(|message| ConfigError(format!("`{}[{position}]`: {message}", field("allowed_origins"))))?;
+            allowed_origins.push(pattern);
+        }
+        let browser = key.browser.unwrap_or(false);
+        if browser && allowed_origins.is_empty() {
+            return Err(ConfigError(format!(
+                "`{}`: a browser key needs `allowed_origins`, the pages that may send with it",
+                field("browser")
+            )));
+        }
+        if browser && hmac_secret.is_some() {
+            return Err(ConfigError(format!(
+                "`{}`: a browser key is public, so it cannot sign server requests; give the secret to a server key",
+                field("hmac_secret")
+            )));
+        }
+        keys.push(IngestionKey {
+            name: key.name.unwrap_or_else(|| format!("key{index}")),
+            key: value,
+            hmac_secret,
+            allowed_origins,
+            browser,
+        });
+    }
+    let mut trusted_proxies = Vec::new();
+    for (index, text) in file.trusted_proxies.iter().enumerate() {
+        let text = text.trim();
+        let network = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ConfigError(format!(
+                    "`ingestion.trusted_proxies[{index}]`: {text:?} is not an address or CIDR such as 10.0.0.0/8"
+                ))
+            })?;
+        trusted_proxies.push(network);
     }
     Ok(Ingestion {
         keys,
@@ -377,7 +561,21 @@ fn ingestion(file: IngestionFile, env: &dyn Fn(&str) -> Option<String>) -> Resul
         max_event_bytes: file.max_event_bytes.unwrap_or(32 * 1024),
         max_batch_bytes: file.max_batch_bytes.unwrap_or(500 * 1024),
         rate_limit: file.rate_limit.unwrap_or(1000).max(1),
+        trusted_proxies,
     })
+}
+
+/// `host`, `host:port`, `[::1]`, `[::1]:port`; `None` when the port is not a number.
+fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
+    let colon = match text.strip_prefix('[') {
+        Some(inner) => inner.find(']').map(|end| end + 2).filter(|&after| after < text.len()),
+        None => text.rfind(':'),
+    };
+    match colon {
+        Some(at) if text[at..].starts_with(':') => Some((&text[..at], Some(text[at + 1..].parse().ok()?))),
+        Some(_) => None,
+        None => Some((text, None)),
+    }
 }
 
 /// `512MiB`, `2GiB`, `100MB`, `1000000`.
@@ -441,10 +639,41 @@ mod tests {
                 "pixel_id: px\napi_key: k\ningestion: {keys: [{key: short}]}\n",
                 "`ingestion.keys[0].key`: a key must be at least 8",
             ),
+            (
+                "pixel_id: px\napi_key: k\ningestion: {keys: [{key: public-key, browser: true}]}\n",
+                "`ingestion.keys[0].browser`: a browser key needs `allowed_origins`",
+            ),
+            (
+                "pixel_id: px\napi_key: k\ningestion: {keys: [{key: public-key, allowed_origins: [shop.com]}]}\n",
+                "`ingestion.keys[0].allowed_origins[0]`",
+            ),
+            ("pixel_id: px\napi_key: k\ningestion: {trusted_proxies: [10.0.0/8]}\n", "trusted_proxies[0]"),
+            ("pixel_id: px\napi_key: k\ntls: {cert: c.pem}\n", "`tls.key` is missing"),
+            ("pixel_id: px\napi_key: k\nhttp: {max_connections: 0}\n", "`http.max_connections`"),
         ];
         for (yaml, expected) in cases {
             let error = load(yaml, &[]).expect_err(yaml);
             assert!(error.contains(expected), "{yaml:?}: expected {expected:?} in {error:?}");
+        }
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain_wildcard() {
+        let exact = OriginPattern::parse("https://Shop.Example.com").unwrap();
+        assert!(exact.matches("https://shop.example.com"));
+        assert!(exact.matches("https://shop.example.com:443"), "the default port is the same origin");
+        assert!(!exact.matches("http://shop.example.com"), "another scheme is another origin");
+        assert!(!exact.matches("https://shop.example.com.evil.net"));
+        assert!(!exact.matches("https://shop.example.com:8443"));
+        assert!(!exact.matches("null"));
+        let wild = OriginPattern::parse("https://*.example.com").unwrap();
+        assert!(wild.matches("https://www.example.com") && wild.matches("https://a.b.example.com"));
+        assert!(!wild.matches("https://example.com"), "the wildcard stands for a subdomain");
+        assert!(!wild.matches("https://evilexample.com"));
+        let local = OriginPattern::parse("http://127.0.0.1:3000").unwrap();
+        assert!(local.matches("http://127.0.0.1:3000") && !local.matches("http://127.0.0.1:3001"));
+        for bad in ["shop.example.com", "https://shop.example.com/path", "https://*", "https://a.*.com", "ftp://x"] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
     }
 

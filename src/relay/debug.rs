@@ -116,15 +116,35 @@ pub(super) fn mask_personal(value: &mut Value) {
     }
 }
 
+/// A request refused whole, or one event of a batch refused: who sent it and why, never its body.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Refused {
+    pub at_ms: i64,
+    pub route: String,
+    /// The key's name, when the key was recognised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The answer's status (200 for an event refused inside a batch that was taken).
+    pub status: u16,
+    pub reason: String,
+    pub error: String,
+    /// The event's position in its batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
 /// The latest entries, bounded.
 pub(super) struct DebugLog {
     entries: Mutex<VecDeque<Entry>>,
+    refused: Mutex<VecDeque<Refused>>,
     capacity: usize,
 }
 
 impl DebugLog {
     pub fn new(capacity: usize) -> DebugLog {
-        DebugLog { entries: Mutex::new(VecDeque::with_capacity(capacity)), capacity }
+        DebugLog { entries: Mutex::new(VecDeque::new()), refused: Mutex::new(VecDeque::new()), capacity }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
@@ -160,6 +180,19 @@ impl DebugLog {
         }
     }
 
+    pub fn refused(&self, refused: Refused) {
+        let mut list = self.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if list.len() == self.capacity {
+            list.pop_front();
+        }
+        list.push_back(refused);
+    }
+
+    pub fn latest_refused(&self, limit: usize) -> Vec<Refused> {
+        let list = self.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        list.iter().rev().take(limit).cloned().collect()
+    }
+
     pub fn latest(&self, limit: usize, pixel: Option<&str>) -> Vec<Entry> {
         let entries = self.lock();
         entries.iter().rev().filter(|e| pixel.is_none_or(|p| e.pixel == p)).take(limit).cloned().collect()
@@ -173,7 +206,11 @@ struct Filter {
 }
 
 pub(super) fn routes(shared: Arc<Shared>) -> Router {
-    Router::new().route("/debug/events", get(events)).route("/debug", get(page)).with_state(shared)
+    Router::new()
+        .route("/debug/events", get(events))
+        .route("/debug/refused", get(refused))
+        .route("/debug", get(page))
+        .with_state(shared)
 }
 
 async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>) -> Response {
@@ -182,6 +219,13 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>)
     }
     let limit = filter.limit.unwrap_or(50).min(500);
     Json(shared.debug.latest(limit, filter.pixel.as_deref())).into_response()
+}
+
+async fn refused(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>) -> Response {
+    if !shared.config.debug {
+        return (StatusCode::NOT_FOUND, "the debugger is off: set `debug: true` in relay.yaml").into_response();
+    }
+    Json(shared.debug.latest_refused(filter.limit.unwrap_or(50).min(500))).into_response()
 }
 
 async fn page(State(shared): State<Arc<Shared>>) -> Response {
@@ -214,6 +258,9 @@ const PAGE: &str = r#"<!doctype html>
 <h1>Latest events</h1>
 <p id="status">loading…</p>
 <div id="events"></div>
+<h2>Refused requests</h2>
+<p>Requests the relay did not take (wrong key, origin, size, malformed body …) and events refused inside a batch.</p>
+<div id="refused"></div>
 <script>
 function text(tag, content, cls) {
   const el = document.createElement(tag);
@@ -262,6 +309,19 @@ async function refresh() {
       list.appendChild(div);
     }
     document.getElementById('status').textContent = entries.length + (entries.length === 1 ? ' event' : ' events');
+    const refused = await (await fetch('/debug/refused?limit=100')).json();
+    const box = document.getElementById('refused');
+    box.replaceChildren();
+    for (const r of refused) {
+      const row = document.createElement('div');
+      row.className = 'refusal';
+      row.dataset.reason = r.reason;
+      row.appendChild(text('span', new Date(r.at_ms).toISOString() + ' '));
+      row.appendChild(text('code', r.route + (r.index !== undefined ? ' #' + r.index : '') + ' '));
+      row.appendChild(text('span', (r.status === 200 ? 'event refused' : 'HTTP ' + r.status) + ' ' + r.reason, 'rejected'));
+      row.appendChild(text('span', ' — ' + r.error + (r.key ? ' (key ' + r.key + ')' : '') + (r.origin ? ' from ' + r.origin : '')));
+      box.appendChild(row);
+    }
   } catch (error) {
     document.getElementById('status').textContent = 'cannot load events: ' + error;
   }

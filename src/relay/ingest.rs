@@ -1,28 +1,34 @@
-//! Ingestion: the Signal (`/v1/t|p|i|g|batch|events`) and Segment-compatible (`/v1/track|page|identify|batch`)
-//! endpoints. A request is authenticated, its events are checked, and it is answered only once the writer has
-//! mapped them and committed the result to the store: the writer thread commits many requests in one
-//! transaction (group commit), so an acknowledgement always means fsynced.
+//! Ingestion: the doors events come in by, as real clients use them. Signal's browser routes (`/v1/t|p|i|g`), its
+//! signed server route (`/v1/events`) and batch; Segment's tracking API (`/v1/track|page|identify|screen|group|
+//! alias`, `/v1/batch`, `/v1/import`) and the short routes of its browser SDK (`/v1/t|p|i|s|g|a`, `/v1/b` for
+//! batches, `/v1/m` for its telemetry, taken and discarded). A request is checked for its key (Basic, Bearer or
+//! the body's `writeKey`), its origin (CORS, per key), its size, encoding and events; its good events are
+//! enriched (see `enrich`) and answered only once the writer has mapped them and committed the result to the store
+//! (group commit), so a 200 always means fsynced. Refused requests are logged, counted and listed on /debug.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
+use http_body_util::BodyExt;
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
+use super::decode::{self, BodyError, Shape};
+use super::enrich::{self, Facts};
 use super::store::{IngestTx, Pending, StoreError};
 use super::{debug, now_ms, Shared};
 use crate::explain::explain;
@@ -32,7 +38,18 @@ use crate::run::{Context, Outcome};
 /// Events of one request, on their way to the writer.
 pub(super) struct Job {
     events: Vec<Value>,
-    reply: oneshot::Sender<Result<(), Refusal>>,
+    reply: oneshot::Sender<Result<Vec<Verdict>, Refusal>>,
+}
+
+/// What became of one event of a request, over every pixel.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// Mapped for at least one pixel and stored for delivery.
+    Queued,
+    /// Dropped on purpose by every pixel's mapping (`unmapped`, `identify`, `alias`): nothing to send.
+    Dropped { reason: String },
+    /// Rejected by the mapping of every pixel that did not drop it: it would never be accepted by OpenAI.
+    Refused { reason: String, message: String, field: Option<String> },
 }
 
 /// Why the writer could not take a request.
@@ -50,56 +67,135 @@ struct Ingress {
     limiter: Arc<DefaultKeyedRateLimiter<usize>>,
 }
 
+/// What a route takes.
+#[derive(Clone, Copy, Debug)]
+enum Door {
+    Events(Shape),
+    /// `/v1/events`: one event, HMAC-signed.
+    Signed,
+    /// `/v1/m`: the browser SDK's own metrics, acknowledged and discarded.
+    Telemetry,
+}
+
+const ROUTES: [(&str, Door); 17] = [
+    ("/v1/t", Door::Events(Shape::Single(Some("track")))),
+    ("/v1/p", Door::Events(Shape::Single(Some("page")))),
+    ("/v1/i", Door::Events(Shape::Single(Some("identify")))),
+    ("/v1/g", Door::Events(Shape::Single(Some("group")))),
+    ("/v1/s", Door::Events(Shape::Single(Some("screen")))),
+    ("/v1/a", Door::Events(Shape::Single(Some("alias")))),
+    ("/v1/track", Door::Events(Shape::Single(Some("track")))),
+    ("/v1/page", Door::Events(Shape::Single(Some("page")))),
+    ("/v1/identify", Door::Events(Shape::Single(Some("identify")))),
+    ("/v1/screen", Door::Events(Shape::Single(Some("screen")))),
+    ("/v1/group", Door::Events(Shape::Single(Some("group")))),
+    ("/v1/alias", Door::Events(Shape::Single(Some("alias")))),
+    ("/v1/events", Door::Signed),
+    ("/v1/batch", Door::Events(Shape::Batch)),
+    ("/v1/b", Door::Events(Shape::Batch)),
+    ("/v1/import", Door::Events(Shape::Batch)),
+    ("/v1/m", Door::Telemetry),
+];
+
+/// Headers a page may send cross-origin, named explicitly: `*` does not cover `Authorization`.
+const ALLOWED_HEADERS: &str =
+    "Authorization, Content-Type, Content-Encoding, X-Signal-Timestamp, X-Signal-Signature, AnonymousId";
+
 pub(super) fn router(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) -> Router {
     let per_second = NonZeroU32::new(shared.config.ingestion.rate_limit).unwrap_or(NonZeroU32::MIN);
     let burst = per_second.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
     let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)));
-    let body_limit = shared.config.ingestion.max_batch_bytes.max(shared.config.ingestion.max_event_bytes);
     let ingress = Ingress { shared: shared.clone(), jobs, limiter };
-    Router::new()
-        .route("/v1/t", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("track"), false)))
-        .route("/v1/p", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("page"), false)))
-        .route("/v1/i", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("identify"), false)))
-        .route("/v1/g", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("group"), false)))
-        .route("/v1/track", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("track"), false)))
-        .route("/v1/page", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("page"), false)))
-        .route(
-            "/v1/identify",
-            post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, Some("identify"), false)),
-        )
-        .route("/v1/events", post(|s: State<Ingress>, h: HeaderMap, b: Body| single(s, h, b, None, true)))
-        .route("/v1/batch", post(batch))
-        .layer(DefaultBodyLimit::max(body_limit))
+    let mut router = Router::new();
+    for (path, door) in ROUTES {
+        router = router
+            .route(
+                path,
+                on(MethodFilter::POST, move |s: State<Ingress>, c: ConnectInfo<SocketAddr>, h: HeaderMap, b: Body| {
+                    ingest(s, c, h, b, path, door)
+                })
+                .on(MethodFilter::OPTIONS, move |s: State<Ingress>, h: HeaderMap| preflight(s, h, path)),
+            )
+            .method_not_allowed_fallback(method_not_allowed);
+    }
+    router
         .with_state(ingress)
         .merge(super::debug::routes(shared.clone()))
         .merge(super::metrics::routes(shared))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(no_sniff))
 }
 
-/// A refused request: status and a JSON body naming the problem.
+async fn not_found() -> Response {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route: events go to /v1/t, /v1/p, /v1/i, /v1/batch …")
+        .into_response()
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    let mut response = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not taken here: POST events"),
+    )
+    .into_response();
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+    response
+}
+
+/// Browsers must not guess a type other than the one declared, on any answer.
+async fn no_sniff(mut response: Response) -> Response {
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// A refused request: status, a stable reason for logs and metrics, and a JSON body naming the problem.
 #[derive(Debug)]
 struct Problem {
     status: StatusCode,
+    reason: &'static str,
     message: String,
     index: Option<usize>,
+    field: Option<String>,
     retry_after: Option<Duration>,
+    close: bool,
 }
 
 impl Problem {
-    fn new(status: StatusCode, message: impl Into<String>) -> Problem {
-        Problem { status, message: message.into(), index: None, retry_after: None }
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Problem {
+        Problem { status, reason, message: message.into(), index: None, field: None, retry_after: None, close: false }
     }
 
-    fn at(mut self, index: usize) -> Problem {
-        self.index = Some(index);
-        self
+    fn unauthorized(message: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    fn unavailable(reason: &'static str, message: &str, after: Duration) -> Problem {
+        let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, reason, message);
+        problem.retry_after = Some(after);
+        problem
+    }
+}
+
+impl From<BodyError> for Problem {
+    fn from(error: BodyError) -> Problem {
+        match error {
+            BodyError::TooLarge(message) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            BodyError::Malformed(message) => Problem::new(StatusCode::BAD_REQUEST, "malformed", message),
+            BodyError::UnsupportedEncoding(message) => {
+                Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", message)
+            }
+        }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut body = json!({ "success": false, "error": self.message });
+        let mut body = json!({ "success": false, "error": self.message, "reason": self.reason });
         if let Some(index) = self.index {
             body["index"] = json!(index);
+        }
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
         }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(after) = self.retry_after {
@@ -108,202 +204,312 @@ impl IntoResponse for Problem {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
 
-/// A request body, or why it could not be read: a body over the limit is refused only after the key is checked,
-/// and with a JSON error like every other refusal.
-type Body = Result<Bytes, BytesRejection>;
-
-fn read_body(body: Body, what: &str, limit: usize) -> Result<Bytes, Problem> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the {what} is more than the limit of {limit} bytes"))
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {}", rejection.body_text()))
-        }
-    })
+/// Who sent a request, as far as it is known, for the answer's CORS headers and the log of refusals.
+struct Caller<'h> {
+    path: &'static str,
+    origin: Option<&'h str>,
+    /// The key's index; `None` before it is known, or when no key is configured.
+    key: Option<usize>,
 }
 
-async fn single(
+async fn ingest(
     State(ingress): State<Ingress>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-    kind: Option<&'static str>,
-    signed: bool,
+    path: &'static str,
+    door: Door,
 ) -> Response {
-    let result = async {
-        let key = ingress.authenticate(&headers)?;
-        let body = read_body(body, "event", ingress.shared.config.ingestion.max_event_bytes)?;
-        if signed {
-            ingress.verify_signature(key, &headers, &body)?;
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let mut caller = Caller { path, origin, key: None };
+    let result = ingress.take(door, peer, &headers, body, &mut caller).await;
+    let mut response = match result {
+        Ok(answer) => (StatusCode::OK, Json(answer)).into_response(),
+        Err(problem) => {
+            ingress.record_refusal(&caller, &problem);
+            problem.into_response()
         }
-        ingress.rate_limit(key)?;
-        let limit = ingress.shared.config.ingestion.max_event_bytes;
-        if body.len() > limit {
-            return Err(Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the event is {} bytes, more than the limit of {limit}", body.len()),
-            ));
-        }
-        let mut event = parse(&body)?;
-        check_event(&mut event, kind)?;
-        ingress.submit(vec![event]).await
-    }
-    .await;
-    respond(result)
-}
-
-async fn batch(State(ingress): State<Ingress>, headers: HeaderMap, body: Body) -> Response {
-    let result = async {
-        let key = ingress.authenticate(&headers)?;
-        ingress.rate_limit(key)?;
-        let config = &ingress.shared.config.ingestion;
-        let body = read_body(body, "batch", config.max_batch_bytes)?;
-        if body.len() > config.max_batch_bytes {
-            return Err(Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the batch is {} bytes, more than the limit of {}", body.len(), config.max_batch_bytes),
-            ));
-        }
-        let Value::Object(mut request) = parse(&body)? else {
-            return Err(Problem::new(StatusCode::BAD_REQUEST, "the body must be an object {\"batch\": [event, …]}"));
-        };
-        let Some(Value::Array(events)) = request.remove("batch") else {
-            return Err(Problem::new(StatusCode::BAD_REQUEST, "`batch` is missing or not an array of events"));
-        };
-        if events.is_empty() {
-            return Err(Problem::new(StatusCode::BAD_REQUEST, "`batch` is empty"));
-        }
-        let mut checked = Vec::with_capacity(events.len());
-        for (index, mut event) in events.into_iter().enumerate() {
-            let size = serde_json::to_vec(&event).map(|v| v.len()).unwrap_or(0);
-            if size > config.max_event_bytes {
-                let message = format!("the event is {size} bytes, more than the limit of {}", config.max_event_bytes);
-                return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, message).at(index));
-            }
-            check_event(&mut event, None).map_err(|p| p.at(index))?;
-            checked.push(event);
-        }
-        ingress.submit(checked).await
-    }
-    .await;
-    respond(result)
-}
-
-fn respond(result: Result<(), Problem>) -> Response {
-    match result {
-        Ok(()) => (StatusCode::OK, Json(json!({ "success": true }))).into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
-fn parse(body: &[u8]) -> Result<Value, Problem> {
-    serde_json::from_slice(body).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
-}
-
-const KINDS: [&str; 6] = ["track", "page", "screen", "identify", "group", "alias"];
-
-/// Checks the envelope fields every event needs; an endpoint that implies a type fills it in when absent.
-fn check_event(event: &mut Value, kind: Option<&str>) -> Result<(), Problem> {
-    let bad = |message: String| Problem::new(StatusCode::BAD_REQUEST, message);
-    let Value::Object(fields) = event else { return Err(bad("an event must be a JSON object".to_string())) };
-    match (fields.get("type"), kind) {
-        (None, Some(kind)) => {
-            fields.insert("type".to_string(), Value::from(kind));
-        }
-        (None, None) => return Err(bad("`type` is missing".to_string())),
-        (Some(Value::String(given)), Some(kind)) if given != kind => {
-            return Err(bad(format!("`type` is {given:?}, but this endpoint takes {kind:?} events")))
-        }
-        (Some(Value::String(given)), _) if !KINDS.contains(&given.as_str()) => {
-            return Err(bad(format!("`type` {given:?} is not one of {}", KINDS.join(", "))))
-        }
-        (Some(Value::String(_)), _) => {}
-        (Some(other), _) => return Err(bad(format!("`type` must be a string, not {}", kind_of(other)))),
-    }
-    let text = |name: &str| match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err(bad(format!("`{name}` must be a string, not {}", kind_of(other)))),
     };
-    if text("messageId")?.is_none_or(str::is_empty) {
-        return Err(bad("`messageId` is missing: it becomes the OpenAI event id that deduplicates retries".into()));
-    }
-    let anonymous = text("anonymousId")?.is_some_and(|s| !s.is_empty());
-    let user = text("userId")?.is_some_and(|s| !s.is_empty());
-    if !anonymous && !user {
-        return Err(bad("the event needs `anonymousId` or `userId`".to_string()));
-    }
-    text("timestamp")?;
-    if fields.get("type").and_then(Value::as_str) == Some("track") && text("event")?.is_none_or(str::is_empty) {
-        return Err(bad("a track event needs its `event` name".to_string()));
-    }
-    for object in ["properties", "context", "traits"] {
-        if let Some(value) = fields.get(object).filter(|v| !v.is_null() && !v.is_object()) {
-            return Err(bad(format!("`{object}` must be an object, not {}", kind_of(value))));
+    if let Some(origin) = origin {
+        let keys = &ingress.shared.config.ingestion;
+        let allowed = match caller.key {
+            Some(key) => keys.keys.get(key).is_none_or(|k| k.allows(origin)),
+            None => keys.any_key_allows(origin),
+        };
+        if allowed {
+            cors_headers(response.headers_mut(), origin);
         }
     }
-    Ok(())
+    response
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+fn cors_headers(headers: &mut HeaderMap, origin: &str) {
+    if let Ok(origin) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
+}
+
+/// A CORS preflight: the browser asks before a request with `Authorization` or a JSON content type. It carries
+/// no key, so an origin that any key allows is answered yes; the request itself is then held to its own key.
+async fn preflight(State(ingress): State<Ingress>, headers: HeaderMap, path: &'static str) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let caller = Caller { path, origin, key: None };
+    let Some(origin) = origin else {
+        let problem =
+            Problem::new(StatusCode::BAD_REQUEST, "malformed", "OPTIONS without Origin: not a CORS preflight");
+        ingress.record_refusal(&caller, &problem);
+        return problem.into_response();
+    };
+    if !ingress.shared.config.ingestion.any_key_allows(origin) {
+        let problem = Problem::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!("origin {origin} is not allowed: add it to a key's `allowed_origins`"),
+        );
+        ingress.record_refusal(&caller, &problem);
+        return problem.into_response();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let answer = response.headers_mut();
+    cors_headers(answer, origin);
+    answer.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    // The headers asked for are named back (when they are header names) beside the ones the relay reads.
+    let requested = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|name| HeaderName::from_bytes(name.as_bytes()).is_ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let mut allowed = ALLOWED_HEADERS.to_string();
+    for name in requested {
+        if !allowed.to_ascii_lowercase().split(", ").any(|known| known.eq_ignore_ascii_case(name)) {
+            allowed.push_str(", ");
+            allowed.push_str(name);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&allowed) {
+        answer.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, value);
+    }
+    answer.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("7200"));
+    response
 }
 
 impl Ingress {
-    /// The index of the key the request carries (Bearer, or Basic with the key as user name, as Segment's SDKs
-    /// send it). With no key configured, every request is accepted as key 0.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<usize, Problem> {
+    async fn take(
+        &self,
+        door: Door,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: Body,
+        caller: &mut Caller<'_>,
+    ) -> Result<Value, Problem> {
+        let ingestion = &self.shared.config.ingestion;
+        if let Door::Telemetry = door {
+            if let Some(origin) = caller.origin.filter(|o| !ingestion.any_key_allows(o)) {
+                return Err(origin_refused(origin));
+            }
+            self.read_body(body, ingestion.max_batch_bytes).await?;
+            return Ok(json!({ "success": true }));
+        }
+        // A key in the header is checked before the body is read; one in the body after.
+        let header_key = authorization(headers)?;
+        if let Some(presented) = &header_key {
+            caller.key = self.authenticate(presented)?;
+            self.rate_limit(caller.key)?;
+        }
+        let (shape, limit) = match door {
+            Door::Events(Shape::Batch) => (Shape::Batch, ingestion.max_batch_bytes),
+            Door::Events(shape) => (shape, ingestion.max_event_bytes),
+            _ => (Shape::Single(None), ingestion.max_event_bytes),
+        };
+        check_content_type(headers)?;
+        let encoding = match headers.get(header::CONTENT_ENCODING) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_encoding",
+                    "Content-Encoding is not ASCII",
+                )
+            })?),
+        };
+        // A compressed body is bounded before inflating too, with room for the format's own bytes.
+        let raw_limit = if encoding.is_some() { limit + 4096 } else { limit };
+        let raw = self.read_body(body, raw_limit).await.map_err(|mut problem| {
+            if problem.status == StatusCode::PAYLOAD_TOO_LARGE {
+                let what = if shape == Shape::Batch { "batch" } else { "event" };
+                problem.message = format!("the {what} is more than the limit of {limit} bytes");
+            }
+            problem
+        })?;
+        let inflated = decode::inflate(&raw, encoding, limit)?;
+        if inflated.len() > limit {
+            let what = if shape == Shape::Batch { "batch" } else { "event" };
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the {what} is {} bytes, more than the limit of {limit}", inflated.len()),
+            ));
+        }
+        let decoded = decode::decode(&inflated, shape, ingestion.max_event_bytes)?;
+        if header_key.is_none() {
+            caller.key = match &decoded.write_key {
+                Some(key) => self.authenticate(key)?,
+                None if ingestion.keys.is_empty() => None,
+                None => {
+                    return Err(Problem::unauthorized(
+                        "no key: send it as the Basic user name, a Bearer token, or `writeKey` in the body",
+                    ))
+                }
+            };
+            self.rate_limit(caller.key)?;
+        }
+        let key = caller.key.and_then(|k| ingestion.keys.get(k));
+        match (caller.origin, key) {
+            (Some(origin), Some(key)) if !key.allows(origin) => return Err(origin_refused(origin)),
+            (None, Some(key)) if key.browser => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    format!("key `{}` is a browser key: it only takes requests from its allowed origins", key.name),
+                ))
+            }
+            _ => {}
+        }
+        if let Door::Signed = door {
+            if key.is_some_and(|k| k.browser) {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "browser_key",
+                    "a browser key cannot send signed server events",
+                ));
+            }
+            self.verify_signature(caller.key, headers, &raw)?;
+        }
+
+        let (client_ip, forwarded) = enrich::client_ip(peer.ip(), headers, &ingestion.trusted_proxies);
+        let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+        let facts = Facts { received_ms: now_ms(), client_ip, forwarded, user_agent };
+        let mut positions = Vec::new();
+        let mut events = Vec::new();
+        let mut refused = Vec::new();
+        for (index, event) in decoded.events.into_iter().enumerate() {
+            match event {
+                Ok(mut event) => {
+                    enrich::enrich(&mut event, &facts);
+                    positions.push(index);
+                    events.push(Value::Object(event));
+                }
+                Err(error) => {
+                    if shape != Shape::Batch {
+                        return Err(Problem::new(StatusCode::BAD_REQUEST, error.reason, error.message));
+                    }
+                    self.shared.metrics.events_refused(error.reason, 1);
+                    self.record_event_refusal(caller, index, error.reason, &error.message);
+                    refused.push(json!({ "index": index, "error": error.message, "reason": error.reason }));
+                }
+            }
+        }
+        let mut dropped = Vec::new();
+        if !events.is_empty() {
+            let verdicts = self.submit(events).await?;
+            for (index, verdict) in positions.into_iter().zip(verdicts) {
+                match verdict {
+                    Verdict::Queued => {}
+                    Verdict::Dropped { reason } => dropped.push(json!({ "index": index, "reason": reason })),
+                    Verdict::Refused { reason, message, field } => {
+                        if shape != Shape::Batch {
+                            let mut problem = Problem::new(StatusCode::BAD_REQUEST, "mapping_rejected", message);
+                            problem.field = field;
+                            return Err(problem);
+                        }
+                        self.record_event_refusal(caller, index, "mapping_rejected", &message);
+                        refused.push(json!({
+                            "index": index, "error": message, "reason": "mapping_rejected",
+                            "rejection": reason, "field": field
+                        }));
+                    }
+                }
+            }
+        }
+        let mut answer = Map::new();
+        answer.insert("success".into(), Value::Bool(true));
+        if !refused.is_empty() {
+            answer.insert("refused".into(), Value::Array(refused));
+        }
+        if !dropped.is_empty() {
+            answer.insert("dropped".into(), Value::Array(dropped));
+        }
+        Ok(Value::Object(answer))
+    }
+
+    /// Reads a body of at most `limit` bytes within the body timeout.
+    async fn read_body(&self, body: Body, limit: usize) -> Result<axum::body::Bytes, Problem> {
+        let timeout = self.shared.config.http.body_timeout;
+        let limited = http_body_util::Limited::new(body, limit);
+        match tokio::time::timeout(timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is more than the limit of {limit} bytes"),
+            )),
+            Ok(Err(error)) => {
+                Err(Problem::new(StatusCode::BAD_REQUEST, "malformed", format!("cannot read the body: {error}")))
+            }
+            Err(_) => {
+                let mut problem = Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the body did not arrive within {} ms", timeout.as_millis()),
+                );
+                problem.close = true;
+                Err(problem)
+            }
+        }
+    }
+
+    /// The index of the key presented; `None` when no key is configured (a loopback trial takes every request).
+    fn authenticate(&self, presented: &str) -> Result<Option<usize>, Problem> {
         let keys = &self.shared.config.ingestion.keys;
         if keys.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
-        let unauthorized = |message: &str| Problem::new(StatusCode::UNAUTHORIZED, message);
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| unauthorized("missing Authorization: send the key as a Bearer token or Basic user name"))?;
-        let presented = if let Some(token) = value.strip_prefix("Bearer ") {
-            token.trim().to_string()
-        } else if let Some(encoded) = value.strip_prefix("Basic ") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .map_err(|_| unauthorized("malformed Basic credentials"))?;
-            let text = String::from_utf8(decoded).map_err(|_| unauthorized("malformed Basic credentials"))?;
-            text.split(':').next().unwrap_or_default().to_string()
-        } else {
-            return Err(unauthorized("unsupported Authorization scheme: use Bearer or Basic"));
-        };
         keys.iter()
-            .position(|k| bool::from(k.key.expose_secret().as_bytes().ct_eq(presented.as_bytes())))
-            .ok_or_else(|| unauthorized("unknown key"))
+            .position(|k| bool::from(k.key.expose_secret().as_bytes().ct_eq(presented.trim().as_bytes())))
+            .map(Some)
+            .ok_or_else(|| Problem::unauthorized("unknown key"))
     }
 
     /// `/v1/events` requests carry `X-Signal-Timestamp` (unix seconds) and `X-Signal-Signature: sha256=<hex>`, the
-    /// HMAC-SHA256 of `{timestamp}.{body}` under the key's secret; old timestamps are refused so a captured
-    /// request cannot be replayed later.
-    fn verify_signature(&self, key: usize, headers: &HeaderMap, body: &[u8]) -> Result<(), Problem> {
-        let unauthorized = |message: String| Problem::new(StatusCode::UNAUTHORIZED, message);
+    /// HMAC-SHA256 of `{timestamp}.{body}` (the body as sent) under the key's secret; old timestamps are refused so
+    /// a captured request cannot be replayed later.
+    fn verify_signature(&self, key: Option<usize>, headers: &HeaderMap, body: &[u8]) -> Result<(), Problem> {
         let ingestion = &self.shared.config.ingestion;
-        let Some(secret) = ingestion.keys.get(key).and_then(|k| k.hmac_secret.as_ref()) else {
-            return Err(unauthorized("this key has no `hmac_secret`: /v1/events takes signed requests only".into()));
+        let Some(secret) = key.and_then(|k| ingestion.keys.get(k)).and_then(|k| k.hmac_secret.as_ref()) else {
+            return Err(Problem::unauthorized("this key has no `hmac_secret`: /v1/events takes signed requests only"));
         };
         let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let timestamp = header_text("x-signal-timestamp")
             .and_then(|t| t.trim().parse::<i64>().ok())
-            .ok_or_else(|| unauthorized("missing or malformed X-Signal-Timestamp (unix seconds)".into()))?;
-        let age = (now_ms() / 1000 - timestamp).unsigned_abs();
+            .ok_or_else(|| Problem::unauthorized("missing or malformed X-Signal-Timestamp (unix seconds)"))?;
+        let age = (now_ms() / 1000).saturating_sub(timestamp).unsigned_abs();
         if age > ingestion.replay_window.as_secs() {
-            return Err(unauthorized(format!(
+            return Err(Problem::unauthorized(format!(
                 "X-Signal-Timestamp is {age} s away from now, outside the replay window of {} s",
                 ingestion.replay_window.as_secs()
             )));
@@ -311,51 +517,161 @@ impl Ingress {
         let signature = header_text("x-signal-signature")
             .and_then(|s| s.trim().strip_prefix("sha256="))
             .and_then(decode_hex)
-            .ok_or_else(|| unauthorized("missing or malformed X-Signal-Signature (sha256=<hex>)".into()))?;
+            .ok_or_else(|| Problem::unauthorized("missing or malformed X-Signal-Signature (sha256=<hex>)"))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-            .map_err(|_| unauthorized("the key's secret cannot be used".into()))?;
+            .map_err(|_| Problem::unauthorized("the key's secret cannot be used"))?;
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        mac.verify_slice(&signature).map_err(|_| unauthorized("the signature does not match the body".into()))
+        mac.verify_slice(&signature).map_err(|_| Problem::unauthorized("the signature does not match the body"))
     }
 
-    fn rate_limit(&self, key: usize) -> Result<(), Problem> {
-        self.limiter.check_key(&key).map_err(|not_until| {
+    fn rate_limit(&self, key: Option<usize>) -> Result<(), Problem> {
+        self.limiter.check_key(&key.unwrap_or(usize::MAX)).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate limit reached for this key");
+            let mut problem =
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit reached for this key");
             problem.retry_after = Some(wait);
             problem
         })
     }
 
     /// Hands the events to the writer and waits for their commit.
-    async fn submit(&self, events: Vec<Value>) -> Result<(), Problem> {
+    async fn submit(&self, events: Vec<Value>) -> Result<Vec<Verdict>, Problem> {
         let (reply, answer) = oneshot::channel();
-        let unavailable = |message: &str| {
-            let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, message);
-            problem.retry_after = Some(Duration::from_secs(5));
-            problem
-        };
-        self.jobs.send(Job { events, reply }).await.map_err(|_| unavailable("the relay is shutting down"))?;
+        let stopping = || Problem::unavailable("stopping", "the relay is shutting down; retry", Duration::from_secs(5));
+        self.jobs.send(Job { events, reply }).await.map_err(|_| stopping())?;
         match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Refusal::Full)) => {
-                let mut problem = unavailable("the relay's disk cap is reached; retry later");
-                problem.retry_after = Some(Duration::from_secs(30));
-                Err(problem)
-            }
+            Ok(Ok(verdicts)) => Ok(verdicts),
+            Ok(Err(Refusal::Full)) => Err(Problem::unavailable(
+                "disk_cap",
+                "the relay's disk cap is reached; retry later",
+                Duration::from_secs(30),
+            )),
             Ok(Err(Refusal::Storage(error))) => {
                 tracing::error!(%error, "events could not be stored");
-                Err(unavailable("the events could not be stored; retry later"))
+                Err(Problem::unavailable(
+                    "storage",
+                    "the events could not be stored; retry later",
+                    Duration::from_secs(5),
+                ))
             }
-            Err(_) => Err(unavailable("the relay is shutting down")),
+            Err(_) => Err(stopping()),
         }
+    }
+
+    fn key_name(&self, caller: &Caller<'_>) -> Option<String> {
+        caller.key.and_then(|k| self.shared.config.ingestion.keys.get(k)).map(|k| k.name.clone())
+    }
+
+    /// Logs, counts and lists a refused request. Never the body: it may hold personal data.
+    fn record_refusal(&self, caller: &Caller<'_>, problem: &Problem) {
+        let key = self.key_name(caller);
+        tracing::warn!(
+            route = caller.path,
+            key = key.as_deref().unwrap_or("-"),
+            origin = caller.origin.unwrap_or("-"),
+            status = problem.status.as_u16(),
+            reason = problem.reason,
+            "request refused: {}",
+            problem.message
+        );
+        self.shared.metrics.request_refused(problem.reason);
+        self.shared.debug.refused(debug::Refused {
+            at_ms: now_ms(),
+            route: caller.path.to_string(),
+            key,
+            origin: caller.origin.map(str::to_string),
+            status: problem.status.as_u16(),
+            reason: problem.reason.to_string(),
+            error: problem.message.clone(),
+            index: problem.index,
+        });
+    }
+
+    /// Lists one refused event of a batch that was otherwise taken.
+    fn record_event_refusal(&self, caller: &Caller<'_>, index: usize, reason: &str, message: &str) {
+        let key = self.key_name(caller);
+        tracing::info!(
+            route = caller.path,
+            key = key.as_deref().unwrap_or("-"),
+            index,
+            reason,
+            "event refused in a batch"
+        );
+        self.shared.debug.refused(debug::Refused {
+            at_ms: now_ms(),
+            route: caller.path.to_string(),
+            key,
+            origin: caller.origin.map(str::to_string),
+            status: 200,
+            reason: reason.to_string(),
+            error: message.to_string(),
+            index: Some(index),
+        });
     }
 }
 
+fn origin_refused(origin: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        format!("origin {origin} is not allowed for this key: add it to the key's `allowed_origins`"),
+    )
+}
+
+/// JSON comes as `application/json`, as `text/plain` (sendBeacon and analytics.js, to avoid a preflight) or with no
+/// type at all; anything else is not an event.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    let json_like = essence.is_empty()
+        || essence == "application/json"
+        || essence == "text/plain"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json_like {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            format!("Content-Type {essence:?} is not taken: send JSON as application/json or text/plain"),
+        ))
+    }
+}
+
+/// The key in the `Authorization` header, if there is one: `Bearer KEY`, or `Basic` with the key as user name
+/// (Segment's way). Scheme names are case-insensitive (RFC 7235).
+fn authorization(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value
+        .to_str()
+        .map_err(|_| Problem::unauthorized("the Authorization header is not ASCII: send the key as Bearer or Basic"))?
+        .trim();
+    let (scheme, credentials) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if credentials.is_empty() {
+            return Err(Problem::unauthorized("the Bearer token is empty"));
+        }
+        return Ok(Some(credentials.to_string()));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let malformed = || Problem::unauthorized("malformed Basic credentials: base64 of `KEY:`");
+        let decoded = base64::engine::general_purpose::STANDARD.decode(credentials).map_err(|_| malformed())?;
+        let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+        let user = text.split(':').next().unwrap_or_default();
+        if user.is_empty() {
+            return Err(malformed());
+        }
+        return Ok(Some(user.to_string()));
+    }
+    Err(Problem::unauthorized(format!("unsupported Authorization scheme {scheme:?}: use Bearer or Basic")))
+}
+
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if hex.len() % 2 != 0 || !hex.is_ascii() {
         return None;
     }
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
@@ -410,62 +726,92 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         let now = now_ms();
         let mut entries = Vec::new();
         let mut outcomes: Vec<(&str, &'static str, Option<String>)> = Vec::new();
+        let mut verdicts: Vec<Vec<Verdict>> = Vec::new();
         // An explanation costs several times what applying does, so under load the debugger samples: the newest
-        // events of each group are explained and kept, the others only applied. At a trickle, every event is.
+        // events of each group are explained and kept, the others only applied. At a trickle, every event is, and
+        // an event the mapping rejects always is, since the debugger is where one finds out why.
         const EXPLAINED_PER_GROUP: usize = 64;
         let mapped_events = group.iter().map(|j| j.events.len()).sum::<usize>() * shared.pixels.len();
         let explain_from = mapped_events.saturating_sub(EXPLAINED_PER_GROUP.min(shared.debug.capacity()));
         let result = shared.store.ingest(&mut |tx| {
             entries.clear();
             outcomes.clear();
+            verdicts.clear();
             let mut index = 0;
             for job in &group {
+                let mut job_verdicts = Vec::with_capacity(job.events.len());
                 for event in &job.events {
                     let text = event.to_string();
+                    let mut verdict: Option<Verdict> = None;
                     for pixel in &shared.pixels {
                         let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.config.name };
                         let mut context = Context::with_identity(now, &mut memory);
-                        let explanation = (index >= explain_from).then(|| explain(&pixel.plan, &text, &mut context));
+                        let mut explanation =
+                            (index >= explain_from).then(|| explain(&pixel.plan, &text, &mut context));
                         index += 1;
-                        let applied;
-                        let outcome = match &explanation {
-                            Some(explanation) => &explanation.outcome,
-                            None => {
-                                applied = pixel.plan.apply_str(&text, &mut context);
-                                &applied
+                        let outcome = match explanation.take() {
+                            Some(explanation) => {
+                                let outcome = explanation.outcome.clone();
+                                (outcome, Some(explanation))
                             }
+                            None => match pixel.plan.apply_str(&text, &mut context) {
+                                // Applying again is harmless: what the event taught is already remembered.
+                                rejected @ Outcome::Rejected(_) => {
+                                    let explanation = explain(&pixel.plan, &text, &mut context);
+                                    (rejected, Some(explanation))
+                                }
+                                other => (other, None),
+                            },
                         };
-                        let (name, reason) = debug::describe(outcome);
-                        outcomes.push((&pixel.config.name, name, reason));
+                        let (outcome, explanation) = outcome;
+                        let (name, reason) = debug::describe(&outcome);
+                        outcomes.push((&pixel.config.name, name, reason.clone()));
                         let mut event_id = None;
-                        if let Outcome::Mapped(mapped) = outcome {
-                            let output: Value = serde_json::from_str(&mapped.json).unwrap_or(Value::Null);
-                            let id = output["id"].as_str().unwrap_or_default().to_string();
-                            let pending = Pending {
-                                id: id.clone(),
-                                event_type: mapped.event_type.clone(),
-                                timestamp_ms: output["timestamp_ms"].as_i64(),
-                                received_ms: now,
-                                event: mapped.json.clone(),
-                            };
-                            tx.enqueue(&pixel.config.name, &pending)?;
-                            event_id = Some(id);
-                        }
-                        if let Outcome::Rejected(rejected) = outcome {
-                            // The message may quote a value; the reason, field and rule say what to fix.
-                            tracing::info!(
-                                pixel = %pixel.config.name,
-                                reason = ?rejected.reason,
-                                field = rejected.field.as_deref().unwrap_or_default(),
-                                rule = rejected.rule.as_deref().unwrap_or_default(),
-                                "event rejected by the mapping: not sent (see /debug)"
-                            );
+                        match &outcome {
+                            Outcome::Mapped(mapped) => {
+                                let output: Value = serde_json::from_str(&mapped.json).unwrap_or(Value::Null);
+                                let id = output["id"].as_str().unwrap_or_default().to_string();
+                                let pending = Pending {
+                                    id: id.clone(),
+                                    event_type: mapped.event_type.clone(),
+                                    timestamp_ms: output["timestamp_ms"].as_i64(),
+                                    received_ms: now,
+                                    event: mapped.json.clone(),
+                                };
+                                tx.enqueue(&pixel.config.name, &pending)?;
+                                event_id = Some(id);
+                                verdict = Some(Verdict::Queued);
+                            }
+                            Outcome::Rejected(rejected) => {
+                                // The message may quote a value; the reason, field and rule say what to fix.
+                                tracing::info!(
+                                    pixel = %pixel.config.name,
+                                    reason = ?rejected.reason,
+                                    field = rejected.field.as_deref().unwrap_or_default(),
+                                    rule = rejected.rule.as_deref().unwrap_or_default(),
+                                    "event rejected by the mapping: refused, not sent (see /debug)"
+                                );
+                                if !matches!(verdict, Some(Verdict::Queued | Verdict::Refused { .. })) {
+                                    verdict = Some(Verdict::Refused {
+                                        reason: reason.unwrap_or_default(),
+                                        message: rejected.message.clone(),
+                                        field: rejected.field.clone(),
+                                    });
+                                }
+                            }
+                            Outcome::Dropped(_) => {
+                                if verdict.is_none() {
+                                    verdict = Some(Verdict::Dropped { reason: reason.unwrap_or_default() });
+                                }
+                            }
                         }
                         if let Some(explanation) = &explanation {
                             entries.push(debug::Entry::received(&pixel.config.name, event, explanation, event_id, now));
                         }
                     }
+                    job_verdicts.push(verdict.unwrap_or(Verdict::Dropped { reason: "no_pixel".to_string() }));
                 }
+                verdicts.push(job_verdicts);
             }
             Ok(())
         });
@@ -477,9 +823,11 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                 for entry in entries.drain(..) {
                     shared.debug.push(entry);
                 }
-                for job in group {
-                    shared.metrics.received(job.events.len());
-                    let _ = job.reply.send(Ok(()));
+                for (job, job_verdicts) in group.into_iter().zip(verdicts.drain(..)) {
+                    let taken = job_verdicts.iter().filter(|v| !matches!(v, Verdict::Refused { .. })).count();
+                    shared.metrics.received(taken);
+                    shared.metrics.events_refused("mapping_rejected", job_verdicts.len() - taken);
+                    let _ = job.reply.send(Ok(job_verdicts));
                 }
                 for pixel in &shared.pixels {
                     pixel.queued.notify_one();
@@ -491,33 +839,5 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelope_checks_name_the_field() {
-        let cases = [
-            (json!([]), None, "must be a JSON object"),
-            (json!({"messageId": "m", "anonymousId": "a"}), None, "`type` is missing"),
-            (json!({"type": "track", "anonymousId": "a", "event": "E"}), None, "`messageId` is missing"),
-            (json!({"type": "track", "messageId": "m", "event": "E"}), None, "needs `anonymousId` or `userId`"),
-            (json!({"type": "track", "messageId": "m", "anonymousId": "a"}), None, "needs its `event` name"),
-            (json!({"type": "page", "messageId": "m", "anonymousId": "a"}), Some("track"), "takes \"track\" events"),
-            (json!({"type": "bogus", "messageId": "m", "anonymousId": "a"}), None, "is not one of"),
-            (json!({"type": "page", "messageId": 7, "anonymousId": "a"}), None, "`messageId` must be a string"),
-            (json!({"type": "page", "messageId": "m", "anonymousId": "a", "properties": []}), None, "`properties`"),
-        ];
-        for (mut event, kind, expected) in cases {
-            let problem = check_event(&mut event, kind).expect_err(expected);
-            assert!(problem.message.contains(expected), "{expected:?} not in {:?}", problem.message);
-            assert_eq!(problem.status, StatusCode::BAD_REQUEST);
-        }
-        let mut event = json!({"messageId": "m", "anonymousId": "a"});
-        check_event(&mut event, Some("page")).unwrap();
-        assert_eq!(event["type"], "page", "the endpoint's type is filled in");
     }
 }

@@ -1,4 +1,4 @@
-//! `/metrics` in Prometheus text format and `/healthz`: events received, mapped, dropped and rejected by reason,
+//! `/metrics` in Prometheus text format, `/livez`, `/readyz` and `/healthz`: events received, mapped, dropped and rejected by reason,
 //! delivered, retried and dead-lettered per pixel, queue depth, batch latency, paused pixels, and ingestion refused
 //! at the disk cap.
 
@@ -30,6 +30,7 @@ pub(super) struct Metrics {
     retried: Family<Labels, Counter>,
     dead_lettered: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    requests_refused: Family<Labels, Counter>,
     queue_depth: Family<Labels, Gauge>,
     paused: Family<Labels, Gauge>,
     batch_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -53,6 +54,7 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             refused: Family::default(),
+            requests_refused: Family::default(),
             queue_depth: Family::default(),
             paused: Family::default(),
             batch_latency: Family::new_with_constructor(latency_histogram),
@@ -72,6 +74,11 @@ impl Metrics {
             metrics.dead_lettered.clone(),
         );
         registry.register("ingestion_refused", "Events refused at ingestion, by reason", metrics.refused.clone());
+        registry.register(
+            "requests_refused",
+            "Ingestion requests refused whole (401, 403, 400, 413, 429, 503 …), by reason",
+            metrics.requests_refused.clone(),
+        );
         registry.register("queue_depth", "OpenAI events waiting for delivery", metrics.queue_depth.clone());
         registry.register(
             "pixel_paused",
@@ -80,7 +87,12 @@ impl Metrics {
         );
         registry.register("batch_latency_seconds", "Time OpenAI took to answer a batch", metrics.batch_latency.clone());
         // Series that alerts watch exist from the start, so that a first dead letter or refusal is an increase.
-        metrics.refused.get_or_create(&vec![("reason", "disk_cap".to_string())]).inc_by(0);
+        for reason in ["disk_cap", "invalid_event", "invalid_timestamp", "too_large", "mapping_rejected"] {
+            metrics.refused.get_or_create(&vec![("reason", reason.to_string())]).inc_by(0);
+        }
+        for reason in ["unauthorized", "origin_not_allowed", "malformed", "too_large", "rate_limited"] {
+            metrics.requests_refused.get_or_create(&vec![("reason", reason.to_string())]).inc_by(0);
+        }
         for name in pixels {
             metrics.queue_depth.get_or_create(&pixel(name)).set(0);
             metrics.paused.get_or_create(&pixel(name)).set(0);
@@ -99,6 +111,17 @@ impl Metrics {
 
     pub fn refused_full(&self, events: usize) {
         self.refused.get_or_create(&vec![("reason", "disk_cap".to_string())]).inc_by(events as u64);
+    }
+
+    /// Events of a taken request that were refused one by one.
+    pub fn events_refused(&self, reason: &str, events: usize) {
+        if events > 0 {
+            self.refused.get_or_create(&vec![("reason", reason.to_string())]).inc_by(events as u64);
+        }
+    }
+
+    pub fn request_refused(&self, reason: &str) {
+        self.requests_refused.get_or_create(&vec![("reason", reason.to_string())]).inc();
     }
 
     pub fn outcome(&self, name: &str, outcome: &str, reason: Option<String>) {
@@ -143,7 +166,12 @@ impl Metrics {
 }
 
 pub(super) fn routes(shared: Arc<Shared>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(health)).with_state(shared)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health))
+        .route("/livez", get(live))
+        .route("/readyz", get(ready))
+        .with_state(shared)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -151,6 +179,36 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// 200 whenever the process serves: for a supervisor deciding whether to restart it.
+async fn live() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// 200 when the relay can take and deliver events: its store answers and is writable (below the disk cap), and no
+/// pixel is paused; 503 naming what is wrong otherwise, for a load balancer deciding where to send traffic.
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let paused: Vec<&str> =
+        shared.pixels.iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.config.name.as_str()).collect();
+    let mut problems = Vec::new();
+    match shared.store.stored_bytes() {
+        Ok(bytes) if bytes >= shared.config.disk_cap_bytes => {
+            problems.push(format!("the disk cap is reached ({bytes} of {} bytes)", shared.config.disk_cap_bytes))
+        }
+        Ok(_) => {}
+        Err(error) => problems.push(format!("the store does not answer: {error}")),
+    }
+    if !paused.is_empty() {
+        problems.push(format!("paused on an authentication error: {}", paused.join(", ")));
+    }
+    let status = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if problems.is_empty() { "ready" } else { "not_ready" },
+        "problems": problems,
+        "paused_pixels": paused,
+    });
+    (status, Json(body)).into_response()
 }
 
 /// 200 while every pixel delivers; 503 naming the paused pixels (their events are kept) or a failing store.

@@ -5,9 +5,12 @@
 
 pub mod config;
 mod debug;
+mod decode;
 mod deliver;
+mod enrich;
 mod ingest;
 mod metrics;
+mod server;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -103,6 +106,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     let pixels = compile_pixels(&config)?;
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?);
+    let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ConfigError(format!("`listen`: cannot listen on {}: {e}", config.listen)))?;
@@ -124,16 +128,12 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         .map(|index| tokio::spawn(deliver::run(shared.clone(), index, shutdown_rx.clone())))
         .collect();
     let app = ingest::router(shared.clone(), jobs_tx);
-    let mut server_shutdown = shutdown_rx.clone();
-    tracing::info!(%addr, pixels = shared.pixels.len(), dry_run = shared.config.dry_run, "relay listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, pixels = shared.pixels.len(), dry_run = shared.config.dry_run, "relay listening");
+    let limits = shared.config.http;
+    let server_shutdown = shutdown_rx.clone();
     let done = tokio::spawn(async move {
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(Option::is_some).await;
-            });
-        if let Err(error) = server.await {
-            tracing::error!(%error, "server stopped");
-        }
+        server::serve(listener, tls, limits, app, server_shutdown).await;
         // The router held the only senders: the writer drains what was submitted, then ends.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         for delivery in deliveries {

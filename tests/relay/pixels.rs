@@ -42,14 +42,16 @@ async fn each_pixel_gets_its_own_mapped_events() {
     assert_eq!(shop[0]["data"]["amount"], 10, "JPY has no minor unit");
     assert_eq!(
         shop[0]["user"],
-        json!({"external_id": "visitor-9", "email": jane, "phone_number": sha256_hex("+447700900123")}),
-        "the default preset's user object"
+        json!({"external_id": "visitor-9", "email": jane, "phone_number": sha256_hex("+447700900123"),
+               "ip_address": "127.0.0.1"}),
+        "the default preset's user object, with the address of the connection the relay filled in"
     );
     assert_eq!(shop[0]["opt_out"], false, "consent category `marketing`");
     assert_eq!(docs[0]["type"], "order_created");
     assert_eq!(
         docs[0]["user"],
-        json!({"external_id_sha256": sha256_hex("visitor-9"), "email_sha256": jane, "country": "GB", "city": "London"}),
+        json!({"external_id_sha256": sha256_hex("visitor-9"), "email_sha256": jane, "country": "GB", "city": "London",
+               "ip_address": "127.0.0.1"}),
         "the developer-docs preset's user object"
     );
     assert_eq!(docs[0]["opt_out"], true, "this pixel's consent category is `advertising`");

@@ -1,0 +1,363 @@
+//! Reading an ingestion request's body: the content encoding inflated within the size limits (a gzip bomb is
+//! refused after the limit, not inflated whole), the JSON of one event or of a batch, the write key a body may
+//! carry, Segment's batch-level fields merged into each event, and the envelope checks every event must pass.
+//! Pure functions on bytes, so that hostile input can be tried on them directly.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use serde_json::{Map, Value};
+
+/// What a route takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Shape {
+    /// One event; a route that implies the type (`/v1/t`, `/v1/track`) names it.
+    Single(Option<&'static str>),
+    /// `{"batch": [event, …]}` with optional `writeKey`, `sentAt`, `context` and `integrations` beside it.
+    Batch,
+}
+
+/// Why a whole body cannot be read.
+#[derive(Debug, PartialEq)]
+pub(super) enum BodyError {
+    TooLarge(String),
+    Malformed(String),
+    UnsupportedEncoding(String),
+}
+
+/// Why one event is refused: a stable reason for metrics and a message naming the field.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct EventError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl EventError {
+    fn invalid(message: impl Into<String>) -> EventError {
+        EventError { reason: "invalid_event", message: message.into() }
+    }
+}
+
+/// A request's events, each checked, and the write key its body carried.
+#[derive(Debug)]
+pub(super) struct Decoded {
+    pub write_key: Option<String>,
+    pub events: Vec<Result<Map<String, Value>, EventError>>,
+}
+
+/// Inflates a body sent with `Content-Encoding` (`gzip`, `x-gzip`, `deflate`, `identity`, or a list applied in
+/// order), reading at most `limit` bytes of the result.
+pub(super) fn inflate<'b>(body: &'b [u8], encoding: Option<&str>, limit: usize) -> Result<Cow<'b, [u8]>, BodyError> {
+    let mut data = Cow::Borrowed(body);
+    let Some(encoding) = encoding else { return Ok(data) };
+    // Codings are listed in the order they were applied, so they are undone from the last.
+    for coding in encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).rev() {
+        data = match coding.as_str() {
+            "" | "identity" => data,
+            "gzip" | "x-gzip" => Cow::Owned(read_limited(flate2::read::MultiGzDecoder::new(&data[..]), limit)?),
+            // HTTP's `deflate` is zlib-wrapped, but some clients send a raw deflate stream.
+            "deflate" => match read_limited(flate2::read::ZlibDecoder::new(&data[..]), limit) {
+                Err(BodyError::Malformed(_)) => {
+                    Cow::Owned(read_limited(flate2::read::DeflateDecoder::new(&data[..]), limit)?)
+                }
+                other => Cow::Owned(other?),
+            },
+            other => {
+                return Err(BodyError::UnsupportedEncoding(format!(
+                    "Content-Encoding {other:?} is not supported: send gzip, deflate or an uncompressed body"
+                )))
+            }
+        };
+    }
+    Ok(data)
+}
+
+fn read_limited(reader: impl Read, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::new();
+    let read = reader.take(limit as u64 + 1).read_to_end(&mut out);
+    match read {
+        Ok(_) if out.len() > limit => {
+            Err(BodyError::TooLarge(format!("the body inflates to more than the limit of {limit} bytes")))
+        }
+        Ok(_) => Ok(out),
+        Err(error) => Err(BodyError::Malformed(format!("the compressed body cannot be inflated: {error}"))),
+    }
+}
+
+/// Reads the events of a body. A body that is not JSON, or not of the route's shape, is refused whole; in a batch,
+/// each event is checked on its own, so one bad event does not cost the others. `max_event_bytes` bounds each
+/// event of a batch.
+pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Result<Decoded, BodyError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError::Malformed("the body is empty: send a JSON event".to_string()));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BodyError::Malformed(format!("malformed JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        let expected = match shape {
+            Shape::Single(_) => "an event must be a JSON object",
+            Shape::Batch => "the body must be an object {\"batch\": [event, …]}",
+        };
+        return Err(BodyError::Malformed(format!("{expected}, not {}", kind_of(&value))));
+    };
+    let write_key = match object.remove("writeKey") {
+        Some(Value::String(key)) => Some(key),
+        None | Some(Value::Null) => None,
+        Some(other) => {
+            return Err(BodyError::Malformed(format!("`writeKey` must be a string, not {}", kind_of(&other))))
+        }
+    };
+    match shape {
+        Shape::Single(kind) => {
+            let event = check_event(object, kind);
+            Ok(Decoded { write_key, events: vec![event] })
+        }
+        Shape::Batch => {
+            let events = match object.remove("batch") {
+                Some(Value::Array(events)) => events,
+                _ => return Err(BodyError::Malformed("`batch` is missing or not an array of events".to_string())),
+            };
+            if events.is_empty() {
+                return Err(BodyError::Malformed("`batch` is empty".to_string()));
+            }
+            // Segment's batch API: `context`, `integrations` and `sentAt` at the top apply to every event, which
+            // keeps its own where it has them.
+            let shared: Map<String, Value> = ["context", "integrations", "sentAt"]
+                .into_iter()
+                .filter_map(|name| object.remove(name).filter(|v| !v.is_null()).map(|v| (name.to_string(), v)))
+                .collect();
+            let events = events
+                .into_iter()
+                .map(|event| {
+                    let size = serde_json::to_vec(&event).map_or(0, |v| v.len());
+                    if size > max_event_bytes {
+                        return Err(EventError {
+                            reason: "too_large",
+                            message: format!("the event is {size} bytes, more than the limit of {max_event_bytes}"),
+                        });
+                    }
+                    let Value::Object(mut event) = event else {
+                        return Err(EventError::invalid(format!(
+                            "an event must be a JSON object, not {}",
+                            kind_of(&event)
+                        )));
+                    };
+                    event.remove("writeKey");
+                    for (name, value) in &shared {
+                        match event.get_mut(name) {
+                            None | Some(Value::Null) => {
+                                event.insert(name.clone(), value.clone());
+                            }
+                            Some(own) => merge_missing(own, value),
+                        }
+                    }
+                    check_event(event, None)
+                })
+                .collect();
+            Ok(Decoded { write_key, events })
+        }
+    }
+}
+
+/// Adds to `own` the keys of `shared` it lacks, recursively; what `own` has is kept.
+fn merge_missing(own: &mut Value, shared: &Value) {
+    if let (Value::Object(own), Value::Object(shared)) = (own, shared) {
+        for (key, value) in shared {
+            match own.get_mut(key) {
+                None | Some(Value::Null) => {
+                    own.insert(key.clone(), value.clone());
+                }
+                Some(mine) => merge_missing(mine, value),
+            }
+        }
+    }
+}
+
+/// The event types Segment's and Signal's APIs define.
+pub(super) const KINDS: [&str; 6] = ["track", "page", "screen", "identify", "group", "alias"];
+
+/// Checks the envelope fields every event needs; a route that implies a type fills it in when absent. A missing
+/// `messageId` is not an error: the relay derives one from the event's content.
+pub(super) fn check_event(
+    mut fields: Map<String, Value>,
+    kind: Option<&str>,
+) -> Result<Map<String, Value>, EventError> {
+    let bad = |message: String| EventError::invalid(message);
+    match (fields.get("type"), kind) {
+        (None | Some(Value::Null), Some(kind)) => {
+            fields.insert("type".to_string(), Value::from(kind));
+        }
+        (None | Some(Value::Null), None) => return Err(bad("`type` is missing".to_string())),
+        (Some(Value::String(given)), Some(kind)) if given != kind => {
+            return Err(bad(format!("`type` is {given:?}, but this endpoint takes {kind:?} events")))
+        }
+        (Some(Value::String(given)), _) if !KINDS.contains(&given.as_str()) => {
+            return Err(bad(format!("`type` {given:?} is not one of {}", KINDS.join(", "))))
+        }
+        (Some(Value::String(_)), _) => {}
+        (Some(other), _) => return Err(bad(format!("`type` must be a string, not {}", kind_of(other)))),
+    }
+    let text = |name: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(other) => Err(bad(format!("`{name}` must be a string, not {}", kind_of(other)))),
+    };
+    text("messageId")?;
+    let anonymous = text("anonymousId")?.is_some_and(|s| !s.trim().is_empty());
+    let user = text("userId")?.is_some_and(|s| !s.trim().is_empty());
+    if !anonymous && !user {
+        return Err(bad("the event needs `anonymousId` or `userId`".to_string()));
+    }
+    let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default();
+    if kind == "track" && text("event")?.is_none_or(|s| s.trim().is_empty()) {
+        return Err(bad("a track event needs its `event` name".to_string()));
+    }
+    if kind == "alias" && text("previousId")?.is_none_or(|s| s.trim().is_empty()) {
+        return Err(bad("an alias event needs `previousId`, the id it links to `userId`".to_string()));
+    }
+    for object in ["properties", "context", "traits", "integrations"] {
+        if let Some(value) = fields.get(object).filter(|v| !v.is_null() && !v.is_object()) {
+            return Err(bad(format!("`{object}` must be an object, not {}", kind_of(value))));
+        }
+    }
+    for time in ["timestamp", "originalTimestamp", "sentAt"] {
+        match fields.get(time) {
+            None | Some(Value::Null) => {}
+            Some(value @ (Value::String(_) | Value::Number(_))) => {
+                if crate::functions::timestamp_ms(value).is_none() {
+                    return Err(EventError {
+                        reason: "invalid_timestamp",
+                        message: format!(
+                            "`{time}` {value} is not a time: send ISO 8601 such as 2026-11-20T12:00:00.000Z \
+                             (or leave it out, and the relay's time of receipt is used)"
+                        ),
+                    });
+                }
+            }
+            Some(other) => return Err(bad(format!("`{time}` must be a string, not {}", kind_of(other)))),
+        }
+    }
+    Ok(fields)
+}
+
+pub(super) fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn single(value: Value, kind: Option<&'static str>) -> Result<Map<String, Value>, EventError> {
+        let decoded = decode(value.to_string().as_bytes(), Shape::Single(kind), 1 << 20).expect("decodes");
+        decoded.events.into_iter().next().expect("one event")
+    }
+
+    #[test]
+    fn envelope_checks_name_the_field() {
+        let cases = [
+            (json!({"messageId": "m", "anonymousId": "a"}), None, "`type` is missing"),
+            (json!({"type": "track", "messageId": "m", "event": "E"}), None, "needs `anonymousId` or `userId`"),
+            (json!({"type": "track", "messageId": "m", "anonymousId": "a"}), None, "needs its `event` name"),
+            (json!({"type": "page", "messageId": "m", "anonymousId": "a"}), Some("track"), "takes \"track\" events"),
+            (json!({"type": "bogus", "messageId": "m", "anonymousId": "a"}), None, "is not one of"),
+            (json!({"type": "page", "messageId": 7, "anonymousId": "a"}), None, "`messageId` must be a string"),
+            (json!({"type": "page", "anonymousId": "a", "properties": []}), None, "`properties`"),
+            (json!({"type": "alias", "userId": "u"}), None, "needs `previousId`"),
+            (json!({"type": "page", "anonymousId": "a", "timestamp": "yesterday at noon"}), None, "`timestamp`"),
+            (json!({"type": "page", "anonymousId": "a", "sentAt": true}), None, "`sentAt` must be a string"),
+        ];
+        for (event, kind, expected) in cases {
+            let error = single(event, kind).expect_err(expected);
+            assert!(error.message.contains(expected), "{expected:?} not in {:?}", error.message);
+        }
+        let event = single(json!({"anonymousId": "a"}), Some("page")).unwrap();
+        assert_eq!(event["type"], "page", "the endpoint's type is filled in");
+        assert!(single(json!({"type": "page", "anonymousId": "a"}), None).is_ok(), "messageId may be absent");
+    }
+
+    #[test]
+    fn a_batch_keeps_its_good_events_and_shares_its_top_level_fields() {
+        let body = json!({
+            "writeKey": "wk_1", "sentAt": "2026-11-20T12:00:01Z",
+            "context": {"library": {"name": "analytics-python"}, "ip": "198.51.100.7"},
+            "batch": [
+                {"type": "page", "anonymousId": "a", "context": {"ip": "203.0.113.1"}},
+                {"type": "track", "anonymousId": "a"},
+                "not an event",
+                {"type": "identify", "userId": "u", "writeKey": "other", "sentAt": "2026-11-20T12:00:00Z"}
+            ]
+        });
+        let decoded = decode(body.to_string().as_bytes(), Shape::Batch, 1 << 20).unwrap();
+        assert_eq!(decoded.write_key.as_deref(), Some("wk_1"));
+        let first = decoded.events[0].as_ref().unwrap();
+        assert_eq!(first["context"]["ip"], "203.0.113.1", "the event's own context wins");
+        assert_eq!(first["context"]["library"]["name"], "analytics-python", "the batch's context fills in");
+        assert_eq!(first["sentAt"], "2026-11-20T12:00:01Z");
+        assert!(decoded.events[1].as_ref().unwrap_err().message.contains("`event` name"));
+        assert!(decoded.events[2].as_ref().unwrap_err().message.contains("not a string"));
+        let last = decoded.events[3].as_ref().unwrap();
+        assert_eq!(last["sentAt"], "2026-11-20T12:00:00Z");
+        assert!(last.get("writeKey").is_none(), "keys never travel further");
+    }
+
+    #[test]
+    fn whole_bodies_that_cannot_be_read_are_refused() {
+        let cases: [(&[u8], Shape, &str); 6] = [
+            (b"{\"type\": ", Shape::Single(None), "malformed JSON"),
+            (b"", Shape::Single(None), "empty"),
+            (b"[1]", Shape::Single(None), "must be a JSON object"),
+            (b"{\"events\": []}", Shape::Batch, "`batch` is missing"),
+            (b"{\"batch\": []}", Shape::Batch, "`batch` is empty"),
+            (b"{\"writeKey\": 5, \"batch\": [{}]}", Shape::Batch, "`writeKey` must be a string"),
+        ];
+        for (body, shape, expected) in cases {
+            match decode(body, shape, 1 << 20) {
+                Err(BodyError::Malformed(message)) => assert!(message.contains(expected), "{expected}: {message}"),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_bodies_inflate_within_the_limit() {
+        let text = br#"{"type":"page","anonymousId":"a"}"#;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(text).unwrap();
+        let gzip = gzip.finish().unwrap();
+        assert_eq!(&*inflate(&gzip, Some("GZIP"), 1000).unwrap(), text);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(text).unwrap();
+        assert_eq!(&*inflate(&zlib.finish().unwrap(), Some("deflate"), 1000).unwrap(), text);
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(text).unwrap();
+        assert_eq!(&*inflate(&raw.finish().unwrap(), Some("deflate"), 1000).unwrap(), text, "raw deflate too");
+        assert_eq!(&*inflate(text, Some("identity"), 1000).unwrap(), text);
+        assert!(matches!(inflate(text, Some("br"), 1000), Err(BodyError::UnsupportedEncoding(_))));
+        assert!(matches!(inflate(text, Some("gzip"), 1000), Err(BodyError::Malformed(_))));
+
+        // A bomb: 100 MB of zeros in about 100 KB, refused once the limit is passed.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..100 {
+            bomb.write_all(&zeros).unwrap();
+        }
+        let bomb = bomb.finish().unwrap();
+        assert!(bomb.len() < 200_000, "{}", bomb.len());
+        match inflate(&bomb, Some("gzip"), 512_000) {
+            Err(BodyError::TooLarge(message)) => assert!(message.contains("512000"), "{message}"),
+            other => panic!("{:?}", other.map(|b| b.len())),
+        }
+    }
+}

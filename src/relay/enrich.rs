@@ -1,0 +1,277 @@
+//! What a collector adds to the events it receives, as Segment's API does: `receivedAt`; the visitor's IP address
+//! (from the connection, or from `X-Forwarded-For` / `Forwarded` only when the connection comes from a trusted
+//! proxy) and User-Agent when the event lacks them; the event's time corrected for the client's clock skew
+//! (`timestamp + (receivedAt − sentAt)`, the original kept as `originalTimestamp`), or the time of receipt when the
+//! event has none; and a `messageId` derived from the content when the event has none. Each addition is recorded
+//! under the event's `_relay` object (`{"context.ip": "the connection's address"}`), which `engine explain` and the
+//! debugger show beside the values.
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The key under which the relay notes what it added to an event.
+pub const RELAY_NOTES: &str = "_relay";
+
+/// What the relay knows about a request beyond its body.
+pub(super) struct Facts<'a> {
+    pub received_ms: i64,
+    /// The visitor's address, as [`client_ip`] decided.
+    pub client_ip: IpAddr,
+    /// Whether `client_ip` came from a trusted proxy's header rather than the connection.
+    pub forwarded: bool,
+    pub user_agent: Option<&'a str>,
+}
+
+/// The visitor's address: the connection's peer, unless the peer is a trusted proxy, in which case the forwarding
+/// headers are followed from the nearest hop back past every trusted proxy. A header from anyone else is ignored,
+/// since any client can write one. Returns the address and whether a header supplied it.
+pub(super) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAddr, bool) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&canonical(*ip)));
+    if !is_trusted(&peer) {
+        return (peer, false);
+    }
+    let mut hops = forwarded_for(headers);
+    if hops.is_empty() {
+        hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(parse_ip)
+            .collect();
+    }
+    // Nearest hop last: walk back while the hop is one of ours.
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !is_trusted(&hop) {
+            break;
+        }
+    }
+    (client, client != peer)
+}
+
+/// The `for=` addresses of RFC 7239 `Forwarded` headers, in order.
+fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    headers
+        .get_all("forwarded")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim().eq_ignore_ascii_case("for").then(|| parse_ip(value.trim().trim_matches('"')))?
+            })
+        })
+        .collect()
+}
+
+/// `203.0.113.7`, `203.0.113.7:1234`, `2001:db8::1`, `[2001:db8::1]:1234`.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(inner) = text.strip_prefix('[') {
+        return inner.split_once(']').and_then(|(ip, _)| ip.parse().ok()).map(canonical);
+    }
+    text.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()).map(canonical)
+}
+
+/// An IPv4 address reached over an IPv6 socket (`::ffff:203.0.113.7`) is the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Adds what the relay knows to `event` (already checked: its times parse) and notes each addition.
+pub(super) fn enrich(event: &mut Map<String, Value>, facts: &Facts<'_>) {
+    let mut notes = Map::new();
+    if event.get("messageId").and_then(Value::as_str).is_none_or(|id| id.trim().is_empty()) {
+        event.insert("messageId".to_string(), Value::String(content_id(event)));
+        notes.insert("messageId".into(), "derived from the event's content: the event carried none".into());
+    }
+    let received = rfc3339(facts.received_ms);
+    let own_time = ["timestamp", "originalTimestamp"]
+        .into_iter()
+        .find_map(|name| event.get(name).filter(|v| !v.is_null()).map(|v| (name, v.clone())));
+    match own_time {
+        None => {
+            event.insert("timestamp".to_string(), Value::String(received.clone()));
+            notes.insert("timestamp".into(), "receivedAt: the event carried no time".into());
+        }
+        Some((name, time)) => {
+            let time_ms = crate::functions::timestamp_ms(&time);
+            let sent_ms = event.get("sentAt").and_then(crate::functions::timestamp_ms);
+            match (time_ms, sent_ms) {
+                (Some(time_ms), Some(sent_ms)) if sent_ms != facts.received_ms => {
+                    let skew = facts.received_ms - sent_ms;
+                    event.insert("timestamp".to_string(), Value::String(rfc3339(time_ms.saturating_add(skew))));
+                    event.entry("originalTimestamp").or_insert(time);
+                    let note = format!(
+                        "corrected for the client's clock: {name} {} by {} ms (receivedAt − sentAt)",
+                        if skew >= 0 { "+" } else { "−" },
+                        skew.unsigned_abs()
+                    );
+                    notes.insert("timestamp".into(), note.into());
+                }
+                _ if name != "timestamp" => {
+                    event.insert("timestamp".to_string(), time);
+                    notes.insert("timestamp".into(), "copied from originalTimestamp".into());
+                }
+                _ => {}
+            }
+        }
+    }
+    event.insert("receivedAt".to_string(), Value::String(received));
+    notes.insert("receivedAt".into(), "the relay's clock when the request arrived".into());
+
+    let context = match event.entry("context").or_insert_with(|| Value::Object(Map::new())) {
+        Value::Object(context) => context,
+        other => {
+            *other = Value::Object(Map::new());
+            other.as_object_mut().expect("just made an object")
+        }
+    };
+    if context.get("ip").and_then(Value::as_str).is_none_or(|ip| ip.trim().is_empty()) {
+        context.insert("ip".to_string(), Value::String(facts.client_ip.to_string()));
+        let source =
+            if facts.forwarded { "the forwarding header of a trusted proxy" } else { "the connection's address" };
+        notes.insert("context.ip".into(), source.into());
+    }
+    if let Some(agent) = facts.user_agent.filter(|a| !a.trim().is_empty()) {
+        if context.get("userAgent").and_then(Value::as_str).is_none_or(|a| a.trim().is_empty()) {
+            context.insert("userAgent".to_string(), Value::String(agent.to_string()));
+            notes.insert("context.userAgent".into(), "the request's User-Agent header".into());
+        }
+    }
+    event.insert(RELAY_NOTES.to_string(), Value::Object(notes));
+}
+
+/// An id for an event that has none, derived from what it says, so that a client retrying the same request gets
+/// the same OpenAI id and OpenAI's deduplication holds. `sentAt` changes between retries and is left out; keys
+/// are sorted (serde_json's map), so the same content always gives the same id.
+pub(super) fn content_id(event: &Map<String, Value>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in event {
+        if key == "sentAt" || key == "messageId" || key == RELAY_NOTES {
+            continue;
+        }
+        hasher.update(serde_json::to_vec(key).unwrap_or_default());
+        hasher.update(b":");
+        hasher.update(serde_json::to_vec(value).unwrap_or_default());
+        hasher.update(b",");
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("derived-{hex}")
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| format!("{t:.3}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.9".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let spoofed = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(client_ip(stranger, &spoofed, &trusted), (stranger, false), "a stranger's header is ignored");
+        assert_eq!(client_ip(proxy, &spoofed, &[]), (proxy, false), "no proxy is trusted by default");
+        let chain = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.7, 10.0.0.9")]);
+        assert_eq!(
+            client_ip(proxy, &chain, &trusted),
+            ("203.0.113.7".parse().unwrap(), true),
+            "the nearest untrusted hop is the client; what it claims before itself is not believed"
+        );
+        let forwarded = headers(&[("forwarded", r#"for="[2001:db8::7]:443";proto=https, for=10.0.0.2"#)]);
+        assert_eq!(client_ip(proxy, &forwarded, &trusted), ("2001:db8::7".parse().unwrap(), true));
+        let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        let one = headers(&[("x-forwarded-for", "203.0.113.8:5555")]);
+        assert_eq!(client_ip(mapped, &one, &trusted), ("203.0.113.8".parse().unwrap(), true));
+        assert_eq!(client_ip(proxy, &headers(&[("x-forwarded-for", "garbage")]), &trusted), (proxy, false));
+    }
+
+    fn facts() -> Facts<'static> {
+        Facts {
+            received_ms: 1_795_000_000_000,
+            client_ip: "203.0.113.7".parse().unwrap(),
+            forwarded: false,
+            user_agent: Some("Mozilla/5.0 (test)"),
+        }
+    }
+
+    fn enriched(event: Value) -> Map<String, Value> {
+        let Value::Object(mut event) = event else { panic!() };
+        enrich(&mut event, &facts());
+        event
+    }
+
+    #[test]
+    fn the_relay_adds_what_the_browser_cannot_know_and_notes_it() {
+        let event = enriched(json!({"type": "page", "anonymousId": "a", "messageId": "m"}));
+        assert_eq!(event["context"]["ip"], "203.0.113.7");
+        assert_eq!(event["context"]["userAgent"], "Mozilla/5.0 (test)");
+        assert_eq!(event["receivedAt"], "2026-11-18T11:06:40.000Z");
+        assert_eq!(event["timestamp"], event["receivedAt"], "no time: the time of receipt");
+        assert_eq!(event["_relay"]["context.ip"], "the connection's address");
+        assert_eq!(event["messageId"], "m");
+        let own = enriched(json!({"type": "page", "anonymousId": "a", "messageId": "m",
+                                  "context": {"ip": "192.0.2.1", "userAgent": "curl/8"}}));
+        assert_eq!(
+            (own["context"]["ip"].as_str(), own["context"]["userAgent"].as_str()),
+            (Some("192.0.2.1"), Some("curl/8"))
+        );
+        assert!(own["_relay"].get("context.ip").is_none());
+    }
+
+    #[test]
+    fn a_clients_clock_skew_is_corrected_from_sent_at() {
+        // The client's clock is 5 minutes behind: it says it sent at 11:01:40 what the relay received at 11:06:40.
+        let event = enriched(json!({"type": "page", "anonymousId": "a", "messageId": "m",
+                                    "timestamp": "2026-11-18T11:01:30.000Z", "sentAt": "2026-11-18T11:01:40.000Z"}));
+        assert_eq!(event["timestamp"], "2026-11-18T11:06:30.000Z");
+        assert_eq!(event["originalTimestamp"], "2026-11-18T11:01:30.000Z");
+        assert!(event["_relay"]["timestamp"].as_str().unwrap().contains("+ by 300000 ms"), "{}", event["_relay"]);
+        let unskewed = enriched(json!({"type": "page", "anonymousId": "a", "messageId": "m",
+                                       "timestamp": "2026-11-18T08:48:10.000Z"}));
+        assert_eq!(unskewed["timestamp"], "2026-11-18T08:48:10.000Z", "without sentAt the time stands");
+    }
+
+    #[test]
+    fn an_event_without_message_id_gets_one_from_its_content() {
+        let event = json!({"type": "track", "event": "E", "anonymousId": "a", "timestamp": "2026-11-18T08:00:00Z"});
+        let first = enriched(event.clone());
+        let mut retried = event.clone();
+        retried["sentAt"] = json!("2026-11-18T08:00:09Z");
+        let second = enriched(retried);
+        assert!(first["messageId"].as_str().unwrap().starts_with("derived-"));
+        assert_eq!(first["messageId"], second["messageId"], "a retry keeps its id");
+        let mut other = event;
+        other["event"] = json!("F");
+        assert_ne!(enriched(other)["messageId"], first["messageId"]);
+    }
+}
