@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 findings (`check` found errors, `run` was given a mapping with errors, a mapping
 //! test failed or could not be run, or `fmt` met a file that is not formatted under `--check` or has syntax
-//! errors); 2 usage or I/O error.
+//! errors, or `send` had events refused); 2 usage or I/O error (for `send`: the relay could not be reached).
 
 mod fmt;
 mod relay;

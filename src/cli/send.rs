@@ -64,6 +64,8 @@ pub(super) fn send(args: SendArgs) -> Result<u8, Failure> {
         .build()
         .map_err(|e| usage(format!("cannot start the async runtime: {e}")))?;
     let url = format!("{}/v1/batch", args.to.trim_end_matches('/'));
+    // reqwest's TLS (for an https relay) needs a process-wide crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -106,7 +108,10 @@ pub(super) fn send(args: SendArgs) -> Result<u8, Failure> {
     Ok(if tally.refused + tally.malformed > 0 { 1 } else { 0 })
 }
 
-fn read_events(file: &PathBuf) -> Result<Vec<Result<Value, (usize, String)>>, Failure> {
+/// An event of the stream, or the line number and what is wrong with the line.
+type Line = Result<Value, (usize, String)>;
+
+fn read_events(file: &PathBuf) -> Result<Vec<Line>, Failure> {
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {

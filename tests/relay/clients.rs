@@ -565,3 +565,53 @@ async fn the_listener_serves_https_with_the_configured_certificate() {
     assert!(error.0.contains("`tls.cert`") && error.0.contains("missing.pem"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_send_replays_a_recording_into_a_relay() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("clients-send");
+    let relay = relay(&dir, &fake, "").await;
+    // A recording from ten days ago, beyond OpenAI's window unless rebased; one line is broken, one event refused.
+    let old = |minutes: i64| {
+        let at = jiff::Timestamp::from_millisecond(now().1 - 10 * 86_400_000 + minutes * 60_000).unwrap();
+        format!("{at:.3}")
+    };
+    let mut lines = Vec::new();
+    for n in 0..250 {
+        let mut event = track(&format!("send-{n}"));
+        event["timestamp"] = json!(old(n));
+        lines.push(event.to_string());
+    }
+    lines.push("{not json".to_string());
+    lines.push(json!({"type": "track", "anonymousId": "a", "messageId": "send-bad"}).to_string());
+    std::fs::write(dir.join("events.ndjson"), lines.join("\n")).unwrap();
+    let url = format!("http://{}", relay.addr);
+    let args = ["send", "events.ndjson", "--to", &url, "--key", INGESTION_KEY, "--rebase-time", "--gzip"];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let run_dir = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::support::engine_in(&run_dir, &args, "")
+    })
+    .await
+    .unwrap();
+    let stderr = crate::support::text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "a refused event and a malformed line: {stderr}");
+    assert!(stderr.contains("line 251: malformed JSON"), "{stderr}");
+    assert!(stderr.contains("event send-bad refused: a track event needs its `event` name"), "{stderr}");
+    assert!(stderr.contains("251 events sent: 250 taken"), "{stderr}");
+    let accepted = fake.wait_for(250, Duration::from_secs(20)).await;
+    let newest = accepted.iter().map(|e| e["timestamp_ms"].as_i64().unwrap()).max().unwrap();
+    assert!((newest - now().1).abs() < 60_000, "the newest event is now");
+    let requests = fake.requests();
+    assert!(requests.iter().all(|r| r.status == 202), "{requests:?}");
+    // An unreachable relay: retried, then exit 2.
+    let output = tokio::task::spawn_blocking(move || {
+        crate::support::engine(&["send", "-", "--to", "http://127.0.0.1:9", "--attempts", "2"], &track("x").to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", crate::support::text(&output.stderr));
+    relay.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
