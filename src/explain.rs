@@ -183,7 +183,13 @@ fn note_relay_additions(explanation: &mut Explanation, event: &str) {
     let Some(Value::Object(notes)) = event.remove("_relay") else { return };
     let mark = |steps: &mut Vec<TraceStep>| {
         for step in steps {
-            let path = step.read.as_deref().unwrap_or(&step.expression);
+            // A function call as source (`to_unix_ms(timestamp)`) reads the path inside it.
+            let expression = step.expression.as_str();
+            let inner = expression
+                .split_once('(')
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+                .filter(|inner| !inner.contains(['(', ',', '"']));
+            let path = step.read.as_deref().or(inner).unwrap_or(expression);
             if let Some(Value::String(how)) = notes.get(path) {
                 step.set_by_relay = Some(how.clone());
             }

@@ -259,7 +259,11 @@ impl Plan {
     /// visitor: their identity memories are linked, so what one learned reaches conversions under the others.
     fn alias(&self, state: &State<'_>, context: &mut Context<'_>) -> Outcome {
         let previous = state.input[4].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty());
-        let mut message = "alias: nothing to link (no `previousId`)".to_string();
+        let mut message = match previous {
+            None => "alias: nothing to link (no `previousId`)",
+            Some(_) => "alias: nothing linked (no identity memory)",
+        }
+        .to_string();
         if let (Some(previous), Some(store)) = (previous, context.identity.as_deref_mut()) {
             // Which kind of id `previousId` is cannot be told from the event: both are linked.
             let mut keys = self.visitor_keys(state);

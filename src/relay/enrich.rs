@@ -116,7 +116,7 @@ pub(super) fn enrich(event: &mut Map<String, Value>, facts: &Facts<'_>) {
                     event.insert("timestamp".to_string(), Value::String(rfc3339(time_ms.saturating_add(skew))));
                     event.entry("originalTimestamp").or_insert(time);
                     let note = format!(
-                        "corrected for the client's clock: {name} {} by {} ms (receivedAt − sentAt)",
+                        "corrected for the client's clock: {name} shifted by {}{} ms (receivedAt − sentAt)",
                         if skew >= 0 { "+" } else { "−" },
                         skew.unsigned_abs()
                     );
@@ -255,7 +255,7 @@ mod tests {
                                     "timestamp": "2026-11-18T11:01:30.000Z", "sentAt": "2026-11-18T11:01:40.000Z"}));
         assert_eq!(event["timestamp"], "2026-11-18T11:06:30.000Z");
         assert_eq!(event["originalTimestamp"], "2026-11-18T11:01:30.000Z");
-        assert!(event["_relay"]["timestamp"].as_str().unwrap().contains("+ by 300000 ms"), "{}", event["_relay"]);
+        assert!(event["_relay"]["timestamp"].as_str().unwrap().contains("timestamp shifted by +300000 ms"), "{}", event["_relay"]);
         let unskewed = enriched(json!({"type": "page", "anonymousId": "a", "messageId": "m",
                                        "timestamp": "2026-11-18T08:48:10.000Z"}));
         assert_eq!(unskewed["timestamp"], "2026-11-18T08:48:10.000Z", "without sentAt the time stands");

@@ -158,6 +158,8 @@ async fn every_route_content_type_and_key_location_is_taken() {
     got.sort();
     expected.sort();
     assert_eq!(got, expected);
+    let (_, debugger) = get(&relay, "/debug/events?limit=500").await;
+    assert!(debugger.contains("route-0-1") && !debugger.contains(INGESTION_KEY), "a key in the body is never kept");
     let (status, text) = get(&relay, "/livez").await;
     assert_eq!(status, 200, "{text}");
     let (status, text) = get(&relay, "/readyz").await;
@@ -612,6 +614,26 @@ async fn engine_send_replays_a_recording_into_a_relay() {
     .await
     .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", crate::support::text(&output.stderr));
+    relay.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_a_client_waits_for_a_free_place() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("clients-limit");
+    let relay = relay(&dir, &fake, "http: {max_connections: 1, idle_timeout_ms: 700}").await;
+    // One silent connection takes the only place until the idle timeout closes it.
+    let mut hog = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let answer = send(&relay, "/v1/t", Auth::Bearer(INGESTION_KEY), track("limited").to_string().into_bytes(), &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400), "served only once the idle connection was closed: {waited:?}");
+    let mut buffer = [0u8; 8];
+    assert!(matches!(hog.read(&mut buffer).await, Ok(0) | Err(_)), "the idle connection was closed");
+    fake.wait_for(1, Duration::from_secs(10)).await;
     relay.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
