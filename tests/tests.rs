@@ -16,5 +16,6 @@ mod relay_browser;
 mod relay_dlq;
 mod relay_docs;
 mod relay_process;
+mod relay_sdk;
 mod runtime;
 mod support;

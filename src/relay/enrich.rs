@@ -255,7 +255,11 @@ mod tests {
                                     "timestamp": "2026-11-18T11:01:30.000Z", "sentAt": "2026-11-18T11:01:40.000Z"}));
         assert_eq!(event["timestamp"], "2026-11-18T11:06:30.000Z");
         assert_eq!(event["originalTimestamp"], "2026-11-18T11:01:30.000Z");
-        assert!(event["_relay"]["timestamp"].as_str().unwrap().contains("timestamp shifted by +300000 ms"), "{}", event["_relay"]);
+        assert!(
+            event["_relay"]["timestamp"].as_str().unwrap().contains("timestamp shifted by +300000 ms"),
+            "{}",
+            event["_relay"]
+        );
         let unskewed = enriched(json!({"type": "page", "anonymousId": "a", "messageId": "m",
                                        "timestamp": "2026-11-18T08:48:10.000Z"}));
         assert_eq!(unskewed["timestamp"], "2026-11-18T08:48:10.000Z", "without sentAt the time stands");

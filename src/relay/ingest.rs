@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
@@ -77,7 +77,7 @@ enum Door {
     Telemetry,
 }
 
-const ROUTES: [(&str, Door); 17] = [
+const ROUTES: [(&str, Door); 18] = [
     ("/v1/t", Door::Events(Shape::Single(Some("track")))),
     ("/v1/p", Door::Events(Shape::Single(Some("page")))),
     ("/v1/i", Door::Events(Shape::Single(Some("identify")))),
@@ -95,6 +95,8 @@ const ROUTES: [(&str, Door); 17] = [
     ("/v1/b", Door::Events(Shape::Batch)),
     ("/v1/import", Door::Events(Shape::Batch)),
     ("/v1/m", Door::Telemetry),
+    // RudderStack's sendBeacon delivery: a batch, the key in the query string.
+    ("/beacon/v1/batch", Door::Events(Shape::Batch)),
 ];
 
 /// Headers a page may send cross-origin, named explicitly: `*` does not cover `Authorization`.
@@ -111,9 +113,12 @@ pub(super) fn router(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) -> Router {
         router = router
             .route(
                 path,
-                on(MethodFilter::POST, move |s: State<Ingress>, c: ConnectInfo<SocketAddr>, h: HeaderMap, b: Body| {
-                    ingest(s, c, h, b, path, door)
-                })
+                on(
+                    MethodFilter::POST,
+                    move |s: State<Ingress>, c: ConnectInfo<SocketAddr>, u: Uri, h: HeaderMap, b: Body| {
+                        ingest(s, c, u, h, b, path, door)
+                    },
+                )
                 .on(MethodFilter::OPTIONS, move |s: State<Ingress>, h: HeaderMap| preflight(s, h, path)),
             )
             .method_not_allowed_fallback(method_not_allowed);
@@ -222,6 +227,7 @@ struct Caller<'h> {
 async fn ingest(
     State(ingress): State<Ingress>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
     path: &'static str,
@@ -229,7 +235,11 @@ async fn ingest(
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let mut caller = Caller { path, origin, key: None };
-    let result = ingress.take(door, peer, &headers, body, &mut caller).await;
+    // sendBeacon cannot set headers: RudderStack puts the key in the query string.
+    let query_key = uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "writeKey").map(|(_, key)| key.into_owned())
+    });
+    let result = ingress.take(door, peer, &headers, query_key, body, &mut caller).await;
     let mut response = match result {
         Ok(answer) => (StatusCode::OK, Json(answer)).into_response(),
         Err(problem) => {
@@ -314,6 +324,7 @@ impl Ingress {
         door: Door,
         peer: SocketAddr,
         headers: &HeaderMap,
+        query_key: Option<String>,
         body: Body,
         caller: &mut Caller<'_>,
     ) -> Result<Value, Problem> {
@@ -367,7 +378,7 @@ impl Ingress {
         }
         let decoded = decode::decode(&inflated, shape, ingestion.max_event_bytes)?;
         if header_key.is_none() {
-            caller.key = match &decoded.write_key {
+            caller.key = match decoded.write_key.as_ref().or(query_key.as_ref()) {
                 Some(key) => self.authenticate(key)?,
                 None if ingestion.keys.is_empty() => None,
                 None => {

@@ -627,7 +627,8 @@ async fn at_the_connection_limit_a_client_waits_for_a_free_place() {
     let mut hog = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let answer = send(&relay, "/v1/t", Auth::Bearer(INGESTION_KEY), track("limited").to_string().into_bytes(), &[]).await;
+    let answer =
+        send(&relay, "/v1/t", Auth::Bearer(INGESTION_KEY), track("limited").to_string().into_bytes(), &[]).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(400), "served only once the idle connection was closed: {waited:?}");
