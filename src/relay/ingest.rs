@@ -329,6 +329,9 @@ impl Ingress {
         caller: &mut Caller<'_>,
     ) -> Result<Value, Problem> {
         let ingestion = &self.shared.config.ingestion;
+        if headers.get(header::ORIGIN).is_some_and(|o| o.to_str().is_err()) {
+            return Err(Problem::new(StatusCode::BAD_REQUEST, "malformed", "the Origin header is not ASCII"));
+        }
         if let Door::Telemetry = door {
             if let Some(origin) = caller.origin.filter(|o| !ingestion.any_key_allows(o)) {
                 return Err(origin_refused(origin));
@@ -413,7 +416,9 @@ impl Ingress {
         }
 
         let (client_ip, forwarded) = enrich::client_ip(peer.ip(), headers, &ingestion.trusted_proxies);
-        let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+        // A User-Agent may carry bytes beyond ASCII; the visitor's browser is still worth naming.
+        let user_agent = headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let user_agent = user_agent.as_deref();
         let facts = Facts { received_ms: now_ms(), client_ip, forwarded, user_agent };
         let mut positions = Vec::new();
         let mut events = Vec::new();
@@ -635,7 +640,16 @@ fn origin_refused(origin: &str) -> Problem {
 /// type at all; anything else is not an event.
 fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
-    let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
+    let text = value
+        .to_str()
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+                "the Content-Type header is not ASCII",
+            )
+        })?
+        .to_ascii_lowercase();
     let essence = text.split(';').next().unwrap_or_default().trim();
     let json_like = essence.is_empty()
         || essence == "application/json"

@@ -145,6 +145,19 @@ async fn every_route_content_type_and_key_location_is_taken() {
     let (status, body) = json_of(response).await;
     assert_eq!(status, 401);
     assert!(body["error"].as_str().unwrap().contains("not ASCII"), "{body}");
+    for (header, status) in [("origin", 400), ("content-type", 415)] {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/v1/p", relay.addr))
+            .header("authorization", &basic_key)
+            .header(header, reqwest::header::HeaderValue::from_bytes("tést".as_bytes()).unwrap())
+            .body(page.clone())
+            .send()
+            .await
+            .unwrap();
+        let (got, body) = json_of(response).await;
+        assert_eq!(got, status, "{header}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("is not ASCII"), "{header}: {body}");
+    }
     // Unknown routes and methods answer JSON too, and every answer says nosniff.
     let response = reqwest::Client::new().get(format!("http://{}/v1/t", relay.addr)).send().await.unwrap();
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
