@@ -37,7 +37,7 @@ fn harness_ready(needs: &[&str]) -> bool {
             missing.push("chromium (apt-get install chromium)");
         }
     }
-    if needs.contains(&"python") && !runs("python3", "-c") {
+    if needs.contains(&"python") && !runs("python3", "--version") {
         missing.push("python3");
     }
     if needs.contains(&"python")
