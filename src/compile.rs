@@ -1686,6 +1686,7 @@ impl<'s> Compiler<'s> {
         let custom_event_name =
             self.routes.iter().any(|r| r.custom_event_name.is_some()).then(|| self.slot("custom_event_name"));
         let timestamp_ms = self.out_slots.get("timestamp_ms").copied();
+        let id = self.out_slots.get("id").copied();
         // Required fields get a slot even when no rule writes them, so the runtime can reject an event that
         // lacks one (`source_url` when `action_source` is computed from the event and turns out `web`).
         for def in &self.target.fields {
@@ -1751,7 +1752,7 @@ impl<'s> Compiler<'s> {
             output,
             routes_location: self.routes_location.clone(),
             slot_count: self.slot_count,
-            slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms },
+            slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, id },
         })
     }
 

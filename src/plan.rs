@@ -35,6 +35,8 @@ pub(crate) struct SpecialSlots {
     pub custom_event_name: Option<usize>,
     pub data_type: usize,
     pub timestamp_ms: Option<usize>,
+    /// The event's `id`, which a caller storing the event reads back from [`crate::run::Mapped`].
+    pub id: Option<usize>,
 }
 
 /// Which route a Signal event takes.

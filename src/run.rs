@@ -47,6 +47,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mapped {
     pub event_type: String,
+    /// The event's `id` and `timestamp_ms` as sent, so that a caller storing the event need not parse it back.
+    pub id: Option<String>,
+    pub timestamp_ms: Option<i64>,
     /// The event as compact JSON, fields in the schema's order.
     pub json: String,
     pub warnings: Vec<Warning>,
@@ -191,7 +194,19 @@ impl Plan {
         }
         let mut json = String::with_capacity(1024);
         write_object(&self.output, &state.out, &mut json);
-        Outcome::Mapped(Mapped { event_type: route.event_type.clone(), json, warnings: state.warnings })
+        let read = |slot: Option<usize>| match slot.and_then(|slot| state.out[slot].as_ref()) {
+            Some(Out::Value(value)) => Some(value),
+            _ => None,
+        };
+        let id = read(self.slots.id).and_then(|v| v.as_str().map(str::to_string));
+        let timestamp_ms = read(self.slots.timestamp_ms).and_then(Val::as_i64);
+        Outcome::Mapped(Mapped {
+            event_type: route.event_type.clone(),
+            id,
+            timestamp_ms,
+            json,
+            warnings: state.warnings,
+        })
     }
 
     /// Which route an event takes, from the captured `type` and `event`.

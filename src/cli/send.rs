@@ -18,8 +18,11 @@ pub(super) struct SendArgs {
     /// NDJSON events, one per line; `-` for stdin.
     file: PathBuf,
     /// The relay's base URL, e.g. http://127.0.0.1:8088.
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "print")]
+    to: Option<String>,
+    /// Write the events (after `--rebase-time`) to stdout as NDJSON instead of sending them.
+    #[arg(long, conflicts_with = "to")]
+    print: bool,
     /// An ingestion key of the relay (sent as the HTTP Basic user name, as Segment's SDKs do).
     #[arg(long)]
     key: Option<String>,
@@ -58,12 +61,21 @@ pub(super) fn send(args: SendArgs) -> Result<u8, Failure> {
     if args.rebase_time {
         rebase(&mut events, jiff::Timestamp::now().as_millisecond());
     }
+    if args.print {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for event in &events {
+            writeln!(out, "{event}").map_err(|e| usage(format!("cannot write: {e}")))?;
+        }
+        out.flush().map_err(|e| usage(format!("cannot write: {e}")))?;
+        return Ok(if tally.malformed > 0 { 1 } else { 0 });
+    }
+    let to = args.to.as_deref().unwrap_or_default();
     let total = events.len();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| usage(format!("cannot start the async runtime: {e}")))?;
-    let url = format!("{}/v1/batch", args.to.trim_end_matches('/'));
+    let url = format!("{}/v1/batch", to.trim_end_matches('/'));
     // reqwest's TLS (for an https relay) needs a process-wide crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()

@@ -449,11 +449,30 @@ fn normalize_email<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a>
 }
 
 /// The region a code names, if the phone metadata knows it: parsing with a region that has no metadata would
-/// panic inside the phonenumber crate.
+/// panic inside the phonenumber crate. Checked against [`REGIONS_WITH_METADATA`] rather than the metadata itself,
+/// so that compiling a mapping does not load the metadata (about 600 M instructions): only running `e164` does.
 fn region(code: &str) -> Option<Id> {
-    let id = Id::from_str(&code.trim().to_ascii_uppercase()).ok()?;
-    phonenumber::metadata::DATABASE.by_id(id.as_ref()).map(|_| id)
+    let code = code.trim().to_ascii_uppercase();
+    REGIONS_WITH_METADATA.binary_search(&code.as_str()).ok()?;
+    Id::from_str(&code).ok()
 }
+
+/// The regions the phonenumber crate has metadata for, sorted (a test keeps this in step with the crate).
+const REGIONS_WITH_METADATA: &[&str] = &[
+    "AC", "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AR", "AS", "AT", "AU", "AW", "AX", "AZ", "BA", "BB", "BD",
+    "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS", "BT", "BW", "BY", "BZ", "CA", "CC",
+    "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN", "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ",
+    "DK", "DM", "DO", "DZ", "EC", "EE", "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB",
+    "GD", "GE", "GF", "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GT", "GU", "GW", "GY", "HK", "HN", "HR",
+    "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM", "JO", "JP", "KE", "KG", "KH",
+    "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC", "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY",
+    "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK", "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV",
+    "MW", "MX", "MY", "MZ", "NA", "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE",
+    "PF", "PG", "PH", "PK", "PL", "PM", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW", "SA", "SB",
+    "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS", "ST", "SV", "SX", "SY", "SZ",
+    "TA", "TC", "TD", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO", "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "US",
+    "UY", "UZ", "VA", "VC", "VE", "VG", "VI", "VN", "VU", "WF", "WS", "XK", "YE", "YT", "ZA", "ZM", "ZW",
+];
 
 fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     let Some(text) = textual(input)? else {
@@ -474,13 +493,42 @@ fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     // A number written with its country code needs no region, and the phonenumber crate given one strips that
     // region's national prefix from it (`+86 138…` would lose its `1`): only numbers without `+` use the region.
     let region = if text.starts_with('+') { None } else { region };
+    // The note never quotes the number: it is personal data.
+    let normalised = E164_MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some((known_region, known)) = memo.get(text) {
+            if *known_region == region {
+                return known.clone();
+            }
+        }
+        let normalised = parse_e164(region, text);
+        memo.put(text.to_string(), (region, normalised.clone()));
+        normalised
+    });
+    Ok(Some(Val::from(normalised.ok_or_else(|| "not a phone number".to_string())?)))
+}
+
+/// A number's region (`None` when written with its country code) and its E.164 form, `None` if not a number.
+type Remembered = (Option<Id>, Option<String>);
+
+/// How many recent numbers [`E164_MEMO`] keeps per thread.
+const E164_MEMO_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    /// Recent numbers and their E.164 form. Parsing a number costs the phonenumber crate dozens of regex matches
+    /// (about a fifth of a whole `engine run`), while a visitor's number comes back on every identify and with
+    /// every event that carries its traits. Kept in memory only, bounded, per thread.
+    static E164_MEMO: std::cell::RefCell<lru::LruCache<String, Remembered>> =
+        std::cell::RefCell::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(E164_MEMO_CAPACITY).expect("a positive capacity"),
+        ));
+}
+
+fn parse_e164(region: Option<Id>, text: &str) -> Option<String> {
     // Event data is untrusted and the phonenumber crate has panicked on malformed input before; a phone
     // number is never worth taking the pipeline down.
-    let parsed = std::panic::catch_unwind(|| phonenumber::parse(region, text));
-    // The note never quotes the number: it is personal data.
-    let not_a_phone = || "not a phone number".to_string();
-    let number = parsed.map_err(|_| not_a_phone())?.map_err(|_| not_a_phone())?;
-    Ok(Some(Val::from(format_e164(&number).ok_or_else(not_a_phone)?)))
+    let parsed = std::panic::catch_unwind(|| phonenumber::parse(region, text)).ok()?.ok()?;
+    format_e164(&parsed)
 }
 
 /// What `number.format().mode(Mode::E164)` writes: `+`, the country code and the national number (with the
@@ -556,6 +604,35 @@ mod tests {
         assert_eq!(call(&NORMALIZE_EMAIL, json!(42), &[]), Err("expected a string, got a number".to_string()));
         let hashed = "B4C9A289323B21A01C3E940F150EB9B8C542587F1ABFD8F0E1CC1FFC5E475514";
         assert_eq!(text(&NORMALIZE_EMAIL, json!(hashed), &[]), hashed.to_lowercase());
+    }
+
+    #[test]
+    fn remembered_numbers_give_what_a_fresh_parse_gives() {
+        let cases = [("07700 900123", "GB"), ("(415) 555-0132", "US"), ("+44 7700 900123", "US"), ("12", "GB")];
+        for (raw, region_code) in cases {
+            let fresh = parse_e164(if raw.starts_with('+') { None } else { region(region_code) }, raw);
+            for _ in 0..3 {
+                let memo = call(&E164, json!(raw), &[json!(region_code)]).ok().flatten();
+                assert_eq!(memo.as_ref().and_then(Value::as_str), fresh.as_deref(), "{raw} {region_code}");
+            }
+        }
+        // The same text under another region is parsed again, not answered from memory.
+        assert_eq!(text(&E164, json!("0612345678"), &[json!("FR")]), "+33612345678");
+        assert_eq!(text(&E164, json!("0612345678"), &[json!("DE")]), "+49612345678");
+        assert_eq!(text(&E164, json!("0612345678"), &[json!("FR")]), "+33612345678");
+    }
+
+    #[test]
+    fn the_region_table_is_the_metadatas() {
+        assert!(REGIONS_WITH_METADATA.windows(2).all(|pair| pair[0] < pair[1]), "sorted, for binary search");
+        for a in 'A'..='Z' {
+            for b in 'A'..='Z' {
+                let code = format!("{a}{b}");
+                let known =
+                    Id::from_str(&code).is_ok_and(|id| phonenumber::metadata::DATABASE.by_id(id.as_ref()).is_some());
+                assert_eq!(region(&code).is_some(), known, "{code}");
+            }
+        }
     }
 
     #[test]

@@ -753,9 +753,9 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         let mut outcomes: Vec<(&str, &'static str, Option<String>)> = Vec::new();
         let mut verdicts: Vec<Vec<Verdict>> = Vec::new();
         // An explanation costs several times what applying does, so under load the debugger samples: the newest
-        // events of each group are explained and kept, the others only applied. At a trickle, every event is, and
-        // an event the mapping rejects always is, since the debugger is where one finds out why.
-        const EXPLAINED_PER_GROUP: usize = 64;
+        // events of each group are explained and kept, the others only applied. At a trickle, every event is; of
+        // the events the mapping rejects, up to as many again per group.
+        const EXPLAINED_PER_GROUP: usize = 16;
         let mapped_events = group.iter().map(|j| j.events.len()).sum::<usize>() * shared.pixels.len();
         let explain_from = mapped_events.saturating_sub(EXPLAINED_PER_GROUP.min(shared.debug.capacity()));
         let result = shared.store.ingest(&mut |tx| {
@@ -763,43 +763,44 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             outcomes.clear();
             verdicts.clear();
             let mut index = 0;
+            let mut rejections_explained = 0;
             for job in &group {
                 let mut job_verdicts = Vec::with_capacity(job.events.len());
                 for event in &job.events {
-                    let text = event.to_string();
+                    // The text is only needed to explain an event for the debugger.
+                    let mut text: Option<String> = None;
                     let mut verdict: Option<Verdict> = None;
                     for pixel in &shared.pixels {
                         let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.config.name };
                         let mut context = Context::with_identity(now, &mut memory);
-                        let mut explanation =
-                            (index >= explain_from).then(|| explain(&pixel.plan, &text, &mut context));
+                        let sampled = index >= explain_from;
                         index += 1;
-                        let outcome = match explanation.take() {
-                            Some(explanation) => {
-                                let outcome = explanation.outcome.clone();
-                                (outcome, Some(explanation))
-                            }
-                            None => match pixel.plan.apply_str(&text, &mut context) {
-                                // Applying again is harmless: what the event taught is already remembered.
-                                rejected @ Outcome::Rejected(_) => {
-                                    let explanation = explain(&pixel.plan, &text, &mut context);
-                                    (rejected, Some(explanation))
+                        let (outcome, explanation) = if sampled {
+                            let text = text.get_or_insert_with(|| event.to_string());
+                            let explanation = explain(&pixel.plan, text, &mut context);
+                            (explanation.outcome.clone(), Some(explanation))
+                        } else {
+                            match pixel.plan.apply(event, &mut context) {
+                                // A rejected event is always explained, since the debugger is where one finds out
+                                // why. Applying again is harmless: what the event taught is already remembered.
+                                rejected @ Outcome::Rejected(_) if rejections_explained < EXPLAINED_PER_GROUP => {
+                                    rejections_explained += 1;
+                                    let text = text.get_or_insert_with(|| event.to_string());
+                                    (rejected, Some(explain(&pixel.plan, text, &mut context)))
                                 }
                                 other => (other, None),
-                            },
+                            }
                         };
-                        let (outcome, explanation) = outcome;
                         let (name, reason) = debug::describe(&outcome);
                         outcomes.push((&pixel.config.name, name, reason.clone()));
                         let mut event_id = None;
                         match &outcome {
                             Outcome::Mapped(mapped) => {
-                                let output: Value = serde_json::from_str(&mapped.json).unwrap_or(Value::Null);
-                                let id = output["id"].as_str().unwrap_or_default().to_string();
+                                let id = mapped.id.clone().unwrap_or_default();
                                 let pending = Pending {
                                     id: id.clone(),
                                     event_type: mapped.event_type.clone(),
-                                    timestamp_ms: output["timestamp_ms"].as_i64(),
+                                    timestamp_ms: mapped.timestamp_ms,
                                     received_ms: now,
                                     event: mapped.json.clone(),
                                 };
