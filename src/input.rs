@@ -240,10 +240,16 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // A key that comes twice counts once, as its last occurrence: what every JSON parser that builds a tree
+        // (serde_json's `Value`, JavaScript, Python) does, so the relay, `explain` and `engine run` agree.
+        let mut seen = Seen::default();
         while let Some(child) = map.next_key_seed(KeySeed { node: self.node })? {
             match child {
                 Some(index) => {
                     let node = &self.node.children[index].1;
+                    if seen.again(index) {
+                        forget(node, self.slots);
+                    }
                     map.next_value_seed(NodeSeed { node, slots: self.slots })?;
                 }
                 None => {
@@ -281,6 +287,40 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, 'de> {
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
         self.not_object("null")
+    }
+}
+
+/// Which children of a node an object has shown so far; allocates only past 64 children.
+#[derive(Default)]
+struct Seen {
+    first: u64,
+    more: Vec<usize>,
+}
+
+impl Seen {
+    /// Records `index`; true when it was seen before.
+    fn again(&mut self, index: usize) -> bool {
+        if index < 64 {
+            let bit = 1u64 << index;
+            let before = self.first & bit != 0;
+            self.first |= bit;
+            return before;
+        }
+        if self.more.contains(&index) {
+            return true;
+        }
+        self.more.push(index);
+        false
+    }
+}
+
+/// Empties the slots captured at or below `node`, before a repeated key is read again.
+fn forget(node: &Node, slots: &mut [Option<Val<'_>>]) {
+    if let Some(slot) = node.capture {
+        slots[slot] = None;
+    }
+    for (_, child) in &node.children {
+        forget(child, slots);
     }
 }
 
@@ -376,6 +416,31 @@ mod tests {
         assert_eq!(read(whole_consent), Some(serde_json::json!({"marketing": true})));
         assert_eq!(read(first_price), Some(Value::from(1.5)));
         assert_eq!(resolved[consent].0, resolved[whole_consent].0);
+    }
+
+    #[test]
+    fn a_repeated_key_counts_as_its_last_occurrence_as_in_a_parsed_tree() {
+        let mut paths = InputPaths::default();
+        let revenue = paths.add(vec![key("properties"), key("revenue")]);
+        let currency = paths.add(vec![key("properties"), key("currency")]);
+        let kind = paths.add(vec![key("type")]);
+        let traits = paths.add(vec![key("traits")]);
+        let (layout, resolved) = paths.build();
+        let text = r#"{"type":"page","properties":{"revenue":1,"currency":"EUR"},"type":"track",
+                       "properties":{"revenue":2},"traits":{"email":"a@b.c","email":"d@e.f"}}"#;
+        let from_text = layout.read_str(text).unwrap();
+        let tree: Value = serde_json::from_str(text).unwrap();
+        let from_tree = layout.read_value(&tree).unwrap();
+        for slots in [&from_text, &from_tree] {
+            let read = |id: usize| {
+                let (slot, rest) = &resolved[id];
+                slots[*slot].as_ref().and_then(|v| walk(v, rest)).map(Val::to_json)
+            };
+            assert_eq!(read(kind), Some(Value::from("track")));
+            assert_eq!(read(revenue), Some(Value::from(2)));
+            assert_eq!(read(currency), None, "the last `properties` has no currency: objects are not merged");
+            assert_eq!(read(traits), Some(serde_json::json!({"email": "d@e.f"})));
+        }
     }
 
     #[test]

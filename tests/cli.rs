@@ -196,3 +196,20 @@ fn explain_exit_codes() {
     assert!(text(&output.stderr).contains("unknown_function"), "{}", text(&output.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Raw text with repeated keys: `engine run` (its selective reader) and `engine explain` (which also reads the
+/// text) both take the last occurrence of a key, as the relay's parsed events do, so one event maps one way.
+#[test]
+fn a_repeated_key_means_its_last_occurrence_in_run_and_explain() {
+    let event = r#"{"type":"track","event":"Order Completed","messageId":"dup-1","anonymousId":"a","timestamp":"2026-11-19T10:00:00Z","properties":{"order_id":"O-1","revenue":1,"currency":"USD"},"properties":{"order_id":"O-2","revenue":2,"currency":"EUR"},"context":{"page":{"url":"https://shop.example.com/"}}}"#;
+    let run = engine(&["run", "--stateless", "--now", NOW], event);
+    let mapped: Value = serde_json::from_str(text(&run.stdout).trim()).expect("one mapped event");
+    assert_eq!(mapped["data"]["order_id"], "O-2", "{mapped}");
+    assert_eq!((mapped["data"]["amount"].as_i64(), mapped["data"]["currency"].as_str()), (Some(200), Some("EUR")));
+    let explained = engine(&["explain", "--stateless", "--now", NOW, "--format", "json"], event);
+    let explanation: Value = serde_json::from_str(&text(&explained.stdout)).expect("JSON");
+    let explanation = if explanation.is_array() { explanation[0].clone() } else { explanation };
+    assert_eq!(explanation["outcome"]["event"], mapped, "explain's outcome is run's");
+    let amount = explanation["fields"].as_array().unwrap().iter().find(|f| f["field"] == "data.amount").unwrap();
+    assert_eq!(amount["origin"]["steps"][0]["value"], 2, "the traced value is the last one too: {amount}");
+}
