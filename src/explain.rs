@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::functions::{Pii, Val};
+use crate::personal::mask;
 use crate::plan::*;
 use crate::run::{call, eval_ref, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing};
 
@@ -850,13 +851,4 @@ fn short(value: &Value) -> String {
     }
     let cut: String = text.chars().take(MAX).collect();
     format!("{cut}…")
-}
-
-/// A personal value as reports show it: its kind and size, never its content.
-fn mask(value: &Value) -> Value {
-    match value {
-        Value::String(s) => Value::String(format!("<personal: {} characters>", s.chars().count())),
-        Value::Null => Value::Null,
-        _ => Value::String("<personal>".to_string()),
-    }
 }

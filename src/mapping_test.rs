@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 use crate::diagnostic::{self, codes, Diagnostic, RenderOptions};
 use crate::explain::{explain, Explanation, Origin};
 use crate::identity::MemoryStore;
+use crate::personal::{looks_personal, mask};
 use crate::plan::Plan;
 use crate::run::{DropReason, Outcome, RejectReason, Warning};
 use crate::schema::{FieldDef, TargetSchema};
@@ -1010,24 +1011,9 @@ fn render_case_failures(
 /// that expects a raw one is wrong, and its output must not spread the value further.
 fn show_value(value: &Value) -> String {
     match value {
-        Value::String(text) if looks_personal(text) => format!("\"{}\" (personal data, masked)", mask(text)),
+        Value::String(text) if looks_personal(text) => mask(value).to_string(),
         _ => value.to_string(),
     }
-}
-
-fn looks_personal(text: &str) -> bool {
-    let email = text.split_once('@').is_some_and(|(user, domain)| !user.trim().is_empty() && domain.contains('.'));
-    let digits = text.chars().filter(char::is_ascii_digit).count();
-    let phone = digits >= 7
-        && text.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c))
-        && (text.starts_with('+') || text.contains([' ', '(']));
-    email || phone
-}
-
-fn mask(text: &str) -> String {
-    let mut chars = text.chars();
-    let first: String = chars.next().into_iter().collect();
-    format!("{first}{}", "*".repeat(text.chars().count().saturating_sub(1).min(8)))
 }
 
 fn plural(n: usize) -> &'static str {
@@ -1228,9 +1214,9 @@ remember oppref for 30d
 
     #[test]
     fn values_that_look_like_email_or_phone_are_masked() {
-        assert_eq!(show_value(&json!("jane@example.com")), "\"j********\" (personal data, masked)");
-        assert!(show_value(&json!("+44 7700 900123")).contains("masked"));
-        assert!(show_value(&json!("(415) 555-0132")).contains("masked"));
+        assert_eq!(show_value(&json!("jane@example.com")), "\"<personal: 16 characters>\"");
+        assert_eq!(show_value(&json!("+44 7700 900123")), "\"<personal: 15 characters>\"");
+        assert!(show_value(&json!("(415) 555-0132")).contains("<personal"));
         assert_eq!(show_value(&json!("ORD-1234")), "\"ORD-1234\"");
         assert_eq!(show_value(&json!("2026-11-19")), "\"2026-11-19\"");
         assert_eq!(show_value(&json!(12999)), "12999");

@@ -678,21 +678,22 @@ fn check_value(
         }
     }
     if def.format == Some(Format::TimestampWindow) {
-        if let Some(ms) = value.as_i64() {
-            if ms < now_ms - WINDOW_PAST_MS || ms > now_ms + WINDOW_FUTURE_MS {
-                let at =
-                    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string());
-                let now = jiff::Timestamp::from_millisecond(now_ms)
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|_| now_ms.to_string());
-                return Err((
-                    RejectReason::TimestampOutOfWindow,
-                    format!("`{}` {at} is outside the accepted window (7 days before to 10 minutes after {now})", path),
-                ));
-            }
+        if let Some(message) = value.as_i64().and_then(|ms| outside_window(ms, now_ms)) {
+            return Err((RejectReason::TimestampOutOfWindow, format!("`{path}` {message}")));
         }
     }
     Ok(())
+}
+
+/// Why OpenAI would refuse an event timed `ms` at `now_ms` (more than 7 days old, or more than 10 minutes ahead);
+/// `None` when it would take it. The one check of the window, for mapping and for the relay's delivery.
+pub fn outside_window(ms: i64, now_ms: i64) -> Option<String> {
+    if (now_ms - WINDOW_PAST_MS..=now_ms + WINDOW_FUTURE_MS).contains(&ms) {
+        return None;
+    }
+    let text =
+        |ms: i64| jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string());
+    Some(format!("{} is outside the accepted window (7 days before to 10 minutes after {})", text(ms), text(now_ms)))
 }
 
 fn article(word: &str) -> &'static str {

@@ -17,7 +17,6 @@ use serde_json::Value;
 use super::Shared;
 use crate::explain::Explanation;
 use crate::run::Outcome;
-use crate::schema;
 
 /// One event at one pixel, and what became of it.
 #[derive(Clone, Debug, Serialize)]
@@ -65,7 +64,7 @@ impl Entry {
         let (outcome, reason) = describe(&explanation.outcome);
         let state = if outcome == "mapped" { "queued" } else { outcome }.to_string();
         let mut input = input.clone();
-        mask_personal(&mut input);
+        crate::personal::mask_personal_keys(&mut input);
         Entry {
             seq: 0,
             pixel: pixel.to_string(),
@@ -92,28 +91,6 @@ pub(super) fn describe(outcome: &Outcome) -> (&'static str, Option<String>) {
 
 fn reason_name(reason: &impl Serialize) -> String {
     serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-/// Replaces every value under a key that names personal data (email, phone, names, address, per
-/// `mappings/schema/signal.yaml`) with its kind and size.
-pub(super) fn mask_personal(value: &mut Value) {
-    let input = schema::input();
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map.iter_mut() {
-                if input.is_pii_key(key) && !child.is_null() {
-                    *child = match child {
-                        Value::String(s) => Value::String(format!("<personal: {} characters>", s.chars().count())),
-                        _ => Value::String("<personal>".to_string()),
-                    };
-                } else {
-                    mask_personal(child);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(mask_personal),
-        _ => {}
-    }
 }
 
 /// A request refused whole, or one event of a batch refused: who sent it and why, never its body.
@@ -332,23 +309,3 @@ setInterval(refresh, 2000);
 </body>
 </html>
 "#;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn personal_values_are_masked_wherever_they_are() {
-        let mut event = json!({
-            "traits": {"email": "jane@example.com", "plan": "pro"},
-            "context": {"traits": {"phone": "+44 7700 900123"}},
-            "properties": {"items": [{"Email_Address": "x@y.z"}]}
-        });
-        mask_personal(&mut event);
-        let text = event.to_string();
-        assert!(!text.contains("jane@example.com") && !text.contains("7700") && !text.contains("x@y.z"), "{text}");
-        assert_eq!(event["traits"]["plan"], "pro");
-        assert_eq!(event["traits"]["email"], "<personal: 16 characters>");
-    }
-}

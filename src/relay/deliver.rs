@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::debug::Attempt;
 use super::store::{Pending, StoreError};
 use super::{now_ms, Pixel, Shared};
-use crate::run::{WINDOW_FUTURE_MS, WINDOW_PAST_MS};
+use crate::run::outside_window;
 
 /// What OpenAI made of one request.
 enum Answer {
@@ -240,20 +240,19 @@ impl Deliverer {
     /// Dead-letters the events OpenAI would refuse for their age (or a clock far ahead); returns the others.
     async fn expire(&self, batch: Vec<(u64, Pending)>) -> Result<Vec<(u64, Pending)>, StoreError> {
         let now = now_ms();
-        let (expired, live): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|(_, p)| p.timestamp_ms.is_some_and(|t| t < now - WINDOW_PAST_MS || t > now + WINDOW_FUTURE_MS));
+        let mut expired = Vec::new();
+        let mut live = Vec::new();
+        let mut dead: Vec<(u64, String, String)> = Vec::new();
+        for (seq, pending) in batch {
+            match pending.timestamp_ms.and_then(|ms| outside_window(ms, now)) {
+                Some(why) => {
+                    dead.push((seq, "expired".to_string(), format!("`timestamp_ms` {why}, at send time")));
+                    expired.push((seq, pending));
+                }
+                None => live.push((seq, pending)),
+            }
+        }
         if !expired.is_empty() {
-            let dead: Vec<(u64, String, String)> = expired
-                .iter()
-                .map(|(seq, p)| {
-                    let detail = format!(
-                        "timestamp_ms {} is outside OpenAI's window (7 days back, 10 minutes ahead) at send time {now}",
-                        p.timestamp_ms.unwrap_or_default()
-                    );
-                    (*seq, "expired".to_string(), detail)
-                })
-                .collect();
             let count = dead.len();
             self.store(move |store, name| store.bury(name, &dead, now)).await?;
             let pixel = self.pixel();
