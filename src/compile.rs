@@ -1250,72 +1250,42 @@ impl<'s> Compiler<'s> {
             this.unknown_target_field(&dotted, target.span, help);
             None
         };
-        let def = if keys.first() == Some(&"data") && keys.len() >= 2 {
+        // Which data shapes have `data.<name>`: a rule in scope of a route of another shape cannot write it.
+        if keys.first() == Some(&"data") && keys.len() >= 2 && keys[1] != "type" {
             let name = keys[1];
-            if name == "type" {
-                self.target.field("data").and_then(|d| d.field("type")).cloned()
-            } else {
-                let in_schema: Vec<&str> = self
-                    .target
-                    .shapes
-                    .iter()
-                    .filter(|(_, fields)| fields.iter().any(|f| f.name == name))
-                    .map(|(s, _)| s.as_str())
-                    .collect();
-                if in_schema.is_empty() {
-                    return unknown(self);
-                }
-                let lacking: Vec<usize> = scope
-                    .routes
-                    .iter()
-                    .copied()
-                    .filter(|&r| !in_schema.contains(&self.routes[r].shape.as_str()))
-                    .collect();
-                if !lacking.is_empty() {
-                    let shapes: BTreeSet<&str> = lacking.iter().map(|&r| self.routes[r].shape.as_str()).collect();
-                    let shapes: Vec<&str> = shapes.into_iter().collect();
-                    let mut diagnostic = Diagnostic::error(
-                        codes::FIELD_NOT_IN_SHAPE,
-                        format!("`data.{name}` is not part of the `{}` data shape", shapes.join("` or `")),
-                        target.span,
-                        format!("not in `{}` data", shapes.join("`, `")),
-                    )
-                    .with_help(format!(
-                        "move the rule into `when {} {{ … }}`; `data.{name}` belongs to {}",
-                        in_schema.join(", "),
-                        in_schema.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
-                    ));
-                    for &r in lacking.iter().take(3) {
-                        diagnostic = diagnostic.with_context(
-                            self.routes[r].span,
-                            format!("this route's events carry `{}` data", self.routes[r].shape),
-                        );
-                    }
-                    self.error(diagnostic);
-                    return None;
-                }
-                let shape = in_schema[0];
-                let mut def =
-                    self.target.shape(shape).and_then(|fields| fields.iter().find(|f| f.name == name)).cloned();
-                for key in &keys[2..] {
-                    def = def.and_then(|d| d.field(key).cloned());
-                }
-                if def.is_none() {
-                    return unknown(self);
-                }
-                def
+            let in_schema = self.target.shapes_with(name);
+            if in_schema.is_empty() {
+                return unknown(self);
             }
-        } else {
-            let mut def = self.target.field(keys.first().copied().unwrap_or_default()).cloned();
-            for key in keys.iter().skip(1) {
-                def = def.and_then(|d| d.field(key).cloned());
+            let lacking: Vec<usize> =
+                scope.routes.iter().copied().filter(|&r| !in_schema.contains(&self.routes[r].shape.as_str())).collect();
+            if !lacking.is_empty() {
+                let shapes: BTreeSet<&str> = lacking.iter().map(|&r| self.routes[r].shape.as_str()).collect();
+                let shapes: Vec<&str> = shapes.into_iter().collect();
+                let mut diagnostic = Diagnostic::error(
+                    codes::FIELD_NOT_IN_SHAPE,
+                    format!("`data.{name}` is not part of the `{}` data shape", shapes.join("` or `")),
+                    target.span,
+                    format!("not in `{}` data", shapes.join("`, `")),
+                )
+                .with_help(format!(
+                    "move the rule into `when {} {{ … }}`; `data.{name}` belongs to {}",
+                    in_schema.join(", "),
+                    in_schema.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                ));
+                for &r in lacking.iter().take(3) {
+                    diagnostic = diagnostic.with_context(
+                        self.routes[r].span,
+                        format!("this route's events carry `{}` data", self.routes[r].shape),
+                    );
+                }
+                self.error(diagnostic);
+                return None;
             }
-            match def {
-                Some(def) => Some(def),
-                None => return unknown(self),
-            }
-        };
-        let def = def?;
+        }
+        // A rule names the elements of an array only through an element block, never as `array.field`.
+        let Some((def, _)) = self.target.resolve(&keys, false) else { return unknown(self) };
+        let def = def.clone();
         if def.set_by_route {
             self.error(
                 Diagnostic::error(

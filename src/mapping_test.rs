@@ -35,7 +35,7 @@ use crate::identity::MemoryStore;
 use crate::personal::{looks_personal, mask};
 use crate::plan::Plan;
 use crate::run::{DropReason, Outcome, RejectReason, Warning};
-use crate::schema::{FieldDef, TargetSchema};
+use crate::schema::TargetSchema;
 use crate::source::{SourceLoader, Sources};
 use crate::{compile, CompileOptions, Compiled, Context};
 
@@ -544,19 +544,8 @@ fn expectation_paths(expect: &Expectation) -> Vec<&str> {
 /// Every field path of the target schema, objects and arrays included, element indexes left out
 /// (`data.contents.id`): what a test may name, whether or not this mapping writes it.
 fn target_paths(target: &TargetSchema) -> Vec<String> {
-    fn collect(prefix: &str, defs: &[FieldDef], out: &mut Vec<String>) {
-        for def in defs {
-            let path = if prefix.is_empty() { def.name.clone() } else { format!("{prefix}.{}", def.name) };
-            collect(&path, &def.fields, out);
-            collect(&path, def.items.as_deref().unwrap_or_default(), out);
-            out.push(path);
-        }
-    }
     let mut out = Vec::new();
-    collect("", &target.fields, &mut out);
-    for (_, fields) in &target.shapes {
-        collect("data", fields, &mut out);
-    }
+    target.walk(&mut |keys, _| out.push(keys.join(".")));
     out.sort();
     out.dedup();
     out

@@ -94,6 +94,60 @@ impl TargetSchema {
     pub fn shape_names(&self) -> Vec<&str> {
         self.shapes.iter().map(|(s, _)| s.as_str()).collect()
     }
+
+    /// The data shapes whose `data` has a field `name`.
+    pub fn shapes_with(&self, name: &str) -> Vec<&str> {
+        self.shapes
+            .iter()
+            .filter(|(_, fields)| fields.iter().any(|f| f.name == name))
+            .map(|(s, _)| s.as_str())
+            .collect()
+    }
+
+    /// The field at `keys` (`["user", "email"]`, `["data", "amount"]`) and, for a field of `data`, the shapes that
+    /// have it. `data.<name>` is found in the first shape that has it (the shapes agree on a field's definition);
+    /// below a field, its object fields, and with `through_items` also the fields of its array's elements (an
+    /// element block names them relative to the array).
+    pub fn resolve<K: AsRef<str>>(&self, keys: &[K], through_items: bool) -> Option<(&FieldDef, Vec<&str>)> {
+        let (first, rest) = keys.split_first()?;
+        let (mut def, shapes, rest) = match rest.split_first() {
+            Some((name, deeper)) if first.as_ref() == "data" && name.as_ref() != "type" => {
+                let name = name.as_ref();
+                let def = self.shapes.iter().find_map(|(_, fields)| fields.iter().find(|f| f.name == name))?;
+                (def, self.shapes_with(name), deeper)
+            }
+            _ => (self.field(first.as_ref())?, Vec::new(), rest),
+        };
+        for key in rest {
+            let key = key.as_ref();
+            def = def
+                .field(key)
+                .or_else(|| through_items.then(|| def.items.as_ref()?.iter().find(|f| f.name == key)).flatten())?;
+        }
+        Some((def, shapes))
+    }
+
+    /// Visits every field with its path, depth first, parents after their children: the event's fields, then each
+    /// shape's `data` fields (a field several shapes share is visited for each), the fields of array elements
+    /// under the array's path.
+    pub fn walk(&self, visit: &mut dyn FnMut(&[String], &FieldDef)) {
+        fn fields(keys: &mut Vec<String>, defs: &[FieldDef], visit: &mut dyn FnMut(&[String], &FieldDef)) {
+            for def in defs {
+                keys.push(def.name.clone());
+                fields(keys, &def.fields, visit);
+                fields(keys, def.items.as_deref().unwrap_or_default(), visit);
+                visit(keys, def);
+                keys.pop();
+            }
+        }
+        let mut keys = Vec::new();
+        fields(&mut keys, &self.fields, visit);
+        for (_, shape) in &self.shapes {
+            keys.push("data".to_string());
+            fields(&mut keys, shape, visit);
+            keys.pop();
+        }
+    }
 }
 
 /// One field of the Signal input schema.
@@ -332,6 +386,24 @@ fn parse_input_fields(value: &Yaml) -> Result<Vec<InputField>, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_walk_and_one_lookup_serve_every_reader_of_the_target_schema() {
+        let target = target(DEFAULT_TARGET).expect("the default target");
+        let (amount, shapes) = target.resolve(&["data", "amount"], false).expect("data.amount");
+        assert_eq!(amount.name, "amount");
+        assert!(shapes.contains(&"contents") && shapes.contains(&"plan_enrollment"), "{shapes:?}");
+        assert!(target.resolve(&["user", "email"], false).is_some_and(|(_, shapes)| shapes.is_empty()));
+        assert!(target.resolve(&["data", "contents", "id"], false).is_none(), "elements only through a block");
+        assert!(target.resolve(&["data", "contents", "id"], true).is_some());
+        assert!(target.resolve(&["data", "type"], false).is_some());
+        assert!(target.resolve(&["user", "emial"], false).is_none());
+        let mut paths = Vec::new();
+        target.walk(&mut |keys, _| paths.push(keys.join(".")));
+        for expected in ["id", "user.email", "user", "data.type", "data.amount", "data.contents.id", "data.contents"] {
+            assert!(paths.iter().any(|p| p == expected), "{expected} in {paths:?}");
+        }
+    }
     use super::*;
 
     #[test]

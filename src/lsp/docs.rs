@@ -10,29 +10,9 @@ pub fn function(f: &Function) -> String {
     f.markdown()
 }
 
-/// The field of the target schema at `keys` (`["data", "amount"]`), with the data shapes that have it when it
-/// is under `data`. Keys run through arrays into their elements: `["data", "contents", "id"]`.
+/// The field at `keys` and the shapes that have it; inside element blocks keys run through array elements.
 pub fn resolve_target<'s>(target: &'s TargetSchema, keys: &[String]) -> Option<(&'s FieldDef, Vec<&'s str>)> {
-    let (first, rest) = keys.split_first()?;
-    if first == "data" && rest.first().is_some_and(|k| k != "type") {
-        let name = &rest[0];
-        let shapes: Vec<&str> = target
-            .shapes
-            .iter()
-            .filter(|(_, fields)| fields.iter().any(|f| &f.name == name))
-            .map(|(s, _)| s.as_str())
-            .collect();
-        let def = target.shapes.iter().find_map(|(_, fields)| fields.iter().find(|f| &f.name == name))?;
-        return descend(def, &rest[1..]).map(|def| (def, shapes));
-    }
-    descend(target.field(first)?, rest).map(|def| (def, Vec::new()))
-}
-
-fn descend<'s>(mut def: &'s FieldDef, keys: &[String]) -> Option<&'s FieldDef> {
-    for key in keys {
-        def = def.field(key).or_else(|| def.items.as_ref()?.iter().find(|f| &f.name == key))?;
-    }
-    Some(def)
+    target.resolve(keys, true)
 }
 
 /// A target field: type, whether required, constraints, the data shapes that have it, and its doc.
