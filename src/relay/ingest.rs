@@ -99,6 +99,10 @@ const ROUTES: [(&str, Door); 18] = [
     ("/beacon/v1/batch", Door::Events(Shape::Batch)),
 ];
 
+/// Events refused inside one batch that are logged and listed on /debug one by one; beyond them one line sums up,
+/// so that a batch of thousands of bad events cannot flood the log or push everything else off the debugger.
+const LISTED_REFUSALS: usize = 20;
+
 /// Headers a page may send cross-origin, named explicitly: `*` does not cover `Authorization`.
 const ALLOWED_HEADERS: &str =
     "Authorization, Content-Type, Content-Encoding, X-Signal-Timestamp, X-Signal-Signature, AnonymousId";
@@ -435,7 +439,9 @@ impl Ingress {
                         return Err(Problem::new(StatusCode::BAD_REQUEST, error.reason, error.message));
                     }
                     self.shared.metrics.events_refused(error.reason, 1);
-                    self.record_event_refusal(caller, index, error.reason, &error.message);
+                    if refused.len() < LISTED_REFUSALS {
+                        self.record_event_refusal(caller, index, error.reason, &error.message);
+                    }
                     refused.push(json!({ "index": index, "error": error.message, "reason": error.reason }));
                 }
             }
@@ -453,7 +459,9 @@ impl Ingress {
                             problem.field = field;
                             return Err(problem);
                         }
-                        self.record_event_refusal(caller, index, "mapping_rejected", &message);
+                        if refused.len() < LISTED_REFUSALS {
+                            self.record_event_refusal(caller, index, "mapping_rejected", &message);
+                        }
                         refused.push(json!({
                             "index": index, "error": message, "reason": "mapping_rejected",
                             "rejection": reason, "field": field
@@ -461,6 +469,14 @@ impl Ingress {
                     }
                 }
             }
+        }
+        if refused.len() > LISTED_REFUSALS {
+            tracing::info!(
+                route = caller.path,
+                key = self.key_name(caller).as_deref().unwrap_or("-"),
+                refused = refused.len(),
+                "events refused in a batch (the first {LISTED_REFUSALS} are listed on /debug; all are in the answer)"
+            );
         }
         let mut answer = Map::new();
         answer.insert("success".into(), Value::Bool(true));

@@ -651,3 +651,24 @@ async fn at_the_connection_limit_a_client_waits_for_a_free_place() {
     relay.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_bad_events_is_answered_in_full_but_cannot_flood_the_debugger() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("clients-flood");
+    let relay = relay(&dir, &fake, "").await;
+    let mut events: Vec<Value> =
+        (0..500).map(|n| json!({"type": "track", "messageId": format!("bad-{n}"), "anonymousId": "a"})).collect();
+    events.push(track("flood-good"));
+    let body = json!({"batch": events}).to_string().into_bytes();
+    let answer = send(&relay, "/v1/batch", Auth::Bearer(INGESTION_KEY), body, &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["refused"].as_array().map(Vec::len), Some(500), "every refused event is in the answer");
+    let (_, text) = get(&relay, "/debug/refused?limit=500").await;
+    let listed: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(listed.len(), 20, "the debugger lists the first 20");
+    assert_eq!(metric(&relay, "signal_relay_ingestion_refused_total{reason=\"invalid_event\"}").await, 500.0);
+    assert_eq!(ids(&fake.wait_for(1, Duration::from_secs(10)).await), ["flood-good"]);
+    relay.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
