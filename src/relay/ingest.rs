@@ -114,23 +114,22 @@ pub(super) fn router(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) -> Router {
     let ingress = Ingress { shared: shared.clone(), jobs, limiter };
     let mut router = Router::new();
     for (path, door) in ROUTES {
-        router = router
-            .route(
-                path,
-                on(
-                    MethodFilter::POST,
-                    move |s: State<Ingress>, c: ConnectInfo<SocketAddr>, u: Uri, h: HeaderMap, b: Body| {
-                        ingest(s, c, u, h, b, path, door)
-                    },
-                )
-                .on(MethodFilter::OPTIONS, move |s: State<Ingress>, h: HeaderMap| preflight(s, h, path)),
+        router = router.route(
+            path,
+            on(
+                MethodFilter::POST,
+                move |s: State<Ingress>, c: ConnectInfo<SocketAddr>, u: Uri, h: HeaderMap, b: Body| {
+                    ingest(s, c, u, h, b, path, door)
+                },
             )
-            .method_not_allowed_fallback(method_not_allowed);
+            .on(MethodFilter::OPTIONS, move |s: State<Ingress>, h: HeaderMap| preflight(s, h, path)),
+        );
     }
     router
         .with_state(ingress)
         .merge(super::debug::routes(shared.clone()))
         .merge(super::metrics::routes(shared))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::map_response(no_sniff))
 }
@@ -140,14 +139,17 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-async fn method_not_allowed(method: Method) -> Response {
+/// A known route asked with another method. The routes of events take POST and OPTIONS, the others GET.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let events = ROUTES.iter().any(|(path, _)| *path == uri.path());
+    let allowed = if events { "POST, OPTIONS" } else { "GET" };
     let mut response = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not taken here: POST events"),
+        format!("{method} is not taken on {}: use {allowed}", uri.path()),
     )
     .into_response();
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
     response
 }
 

@@ -163,6 +163,10 @@ async fn every_route_content_type_and_key_location_is_taken() {
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     let (status, body) = json_of(response).await;
     assert_eq!((status, &body["reason"]), (405, &json!("method_not_allowed")), "{body}");
+    let response = raw(&relay, "/healthz", Vec::new(), &[]).await;
+    assert_eq!(response.headers()["allow"], "GET");
+    let (status, body) = json_of(response).await;
+    assert_eq!((status, &body["reason"]), (405, &json!("method_not_allowed")), "{body}");
     let (status, body) = json_of(raw(&relay, "/v2/nowhere", page.clone(), &[]).await).await;
     assert_eq!((status, &body["reason"]), (404, &json!("not_found")), "{body}");
 
