@@ -408,3 +408,43 @@ async fn a_refused_api_key_pauses_the_pixel_where_a_supervisor_sees_it_and_deliv
     drop(relay);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_clients_dribble_headers_and_bodies_exits_within_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("sigterm-dribble");
+    let mut relay = RelayProcess::spawn(&write_config(&dir, &fake.url)).await;
+    let addr = relay.addr;
+    // One client sends its head a byte every 200 ms, another a body the same way; both would outlive any drain
+    // that waited for them.
+    let mut dribblers = Vec::new();
+    for head in
+        ["POST /v1/t HTTP/1.1\r\nHost: x\r\nX-Slow: ", "POST /v1/t HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n"]
+    {
+        dribblers.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+            let head = head.to_string();
+            let (first, rest) = if head.ends_with("\r\n\r\n") { (head.as_str(), "") } else { ("", head.as_str()) };
+            let _ = stream.write_all(first.as_bytes()).await;
+            for byte in rest.bytes().chain(std::iter::repeat(b'a')).take(300) {
+                if stream.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    relay.sigterm();
+    let status = relay.exit(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", relay.logs());
+    // shutdown_grace_ms is 500 in this configuration.
+    assert!(took < Duration::from_secs(2), "SIGTERM waited {took:?} for slow clients");
+    for dribbler in dribblers {
+        dribbler.abort();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
