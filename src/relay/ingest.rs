@@ -654,8 +654,8 @@ fn origin_refused(origin: &str) -> Problem {
     )
 }
 
-/// JSON comes as `application/json`, as `text/plain` (sendBeacon and analytics.js, to avoid a preflight) or with no
-/// type at all; anything else is not an event.
+/// JSON comes as `application/json`, as `text/plain` (sendBeacon and analytics.js, to avoid a preflight), as
+/// curl's default form type, or with no type at all; anything else is not an event.
 fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
     let text = value
@@ -669,9 +669,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
         })?
         .to_ascii_lowercase();
     let essence = text.split(';').next().unwrap_or_default().trim();
+    // `application/x-www-form-urlencoded` is what `curl -d` sends unless told otherwise; the body is still JSON.
     let json_like = essence.is_empty()
         || essence == "application/json"
         || essence == "text/plain"
+        || essence == "application/x-www-form-urlencoded"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
     if json_like {
         Ok(())

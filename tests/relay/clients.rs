@@ -66,6 +66,8 @@ async fn every_route_content_type_and_key_location_is_taken() {
             ("text/plain;charset=UTF-8", None),
             ("", Some(bearer_key.as_str())),
             ("application/json; charset=utf-8", Some(shouted_key.as_str())),
+            // What `curl -d` sends unless told otherwise.
+            ("application/x-www-form-urlencoded", Some(basic_key.as_str())),
         ]
         .into_iter()
         .enumerate()
