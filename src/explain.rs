@@ -8,9 +8,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::functions::{Pii, Val};
+use crate::observe::Observer;
 use crate::personal::mask;
 use crate::plan::*;
-use crate::run::{call, eval_ref, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing};
+use crate::run::{invalid_input, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing};
 
 /// Why one event came out as it did, field by field.
 #[derive(Clone, Debug)]
@@ -114,21 +115,29 @@ pub struct TraceStep {
 
 /// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
 pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
-    let outcome = plan.apply_str(event, context);
     let mut explanation = Explanation {
-        outcome,
+        outcome: Outcome::Dropped(crate::run::Dropped { reason: DropReason::Unmapped, message: String::new() }),
         route: None,
         routes_table: plan.routes_location.clone(),
         fields: Vec::new(),
         silent: Vec::new(),
     };
-    let Ok(input) = plan.input.read_str(event) else { return explanation };
-    let tracer = Tracer { plan, input: &input };
+    let input = match plan.input.read_str(event) {
+        Ok(input) => input,
+        Err(error) => {
+            explanation.outcome = invalid_input(error.0);
+            return explanation;
+        }
+    };
+    // One evaluation: the runtime applies the plan and reports each step to the recorder.
+    let mut recorder = Recorder::new(plan);
+    explanation.outcome = plan.apply_input(&input, context, &mut recorder);
+    let Recorder { produced, silent, .. } = recorder;
+    explanation.silent = silent;
+    let tracer = Tracer { plan };
     match plan.routing(&input) {
         Routing::Unmapped(_) | Routing::Alias => {}
         Routing::Identify => {
-            let rules: Vec<usize> = plan.identity_rules.clone();
-            let produced = tracer.run_rules(&rules, &mut explanation.silent);
             explanation.fields = tracer.fields(&produced, None, None, &mut explanation.silent);
         }
         Routing::Route(index) => {
@@ -138,7 +147,6 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
                 event_type: route.event_type.clone(),
                 shape: route.shape.clone(),
             });
-            let produced = tracer.run_rules(&route.rules, &mut explanation.silent);
             let output = match &explanation.outcome {
                 Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json).ok(),
                 _ => None,
@@ -222,274 +230,288 @@ struct BlockTrace {
     elements: Vec<Vec<(String, RuleTrace, Value)>>,
 }
 
-struct Tracer<'p, 'i> {
+struct Tracer<'p> {
     plan: &'p Plan,
-    input: &'i [Option<Val<'i>>],
 }
 
-impl Tracer<'_, '_> {
-    fn run_rules(&self, rules: &[usize], silent: &mut Vec<RuleTrace>) -> Produced {
-        let slots = self.plan.slot_count;
-        let mut produced =
-            Produced { slots: (0..slots).map(|_| None).collect(), elements: (0..slots).map(|_| None).collect() };
-        for &index in rules {
-            let rule = &self.plan.rules[index];
-            match &rule.target {
-                RuleTarget::Slot(slot) => {
-                    let (trace, value) = self.trace_rule(rule);
-                    match value {
-                        Some(value) => {
-                            if let Some((mut replaced, _)) = produced.slots[*slot].replace((trace, value)) {
-                                replaced.why = Some(format!("replaced by the rule at {}", rule.location));
-                                silent.push(replaced);
-                            }
-                        }
-                        None => silent.push(trace),
-                    }
-                }
-                RuleTarget::Elements { slot, each, rules } => {
-                    let block = self.trace_block(rule, *each, rules, silent);
-                    if block.elements.is_empty() {
-                        silent.push(block.trace);
-                    } else if let Some(mut replaced) = produced.elements[*slot].replace(block) {
-                        replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location));
-                        silent.push(replaced.trace);
-                    }
-                }
-            }
+/// The rule being evaluated, and the trace of its steps so far.
+struct Current<'p> {
+    trace: RuleTrace,
+    expr: &'p Expr,
+    pipes: &'p [BoundCall],
+    text: &'p RuleText,
+    personal: bool,
+    /// Personal data not yet hashed by a pipe.
+    tainted: bool,
+    /// How many of `trace.steps` are the source's terms.
+    source_steps: usize,
+}
+
+/// An element block being built: its trace, the finished elements and the fields of the element in progress.
+struct Block {
+    trace: RuleTrace,
+    scope: Option<String>,
+    /// The source was usable element by element.
+    usable: bool,
+    elements: Vec<Vec<(String, RuleTrace, Value)>>,
+    element: usize,
+    fields: Vec<(String, RuleTrace, Value)>,
+}
+
+/// Records what the runtime reports while it applies the plan: each rule's steps, which rule's value each output
+/// slot kept (the last rule with a value wins, as in the runtime), and the rules that produced nothing and why.
+struct Recorder<'p> {
+    plan: &'p Plan,
+    produced: Produced,
+    silent: Vec<RuleTrace>,
+    current: Option<Current<'p>>,
+    block: Option<Block>,
+}
+
+impl<'p> Recorder<'p> {
+    fn new(plan: &'p Plan) -> Recorder<'p> {
+        let slots = plan.slot_count;
+        Recorder {
+            plan,
+            produced: Produced {
+                slots: (0..slots).map(|_| None).collect(),
+                elements: (0..slots).map(|_| None).collect(),
+            },
+            silent: Vec::new(),
+            current: None,
+            block: None,
         }
-        produced
     }
 
-    /// Traces a scalar rule; the value is `None` when it produced nothing (its trace then says why).
-    fn trace_rule(&self, rule: &PlanRule) -> (RuleTrace, Option<Value>) {
-        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
-        let value = self.trace_value(&rule.expr, &rule.pipes, &rule.text, rule.personal, None, &mut trace);
-        (trace, value)
+    fn start(&mut self, trace: RuleTrace, expr: &'p Expr, pipes: &'p [BoundCall], text: &'p RuleText, personal: bool) {
+        self.current = Some(Current { trace, expr, pipes, text, personal, tainted: personal, source_steps: 0 });
     }
 
-    /// Evaluates a source and its pipes step by step, as the runtime does, recording each step in `trace`.
-    fn trace_value(
-        &self,
-        expr: &Expr,
-        pipes: &[BoundCall],
-        text: &RuleText,
-        personal: bool,
-        element: Option<&Val<'_>>,
-        trace: &mut RuleTrace,
-    ) -> Option<Value> {
-        let input = self.input;
-        let mut result = match expr {
-            Expr::Coalesce(terms) => {
-                let mut first_note = None;
-                let mut found = None;
-                for (i, term) in terms.iter().enumerate() {
-                    let outcome = eval_ref(term, input, element);
-                    let (value, note) = match outcome {
-                        Ok(got) => (got.map(|g| g.into_val()), None),
-                        Err(note) => (None, Some(note)),
-                    };
-                    trace.steps.push(self.source_step(text.terms.get(i), term, value.as_ref(), note.clone(), personal));
-                    match (value, note) {
-                        (Some(value), _) if !value.is_null() => {
-                            found = Some(value);
-                            break;
-                        }
-                        (_, Some(note)) => {
-                            first_note.get_or_insert(note);
-                        }
-                        _ => {}
-                    }
-                }
-                match (found, first_note) {
-                    (Some(value), _) => Ok(Some(value)),
-                    (None, Some(note)) => Err(note),
-                    (None, None) => Ok(None),
-                }
-            }
-            single => {
-                let outcome = eval_ref(single, input, element).map(|got| got.map(|g| g.into_val()));
-                let (value, note) = match &outcome {
-                    Ok(value) => (value.as_ref(), None),
-                    Err(note) => (None, Some(note.clone())),
-                };
-                trace.steps.push(self.source_step(text.terms.first(), single, value, note, personal));
-                outcome
-            }
-        };
-        let source_steps = trace.steps.len();
-        let mut tainted = personal;
-        for (i, pipe) in pipes.iter().enumerate() {
-            let Ok(current) = result else { break };
-            result = call(pipe.function, current, &pipe.args, input, element);
-            if matches!(pipe.function.pii, Pii::Hashes) {
-                tainted = false;
-            }
-            let expression = format!("| {}", text.pipes.get(i).map_or(pipe.function.name, String::as_str));
-            let (value, note) = match &result {
-                Ok(value) => (value.as_ref().map(Val::to_json), None),
-                Err(note) => (None, Some(note.clone())),
-            };
-            trace.steps.push(TraceStep { expression, read: None, value, note, personal: tainted, set_by_relay: None });
-        }
-        match result {
+    /// Ends the current rule: its trace, and its value when it produced one (else the trace says why).
+    fn finish(&mut self, result: Result<Option<&Val<'_>>, &str>) -> Option<(RuleTrace, Option<Value>)> {
+        let Current { mut trace, source_steps, .. } = self.current.take()?;
+        let value = match result {
             Ok(Some(value)) if !value.is_null() => Some(value.to_json()),
             Ok(value) => {
-                trace.why = Some(self.why_nothing(&trace.steps[..source_steps], &trace.steps[source_steps..], value));
+                let (source, pipes) = trace.steps.split_at(source_steps);
+                trace.why = Some(why_nothing(source, pipes, value.is_some()));
                 None
             }
             Err(note) => {
-                trace.why = Some(note);
+                trace.why = Some(note.to_string());
                 None
-            }
-        }
-    }
-
-    fn source_step(
-        &self,
-        text: Option<&String>,
-        term: &Expr,
-        value: Option<&Val<'_>>,
-        note: Option<String>,
-        personal: bool,
-    ) -> TraceStep {
-        let expression = text.cloned().unwrap_or_default();
-        let read = self.read_path(term).filter(|path| !expression.contains(path.as_str()));
-        let personal = personal && !matches!(term, Expr::Const(_));
-        TraceStep { expression, read, value: value.map(Val::to_json), note, personal, set_by_relay: None }
-    }
-
-    /// The event path an expression reads, directly or as the input of a function called as a source.
-    fn read_path(&self, expr: &Expr) -> Option<String> {
-        match expr {
-            Expr::Input { slot, rest } => {
-                let mut path = self.plan.input.path_of(*slot)?;
-                push_steps(&mut path, rest);
-                Some(path)
-            }
-            Expr::Element { rest } => {
-                let mut path = "@".to_string();
-                push_steps(&mut path, rest);
-                Some(path)
-            }
-            Expr::Call { input, .. } => self.read_path(input),
-            Expr::Const(_) | Expr::Coalesce(_) => None,
-        }
-    }
-
-    /// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
-    fn why_nothing(&self, source: &[TraceStep], pipes: &[TraceStep], result: Option<Val<'_>>) -> String {
-        let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
-        if !source_gave {
-            let paths: Vec<String> =
-                source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(&s.expression))).collect();
-            let null = source.last().is_some_and(|s| s.value.is_some());
-            return match (paths.len(), null) {
-                (0, _) => "the source gave nothing".to_string(),
-                (1, true) => format!("{} is null", paths[0]),
-                (1, false) => format!("{} is not in the event", paths[0]),
-                _ => format!("none of {} has a value", paths.join(", ")),
-            };
-        }
-        let gave_nothing = pipes.iter().find(|p| p.value.as_ref().is_none_or(Value::is_null));
-        match gave_nothing {
-            Some(pipe) => {
-                let name = pipe.expression.trim_start_matches("| ");
-                let name = name.split('(').next().unwrap_or(name);
-                let what = if result.is_some() { "null" } else { "nothing" };
-                format!("`{name}` gave {what}")
-            }
-            None => "it produced nothing".to_string(),
-        }
-    }
-
-    /// Traces an element block: its source, then each element's rules, as the runtime builds them. No element
-    /// means the block produced nothing, and its trace says why.
-    fn trace_block(
-        &self,
-        rule: &PlanRule,
-        each: bool,
-        rules: &[ElementRule],
-        silent: &mut Vec<RuleTrace>,
-    ) -> BlockTrace {
-        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
-        let source = match eval_ref(&rule.expr, self.input, None) {
-            Ok(got) => got.map(|g| g.into_val().to_json()),
-            Err(note) => {
-                trace.why = Some(note);
-                return BlockTrace { trace, elements: Vec::new() };
             }
         };
-        trace.steps.push(TraceStep {
-            expression: rule.text.terms.join(" ?? "),
-            read: self.read_path(&rule.expr),
-            value: source.clone(),
-            note: None,
-            personal: rule.personal,
+        Some((trace, value))
+    }
+
+    /// Closes the element in progress of the current block.
+    fn close_element(block: &mut Block) {
+        let fields = std::mem::take(&mut block.fields);
+        if !fields.is_empty() {
+            block.elements.push(fields);
+        }
+    }
+}
+
+impl<'p> Observer<'p> for Recorder<'p> {
+    const TRACING: bool = true;
+
+    fn rule_start(&mut self, rule: &'p PlanRule) {
+        let trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
+        self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
+    }
+
+    fn term(&mut self, index: usize, result: Result<Option<&Val<'_>>, &str>) {
+        let plan = self.plan;
+        let Some(current) = self.current.as_mut() else { return };
+        let term = match current.expr {
+            Expr::Coalesce(terms) => &terms[index],
+            single => single,
+        };
+        let (value, note) = match result {
+            Ok(value) => (value, None),
+            Err(note) => (None, Some(note.to_string())),
+        };
+        current.trace.steps.push(source_step(plan, current.text.terms.get(index), term, value, note, current.personal));
+        current.source_steps = current.trace.steps.len();
+    }
+
+    fn pipe(&mut self, index: usize, result: Result<Option<&Val<'_>>, &str>) {
+        let Some(current) = self.current.as_mut() else { return };
+        let Some(pipe) = current.pipes.get(index) else { return };
+        if matches!(pipe.function.pii, Pii::Hashes) {
+            current.tainted = false;
+        }
+        let expression = format!("| {}", current.text.pipes.get(index).map_or(pipe.function.name, String::as_str));
+        let (value, note) = match result {
+            Ok(value) => (value.map(Val::to_json), None),
+            Err(note) => (None, Some(note.to_string())),
+        };
+        current.trace.steps.push(TraceStep {
+            expression,
+            read: None,
+            value,
+            note,
+            personal: current.tainted,
             set_by_relay: None,
         });
-        let source = source.unwrap_or(Value::Null);
-        let elements: Vec<Val<'_>> = match (&source, each) {
-            (Value::Array(items), true) => items.iter().map(Val::from_json).collect(),
-            (Value::Null, _) => {
-                trace.why = Some(self.why_nothing(&trace.steps, &[], None));
-                return BlockTrace { trace, elements: Vec::new() };
-            }
-            (Value::Array(_), false) => {
-                trace.why = Some("the source is an array: write `source[*]` to map each of its elements".to_string());
-                return BlockTrace { trace, elements: Vec::new() };
-            }
-            (value, false) => vec![Val::from_json(value)],
-            (other, true) => {
-                let kind = Val::from_json(other).kind();
-                trace.why = Some(format!("expected an array, got {kind}"));
-                return BlockTrace { trace, elements: Vec::new() };
-            }
-        };
-        let mut built = Vec::new();
-        for (index, element) in elements.iter().enumerate() {
-            let mut fields: Vec<(String, RuleTrace, Value)> = Vec::new();
-            for element_rule in rules {
-                let mut field_trace = RuleTrace::start(
-                    &element_rule.location,
-                    &element_rule.target_name,
-                    &rule.text.scope,
-                    element_rule.personal,
-                );
-                let value = self.trace_value(
-                    &element_rule.expr,
-                    &element_rule.pipes,
-                    &element_rule.text,
-                    element_rule.personal,
-                    Some(element),
-                    &mut field_trace,
-                );
-                let name = element_rule.target_name.rsplit('.').next().unwrap_or_default().to_string();
-                match value {
-                    Some(value) => {
-                        if let Some(position) = fields.iter().position(|(n, _, _)| *n == name) {
-                            let (_, mut replaced, _) = fields.remove(position);
-                            replaced.why = Some(format!("replaced by the rule at {}", element_rule.location));
-                            silent.push(replaced);
-                        }
-                        fields.push((name, field_trace, value));
-                    }
-                    None => {
-                        field_trace.why = field_trace.why.map(|why| format!("element {index}: {why}"));
-                        silent.push(field_trace);
-                    }
-                }
-            }
-            if !fields.is_empty() {
-                built.push(fields);
-            }
-        }
-        if built.is_empty() {
-            trace.why = Some("no element produced a field".to_string());
-        }
-        BlockTrace { trace, elements: built }
     }
 
+    fn rule_end(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
+        let Some((trace, value)) = self.finish(result) else { return };
+        let RuleTarget::Slot(slot) = &rule.target else { return };
+        match value {
+            Some(value) => {
+                if let Some((mut replaced, _)) = self.produced.slots[*slot].replace((trace, value)) {
+                    replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+                    self.silent.push(replaced);
+                }
+            }
+            None => self.silent.push(trace),
+        }
+    }
+
+    fn block_source(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
+        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
+        let mut usable = false;
+        match result {
+            Err(note) => trace.why = Some(note.to_string()),
+            Ok(value) => {
+                trace.steps.push(TraceStep {
+                    expression: rule.text.terms.join(" ?? "),
+                    read: read_path(self.plan, &rule.expr),
+                    value: value.map(Val::to_json),
+                    note: None,
+                    personal: rule.personal,
+                    set_by_relay: None,
+                });
+                if value.is_none_or(Val::is_null) {
+                    trace.why = Some(why_nothing(&trace.steps, &[], false));
+                } else {
+                    usable = true;
+                }
+            }
+        }
+        let scope = rule.text.scope.clone();
+        self.block = Some(Block { trace, scope, usable, elements: Vec::new(), element: 0, fields: Vec::new() });
+    }
+
+    fn block_unusable(&mut self, why: &str) {
+        if let Some(block) = self.block.as_mut() {
+            block.trace.why = Some(why.to_string());
+            block.usable = false;
+        }
+    }
+
+    fn element_rule_start(&mut self, element: usize, rule: &'p ElementRule) {
+        let Some(block) = self.block.as_mut() else { return };
+        if element != block.element {
+            Self::close_element(block);
+            block.element = element;
+        }
+        let trace = RuleTrace::start(&rule.location, &rule.target_name, &block.scope, rule.personal);
+        self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
+    }
+
+    fn element_rule_end(&mut self, element: usize, rule: &'p ElementRule, result: Result<Option<&Val<'_>>, &str>) {
+        let Some((mut trace, value)) = self.finish(result) else { return };
+        let Some(block) = self.block.as_mut() else { return };
+        let name = rule.target_name.rsplit('.').next().unwrap_or_default().to_string();
+        match value {
+            Some(value) => {
+                if let Some(position) = block.fields.iter().position(|(n, _, _)| *n == name) {
+                    let (_, mut replaced, _) = block.fields.remove(position);
+                    replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+                    self.silent.push(replaced);
+                }
+                block.fields.push((name, trace, value));
+            }
+            None => {
+                trace.why = trace.why.map(|why| format!("element {element}: {why}"));
+                self.silent.push(trace);
+            }
+        }
+    }
+
+    fn block_end(&mut self, rule: &'p PlanRule) {
+        let Some(mut block) = self.block.take() else { return };
+        Self::close_element(&mut block);
+        if block.usable && block.elements.is_empty() {
+            block.trace.why = Some("no element produced a field".to_string());
+        }
+        let RuleTarget::Elements { slot, .. } = &rule.target else { return };
+        let built = BlockTrace { trace: block.trace, elements: block.elements };
+        if built.elements.is_empty() {
+            self.silent.push(built.trace);
+        } else if let Some(mut replaced) = self.produced.elements[*slot].replace(built) {
+            replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location));
+            self.silent.push(replaced.trace);
+        }
+    }
+}
+
+/// A step for one term of a source: the expression as written, the event path it read, its value or note.
+fn source_step(
+    plan: &Plan,
+    text: Option<&String>,
+    term: &Expr,
+    value: Option<&Val<'_>>,
+    note: Option<String>,
+    personal: bool,
+) -> TraceStep {
+    let expression = text.cloned().unwrap_or_default();
+    let read = read_path(plan, term).filter(|path| !expression.contains(path.as_str()));
+    let personal = personal && !matches!(term, Expr::Const(_));
+    TraceStep { expression, read, value: value.map(Val::to_json), note, personal, set_by_relay: None }
+}
+
+/// The event path an expression reads, directly or as the input of a function called as a source.
+fn read_path(plan: &Plan, expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Input { slot, rest } => {
+            let mut path = plan.input.path_of(*slot)?;
+            push_steps(&mut path, rest);
+            Some(path)
+        }
+        Expr::Element { rest } => {
+            let mut path = "@".to_string();
+            push_steps(&mut path, rest);
+            Some(path)
+        }
+        Expr::Call { input, .. } => read_path(plan, input),
+        Expr::Const(_) | Expr::Coalesce(_) => None,
+    }
+}
+
+/// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
+/// `null_result`: the rule ended with null rather than with nothing.
+fn why_nothing(source: &[TraceStep], pipes: &[TraceStep], null_result: bool) -> String {
+    let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
+    if !source_gave {
+        let paths: Vec<String> =
+            source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(&s.expression))).collect();
+        let null = source.last().is_some_and(|s| s.value.is_some());
+        return match (paths.len(), null) {
+            (0, _) => "the source gave nothing".to_string(),
+            (1, true) => format!("{} is null", paths[0]),
+            (1, false) => format!("{} is not in the event", paths[0]),
+            _ => format!("none of {} has a value", paths.join(", ")),
+        };
+    }
+    let gave_nothing = pipes.iter().find(|p| p.value.as_ref().is_none_or(Value::is_null));
+    match gave_nothing {
+        Some(pipe) => {
+            let name = pipe.expression.trim_start_matches("| ");
+            let name = name.split('(').next().unwrap_or(name);
+            let what = if null_result { "null" } else { "nothing" };
+            format!("`{name}` gave {what}")
+        }
+        None => "it produced nothing".to_string(),
+    }
+}
+
+impl Tracer<'_> {
     /// The output fields in the schema's order. With the mapped output at hand, values are the ones sent and a
     /// field the rules produced but the output lacks is reported as left out.
     fn fields(

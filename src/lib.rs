@@ -11,6 +11,7 @@ pub mod functions;
 pub mod identity;
 mod input;
 pub mod mapping_test;
+mod observe;
 pub mod personal;
 pub mod plan;
 pub mod presets;

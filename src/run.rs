@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::functions::{write_json, write_json_string, Arg, Function, Ty, Val};
 use crate::identity::{IdentityStore, Profile, RememberedField};
 use crate::input::walk;
+use crate::observe::{Observer, Untraced};
 use crate::plan::*;
 use crate::schema::{FieldDef, Format};
 
@@ -143,7 +144,7 @@ impl Plan {
     /// Applies the plan to one event given as JSON text; reads only the paths the plan uses.
     pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
         match self.input.read_str(event) {
-            Ok(input) => self.apply_input(&input, context),
+            Ok(input) => self.apply_input(&input, context, &mut Untraced),
             Err(error) => invalid_input(error.0),
         }
     }
@@ -151,12 +152,18 @@ impl Plan {
     /// Applies the plan to one parsed event.
     pub fn apply(&self, event: &Value, context: &mut Context<'_>) -> Outcome {
         match self.input.read_value(event) {
-            Ok(input) => self.apply_input(&input, context),
+            Ok(input) => self.apply_input(&input, context, &mut Untraced),
             Err(error) => invalid_input(error.0),
         }
     }
 
-    fn apply_input<'v>(&'v self, input: &'v [Option<Val<'v>>], context: &mut Context<'_>) -> Outcome {
+    /// Applies the plan to an event's captured input, reporting each step of evaluation to `observer`.
+    pub(crate) fn apply_input<'v, O: Observer<'v>>(
+        &'v self,
+        input: &'v [Option<Val<'v>>],
+        context: &mut Context<'_>,
+        observer: &mut O,
+    ) -> Outcome {
         let mut state = State {
             input,
             out: (0..self.slot_count).map(|_| None).collect(),
@@ -165,7 +172,7 @@ impl Plan {
         };
         let route_index = match self.routing(input) {
             Routing::Route(index) => index,
-            Routing::Identify => return self.identify(&mut state, context),
+            Routing::Identify => return self.identify(&mut state, context, observer),
             Routing::Alias => return self.alias(&state, context),
             Routing::Unmapped(message) => {
                 return Outcome::Dropped(Dropped { reason: DropReason::Unmapped, message });
@@ -173,7 +180,7 @@ impl Plan {
         };
         let route = &self.routes[route_index];
         for &rule in &route.rules {
-            self.run_rule(&self.rules[rule], &mut state);
+            self.run_rule(&self.rules[rule], &mut state, observer);
         }
         self.set(&mut state, self.slots.event_type, Val::from(route.event_type.as_str()));
         self.set(&mut state, self.slots.data_type, Val::from(route.shape.as_str()));
@@ -253,9 +260,14 @@ impl Plan {
             .unwrap_or(now_ms)
     }
 
-    fn identify<'v>(&'v self, state: &mut State<'v>, context: &mut Context<'_>) -> Outcome {
+    fn identify<'v, O: Observer<'v>>(
+        &'v self,
+        state: &mut State<'v>,
+        context: &mut Context<'_>,
+        observer: &mut O,
+    ) -> Outcome {
         for &rule in &self.identity_rules {
-            self.run_rule(&self.rules[rule], state);
+            self.run_rule(&self.rules[rule], state, observer);
         }
         let event_ms = self.event_time(state, context.now_ms);
         let mut learned = 0;
@@ -398,34 +410,54 @@ impl Plan {
         find(&self.output, slot)
     }
 
-    fn run_rule<'v>(&'v self, rule: &'v PlanRule, state: &mut State<'v>) {
+    fn run_rule<'v, O: Observer<'v>>(&'v self, rule: &'v PlanRule, state: &mut State<'v>, observer: &mut O) {
         match &rule.target {
-            RuleTarget::Slot(slot) => match evaluate(&rule.expr, &rule.pipes, state.input, None) {
-                Ok(Some(value)) if !value.is_null() => {
-                    state.out[*slot] = Some(Out::Value(value));
-                    state.writer[*slot] = Some(&rule.location);
+            RuleTarget::Slot(slot) => {
+                if O::TRACING {
+                    observer.rule_start(rule);
                 }
-                Ok(_) => {}
-                Err(message) => state.warnings.push(Warning {
-                    field: rule.target_name.clone(),
-                    rule: rule.location.clone(),
-                    message: withhold_personal(message, rule.personal),
-                }),
-            },
+                let result = evaluate(&rule.expr, &rule.pipes, state.input, None, observer);
+                if O::TRACING {
+                    observer.rule_end(rule, result.as_ref().map(Option::as_ref).map_err(String::as_str));
+                }
+                match result {
+                    Ok(Some(value)) if !value.is_null() => {
+                        state.out[*slot] = Some(Out::Value(value));
+                        state.writer[*slot] = Some(&rule.location);
+                    }
+                    Ok(_) => {}
+                    Err(message) => state.warnings.push(Warning {
+                        field: rule.target_name.clone(),
+                        rule: rule.location.clone(),
+                        message: withhold_personal(message, rule.personal),
+                    }),
+                }
+            }
             RuleTarget::Elements { slot, each, rules } => {
-                let built = match eval_ref(&rule.expr, state.input, None) {
+                let source = eval_ref(&rule.expr, state.input, None);
+                if O::TRACING {
+                    let shown = source.as_ref().map(|got| got.as_ref().map(Got::as_val)).map_err(String::as_str);
+                    observer.block_source(rule, shown);
+                }
+                let built = match source {
                     // Elements read from the event borrow from it.
-                    Ok(Some(Got::Ref(source))) => build_elements(rule, rules, *each, source, state.input, state),
+                    Ok(Some(Got::Ref(source))) => {
+                        build_elements(rule, rules, *each, source, state.input, state, observer)
+                    }
                     // A computed source lives only here: its elements' values are copied out of it.
-                    Ok(Some(Got::Owned(source))) => build_elements(rule, rules, *each, &source, state.input, state)
-                        .map(|built| {
+                    Ok(Some(Got::Owned(source))) => {
+                        build_elements(rule, rules, *each, &source, state.input, state, observer).map(|built| {
                             built
                                 .into_iter()
                                 .map(|fields| fields.into_iter().map(|f| f.map(Val::into_owned)).collect())
                                 .collect()
-                        }),
+                        })
+                    }
                     _ => None,
                 };
+                if O::TRACING {
+                    observer.block_end(rule);
+                }
                 if let Some(built) = built.filter(|built| !built.is_empty()) {
                     state.out[*slot] = Some(Out::Elements(built));
                     state.writer[*slot] = Some(&rule.location);
@@ -596,7 +628,7 @@ fn omit_blank_optionals(nodes: &[LayoutNode], state: &mut State<'_>) {
     }
 }
 
-fn invalid_input(message: String) -> Outcome {
+pub(crate) fn invalid_input(message: String) -> Outcome {
     Outcome::Rejected(Rejected {
         reason: RejectReason::InvalidInput,
         message,
@@ -720,41 +752,56 @@ fn is_url(text: &str) -> bool {
 /// The elements of an array target, built from its source by the element rules; `None` when the source does
 /// not fit the target. A source that is an array gives one element per item (`source[*]`); any other value
 /// gives one element.
-fn build_elements<'v>(
+fn build_elements<'v, 'p, O: Observer<'p>>(
     rule: &'v PlanRule,
-    rules: &'v [ElementRule],
+    rules: &'p [ElementRule],
     each: bool,
     source: &'v Val<'v>,
     input: &'v [Option<Val<'v>>],
     state: &mut State<'_>,
-) -> Option<Vec<Vec<Option<Val<'v>>>>> {
+    observer: &mut O,
+) -> Option<Vec<Vec<Option<Val<'v>>>>>
+where
+    'p: 'v,
+{
     let elements: &[Val<'v>] = match (source, each) {
         (Val::Array(items), true) => items,
         (Val::Null, _) => return None,
         (Val::Array(_), false) => {
-            state.warnings.push(Warning {
-                field: rule.target_name.clone(),
-                rule: rule.location.clone(),
-                message: "the source is an array: write `source[*]` to map each of its elements".to_string(),
-            });
+            let message = "the source is an array: write `source[*]` to map each of its elements".to_string();
+            if O::TRACING {
+                observer.block_unusable(&message);
+            }
+            state.warnings.push(Warning { field: rule.target_name.clone(), rule: rule.location.clone(), message });
             return None;
         }
         (value, false) => std::slice::from_ref(value),
         (other, true) => {
-            state.warnings.push(Warning {
-                field: rule.target_name.clone(),
-                rule: rule.location.clone(),
-                message: format!("expected an array, got {}", other.kind()),
-            });
+            let message = format!("expected an array, got {}", other.kind());
+            if O::TRACING {
+                observer.block_unusable(&message);
+            }
+            state.warnings.push(Warning { field: rule.target_name.clone(), rule: rule.location.clone(), message });
             return None;
         }
     };
     let width = rules.iter().map(|r| r.field + 1).max().unwrap_or(0);
     let mut built = Vec::with_capacity(elements.len());
-    for element in elements {
+    for (index, element) in elements.iter().enumerate() {
         let mut fields: Vec<Option<Val<'v>>> = (0..width).map(|_| None).collect();
         for element_rule in rules {
-            match evaluate(&element_rule.expr, &element_rule.pipes, input, Some(element)) {
+            if O::TRACING {
+                observer.element_rule_start(index, element_rule);
+            }
+            let result = evaluate(&element_rule.expr, &element_rule.pipes, input, Some(element), observer);
+            if O::TRACING {
+                observer.element_rule_end(
+                    index,
+                    element_rule,
+                    result.as_ref().map(Option::as_ref).map_err(String::as_str),
+                );
+            }
+            match result {
                 Ok(Some(value)) if !value.is_null() => fields[element_rule.field] = Some(value),
                 Ok(_) => {}
                 Err(message) => state.warnings.push(Warning {
@@ -786,6 +833,14 @@ impl<'v> Got<'v> {
         }
     }
 
+    /// The value, borrowed.
+    pub(crate) fn as_val(&self) -> &Val<'v> {
+        match self {
+            Got::Ref(value) => value,
+            Got::Owned(value) => value,
+        }
+    }
+
     pub(crate) fn into_val(self) -> Val<'v> {
         match self {
             Got::Ref(value) => value.reborrow(),
@@ -807,15 +862,32 @@ pub(crate) fn withhold_personal(message: String, personal: bool) -> String {
 }
 
 /// Evaluates a source and its pipes. `Err` carries the note of the function that gave up.
-fn evaluate<'v>(
+fn evaluate<'v, 'p, O: Observer<'p>>(
     expr: &'v Expr,
     pipes: &'v [BoundCall],
     input: &'v [Option<Val<'v>>],
     element: Option<&'v Val<'v>>,
+    observer: &mut O,
 ) -> Result<Option<Val<'v>>, String> {
-    let mut value = eval_ref(expr, input, element)?.map(Got::into_val);
-    for pipe in pipes {
-        value = call(pipe.function, value, &pipe.args, input, element)?;
+    let source = match expr {
+        Expr::Coalesce(terms) if O::TRACING => coalesce(terms, input, element, &mut |index, result| {
+            observer.term(index, result.map(|got| got.map(Got::as_val)));
+        }),
+        single => {
+            let result = eval_ref(single, input, element);
+            if O::TRACING {
+                observer.term(0, result.as_ref().map(|got| got.as_ref().map(Got::as_val)).map_err(String::as_str));
+            }
+            result
+        }
+    };
+    let mut value = source?.map(Got::into_val);
+    for (index, pipe) in pipes.iter().enumerate() {
+        let result = call(pipe.function, value, &pipe.args, input, element);
+        if O::TRACING {
+            observer.pipe(index, result.as_ref().map(Option::as_ref).map_err(String::as_str));
+        }
+        value = result?;
     }
     Ok(value)
 }
@@ -865,25 +937,37 @@ pub(crate) fn eval_ref<'v>(
             let value = eval_ref(source, input, element)?.map(Got::into_val);
             call(function, value, args, input, element)?.map(Got::Owned)
         }
-        Expr::Coalesce(terms) => {
-            // A term whose function gives up counts as absent, so `to_unix_ms(timestamp) ?? to_unix_ms(sentAt)`
-            // falls back past a broken timestamp; its note is reported only when no later term has a value.
-            let mut first_note = None;
-            for term in terms {
-                match eval_ref(term, input, element) {
-                    Ok(Some(got)) if !got.is_null() => return Ok(Some(got)),
-                    Ok(_) => {}
-                    Err(note) => {
-                        first_note.get_or_insert(note);
-                    }
-                }
-            }
-            if let Some(note) = first_note {
-                return Err(note);
-            }
-            None
-        }
+        Expr::Coalesce(terms) => coalesce(terms, input, element, &mut |_, _| {})?,
     })
+}
+
+/// The first term with a value that is not null. A term whose function gives up counts as absent, so
+/// `to_unix_ms(timestamp) ?? to_unix_ms(sentAt)` falls back past a broken timestamp; its note is reported only when
+/// no later term has a value. `on_term` sees each term evaluated, in order.
+fn coalesce<'v>(
+    terms: &'v [Expr],
+    input: &'v [Option<Val<'v>>],
+    element: Option<&'v Val<'v>>,
+    on_term: &mut impl FnMut(usize, Result<Option<&Got<'v>>, &str>),
+) -> Result<Option<Got<'v>>, String> {
+    let mut first_note = None;
+    for (index, term) in terms.iter().enumerate() {
+        match eval_ref(term, input, element) {
+            Ok(Some(got)) if !got.is_null() => {
+                on_term(index, Ok(Some(&got)));
+                return Ok(Some(got));
+            }
+            Ok(got) => on_term(index, Ok(got.as_ref())),
+            Err(note) => {
+                on_term(index, Err(&note));
+                first_note.get_or_insert(note);
+            }
+        }
+    }
+    match first_note {
+        Some(note) => Err(note),
+        None => Ok(None),
+    }
 }
 
 /// Writes the present fields of `nodes` as a JSON object; an object with no present field is left out.
