@@ -11,7 +11,7 @@ use crate::functions::{Pii, Val};
 use crate::observe::Observer;
 use crate::personal::mask;
 use crate::plan::*;
-use crate::run::{invalid_input, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing};
+use crate::run::{invalid_input, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing, Warning};
 
 /// Why one event came out as it did, field by field.
 #[derive(Clone, Debug)]
@@ -147,22 +147,13 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
                 event_type: route.event_type.clone(),
                 shape: route.shape.clone(),
             });
-            let output = match &explanation.outcome {
-                Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json).ok(),
+            let sent = match &explanation.outcome {
+                Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json)
+                    .ok()
+                    .map(|output| Sent { output, warnings: &mapped.warnings }),
                 _ => None,
             };
-            explanation.fields = tracer.fields(&produced, Some(route), output.as_ref(), &mut explanation.silent);
-            if let Outcome::Mapped(mapped) = &explanation.outcome {
-                for silent in &mut explanation.silent {
-                    if silent.why.as_deref() == Some(LEFT_OUT) {
-                        let warning = mapped.warnings.iter().find(|w| w.field == silent.target);
-                        silent.why = Some(match warning {
-                            Some(w) => format!("left out of the output: {}", w.message),
-                            None => "left out of the output".to_string(),
-                        });
-                    }
-                }
-            }
+            explanation.fields = tracer.fields(&produced, Some(route), sent.as_ref(), &mut explanation.silent);
             for (rule_index, rule) in plan.rules.iter().enumerate() {
                 if route.rules.contains(&rule_index) {
                     continue;
@@ -214,8 +205,21 @@ fn note_relay_additions(explanation: &mut Explanation, event: &str) {
     }
 }
 
-/// Placeholder reason while fields are collected; replaced by the runtime's warning for the field.
-const LEFT_OUT: &str = "\u{0}left out";
+/// The event as it was sent, and the runtime's warnings about it: a field the rules produced but the output lacks
+/// was left out, and its warning says why.
+struct Sent<'o> {
+    output: Value,
+    warnings: &'o [Warning],
+}
+
+impl Sent<'_> {
+    fn left_out(&self, field: &str) -> String {
+        match self.warnings.iter().find(|w| w.field == field) {
+            Some(warning) => format!("left out of the output: {}", warning.message),
+            None => "left out of the output".to_string(),
+        }
+    }
+}
 
 /// What the rules of the event's route produced, per output slot: the last rule with a value wins.
 struct Produced {
@@ -518,11 +522,11 @@ impl Tracer<'_> {
         &self,
         produced: &Produced,
         route: Option<&PlanRoute>,
-        output: Option<&Value>,
+        sent: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
     ) -> Vec<FieldTrace> {
         let mut fields = Vec::new();
-        self.collect(&self.plan.output, produced, route, output, silent, &mut fields);
+        self.collect(&self.plan.output, produced, route, sent, silent, &mut fields);
         fields
     }
 
@@ -546,13 +550,16 @@ impl Tracer<'_> {
         nodes: &[LayoutNode],
         produced: &Produced,
         route: Option<&PlanRoute>,
-        output: Option<&Value>,
+        sent_event: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
         fields: &mut Vec<FieldTrace>,
     ) {
+        let output = sent_event.map(|s| &s.output);
         for node in nodes {
             match node {
-                LayoutNode::Object { children, .. } => self.collect(children, produced, route, output, silent, fields),
+                LayoutNode::Object { children, .. } => {
+                    self.collect(children, produced, route, sent_event, silent, fields)
+                }
                 LayoutNode::Leaf { path, slot, .. } => {
                     let sent = output.and_then(|o| at_path(o, path));
                     if let Some(value) = self.route_value(route, *slot) {
@@ -564,7 +571,7 @@ impl Tracer<'_> {
                         (Some((trace, value)), sent) => match (output, sent) {
                             (Some(_), None) => {
                                 let mut trace = trace.clone();
-                                trace.why = Some(LEFT_OUT.to_string());
+                                trace.why = sent_event.map(|s| s.left_out(path));
                                 silent.push(trace);
                             }
                             _ => fields.push(FieldTrace {
@@ -584,11 +591,13 @@ impl Tracer<'_> {
                 LayoutNode::Elements { path, slot, .. } => {
                     let Some(block) = &produced.elements[*slot] else { continue };
                     let sent = output.and_then(|o| at_path(o, path));
-                    if output.is_some() && sent.is_none() {
-                        let mut trace = block.trace.clone();
-                        trace.why = Some(LEFT_OUT.to_string());
-                        silent.push(trace);
-                        continue;
+                    if sent.is_none() {
+                        if let Some(event) = sent_event {
+                            let mut trace = block.trace.clone();
+                            trace.why = Some(event.left_out(path));
+                            silent.push(trace);
+                            continue;
+                        }
                     }
                     let traced = Value::Array(
                         block
