@@ -7,11 +7,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::eval::withhold_personal;
 use crate::functions::{Pii, Val};
 use crate::observe::Observer;
 use crate::personal::mask;
 use crate::plan::*;
-use crate::run::{invalid_input, withhold_personal, Context, DropReason, Outcome, RejectReason, Routing, Warning};
+use crate::run::{invalid_input, Context, DropReason, Outcome, RejectReason, Routing, Warning};
 
 /// Why one event came out as it did, field by field.
 #[derive(Clone, Debug)]

@@ -5,6 +5,7 @@
 pub mod ast;
 pub mod compile;
 pub mod diagnostic;
+mod eval;
 pub mod explain;
 pub mod format;
 pub mod functions;

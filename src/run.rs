@@ -1,15 +1,15 @@
-//! Running a plan on one event: route it, evaluate the rules that apply, consult and feed identity memory,
-//! validate the result against the target schema (including the timestamp window around the caller's `now`)
-//! and write the OpenAI event as JSON. Synchronous and free of I/O; no input panics it.
+//! Running a plan on one event: route it, apply the rules that apply (their expressions are evaluated by `eval`),
+//! consult and feed identity memory, validate the result against the target schema (including the timestamp window
+//! around the caller's `now`) and write the OpenAI event as JSON. Synchronous and free of I/O; no input panics it.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::functions::{write_json, write_json_string, Arg, Function, Ty, Val};
+use crate::eval::{eval_ref, evaluate, withhold_personal, Got};
+use crate::functions::{write_json, write_json_string, Ty, Val};
 use crate::identity::{IdentityStore, Profile, RememberedField};
-use crate::input::walk;
 use crate::observe::{Observer, Untraced};
 use crate::plan::*;
 use crate::schema::{FieldDef, Format};
@@ -816,158 +816,6 @@ where
         }
     }
     Some(built)
-}
-
-/// What an expression produced: a reference into the event where it read a path, which costs nothing to pass
-/// on, or a value computed or taken from the plan.
-pub(crate) enum Got<'v> {
-    Ref(&'v Val<'v>),
-    Owned(Val<'v>),
-}
-
-impl<'v> Got<'v> {
-    fn is_null(&self) -> bool {
-        match self {
-            Got::Ref(value) => value.is_null(),
-            Got::Owned(value) => value.is_null(),
-        }
-    }
-
-    /// The value, borrowed.
-    pub(crate) fn as_val(&self) -> &Val<'v> {
-        match self {
-            Got::Ref(value) => value,
-            Got::Owned(value) => value,
-        }
-    }
-
-    pub(crate) fn into_val(self) -> Val<'v> {
-        match self {
-            Got::Ref(value) => value.reborrow(),
-            Got::Owned(value) => value,
-        }
-    }
-}
-
-/// A function's note about a value read from personal data may quote it (`to_number: expected a number, got
-/// "jane@example.com"`); such notes keep only the function's name, since reports leave the process too. Notes
-/// quote values in double quotes and only then; notes that describe the value (`not an email address (no @)`)
-/// stay as they are.
-pub(crate) fn withhold_personal(message: String, personal: bool) -> String {
-    if !personal || !message.contains('"') {
-        return message;
-    }
-    let function = message.split(':').next().unwrap_or_default();
-    format!("{function}: the value could not be used (personal data, not shown)")
-}
-
-/// Evaluates a source and its pipes. `Err` carries the note of the function that gave up.
-fn evaluate<'v, 'p, O: Observer<'p>>(
-    expr: &'v Expr,
-    pipes: &'v [BoundCall],
-    input: &'v [Option<Val<'v>>],
-    element: Option<&'v Val<'v>>,
-    observer: &mut O,
-) -> Result<Option<Val<'v>>, String> {
-    let source = match expr {
-        Expr::Coalesce(terms) if O::TRACING => coalesce(terms, input, element, &mut |index, result| {
-            observer.term(index, result.map(|got| got.map(Got::as_val)));
-        }),
-        single => {
-            let result = eval_ref(single, input, element);
-            if O::TRACING {
-                observer.term(0, result.as_ref().map(|got| got.as_ref().map(Got::as_val)).map_err(String::as_str));
-            }
-            result
-        }
-    };
-    let mut value = source?.map(Got::into_val);
-    for (index, pipe) in pipes.iter().enumerate() {
-        let result = call(pipe.function, value, &pipe.args, input, element);
-        if O::TRACING {
-            observer.pipe(index, result.as_ref().map(Option::as_ref).map_err(String::as_str));
-        }
-        value = result?;
-    }
-    Ok(value)
-}
-
-/// Calls a function with its piped input, evaluating its arguments.
-pub(crate) fn call<'v>(
-    function: &'static Function,
-    value: Option<Val<'v>>,
-    args: &'v [ArgExpr],
-    input: &'v [Option<Val<'v>>],
-    element: Option<&'v Val<'v>>,
-) -> Result<Option<Val<'v>>, String> {
-    // Most calls have at most one argument: those are evaluated without allocating.
-    let outcome = match args {
-        [] => (function.eval)(value, &[]),
-        [arg] => (function.eval)(value, &[eval_arg(arg, input, element)?]),
-        _ => {
-            let evaluated = args.iter().map(|arg| eval_arg(arg, input, element)).collect::<Result<Vec<_>, _>>()?;
-            (function.eval)(value, &evaluated)
-        }
-    };
-    outcome.map_err(|note| format!("{}: {note}", function.name))
-}
-
-/// An argument: constants as the plan holds them, sources unless missing or null.
-fn eval_arg<'v>(
-    arg: &'v ArgExpr,
-    input: &'v [Option<Val<'v>>],
-    element: Option<&'v Val<'v>>,
-) -> Result<Arg<'v>, String> {
-    match arg {
-        ArgExpr::Const(value) => Ok(Some(Val::from_json(value))),
-        ArgExpr::Dynamic(expr) => Ok(eval_ref(expr, input, element)?.map(Got::into_val).filter(|v| !v.is_null())),
-    }
-}
-
-pub(crate) fn eval_ref<'v>(
-    expr: &'v Expr,
-    input: &'v [Option<Val<'v>>],
-    element: Option<&'v Val<'v>>,
-) -> Result<Option<Got<'v>>, String> {
-    Ok(match expr {
-        Expr::Const(value) => Some(Got::Owned(Val::from_json(value))),
-        Expr::Input { slot, rest } => input[*slot].as_ref().and_then(|v| walk(v, rest)).map(Got::Ref),
-        Expr::Element { rest } => element.and_then(|v| walk(v, rest)).map(Got::Ref),
-        Expr::Call { function, input: source, args } => {
-            let value = eval_ref(source, input, element)?.map(Got::into_val);
-            call(function, value, args, input, element)?.map(Got::Owned)
-        }
-        Expr::Coalesce(terms) => coalesce(terms, input, element, &mut |_, _| {})?,
-    })
-}
-
-/// The first term with a value that is not null. A term whose function gives up counts as absent, so
-/// `to_unix_ms(timestamp) ?? to_unix_ms(sentAt)` falls back past a broken timestamp; its note is reported only when
-/// no later term has a value. `on_term` sees each term evaluated, in order.
-fn coalesce<'v>(
-    terms: &'v [Expr],
-    input: &'v [Option<Val<'v>>],
-    element: Option<&'v Val<'v>>,
-    on_term: &mut impl FnMut(usize, Result<Option<&Got<'v>>, &str>),
-) -> Result<Option<Got<'v>>, String> {
-    let mut first_note = None;
-    for (index, term) in terms.iter().enumerate() {
-        match eval_ref(term, input, element) {
-            Ok(Some(got)) if !got.is_null() => {
-                on_term(index, Ok(Some(&got)));
-                return Ok(Some(got));
-            }
-            Ok(got) => on_term(index, Ok(got.as_ref())),
-            Err(note) => {
-                on_term(index, Err(&note));
-                first_note.get_or_insert(note);
-            }
-        }
-    }
-    match first_note {
-        Some(note) => Err(note),
-        None => Ok(None),
-    }
 }
 
 /// Writes the present fields of `nodes` as a JSON object; an object with no present field is left out.
