@@ -139,7 +139,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
     match plan.routing(&input) {
         Routing::Unmapped(_) | Routing::Alias => {}
         Routing::Identify => {
-            explanation.fields = tracer.fields(&produced, None, None, &mut explanation.silent);
+            explanation.fields = tracer.fields(produced, None, None, &mut explanation.silent);
         }
         Routing::Route(index) => {
             let route = &plan.routes[index];
@@ -154,7 +154,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
                     .map(|output| Sent { output, warnings: &mapped.warnings }),
                 _ => None,
             };
-            explanation.fields = tracer.fields(&produced, Some(route), sent.as_ref(), &mut explanation.silent);
+            explanation.fields = tracer.fields(produced, Some(route), sent.as_ref(), &mut explanation.silent);
             for (rule_index, rule) in plan.rules.iter().enumerate() {
                 if route.rules.contains(&rule_index) {
                     continue;
@@ -475,7 +475,7 @@ fn source_step(
 fn read_path(plan: &Plan, expr: &Expr) -> Option<String> {
     match expr {
         Expr::Input { slot, rest } => {
-            let mut path = plan.input.path_of(*slot)?;
+            let mut path = plan.input.path_of(*slot)?.to_string();
             push_steps(&mut path, rest);
             Some(path)
         }
@@ -518,16 +518,16 @@ fn why_nothing(source: &[TraceStep], pipes: &[TraceStep], null_result: bool) -> 
 
 impl Tracer<'_> {
     /// The output fields in the schema's order. With the mapped output at hand, values are the ones sent and a
-    /// field the rules produced but the output lacks is reported as left out.
+    /// field the rules produced but the output lacks is reported as left out. Takes the traces out of `produced`.
     fn fields(
         &self,
-        produced: &Produced,
+        mut produced: Produced,
         route: Option<&PlanRoute>,
         sent: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
     ) -> Vec<FieldTrace> {
         let mut fields = Vec::new();
-        self.collect(&self.plan.output, produced, route, sent, silent, &mut fields);
+        self.collect(&self.plan.output, &mut produced, route, sent, silent, &mut fields);
         fields
     }
 
@@ -549,7 +549,7 @@ impl Tracer<'_> {
     fn collect(
         &self,
         nodes: &[LayoutNode],
-        produced: &Produced,
+        produced: &mut Produced,
         route: Option<&PlanRoute>,
         sent_event: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
@@ -568,19 +568,16 @@ impl Tracer<'_> {
                         fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Route });
                         continue;
                     }
-                    match (&produced.slots[*slot], sent) {
-                        (Some((trace, value)), sent) => match (output, sent) {
-                            (Some(_), None) => {
-                                let mut trace = trace.clone();
-                                trace.why = sent_event.map(|s| s.left_out(path));
-                                silent.push(trace);
-                            }
-                            _ => fields.push(FieldTrace {
-                                field: path.clone(),
-                                value: sent.unwrap_or(value).clone(),
-                                origin: Origin::Rule(trace.clone()),
-                            }),
-                        },
+                    match (produced.slots[*slot].take(), sent) {
+                        (Some((mut trace, _)), None) if output.is_some() => {
+                            trace.why = sent_event.map(|s| s.left_out(path));
+                            silent.push(trace);
+                        }
+                        (Some((trace, value)), sent) => fields.push(FieldTrace {
+                            field: path.clone(),
+                            value: sent.cloned().unwrap_or(value),
+                            origin: Origin::Rule(trace),
+                        }),
                         (None, Some(value)) => fields.push(FieldTrace {
                             field: path.clone(),
                             value: value.clone(),
@@ -590,41 +587,43 @@ impl Tracer<'_> {
                     }
                 }
                 LayoutNode::Elements { path, slot, .. } => {
-                    let Some(block) = &produced.elements[*slot] else { continue };
+                    let Some(block) = produced.elements[*slot].take() else { continue };
                     let sent = output.and_then(|o| at_path(o, path));
                     if sent.is_none() {
                         if let Some(event) = sent_event {
-                            let mut trace = block.trace.clone();
+                            let mut trace = block.trace;
                             trace.why = Some(event.left_out(path));
                             silent.push(trace);
                             continue;
                         }
                     }
-                    let traced = Value::Array(
-                        block
-                            .elements
-                            .iter()
-                            .map(|element| {
-                                Value::Object(element.iter().map(|(name, _, v)| (name.clone(), v.clone())).collect())
-                            })
-                            .collect(),
-                    );
-                    let array = sent.cloned().unwrap_or(traced);
-                    fields.push(FieldTrace {
-                        field: path.clone(),
-                        value: array.clone(),
-                        origin: Origin::Rule(block.trace.clone()),
-                    });
-                    for (index, element) in block.elements.iter().enumerate() {
+                    let array = match sent {
+                        Some(sent) => sent.clone(),
+                        None => Value::Array(
+                            block
+                                .elements
+                                .iter()
+                                .map(|element| {
+                                    Value::Object(
+                                        element.iter().map(|(name, _, v)| (name.clone(), v.clone())).collect(),
+                                    )
+                                })
+                                .collect(),
+                        ),
+                    };
+                    let mut element_fields = Vec::new();
+                    for (index, element) in block.elements.into_iter().enumerate() {
                         for (name, trace, value) in element {
-                            let sent = array.get(index).and_then(|e| e.get(name));
-                            fields.push(FieldTrace {
+                            let sent = array.get(index).and_then(|e| e.get(&name));
+                            element_fields.push(FieldTrace {
                                 field: format!("{path}[{index}].{name}"),
-                                value: sent.unwrap_or(value).clone(),
-                                origin: Origin::Rule(trace.clone()),
+                                value: sent.cloned().unwrap_or(value),
+                                origin: Origin::Rule(trace),
                             });
                         }
                     }
+                    fields.push(FieldTrace { field: path.clone(), value: array, origin: Origin::Rule(block.trace) });
+                    fields.extend(element_fields);
                 }
             }
         }

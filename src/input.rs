@@ -17,6 +17,8 @@ use crate::plan::Step;
 pub(crate) struct InputLayout {
     root: Node,
     slot_count: usize,
+    /// Each slot's event path, written out the first time one is asked for (explanations ask for many).
+    paths: std::sync::OnceLock<Vec<Option<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,22 +104,23 @@ impl std::error::Error for InputError {}
 impl InputLayout {
     /// Reads the captured values of one JSON text; they borrow every string without escapes from it.
     /// The event path captured in `slot` (`properties.revenue`), for explanations.
-    pub(crate) fn path_of(&self, slot: usize) -> Option<String> {
-        fn find<'n>(node: &'n Node, slot: usize, keys: &mut Vec<&'n str>) -> bool {
-            if node.capture == Some(slot) {
-                return true;
-            }
-            for (key, child) in &node.children {
-                keys.push(key);
-                if find(child, slot, keys) {
-                    return true;
+    pub(crate) fn path_of(&self, slot: usize) -> Option<&str> {
+        let paths = self.paths.get_or_init(|| {
+            fn visit<'n>(node: &'n Node, keys: &mut Vec<&'n str>, paths: &mut [Option<String>]) {
+                if let Some(slot) = node.capture {
+                    paths[slot] = Some(keys_text(keys));
                 }
-                keys.pop();
+                for (key, child) in &node.children {
+                    keys.push(key);
+                    visit(child, keys, paths);
+                    keys.pop();
+                }
             }
-            false
-        }
-        let mut keys = Vec::new();
-        find(&self.root, slot, &mut keys).then(|| keys_text(&keys))
+            let mut paths = vec![None; self.slot_count];
+            visit(&self.root, &mut Vec::new(), &mut paths);
+            paths
+        });
+        paths.get(slot)?.as_deref()
     }
 
     pub fn read_str<'a>(&self, text: &'a str) -> Result<Vec<Option<Val<'a>>>, InputError> {
