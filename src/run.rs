@@ -386,8 +386,11 @@ impl Plan {
             });
             learned += 1;
         }
-        // A new link or a new value is stored under every key of the visitor.
-        if memory.profile != memory.before {
+        // A new link or a new value is stored under every key of the visitor. A visitor known by one key that
+        // taught nothing has nothing to remember: most visitors never identify nor land from an ad, and memory
+        // stays free of them.
+        let nothing_to_keep = memory.profile.fields.is_empty() && memory.profile.keys.len() < 2;
+        if memory.profile != memory.before && !nothing_to_keep {
             let keys = memory.profile.keys.clone();
             if let Some((last, others)) = keys.split_last() {
                 for key in others {
