@@ -117,3 +117,40 @@ fn rule_for_names_the_rule_meant_to_produce_a_missing_field() {
     assert!(explanation.silent.iter().any(|r| r.rule == element_amount && r.target == "data.contents[*].amount"));
     assert_eq!(explanation.rule_for("type"), None, "the route sets the event type");
 }
+
+/// The generated dataset (`../shared/bench/gen_events.py`, the benchmarks' events), 5,000 events with identity memory:
+/// the text reader and the parsed-tree reader (the relay's) give byte-identical outcomes, explain's outcome is the
+/// runtime's on every event, and fast paths (remembered phone numbers) change nothing: the same stream applied a
+/// second time, with every number now remembered, gives the same output. Under CI the generator must be there.
+#[test]
+fn every_entry_point_agrees_on_the_generated_dataset() {
+    let generator = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bench/gen_events.py");
+    if !std::path::Path::new(generator).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but {generator} is missing");
+        eprintln!("NOTICE: the dataset equivalence test did not run: {generator} is missing");
+        return;
+    }
+    let output = std::process::Command::new("python3").args([generator, "5000", "7"]).output().expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stream = String::from_utf8(output.stdout).expect("UTF-8 events");
+    let plan = plan(&presets::OPENAI_ADS);
+    let now = millis("2026-11-20T12:00:00Z");
+    let mut memories = [MemoryStore::default(), MemoryStore::default(), MemoryStore::default()];
+    let mut first_pass = Vec::new();
+    for line in stream.lines().filter(|l| !l.trim().is_empty()) {
+        let [text_memory, tree_memory, explain_memory] = &mut memories;
+        let from_text = plan.apply_str(line, &mut Context::with_identity(now, text_memory));
+        let tree: Value = serde_json::from_str(line).expect("a JSON event");
+        let from_tree = plan.apply(&tree, &mut Context::with_identity(now, tree_memory));
+        assert_eq!(from_text, from_tree, "the text and tree readers differ on {line}");
+        let explained = explain(&plan, line, &mut Context::with_identity(now, explain_memory));
+        assert_eq!(explained.outcome, from_text, "explain differs from apply on {line}");
+        first_pass.push(from_text);
+    }
+    assert!(first_pass.iter().filter(|o| matches!(o, Outcome::Mapped(_))).count() > 4000);
+    let mut again = MemoryStore::default();
+    for (line, first) in stream.lines().filter(|l| !l.trim().is_empty()).zip(&first_pass) {
+        let second = plan.apply_str(line, &mut Context::with_identity(now, &mut again));
+        assert_eq!(&second, first, "a second pass (numbers remembered) differs on {line}");
+    }
+}
