@@ -224,7 +224,10 @@ pub(super) fn check_event(
         match fields.get(time) {
             None | Some(Value::Null) => {}
             Some(value @ (Value::String(_) | Value::Number(_))) => {
-                if crate::functions::timestamp_ms(value).is_none() {
+                // A time must also be one a timestamp can hold (years -9999 to 9999), or no correction can be written.
+                let ms =
+                    crate::functions::timestamp_ms(value).filter(|&ms| jiff::Timestamp::from_millisecond(ms).is_ok());
+                if ms.is_none() {
                     return Err(EventError {
                         reason: "invalid_timestamp",
                         message: format!(
@@ -277,6 +280,7 @@ mod tests {
             (json!({"type": "alias", "userId": "u"}), None, "needs `previousId`"),
             (json!({"type": "page", "anonymousId": "a", "timestamp": "yesterday at noon"}), None, "`timestamp`"),
             (json!({"type": "page", "anonymousId": "a", "sentAt": true}), None, "`sentAt` must be a string"),
+            (json!({"type": "page", "anonymousId": "a", "timestamp": -1e15}), None, "is not a time"),
         ];
         for (event, kind, expected) in cases {
             let error = single(event, kind).expect_err(expected);

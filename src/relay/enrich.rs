@@ -111,7 +111,11 @@ pub(super) fn enrich(event: &mut Map<String, Value>, facts: &Facts<'_>) {
             let time_ms = crate::functions::timestamp_ms(&time);
             let sent_ms = event.get("sentAt").and_then(crate::functions::timestamp_ms);
             match (time_ms, sent_ms) {
-                (Some(time_ms), Some(sent_ms)) if sent_ms != facts.received_ms => {
+                (Some(time_ms), Some(sent_ms))
+                    if sent_ms != facts.received_ms
+                        && jiff::Timestamp::from_millisecond(time_ms.saturating_add(facts.received_ms - sent_ms))
+                            .is_ok() =>
+                {
                     let skew = facts.received_ms - sent_ms;
                     event.insert("timestamp".to_string(), Value::String(rfc3339(time_ms.saturating_add(skew))));
                     event.entry("originalTimestamp").or_insert(time);
