@@ -60,8 +60,10 @@ pub(super) const STRIP_QUERY: Function = Function {
     summary: "Removes the query and fragment from a URL, keeping the page address.",
     doc: r#"
         Cuts the text at the first `?` or `#`, keeping scheme, host and path as written, so that query
-        strings (campaign tags, click ids, search terms) do not travel with the page address. It does not
-        parse or validate the URL: any text is accepted, and text with neither character passes unchanged.
+        strings (campaign tags, click ids, search terms) do not travel with the page address. Credentials
+        written into the address (`https://user:password@shop.example.com/`) are removed too: they are never
+        the page's address and must not leave with it. It does not otherwise parse or validate the URL: any
+        text is accepted, and text with none of these passes unchanged.
 
         A missing or null input yields nothing. A value that is not a string gives up with the warning
         `expected a URL string, got …`.
@@ -81,6 +83,11 @@ pub(super) const STRIP_QUERY: Function = Function {
         Example { input: Some("\"https://example.com/a#c?d\""), args: &[], output: Some("\"https://example.com/a\"") },
         Example { input: Some("\"https://example.com/a\""), args: &[], output: Some("\"https://example.com/a\"") },
         Example { input: Some("\"/checkout?step=2\""), args: &[], output: Some("\"/checkout\"") },
+        Example {
+            input: Some("\"https://user:secret@shop.example.com/thanks?x=1\""),
+            args: &[],
+            output: Some("\"https://shop.example.com/thanks\""),
+        },
     ],
     check_constants: None,
     eval: strip_query,
@@ -145,7 +152,17 @@ fn strip_query<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
             Cow::Owned(url)
         }
     };
-    Ok(Some(Val::Str(page)))
+    Ok(Some(Val::Str(without_credentials(page))))
+}
+
+/// The address without a `user:password@` before its host.
+fn without_credentials(url: Cow<'_, str>) -> Cow<'_, str> {
+    let Some(authority_start) = url.find("://").map(|at| at + 3) else { return url };
+    let authority_end = url[authority_start..].find(['/', '?', '#']).map_or(url.len(), |end| authority_start + end);
+    match url[authority_start..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}{}", &url[..authority_start], &url[authority_start + at + 1..])),
+        None => url,
+    }
 }
 
 fn check_name(args: &[Option<&Value>]) -> Result<(), (usize, String)> {
@@ -242,6 +259,9 @@ mod tests {
         assert_eq!(strip(json!("?a")), Ok(Some(json!(""))));
         assert_eq!(strip(json!("é?ü")), Ok(Some(json!("é"))));
         assert_eq!(strip(json!(null)), Ok(None));
+        assert_eq!(strip(json!("https://a:b@shop.example.com/p")), Ok(Some(json!("https://shop.example.com/p"))));
+        assert_eq!(strip(json!("https://a@b@shop.example.com")), Ok(Some(json!("https://shop.example.com"))));
+        assert_eq!(strip(json!("https://shop.example.com/@me?x")), Ok(Some(json!("https://shop.example.com/@me"))));
         assert!(strip(json!({"href": "x"})).is_err());
     }
 }
