@@ -198,15 +198,18 @@ fn backoff(retry: &super::config::Retry, failures: u32) -> Duration {
     ceiling.mul_f64(0.5 + unit / 2.0)
 }
 
-/// `Retry-After` in seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` in seconds or as an HTTP date (any of the three forms HTTP allows), never longer than `ceiling`
+/// (`retry.max_backoff_ms`): an answer asking for a day must not pause a pixel for a day.
+fn retry_after(headers: &HeaderMap, ceiling: Duration) -> Option<Duration> {
     let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = jiff::fmt::rfc2822::parse(text).ok()?.timestamp();
-    let wait = at.as_millisecond() - now_ms();
-    Some(Duration::from_millis(wait.max(0) as u64))
+    let wait = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(text).ok()?;
+            at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(ceiling))
 }
 
 fn cut(text: &str, max: usize) -> String {
@@ -401,7 +404,7 @@ impl Deliverer {
             }
         };
         let status = response.status().as_u16();
-        let after = retry_after(response.headers());
+        let after = retry_after(response.headers(), self.shared.config.retry.max_backoff);
         let text = response.text().await.unwrap_or_default();
         self.shared.metrics.batch_latency(&config.name, started.elapsed().as_secs_f64());
         let answer = match status {
@@ -447,11 +450,20 @@ mod tests {
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
         let mut headers = HeaderMap::new();
+        let ceiling = Duration::from_secs(60);
         headers.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date in the past means now");
+        assert_eq!(retry_after(&headers, ceiling), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, "86400".parse().unwrap());
+        assert_eq!(retry_after(&headers, ceiling), Some(ceiling), "a day is capped at retry.max_backoff_ms");
+        for past in ["Wed, 21 Oct 2015 07:28:00 GMT", "Wednesday, 21-Oct-15 07:28:00 GMT", "Wed Oct 21 07:28:00 2015"] {
+            headers.insert(RETRY_AFTER, past.parse().unwrap());
+            assert_eq!(retry_after(&headers, ceiling), Some(Duration::ZERO), "{past}: a date in the past means now");
+        }
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        headers.insert(RETRY_AFTER, httpdate::fmt_http_date(soon).parse().unwrap());
+        let wait = retry_after(&headers, ceiling).unwrap();
+        assert!(wait > Duration::from_secs(27) && wait <= Duration::from_secs(30), "{wait:?}");
         headers.insert(RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&headers), None);
+        assert_eq!(retry_after(&headers, ceiling), None);
     }
 }
