@@ -86,11 +86,27 @@ async fn a_refused_key_pauses_the_pixel_until_it_works_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_a_day_waits_no_longer_than_the_backoff_ceiling() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    fake.script([Scripted::Status(429, Some(86_400))]);
+    let dir = data_dir("retry-after-day");
+    let relay = relay(&dir, &fake, "retry: {max_backoff_ms: 300}").await;
+    assert_eq!(post(&relay, "/v1/t", &order("t-day")).await.0, 200);
+    fake.wait_for(1, SECONDS).await;
+    let requests = fake.requests();
+    let waited = requests[1].at - requests[0].at;
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}: Retry-After is capped at retry.max_backoff_ms");
+    relay.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_goes_out_before_retry_after_expires() {
     let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
     fake.script([Scripted::Status(429, Some(1))]);
     let dir = data_dir("retry-after");
-    let relay = relay(&dir, &fake, "").await;
+    // Retry-After is honoured up to retry.max_backoff_ms, which the other tests keep short.
+    let relay = relay(&dir, &fake, "retry: {max_backoff_ms: 5000}").await;
     assert_eq!(post(&relay, "/v1/t", &order("t-1")).await.0, 200);
     fake.wait_for(1, SECONDS).await;
     let requests = fake.requests();
@@ -146,7 +162,7 @@ async fn an_event_that_expires_while_openai_is_away_is_dead_lettered_not_sent() 
     // The first attempt is put off for 3 s; by then the event is older than OpenAI's 7 days.
     fake.script([Scripted::Status(503, Some(3))]);
     let dir = data_dir("expiry");
-    let relay = relay(&dir, &fake, "").await;
+    let relay = relay(&dir, &fake, "retry: {max_backoff_ms: 5000}").await;
     let week_ms = 7 * 24 * 3_600_000;
     let almost_a_week_ago = jiff::Timestamp::now().as_millisecond() - week_ms + 2_000;
     let mut old = order("x-old");
