@@ -1,5 +1,7 @@
 //! The `engine` binary: a thin shell over the `signal_engine` library (see `cli` for commands and exit codes).
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod lsp;
 

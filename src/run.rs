@@ -36,8 +36,9 @@ impl<'a> Context<'a> {
     }
 }
 
-/// The result of applying a plan to one event.
+/// The result of applying a plan to one event. New outcomes may come: match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Outcome {
     Mapped(Mapped),
     Dropped(Dropped),
@@ -65,6 +66,7 @@ pub struct Dropped {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DropReason {
     /// No route takes this event.
     Unmapped,
@@ -90,6 +92,7 @@ pub struct Rejected {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RejectReason {
     /// The input is not a JSON object.
     InvalidInput,

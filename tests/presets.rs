@@ -21,6 +21,7 @@ fn outcome_json(outcome: &Outcome) -> Value {
         }
         Outcome::Dropped(dropped) => json!({ "dropped": dropped }),
         Outcome::Rejected(rejected) => json!({ "rejected": rejected }),
+        other => panic!("an outcome this test does not know: {other:?}"),
     }
 }
 
@@ -174,6 +175,7 @@ fn bundled_example_stream_maps_without_leaking_personal_data() {
             }
             Outcome::Dropped(_) => dropped += 1,
             Outcome::Rejected(r) => panic!("rejected: {r:?} for {line}"),
+            other => panic!("an outcome this test does not know: {other:?}"),
         }
     }
     assert!(mapped > 150, "mapped {mapped}");
