@@ -114,29 +114,51 @@ pub struct TraceStep {
     pub set_by_relay: Option<String>,
 }
 
+/// The key under which the relay notes, in an event, the values it added and how (`{"context.ip": "the
+/// connection's address"}`); explanations show each such value as set by the relay.
+pub const RELAY_NOTES: &str = "_relay";
+
 /// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
 pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
-    let mut explanation = Explanation {
-        outcome: Outcome::Dropped(crate::run::Dropped { reason: DropReason::Unmapped, message: String::new() }),
-        route: None,
-        routes_table: plan.routes_location.clone(),
-        fields: Vec::new(),
-        silent: Vec::new(),
-    };
-    let input = match plan.input.read_str(event) {
-        Ok(input) => input,
-        Err(error) => {
-            explanation.outcome = invalid_input(error.0);
-            return explanation;
+    match plan.input.read_str(event) {
+        Ok(input) => {
+            // Only an event the relay enriched carries notes; the text is parsed again just for those.
+            let notes = event
+                .contains(&format!("\"{RELAY_NOTES}\""))
+                .then(|| serde_json::from_str::<Value>(event).ok())
+                .flatten()
+                .and_then(|mut event| event.get_mut(RELAY_NOTES).map(Value::take));
+            explain_input(plan, &input, context, notes.as_ref().and_then(Value::as_object))
         }
-    };
+        Err(error) => Explanation::unexplained(plan, invalid_input(error.0)),
+    }
+}
+
+/// [`explain`] for an event already parsed, as [`Plan::apply`] applies it: the relay explains the events it
+/// enriched without writing them out and reading them again.
+pub fn explain_value(plan: &Plan, event: &Value, context: &mut Context<'_>) -> Explanation {
+    match plan.input.read_value(event) {
+        Ok(input) => {
+            let notes = event.get(RELAY_NOTES).and_then(Value::as_object);
+            explain_input(plan, &input, context, notes)
+        }
+        Err(error) => Explanation::unexplained(plan, invalid_input(error.0)),
+    }
+}
+
+fn explain_input<'v>(
+    plan: &'v Plan,
+    input: &'v [Option<Val<'v>>],
+    context: &mut Context<'_>,
+    notes: Option<&serde_json::Map<String, Value>>,
+) -> Explanation {
     // One evaluation: the runtime applies the plan and reports each step to the recorder.
     let mut recorder = Recorder::new(plan);
-    explanation.outcome = plan.apply_input(&input, context, &mut recorder);
+    let outcome = plan.apply_input(input, context, &mut recorder);
     let Recorder { produced, silent, .. } = recorder;
-    explanation.silent = silent;
+    let mut explanation = Explanation { silent, ..Explanation::unexplained(plan, outcome) };
     let tracer = Tracer { plan };
-    match plan.routing(&input) {
+    match plan.routing(input) {
         Routing::Unmapped(_) | Routing::Alias => {}
         Routing::Identify => {
             explanation.fields = tracer.fields(produced, None, None, &mut explanation.silent);
@@ -171,17 +193,14 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
             }
         }
     }
-    note_relay_additions(&mut explanation, event);
+    if let Some(notes) = notes {
+        note_relay_additions(&mut explanation, notes);
+    }
     explanation
 }
 
-/// Marks the steps that read a value the relay added to the event (its `_relay` notes, see the relay's `enrich`).
-fn note_relay_additions(explanation: &mut Explanation, event: &str) {
-    if !event.contains("\"_relay\"") {
-        return;
-    }
-    let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(event) else { return };
-    let Some(Value::Object(notes)) = event.remove("_relay") else { return };
+/// Marks the steps that read a value the relay added to the event (its [`RELAY_NOTES`], see the relay's `enrich`).
+fn note_relay_additions(explanation: &mut Explanation, notes: &serde_json::Map<String, Value>) {
     let mark = |steps: &mut Vec<TraceStep>| {
         for step in steps {
             // A function call as source (`to_unix_ms(timestamp)`) reads the path inside it.
@@ -670,6 +689,17 @@ fn element_pattern(field: &str) -> String {
 }
 
 impl Explanation {
+    /// An outcome with nothing traced yet: an event that could not be read, or the start of an explanation.
+    fn unexplained(plan: &Plan, outcome: Outcome) -> Explanation {
+        Explanation {
+            outcome,
+            route: None,
+            routes_table: plan.routes_location.clone(),
+            fields: Vec::new(),
+            silent: Vec::new(),
+        }
+    }
+
     /// The field's trace, by its output path (`data.amount`, `data.contents[0].id`).
     pub fn field(&self, field: &str) -> Option<&FieldTrace> {
         self.fields.iter().find(|f| f.field == field)

@@ -4,7 +4,7 @@
 //! for every field sent, and never show personal data unless asked.
 
 use serde_json::{json, Value};
-use signal_engine::explain::{explain, Origin};
+use signal_engine::explain::{explain, explain_value, Origin};
 use signal_engine::identity::MemoryStore;
 use signal_engine::presets;
 use signal_engine::run::Outcome;
@@ -135,16 +135,18 @@ fn every_entry_point_agrees_on_the_generated_dataset() {
     let stream = String::from_utf8(output.stdout).expect("UTF-8 events");
     let plan = plan(&presets::OPENAI_ADS);
     let now = millis("2026-11-20T12:00:00Z");
-    let mut memories = [MemoryStore::default(), MemoryStore::default(), MemoryStore::default()];
+    let mut memories = [MemoryStore::default(), MemoryStore::default(), MemoryStore::default(), MemoryStore::default()];
     let mut first_pass = Vec::new();
     for line in stream.lines().filter(|l| !l.trim().is_empty()) {
-        let [text_memory, tree_memory, explain_memory] = &mut memories;
+        let [text_memory, tree_memory, explain_memory, explain_tree_memory] = &mut memories;
         let from_text = plan.apply_str(line, &mut Context::with_identity(now, text_memory));
         let tree: Value = serde_json::from_str(line).expect("a JSON event");
         let from_tree = plan.apply(&tree, &mut Context::with_identity(now, tree_memory));
         assert_eq!(from_text, from_tree, "the text and tree readers differ on {line}");
         let explained = explain(&plan, line, &mut Context::with_identity(now, explain_memory));
         assert_eq!(explained.outcome, from_text, "explain differs from apply on {line}");
+        let explained_tree = explain_value(&plan, &tree, &mut Context::with_identity(now, explain_tree_memory));
+        assert_eq!(explained_tree.outcome, from_text, "explain of a parsed event differs on {line}");
         first_pass.push(from_text);
     }
     assert!(first_pass.iter().filter(|o| matches!(o, Outcome::Mapped(_))).count() > 4000);

@@ -13,8 +13,7 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// The key under which the relay notes what it added to an event.
-pub const RELAY_NOTES: &str = "_relay";
+use crate::explain::RELAY_NOTES;
 
 /// What the relay knows about a request beyond its body.
 pub(super) struct Facts<'a> {

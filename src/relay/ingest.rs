@@ -31,7 +31,7 @@ use super::decode::{self, BodyError, Shape};
 use super::enrich::{self, Facts};
 use super::store::{IngestTx, Pending, StoreError};
 use super::{debug, now_ms, Shared};
-use crate::explain::explain;
+use crate::explain::explain_value;
 use crate::identity::{IdentityStore, Profile};
 use crate::run::{Context, Outcome};
 
@@ -611,16 +611,7 @@ impl Ingress {
             problem.message
         );
         self.shared.metrics.request_refused(problem.reason);
-        self.shared.debug.refused(debug::Refused {
-            at_ms: now_ms(),
-            route: caller.path.to_string(),
-            key,
-            origin: caller.origin.map(str::to_string),
-            status: problem.status.as_u16(),
-            reason: problem.reason.to_string(),
-            error: problem.message.clone(),
-            index: problem.index,
-        });
+        self.list_refusal(caller, key, problem.status.as_u16(), problem.reason, &problem.message, problem.index);
     }
 
     /// Lists one refused event of a batch that was otherwise taken.
@@ -633,15 +624,28 @@ impl Ingress {
             reason,
             "event refused in a batch"
         );
+        self.list_refusal(caller, key, 200, reason, message, Some(index));
+    }
+
+    /// Adds a refusal to the debugger's list.
+    fn list_refusal(
+        &self,
+        caller: &Caller<'_>,
+        key: Option<String>,
+        status: u16,
+        reason: &str,
+        error: &str,
+        index: Option<usize>,
+    ) {
         self.shared.debug.refused(debug::Refused {
             at_ms: now_ms(),
             route: caller.path.to_string(),
             key,
             origin: caller.origin.map(str::to_string),
-            status: 200,
+            status,
             reason: reason.to_string(),
-            error: message.to_string(),
-            index: Some(index),
+            error: error.to_string(),
+            index,
         });
     }
 }
@@ -787,8 +791,6 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             for job in &group {
                 let mut job_verdicts = Vec::with_capacity(job.events.len());
                 for event in &job.events {
-                    // The text is only needed to explain an event for the debugger.
-                    let mut text: Option<String> = None;
                     let mut verdict: Option<Verdict> = None;
                     for pixel in &shared.pixels {
                         let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.config.name };
@@ -796,8 +798,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                         let sampled = index >= explain_from;
                         index += 1;
                         let (outcome, explanation) = if sampled {
-                            let text = text.get_or_insert_with(|| event.to_string());
-                            let explanation = explain(&pixel.plan, text, &mut context);
+                            let explanation = explain_value(&pixel.plan, event, &mut context);
                             (explanation.outcome.clone(), Some(explanation))
                         } else {
                             match pixel.plan.apply(event, &mut context) {
@@ -805,8 +806,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                 // why. Applying again is harmless: what the event taught is already remembered.
                                 rejected @ Outcome::Rejected(_) if rejections_explained < EXPLAINED_PER_GROUP => {
                                     rejections_explained += 1;
-                                    let text = text.get_or_insert_with(|| event.to_string());
-                                    (rejected, Some(explain(&pixel.plan, text, &mut context)))
+                                    (rejected, Some(explain_value(&pixel.plan, event, &mut context)))
                                 }
                                 other => (other, None),
                             }
