@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::ast::{self, FileId, Item, Matcher, RouteType, Segment, Selector, Span, Term};
 use crate::diagnostic::{codes, did_you_mean, suggestion, Diagnostic};
 use crate::functions::{self, Function, Pii, Ty};
-use crate::input::InputPaths;
+use crate::input::{InputLayout, InputPaths};
 use crate::plan::*;
 use crate::schema::{self, FieldDef, InputField, TargetSchema};
 use crate::source::{SourceLoader, Sources};
@@ -1701,15 +1701,17 @@ impl<'s> Compiler<'s> {
                 custom_event_name: info.custom_event_name.clone(),
                 rules: info.rules.clone(),
                 required,
+                containers: containers_read(&input, &rules, &info.rules),
             });
         }
-        let identity_rules = self
+        let identity_rules: Vec<usize> = self
             .meta
             .iter()
             .enumerate()
             .filter(|(_, m)| m.global && (m.target == "timestamp_ms" || remembered.iter().any(|r| r.field == m.target)))
             .map(|(i, _)| i)
             .collect();
+        let identity_containers = containers_read(&input, &rules, &identity_rules);
         let output = self.layout();
         Some(Plan {
             target: self.target,
@@ -1718,6 +1720,7 @@ impl<'s> Compiler<'s> {
             routes,
             rules,
             identity_rules,
+            identity_containers,
             remembered,
             output,
             routes_location: self.routes_location.clone(),
@@ -1863,6 +1866,16 @@ fn custom_event_name_problem(name: &str, target: &TargetSchema) -> Option<&'stat
         return Some("is a standard event type");
     }
     None
+}
+
+/// The input slots `rules` read that the fast reader may leave unbuilt, and the runtime's own (routing, visitor
+/// keys), which it reads whatever the rules.
+fn containers_read(input: &InputLayout, rules: &[PlanRule], applied: &[usize]) -> Vec<usize> {
+    let mut read: Vec<usize> = (0..FIXED_PATHS.len()).collect();
+    applied.iter().for_each(|&rule| rules[rule].input_slots(&mut read));
+    let mut containers: Vec<usize> = input.containers().iter().copied().filter(|slot| read.contains(slot)).collect();
+    containers.sort_unstable();
+    containers
 }
 
 fn resolve_rule_paths(rule: &mut PlanRule, resolved: &[(usize, Vec<Step>)]) {

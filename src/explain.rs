@@ -121,14 +121,15 @@ pub const RELAY_NOTES: &str = "_relay";
 /// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
 pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
     match plan.input.read_str(event) {
-        Ok(input) => {
+        Ok(mut input) => {
+            input.build_all();
             // Only an event the relay enriched carries notes; the text is parsed again just for those.
             let notes = event
                 .contains(&format!("\"{RELAY_NOTES}\""))
                 .then(|| serde_json::from_str::<Value>(event).ok())
                 .flatten()
                 .and_then(|mut event| event.get_mut(RELAY_NOTES).map(Value::take));
-            explain_input(plan, &input, context, notes.as_ref().and_then(Value::as_object))
+            explain_input(plan, &input.values, context, notes.as_ref().and_then(Value::as_object))
         }
         Err(error) => Explanation::unexplained(plan, invalid_input(error.0)),
     }
@@ -140,7 +141,7 @@ pub fn explain_value(plan: &Plan, event: &Value, context: &mut Context<'_>) -> E
     match plan.input.read_value(event) {
         Ok(input) => {
             let notes = event.get(RELAY_NOTES).and_then(Value::as_object);
-            explain_input(plan, &input, context, notes)
+            explain_input(plan, &input.values, context, notes)
         }
         Err(error) => Explanation::unexplained(plan, invalid_input(error.0)),
     }

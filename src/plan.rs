@@ -20,6 +20,8 @@ pub struct Plan {
     pub(crate) rules: Vec<PlanRule>,
     /// Rules evaluated for identify events: those that produce remembered fields, and the timestamp.
     pub(crate) identity_rules: Vec<usize>,
+    /// Input slots the identity rules read whole that the fast reader may leave unbuilt.
+    pub(crate) identity_containers: Vec<usize>,
     pub(crate) remembered: Vec<Remembered>,
     pub(crate) output: Vec<LayoutNode>,
     /// `file:line:col` of the route table, to name it when it routes an event nowhere.
@@ -59,6 +61,8 @@ pub(crate) struct PlanRoute {
     pub rules: Vec<usize>,
     /// Output slots that must be present, with their field names.
     pub required: Vec<Requirement>,
+    /// Input slots the route's rules read whole that the fast reader may leave unbuilt.
+    pub containers: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -167,6 +171,43 @@ pub(crate) enum LayoutNode {
     Leaf { key: String, path: String, slot: usize, def: FieldDef },
     Object { key: String, children: Vec<LayoutNode> },
     Elements { key: String, path: String, slot: usize, def: FieldDef, items: Vec<FieldDef> },
+}
+
+impl Expr {
+    /// Adds the input slots the expression reads to `slots`.
+    pub(crate) fn input_slots(&self, slots: &mut Vec<usize>) {
+        match self {
+            Expr::Const(_) | Expr::Element { .. } => {}
+            Expr::Input { slot, .. } => slots.push(*slot),
+            Expr::Call { input, args, .. } => {
+                input.input_slots(slots);
+                args_slots(args, slots);
+            }
+            Expr::Coalesce(terms) => terms.iter().for_each(|term| term.input_slots(slots)),
+        }
+    }
+}
+
+fn args_slots(args: &[ArgExpr], slots: &mut Vec<usize>) {
+    for arg in args {
+        if let ArgExpr::Dynamic(expr) = arg {
+            expr.input_slots(slots);
+        }
+    }
+}
+
+impl PlanRule {
+    /// Adds the input slots the rule reads (its source, its pipes' arguments, its element rules) to `slots`.
+    pub(crate) fn input_slots(&self, slots: &mut Vec<usize>) {
+        self.expr.input_slots(slots);
+        self.pipes.iter().for_each(|pipe| args_slots(&pipe.args, slots));
+        if let RuleTarget::Elements { rules, .. } = &self.target {
+            for rule in rules {
+                rule.expr.input_slots(slots);
+                rule.pipes.iter().for_each(|pipe| args_slots(&pipe.args, slots));
+            }
+        }
+    }
 }
 
 impl Plan {

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::eval::{eval_ref, evaluate, withhold_personal, Got};
 use crate::functions::{write_json, write_json_string, Ty, Val};
 use crate::identity::{IdentityStore, Profile, RememberedField};
+use crate::input::Captured;
 use crate::observe::{Observer, Untraced};
 use crate::plan::*;
 use crate::schema::{FieldDef, Format};
@@ -147,7 +148,10 @@ impl Plan {
     /// Applies the plan to one event given as JSON text; reads only the paths the plan uses.
     pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
         match self.input.read_str(event) {
-            Ok(input) => self.apply_input(&input, context, &mut Untraced),
+            Ok(mut input) => {
+                self.build_read_whole(&mut input);
+                self.apply_input(&input.values, context, &mut Untraced)
+            }
             Err(error) => invalid_input(error.0),
         }
     }
@@ -155,8 +159,17 @@ impl Plan {
     /// Applies the plan to one parsed event.
     pub fn apply(&self, event: &Value, context: &mut Context<'_>) -> Outcome {
         match self.input.read_value(event) {
-            Ok(input) => self.apply_input(&input, context, &mut Untraced),
+            Ok(input) => self.apply_input(&input.values, context, &mut Untraced),
             Err(error) => invalid_input(error.0),
+        }
+    }
+
+    /// Builds the objects the event's route reads whole that the reader only took apart.
+    pub(crate) fn build_read_whole(&self, input: &mut Captured<'_>) {
+        match self.routing(&input.values) {
+            Routing::Route(index) => input.build(&self.routes[index].containers),
+            Routing::Identify => input.build(&self.identity_containers),
+            Routing::Alias | Routing::Unmapped(_) => {}
         }
     }
 

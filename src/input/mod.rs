@@ -1,7 +1,9 @@
 //! Reading an event: only the paths a plan uses. The compiler gathers every path the plan reads into a trie of
-//! object keys; reading an event walks the JSON once, captures the values at the trie's leaves into slots and
+//! object keys; reading an event walks the JSON once, captures the values at the trie's nodes into slots and
 //! skips everything else without building it, so the cost of an event grows with what the mapping reads, not
-//! with the size of the event.
+//! with the size of the event. An object read both whole and by its members (`properties` for an element block,
+//! `properties.revenue` for a rule) is taken apart member by member; it is built whole only for the events whose
+//! route reads it whole ([`Captured::build`]).
 
 use std::fmt;
 
@@ -12,11 +14,15 @@ use serde_json::Value;
 use crate::functions::{lookup, Val};
 use crate::plan::Step;
 
+mod scan;
+
 /// The trie of captured paths and where each path the plan reads ends up.
 #[derive(Debug, Default)]
 pub(crate) struct InputLayout {
     root: Node,
     slot_count: usize,
+    /// Slots whose object the fast reader takes apart instead of building: read whole, and by members too.
+    containers: Vec<usize>,
     /// Each slot's event path, written out the first time one is asked for (explanations ask for many).
     paths: std::sync::OnceLock<Vec<Option<String>>>,
 }
@@ -25,6 +31,15 @@ pub(crate) struct InputLayout {
 struct Node {
     children: Vec<(String, Node)>,
     capture: Option<usize>,
+}
+
+impl Node {
+    /// The index of the child under `key`.
+    fn child(&self, key: &str) -> Option<usize> {
+        // Keys of the same length and first byte are rare: that test spares most comparisons a `memcmp` call.
+        let first = key.as_bytes().first();
+        self.children.iter().position(|(k, _)| k.len() == key.len() && k.as_bytes().first() == first && k == key)
+    }
 }
 
 /// Collects the paths a plan reads while it is being compiled.
@@ -43,26 +58,17 @@ impl InputPaths {
         self.paths.len() - 1
     }
 
-    /// Builds the trie; returns the layout and, for each path id, its slot and the steps to take inside it.
-    /// A path that is a prefix of another is captured whole and the longer one is read from inside it.
+    /// Builds the trie; returns the layout and, for each path id, its slot and the steps to take inside it. Each
+    /// run of object keys that starts a path is a node, and a node that some path ends at has a slot.
     pub fn build(self) -> (InputLayout, Vec<(usize, Vec<Step>)>) {
-        let key_prefix = |path: &[Step]| path.iter().take_while(|s| matches!(s, Step::Key(_))).count();
-        let mut order: Vec<usize> = (0..self.paths.len()).collect();
-        order.sort_by_key(|&i| key_prefix(&self.paths[i]));
         let mut layout = InputLayout::default();
-        let mut resolved = vec![(0, Vec::new()); self.paths.len()];
-        for id in order {
-            let path = &self.paths[id];
-            let keys = key_prefix(path);
+        let mut slot_count = 0;
+        let mut resolved = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            let keys = path.iter().take_while(|s| matches!(s, Step::Key(_))).count();
             let mut node = &mut layout.root;
-            let mut depth = 0;
-            let mut captured = None;
-            while depth < keys {
-                if let Some(slot) = node.capture {
-                    captured = Some((slot, depth));
-                    break;
-                }
-                let Step::Key(key) = &path[depth] else { unreachable!("counted as a key") };
+            for step in &path[..keys] {
+                let Step::Key(key) = step else { unreachable!("counted as a key") };
                 let position = match node.children.iter().position(|(k, _)| k == key) {
                     Some(p) => p,
                     None => {
@@ -71,21 +77,84 @@ impl InputPaths {
                     }
                 };
                 node = &mut node.children[position].1;
-                depth += 1;
             }
-            let (slot, depth) = match captured.or(node.capture.map(|slot| (slot, depth))) {
-                Some(found) => found,
-                None => {
-                    // Shorter paths were inserted first, so nothing below this node is captured yet.
-                    node.children.clear();
-                    node.capture = Some(layout.slot_count);
-                    layout.slot_count += 1;
-                    (layout.slot_count - 1, depth)
-                }
-            };
-            resolved[id] = (slot, path[depth..].to_vec());
+            let slot = *node.capture.get_or_insert_with(|| {
+                slot_count += 1;
+                slot_count - 1
+            });
+            resolved.push((slot, path[keys..].to_vec()));
         }
+        fn containers(node: &Node, found: &mut Vec<usize>) {
+            if let (Some(slot), false) = (node.capture, node.children.is_empty()) {
+                found.push(slot);
+            }
+            node.children.iter().for_each(|(_, child)| containers(child, found));
+        }
+        containers(&layout.root, &mut layout.containers);
+        layout.slot_count = slot_count;
         (layout, resolved)
+    }
+}
+
+/// An event's captured input: the value at each of the plan's paths, by slot.
+#[derive(Debug)]
+pub(crate) struct Captured<'a> {
+    pub values: Vec<Option<Val<'a>>>,
+    /// The text of objects read whole and by members, taken apart but not built yet, by slot.
+    unbuilt: Vec<Option<&'a str>>,
+}
+
+impl<'a> Captured<'a> {
+    fn new(slot_count: usize) -> Self {
+        Captured { values: vec![None; slot_count], unbuilt: vec![None; slot_count] }
+    }
+
+    /// Builds the objects in `slots` that were only taken apart, so that they can be read whole.
+    pub fn build(&mut self, slots: &[usize]) {
+        for &slot in slots {
+            if let Some(text) = self.unbuilt.get_mut(slot).and_then(Option::take) {
+                // The text was read once already, so it reads again; serde_json decides if ever it does not.
+                self.values[slot] = scan::value(text).or_else(|| serde_json::from_str(text).ok());
+            }
+        }
+    }
+
+    /// Builds every object that was only taken apart (explanations show any input).
+    pub fn build_all(&mut self) {
+        let slots: Vec<usize> = (0..self.unbuilt.len()).collect();
+        self.build(&slots);
+    }
+
+    /// Empties the slots captured at or below `node`, before a repeated key is read again.
+    fn forget(&mut self, node: &Node) {
+        if let Some(slot) = node.capture {
+            self.values[slot] = None;
+            self.unbuilt[slot] = None;
+        }
+        for (_, child) in &node.children {
+            self.forget(child);
+        }
+    }
+
+    /// Fills the slots below a node captured whole from its value, as the fast reader fills them from the text.
+    fn fill_members(&mut self, node: &Node, value: &Val<'a>) {
+        let Val::Object(entries) = value else { return };
+        for (key, child) in &node.children {
+            if let Some(member) = lookup(entries, key) {
+                if let Some(slot) = child.capture {
+                    self.values[slot] = Some(member.clone());
+                }
+                self.fill_members(child, member);
+            }
+        }
+    }
+
+    /// After a whole read: the members of every node captured whole, from its value.
+    fn fill_all_members(&mut self, node: &Node) {
+        match node.capture.and_then(|slot| self.values[slot].clone()) {
+            Some(value) if !node.children.is_empty() => self.fill_members(node, &value),
+            _ => node.children.iter().for_each(|(_, child)| self.fill_all_members(child)),
+        }
     }
 }
 
@@ -123,21 +192,36 @@ impl InputLayout {
         paths.get(slot)?.as_deref()
     }
 
-    pub fn read_str<'a>(&self, text: &'a str) -> Result<Vec<Option<Val<'a>>>, InputError> {
+    pub fn read_str<'a>(&self, text: &'a str) -> Result<Captured<'a>, InputError> {
+        let mut captured = Captured::new(self.slot_count);
+        if scan::read(&self.root, text, &mut captured).is_ok() {
+            return Ok(captured);
+        }
+        self.read_str_reference(text)
+    }
+
+    /// The reference reader, serde_json driven by the trie: what the fast reader must agree with, and what
+    /// decides (with serde_json's error messages) every text the fast reader gives up on. It builds every value
+    /// it captures.
+    pub(crate) fn read_str_reference<'a>(&self, text: &'a str) -> Result<Captured<'a>, InputError> {
         if text.trim_start().as_bytes().first() != Some(&b'{') {
             return Err(not_an_event(text));
         }
-        let mut slots = (0..self.slot_count).map(|_| None).collect::<Vec<_>>();
+        let mut captured = Captured::new(self.slot_count);
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        RootSeed { node: &self.root, slots: &mut slots }
+        RootSeed { node: &self.root, slots: &mut captured.values }
             .deserialize(&mut deserializer)
             .map_err(|e| InputError(format!("invalid JSON: {e}")))?;
         deserializer.end().map_err(|e| InputError(format!("invalid JSON: {e}")))?;
-        Ok(slots)
+        if let Some(slot) = self.root.capture {
+            captured.values[slot] = serde_json::from_str(text).ok();
+        }
+        captured.fill_all_members(&self.root);
+        Ok(captured)
     }
 
-    /// Reads the captured values of an already parsed event, borrowing from it.
-    pub fn read_value<'a>(&self, event: &'a Value) -> Result<Vec<Option<Val<'a>>>, InputError> {
+    /// Reads the captured values of an already parsed event, borrowing from it; every value is built.
+    pub fn read_value<'a>(&self, event: &'a Value) -> Result<Captured<'a>, InputError> {
         let found = match event {
             Value::Object(_) => None,
             Value::Array(_) => Some("an array"),
@@ -149,11 +233,10 @@ impl InputLayout {
         if let Some(found) = found {
             return Err(not_an_object(found));
         }
-        let mut slots = (0..self.slot_count).map(|_| None).collect::<Vec<_>>();
+        let mut captured = Captured::new(self.slot_count);
         fn walk<'a>(node: &Node, value: &'a Value, slots: &mut [Option<Val<'a>>]) {
             if let Some(slot) = node.capture {
                 slots[slot] = Some(Val::from_json(value));
-                return;
             }
             if let Value::Object(map) = value {
                 for (key, child) in &node.children {
@@ -163,8 +246,13 @@ impl InputLayout {
                 }
             }
         }
-        walk(&self.root, event, &mut slots);
-        Ok(slots)
+        walk(&self.root, event, &mut captured.values);
+        Ok(captured)
+    }
+
+    /// The slots whose objects the fast reader may leave unbuilt: see [`Captured::build`].
+    pub(crate) fn containers(&self) -> &[usize] {
+        &self.containers
     }
 }
 
@@ -251,7 +339,7 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, 'de> {
                 Some(index) => {
                     let node = &self.node.children[index].1;
                     if seen.again(index) {
-                        forget(node, self.slots);
+                        forget_values(node, self.slots);
                     }
                     map.next_value_seed(NodeSeed { node, slots: self.slots })?;
                 }
@@ -317,13 +405,14 @@ impl Seen {
     }
 }
 
-/// Empties the slots captured at or below `node`, before a repeated key is read again.
-fn forget(node: &Node, slots: &mut [Option<Val<'_>>]) {
+/// Empties the slots at or below `node` before a repeated key is read again (the reference reader builds
+/// everything, so there is nothing unbuilt to forget).
+fn forget_values(node: &Node, slots: &mut [Option<Val<'_>>]) {
     if let Some(slot) = node.capture {
         slots[slot] = None;
     }
     for (_, child) in &node.children {
-        forget(child, slots);
+        forget_values(child, slots);
     }
 }
 
@@ -348,13 +437,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        // Keys of the same length and first byte are rare: that test spares most comparisons a `memcmp` call.
-        let first = key.as_bytes().first();
-        Ok(self
-            .node
-            .children
-            .iter()
-            .position(|(k, _)| k.len() == key.len() && k.as_bytes().first() == first && k == key))
+        Ok(self.node.child(key))
     }
 }
 
@@ -404,21 +487,25 @@ mod tests {
         let whole_consent = paths.add(vec![key("context"), key("consent")]);
         let first_price = paths.add(vec![key("properties"), key("products"), Step::Index(0), key("price")]);
         let (layout, resolved) = paths.build();
-        let slots = layout
+        let mut slots = layout
             .read_str(
                 r#"{"context":{"page":{"url":"u","title":"t"},"consent":{"marketing":true}},
                    "properties":{"products":[{"price":1.5}],"other":[1,2,{"a":null}]},"extra":"x"}"#,
             )
             .unwrap();
-        let read = |id: usize| {
+        assert_eq!(layout.containers(), &[resolved[whole_consent].0], "consent is read whole and by a member");
+        let read = |slots: &Captured<'_>, id: usize| {
             let (slot, rest) = &resolved[id];
-            slots[*slot].as_ref().and_then(|v| walk(v, rest)).map(Val::to_json)
+            slots.values[*slot].as_ref().and_then(|v| walk(v, rest)).map(Val::to_json)
         };
+        assert_eq!(read(&slots, whole_consent), None, "taken apart, not built");
+        assert_eq!(read(&slots, consent), Some(Value::from(true)));
+        slots.build(layout.containers());
+        let read = |id: usize| read(&slots, id);
         assert_eq!(read(url), Some(Value::from("u")));
         assert_eq!(read(consent), Some(Value::from(true)));
         assert_eq!(read(whole_consent), Some(serde_json::json!({"marketing": true})));
         assert_eq!(read(first_price), Some(Value::from(1.5)));
-        assert_eq!(resolved[consent].0, resolved[whole_consent].0);
     }
 
     #[test]
@@ -432,12 +519,13 @@ mod tests {
         let text = r#"{"type":"page","properties":{"revenue":1,"currency":"EUR"},"type":"track",
                        "properties":{"revenue":2},"traits":{"email":"a@b.c","email":"d@e.f"}}"#;
         let from_text = layout.read_str(text).unwrap();
+        let from_reference = layout.read_str_reference(text).unwrap();
         let tree: Value = serde_json::from_str(text).unwrap();
         let from_tree = layout.read_value(&tree).unwrap();
-        for slots in [&from_text, &from_tree] {
+        for slots in [&from_text, &from_reference, &from_tree] {
             let read = |id: usize| {
                 let (slot, rest) = &resolved[id];
-                slots[*slot].as_ref().and_then(|v| walk(v, rest)).map(Val::to_json)
+                slots.values[*slot].as_ref().and_then(|v| walk(v, rest)).map(Val::to_json)
             };
             assert_eq!(read(kind), Some(Value::from("track")));
             assert_eq!(read(revenue), Some(Value::from(2)));
