@@ -2,11 +2,8 @@
 //! that the Conversions API's matching keys need (email, E.164 phone, SHA-256).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
-use std::str::FromStr;
 
-use phonenumber::country::Id;
-use phonenumber::PhoneNumber;
+use rlibphonenumber::{PhoneNumberFormat, Region, PHONE_NUMBER_UTIL};
 use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
 
@@ -246,12 +243,12 @@ pub(super) const E164: Function = Function {
     category: Category::Text,
     summary: "Normalises a phone number to E.164 (+447700900123); an already hashed value passes unchanged.",
     doc: r#"
-        Parses the number with libphonenumber's metadata (the `phonenumber` crate) and writes it as `+`, the
+        Parses the number with libphonenumber's metadata (the `rlibphonenumber` crate) and writes it as `+`, the
         country code and the national number, without spaces, dashes, dots or brackets. A number written
         with its country code (`+44 7700 900123`, or after the default region's international prefix, `0044
         7700 900123` in GB) keeps that country; any other is read as a national number of `default_region`.
-        A JSON number is read as its digits. The number is parsed, not checked against the numbering plan,
-        so reserved numbers such as 555-0100 pass.
+        A JSON number is read as its digits. The number must have a length its country's numbers have; it
+        is not checked against the numbering plan, so reserved numbers such as 555-0100 pass.
 
         A missing, null or blank input yields nothing. Text that is not a phone number gives up with the
         warning `not a phone number`, which never quotes it. A value that already is a SHA-256 digest (64
@@ -448,16 +445,16 @@ fn normalize_email<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a>
     }
 }
 
-/// The region a code names, if the phone metadata knows it: parsing with a region that has no metadata would
-/// panic inside the phonenumber crate. Checked against [`REGIONS_WITH_METADATA`] rather than the metadata itself,
-/// so that compiling a mapping does not load the metadata (about 600 M instructions): only running `e164` does.
-fn region(code: &str) -> Option<Id> {
+/// The region a code names, if the phone metadata knows it: a region without metadata would parse nothing.
+/// Checked against [`REGIONS_WITH_METADATA`] rather than the metadata itself, so that compiling a mapping does not
+/// load the metadata: only running `e164` does.
+fn region(code: &str) -> Option<Region> {
     let code = code.trim().to_ascii_uppercase();
     REGIONS_WITH_METADATA.binary_search(&code.as_str()).ok()?;
-    Id::from_str(&code).ok()
+    code.parse().ok()
 }
 
-/// The regions the phonenumber crate has metadata for, sorted (a test keeps this in step with the crate).
+/// The regions the phone metadata covers, sorted (a test keeps this in step with the crate).
 const REGIONS_WITH_METADATA: &[&str] = &[
     "AC", "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AR", "AS", "AT", "AU", "AW", "AX", "AZ", "BA", "BB", "BD",
     "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS", "BT", "BW", "BY", "BZ", "CA", "CC",
@@ -490,8 +487,7 @@ fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
         Some(Val::Str(code)) => Some(region(code).ok_or_else(|| unknown_region(code))?),
         Some(other) => return Err(format!("expected a region code, got {}", other.kind())),
     };
-    // A number written with its country code needs no region, and the phonenumber crate given one strips that
-    // region's national prefix from it (`+86 138…` would lose its `1`): only numbers without `+` use the region.
+    // A number written with its country code needs no region: only numbers without `+` use it.
     let region = if text.starts_with('+') { None } else { region };
     // The note never quotes the number: it is personal data.
     let normalised = E164_MEMO.with(|memo| {
@@ -509,37 +505,36 @@ fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
 }
 
 /// A number's region (`None` when written with its country code) and its E.164 form, `None` if not a number.
-type Remembered = (Option<Id>, Option<String>);
+type Remembered = (Option<Region>, Option<String>);
 
 /// How many recent numbers [`E164_MEMO`] keeps per thread.
 const E164_MEMO_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
-    /// Recent numbers and their E.164 form. Parsing a number costs the phonenumber crate dozens of regex matches
-    /// (about a fifth of a whole `engine run`), while a visitor's number comes back on every identify and with
-    /// every event that carries its traits. Kept in memory only, bounded, per thread.
+    /// Recent numbers and their E.164 form. Parsing a number costs regex matches (microseconds), while a visitor's
+    /// number comes back on every identify and with every event that carries its traits. Kept in memory only,
+    /// bounded, per thread.
     static E164_MEMO: std::cell::RefCell<lru::LruCache<String, Remembered>> =
         std::cell::RefCell::new(lru::LruCache::new(
             std::num::NonZeroUsize::new(E164_MEMO_CAPACITY).expect("a positive capacity"),
         ));
 }
 
-fn parse_e164(region: Option<Id>, text: &str) -> Option<String> {
-    // Event data is untrusted and the phonenumber crate has panicked on malformed input before; a phone
-    // number is never worth taking the pipeline down.
-    let parsed = std::panic::catch_unwind(|| phonenumber::parse(region, text)).ok()?.ok()?;
-    format_e164(&parsed)
-}
-
-/// What `number.format().mode(Mode::E164)` writes: `+`, the country code and the national number (with the
-/// leading zeros it keeps). Like the library's formatter, it fails for a country code without metadata, but it
-/// skips the formatter's search for a national format, which E.164 never uses.
-fn format_e164(number: &PhoneNumber) -> Option<String> {
-    let code = number.country().code();
-    phonenumber::metadata::DATABASE.by_code(&code).and_then(|m| m.into_iter().next())?;
-    let mut out = String::with_capacity(16);
-    write!(out, "+{code}{}", number.national()).ok()?;
-    Some(out)
+fn parse_e164(region: Option<Region>, text: &str) -> Option<String> {
+    // Event data is untrusted and phone libraries have panicked on malformed input before; a phone number is never
+    // worth taking the pipeline down.
+    std::panic::catch_unwind(|| {
+        let parsed = PHONE_NUMBER_UTIL.parse(text, region).ok()?;
+        // A length no number of its country has (`12`, a local number without its area code) would hash to an
+        // identifier that matches nobody.
+        let possible = PHONE_NUMBER_UTIL.is_possible_number_with_reason(&parsed);
+        if possible != Ok(rlibphonenumber::NumberLengthType::IsPossible) {
+            return None;
+        }
+        Some(PHONE_NUMBER_UTIL.format(&parsed, PhoneNumberFormat::E164).into_owned())
+    })
+    .ok()
+    .flatten()
 }
 
 fn unknown_region(code: &str) -> String {
@@ -625,11 +620,11 @@ mod tests {
     #[test]
     fn the_region_table_is_the_metadatas() {
         assert!(REGIONS_WITH_METADATA.windows(2).all(|pair| pair[0] < pair[1]), "sorted, for binary search");
+        let supported: Vec<Region> = PHONE_NUMBER_UTIL.get_supported_regions().collect();
         for a in 'A'..='Z' {
             for b in 'A'..='Z' {
                 let code = format!("{a}{b}");
-                let known =
-                    Id::from_str(&code).is_ok_and(|id| phonenumber::metadata::DATABASE.by_id(id.as_ref()).is_some());
+                let known = code.parse::<Region>().is_ok_and(|region| supported.contains(&region));
                 assert_eq!(region(&code).is_some(), known, "{code}");
             }
         }
@@ -704,42 +699,14 @@ mod tests {
     }
 
     #[test]
-    fn e164_formats_as_the_library_does() {
-        // Every format the benchmark generator writes, and numbers the national prefix rules reach.
-        let mut numbers: Vec<String> = Vec::new();
-        for n in [0, 132, 9999] {
-            numbers.push(format!("+1 (415) 555-{n:04}"));
-            numbers.push(format!("+1-212-555-{n:04}"));
-            numbers.push(format!("+1.989.555.{n:04}"));
-            numbers.push(format!("+1201555{n:04}"));
-        }
-        numbers.extend(
-            ["+44 7700 900123", "+44 7700 900999", "+49 30 1234567", "+49 30 9999999", "+33 6-12-34-56-78"]
-                .map(String::from),
-        );
-        numbers.extend(
-            ["+81 (3) 1234-5678", "+81 (3) 9999-1000", "+39 06 1234 5678", "+39 02 12345678", "+225 07 1234 5678"]
-                .map(String::from),
-        );
-        numbers.extend(
-            ["(415) 555-0132", "07700 900123", "0044 7700 900123", "011 44 7700 900123", "1 415 555 0132"]
-                .map(String::from),
-        );
-        numbers.extend(
-            ["030 1234567", "+44 1632 960000", "+1 1415 555 0132", "+800 1234 5678", "+979 1234 5678"]
-                .map(String::from),
-        );
-        let mut compared = 0;
-        for raw in &numbers {
-            for region in ["US", "GB", "DE", "IT", "JP", "CI"] {
-                let Ok(number) = phonenumber::parse(region.parse().ok(), raw) else { continue };
-                let mut library = String::new();
-                let formatted = write!(library, "{}", number.format().mode(phonenumber::Mode::E164));
-                assert_eq!(format_e164(&number), formatted.ok().map(|_| library), "{raw} {region}");
-                compared += 1;
-            }
-        }
-        assert!(compared > 150, "{compared}");
+    fn e164_reads_numbers_as_libphonenumber_does() {
+        // Google's libphonenumber drops a national prefix written after the country code, and reads digits of
+        // other scripts and full-width forms.
+        assert_eq!(text(&E164, json!("+44 (0) 7700 900123"), &[json!("US")]), "+447700900123");
+        assert_eq!(text(&E164, json!("＋４４ ７７００ ９００１２３"), &[json!("US")]), "+447700900123");
+        assert_eq!(text(&E164, json!("(४१५) ५५५-०१३२"), &[json!("US")]), "+14155550132");
+        assert_eq!(text(&E164, json!("+1-415-555-0132 ext. 12"), &[json!("US")]), "+14155550132");
+        assert_eq!(text(&E164, json!("1-800-FLOWERS"), &[json!("US")]), "+18003569377");
     }
 
     #[test]
