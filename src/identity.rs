@@ -47,8 +47,12 @@ impl Profile {
             .max_by_key(|f| f.seen_ms)
     }
 
-    /// Links `key` to this visitor, keeping the most recent [`Profile::MAX_KEYS`].
-    pub fn link(&mut self, key: &str) {
+    /// Links `key` to this visitor as its most recent key, keeping the most recent [`Profile::MAX_KEYS`]; true
+    /// when that changed the keys.
+    pub fn link(&mut self, key: &str) -> bool {
+        if self.keys.last().is_some_and(|last| last == key) {
+            return false;
+        }
         if let Some(position) = self.keys.iter().position(|k| k == key) {
             self.keys.remove(position);
         }
@@ -56,14 +60,22 @@ impl Profile {
         if self.keys.len() > Self::MAX_KEYS {
             self.keys.remove(0);
         }
+        true
     }
 
     /// Records `field`, replacing an older value; an out-of-order older event does not overwrite a newer one.
-    pub fn set(&mut self, new: RememberedField) {
+    /// True when that changed the profile.
+    pub fn set(&mut self, new: RememberedField) -> bool {
         match self.fields.iter_mut().find(|f| f.field == new.field) {
-            Some(existing) if existing.seen_ms <= new.seen_ms => *existing = new,
-            Some(_) => {}
-            None => self.fields.push(new),
+            Some(existing) if existing.seen_ms <= new.seen_ms && *existing != new => {
+                *existing = new;
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.fields.push(new);
+                true
+            }
         }
     }
 
@@ -84,6 +96,15 @@ impl Profile {
 pub trait IdentityStore {
     fn load(&mut self, key: &str) -> Option<Profile>;
     fn store(&mut self, key: &str, profile: Profile);
+
+    /// Folds what is remembered under `key` into `profile` and adds the keys linked to it there to `linked`; false
+    /// when nothing is. A store that keeps profiles in memory merges without copying one out first.
+    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
+        let Some(stored) = self.load(key) else { return false };
+        profile.merge(&stored);
+        linked.extend(stored.keys);
+        true
+    }
 }
 
 /// Identity memory for one process, bounded: past `capacity` visitor keys the least recently seen is forgotten,
@@ -120,7 +141,19 @@ impl IdentityStore for MemoryStore {
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
-        self.profiles.put(key.to_string(), profile);
+        match self.profiles.get_mut(key) {
+            Some(kept) => *kept = profile,
+            None => {
+                self.profiles.put(key.to_string(), profile);
+            }
+        }
+    }
+
+    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
+        let Some(stored) = self.profiles.get(key) else { return false };
+        profile.merge(stored);
+        linked.extend(stored.keys.iter().cloned());
+        true
     }
 }
 

@@ -125,7 +125,8 @@ pub(crate) enum Routing {
 /// A visitor's identity memory while one event is applied.
 struct Memory {
     profile: Profile,
-    before: Profile,
+    /// The profile differs from what the store holds: a new link or a new value.
+    changed: bool,
     /// Slots filled from memory, which are not news to remember again.
     recalled: Vec<usize>,
 }
@@ -350,21 +351,22 @@ impl Plan {
         let mut profile = Profile::default();
         let mut loaded: Vec<String> = Vec::with_capacity(keys.len());
         let mut pending = keys.clone();
+        let mut linked = Vec::new();
         while let Some(key) = pending.pop() {
             if loaded.contains(&key) || loaded.len() >= Profile::MAX_KEYS {
                 continue;
             }
-            if let Some(stored) = store.load(&key) {
-                pending.extend(stored.keys.iter().filter(|k| !loaded.contains(k)).cloned());
-                profile.merge(&stored);
+            if store.merge_into(&key, &mut profile, &mut linked) {
+                pending.extend(linked.drain(..).filter(|k| !loaded.contains(k)));
             }
             loaded.push(key);
         }
-        let before = profile.clone();
+        let keys_before = profile.keys.clone();
         for key in &keys {
             profile.link(key);
         }
-        Some(Memory { before, profile, recalled: Vec::new() })
+        let changed = profile.keys != keys_before;
+        Some(Memory { changed, profile, recalled: Vec::new() })
     }
 
     /// Fills the remembered fields the event lacks from what the visitor's earlier events taught.
@@ -394,7 +396,7 @@ impl Plan {
             if self.leaf_def(remembered.slot).is_some_and(|d| check_value(d, &remembered.field, value, 0).is_err()) {
                 continue;
             }
-            memory.profile.set(RememberedField {
+            memory.changed |= memory.profile.set(RememberedField {
                 field: remembered.field.clone(),
                 value: value.to_json(),
                 seen_ms: event_ms,
@@ -406,7 +408,7 @@ impl Plan {
         // taught nothing has nothing to remember: most visitors never identify nor land from an ad, and memory
         // stays free of them.
         let nothing_to_keep = memory.profile.fields.is_empty() && memory.profile.keys.len() < 2;
-        if memory.profile != memory.before && !nothing_to_keep {
+        if memory.changed && !nothing_to_keep {
             let keys = memory.profile.keys.clone();
             if let Some((last, others)) = keys.split_last() {
                 for key in others {
