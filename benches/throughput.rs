@@ -11,26 +11,11 @@ use std::time::{Duration, Instant};
 use signal_engine::identity::MemoryStore;
 use signal_engine::{presets, CompileOptions, Context, Outcome};
 
-const NOW_MS: i64 = 1_795_176_000_000; // 2026-11-20T12:00:00Z, the dataset's reference time
-const ROUNDS: usize = 5;
+#[path = "support/dataset.rs"]
+mod dataset;
+use dataset::{events, NOW_MS};
 
-fn events() -> String {
-    if let Ok(path) = std::env::var("BENCH_EVENTS") {
-        return std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-events.ndjson");
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return text;
-    }
-    let generator = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bench/gen_events.py");
-    let output = std::process::Command::new("python3")
-        .args([generator, "100000", "7"])
-        .output()
-        .expect("python3 runs the dataset generator");
-    assert!(output.status.success(), "gen_events.py failed");
-    std::fs::write(path, &output.stdout).expect("dataset cached under target/");
-    String::from_utf8(output.stdout).expect("UTF-8 events")
-}
+const ROUNDS: usize = 5;
 
 /// The best of several rounds: the least disturbed by other load on the machine.
 fn best(mut round: impl FnMut() -> usize) -> (Duration, usize) {
