@@ -72,9 +72,12 @@ enum Command {
         /// Write drop, rejection and warning records to this file instead of stderr.
         #[arg(long)]
         rejects: Option<PathBuf>,
-        /// How many visitors identity memory holds before forgetting the least recently seen.
+        /// How many visitor keys identity memory holds before forgetting the least recently seen.
         #[arg(long, default_value_t = MemoryStore::DEFAULT_CAPACITY)]
         identity_capacity: usize,
+        /// How much memory (MiB) identity memory may take before forgetting the least recently seen visitors.
+        #[arg(long, default_value_t = MemoryStore::DEFAULT_BUDGET >> 20, value_name = "MIB")]
+        identity_memory: usize,
     },
     /// Explains how events (JSON on stdin: one document, several, or an array) are mapped: the rule, source value
     /// and each function's result behind every output field, and why other rules produced nothing.
@@ -186,8 +189,8 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check { files, params, format, color } => check(&files, params.as_deref(), format, color),
-        Command::Run { mapping, stateless, batch, rejects, identity_capacity } => {
-            run(RunArgs { mapping, stateless, batch, rejects, identity_capacity })
+        Command::Run { mapping, stateless, batch, rejects, identity_capacity, identity_memory } => {
+            run(RunArgs { mapping, stateless, batch, rejects, identity_capacity, identity_memory })
         }
         Command::Explain { mapping, stateless, show_pii, format } => {
             explain(ExplainArgs { mapping, stateless, show_pii, format })
@@ -401,6 +404,7 @@ struct RunArgs {
     batch: bool,
     rejects: Option<PathBuf>,
     identity_capacity: usize,
+    identity_memory: usize,
 }
 
 /// Counts for the closing summary.
@@ -505,13 +509,21 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         None => Box::new(BufWriter::new(io::stderr().lock())),
     };
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let mut memory = MemoryStore::new(args.identity_capacity);
+    let mut memory = MemoryStore::bounded(args.identity_capacity, args.identity_memory.saturating_mul(1 << 20));
     let mut summary = Summary::default();
     let mut batch: Vec<String> = Vec::new();
-    let stdin = io::stdin().lock();
-    for (index, line) in stdin.split(b'\n').enumerate() {
-        let line_number = index + 1;
-        let bytes = line.map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+    // One line buffer for the whole stream, refilled from a large read buffer: a stream of millions of events
+    // costs no allocation per line and few system calls.
+    let mut stdin = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
+    let mut bytes = Vec::with_capacity(4096);
+    let mut line_number = 0;
+    loop {
+        bytes.clear();
+        let read = stdin.read_until(b'\n', &mut bytes).map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        line_number += 1;
         let Ok(text) = std::str::from_utf8(&bytes) else {
             summary.lines += 1;
             summary.malformed += 1;
