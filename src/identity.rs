@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::functions::Val;
+
 /// One remembered output field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RememberedField {
@@ -77,8 +79,34 @@ impl Profile {
         }
     }
 
+    /// Records that an event at `seen_ms` produced `value` for `field`, as [`Profile::set`] does, without building
+    /// a new field when the profile already holds that value: then only its times move. True when that changed
+    /// the profile.
+    pub fn observe(&mut self, field: &str, value: &Val<'_>, seen_ms: i64, expires_ms: Option<i64>) -> bool {
+        let same = |kept: &Value| match (kept, value) {
+            (Value::String(kept), Val::Str(value)) => kept == value,
+            (kept, value) => *kept == value.to_json(),
+        };
+        match self.fields.iter_mut().find(|f| f.field == field) {
+            Some(existing) if same(&existing.value) => {
+                if existing.seen_ms > seen_ms || (existing.seen_ms == seen_ms && existing.expires_ms == expires_ms) {
+                    return false;
+                }
+                existing.seen_ms = seen_ms;
+                existing.expires_ms = expires_ms;
+                true
+            }
+            _ => self.set(RememberedField { field: field.to_string(), value: value.to_json(), seen_ms, expires_ms }),
+        }
+    }
+
     /// Folds another profile of the same visitor into this one, keeping the freshest value of each field.
     pub fn merge(&mut self, other: &Profile) {
+        if self.fields.is_empty() && self.keys.is_empty() {
+            // What merging into nothing gives: `other`'s fields and keys, unique and in order already.
+            self.clone_from(other);
+            return;
+        }
         for field in &other.fields {
             self.set(field.clone());
         }

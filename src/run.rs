@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::eval::{eval_ref, evaluate, withhold_personal, Got};
 use crate::functions::{write_json, write_json_string, Ty, Val};
-use crate::identity::{IdentityStore, Profile, RememberedField};
+use crate::identity::{IdentityStore, Profile};
 use crate::input::Captured;
 use crate::observe::{Observer, Untraced};
 use crate::plan::*;
@@ -361,11 +361,13 @@ impl Plan {
             }
             loaded.push(key);
         }
-        let keys_before = profile.keys.clone();
-        for key in &keys {
-            profile.link(key);
+        // Linking moves each key to the end in turn: nothing changes when they end the list in that order already.
+        let changed = !profile.keys.ends_with(&keys);
+        if changed {
+            for key in &keys {
+                profile.link(key);
+            }
         }
-        let changed = profile.keys != keys_before;
         Some(Memory { changed, profile, recalled: Vec::new() })
     }
 
@@ -396,12 +398,8 @@ impl Plan {
             if self.leaf_def(remembered.slot).is_some_and(|d| check_value(d, &remembered.field, value, 0).is_err()) {
                 continue;
             }
-            memory.changed |= memory.profile.set(RememberedField {
-                field: remembered.field.clone(),
-                value: value.to_json(),
-                seen_ms: event_ms,
-                expires_ms: remembered.lifetime_ms.map(|l| event_ms.saturating_add(l)),
-            });
+            let expires_ms = remembered.lifetime_ms.map(|l| event_ms.saturating_add(l));
+            memory.changed |= memory.profile.observe(&remembered.field, value, event_ms, expires_ms);
             learned += 1;
         }
         // A new link or a new value is stored under every key of the visitor. A visitor known by one key that
