@@ -9,11 +9,21 @@ durability and transport. Usage:
 
     cargo build --release
     python3 benches/relay_load.py [EVENTS=20000] [CLIENTS=8] [BATCH=100]
+    python3 benches/relay_load.py deliver [RATE=20000] [SECONDS=10] [CLIENTS=8] [BATCH=100]
+
+`deliver` measures the whole path at a fixed offered rate: a fake OpenAI on loopback (which checks the bearer token
+and counts the events of each `{"events": [...]}` body), the relay delivering to it for real (fsync on, as always),
+and clients that send /v1/batch requests on a schedule of RATE events/s. It first measures the load generator alone
+against the fake (so that it is known not to be the bottleneck), then reports the acknowledgement latency of every
+request from its scheduled time (p50, p99, max: a late request counts its wait), and the delivered rate: events
+that reached the fake over the time from the first request to the last delivery.
 """
 
 import http.client
+import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +35,167 @@ ENGINE = os.path.join(ROOT, "target", "release", "engine")
 GENERATOR = os.path.join(ROOT, "..", "shared", "bench", "gen_events.py")
 
 
+def generated(count):
+    """COUNT generated events, their times moved to the last hours."""
+    lines = subprocess.run(["python3", GENERATOR, str(count), "7"], check=True, capture_output=True, text=True)
+    rebased = subprocess.run([ENGINE, "send", "-", "--rebase-time", "--print"],
+                             input=lines.stdout, capture_output=True, text=True, check=True)
+    return [line for line in rebased.stdout.splitlines() if line.strip()]
+
+
+class FakeOpenAI(http.server.ThreadingHTTPServer):
+    """Answers POST /v1/events like OpenAI's Conversions API, counting the events it accepts."""
+    daemon_threads = True
+
+    def __init__(self, port, token):
+        self.token = token
+        self.events = 0
+        self.last = None
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), FakeHandler)
+
+
+class FakeHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.server.token and self.headers.get("Authorization") != "Bearer " + self.server.token:
+            return self.answer(401, b'{"error":{"message":"bad token"}}')
+        if self.server.token:
+            try:
+                count = len(json.loads(body)["events"])
+            except (ValueError, KeyError):
+                return self.answer(400, b'{"error":{"message":"bad body"}}')
+        else:
+            # The sink that measures the load generator alone only counts, so that it costs next to nothing.
+            count = body.count(b'"messageId"')
+        with self.server.lock:
+            self.server.events += count
+            self.server.last = time.monotonic()
+        self.answer(200, b"{}")
+
+    def answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def paced(port, bodies, clients, rate):
+    """Sends BODIES from CLIENTS connections on a schedule of RATE events/s; latencies from each scheduled time."""
+    latencies, acked = [], [0] * clients
+    lock = threading.Lock()
+    per_event = 1.0 / rate if rate else 0.0
+    offsets, at = [], 0.0
+    for _, _, n in bodies:
+        offsets.append(at)
+        at += n * per_event
+    started = time.monotonic() + 0.2
+
+    def client(index):
+        connection = connect(port)
+        mine = []
+        for i in range(index, len(bodies), clients):
+            path, body, n = bodies[i]
+            due = started + offsets[i]
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            mine.append(time.monotonic() - due)
+            if response.status == 200:
+                acked[index] += n
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return started, time.monotonic(), sorted(latencies), sum(acked)
+
+
+def percentile(sorted_values, p):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))] * 1000
+
+
+def deliver(rate, seconds, clients, batch):
+    events = generated(rate * seconds)
+    bodies = [("/v1/batch", ('{"batch":[' + ",".join(events[i:i + batch]) + "]}").encode("utf-8"),
+               len(events[i:i + batch])) for i in range(0, len(events), batch)]
+    # The load generator alone, unpaced, against a sink that only counts: its ceiling.
+    sink = FakeOpenAI(18091, None)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    begun, ended, _, acked = paced(18091, bodies, clients, 0)
+    sink.shutdown()
+    print(f"load generator alone (unpaced, into a counting sink): {acked / (ended - begun):>9.0f} events/s")
+
+    token = "sk-load-test"
+    fake = FakeOpenAI(18090, token)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    work = tempfile.mkdtemp(prefix="relay-deliver-")
+    config = os.path.join(work, "relay.yaml")
+    with open(config, "w") as f:
+        f.write(f"listen: 127.0.0.1:18089\ndata_dir: data\npixel_id: load\napi_key: {token}\n"
+                "endpoint: http://127.0.0.1:18090\ningestion: {rate_limit: 1000000}\n"
+                "batch: {max_events: 1000, linger_ms: 100}\n")
+    wrapper = os.environ.get("RELAY_WRAPPER", "").split()
+    relay = subprocess.Popen(wrapper + [ENGINE, "serve", "--config", config], cwd=work, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(18089)
+        begun, ended, latencies, acked = paced(18089, bodies, clients, rate)
+        deadline = time.monotonic() + 120
+        while fake.events < acked and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        relay.send_signal(2 if wrapper else 15)
+        relay.wait(timeout=60)
+        fake.shutdown()
+    delivered_in = (fake.last or ended) - begun
+    print(f"offered  {rate:>9} events/s for {seconds} s: {len(events)} events in {len(bodies)} requests of "
+          f"{batch} from {clients} clients")
+    print(f"acknowledged {acked:>9} events in {ended - begun:.2f} s: {acked / (ended - begun):>9.0f} events/s; "
+          f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms, "
+          f"max {latencies[-1] * 1000:.1f} ms")
+    print(f"delivered    {fake.events:>9} events to the fake OpenAI in {delivered_in:.2f} s: "
+          f"{fake.events / delivered_in:>9.0f} events/s")
+
+
+def connect(port):
+    """A keep-alive connection that sends each request at once: http.client writes the head and the body
+    separately, and with Nagle's algorithm the body would wait for the peer's delayed acknowledgement (40 ms)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.connect()
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
+def wait_for(port):
+    for _ in range(100):
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "deliver":
+        args = [int(a) for a in sys.argv[2:]]
+        rate, seconds, clients, batch = (args + [20000, 10, 8, 100][len(args):])[:4]
+        return deliver(rate, seconds, clients, batch)
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     clients = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 100
@@ -45,7 +215,9 @@ def main():
     with open(config, "w") as f:
         f.write("listen: 127.0.0.1:18089\ndata_dir: data\ndry_run: true\npixel_id: load\n"
                 "ingestion: {rate_limit: 1000000}\nbatch: {linger_ms: 200}\n")
-    relay = subprocess.Popen([ENGINE, "serve", "--config", config], stderr=subprocess.DEVNULL)
+    # RELAY_WRAPPER="perf record -g -o /tmp/relay.perf" profiles the relay under this load.
+    wrapper = os.environ.get("RELAY_WRAPPER", "").split()
+    relay = subprocess.Popen(wrapper + [ENGINE, "serve", "--config", config], stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
@@ -66,7 +238,7 @@ def main():
         refused = [0] * clients
 
         def client(index):
-            connection = http.client.HTTPConnection("127.0.0.1", 18089, timeout=30)
+            connection = connect(18089)
             for path, body, n in bodies[index::clients]:
                 connection.request("POST", path, body=body.encode("utf-8"), headers={"Content-Type": "application/json"})
                 response = connection.getresponse()
@@ -84,8 +256,8 @@ def main():
             t.join()
         elapsed = time.monotonic() - started
     finally:
-        relay.terminate()
-        relay.wait(timeout=30)
+        relay.send_signal(2 if wrapper else 15)
+        relay.wait(timeout=60)
     if sum(acked) + sum(refused) != len(events):
         sys.exit(f"only {sum(acked) + sum(refused)} of {len(events)} events were answered: a client failed")
     rate = sum(acked) / elapsed
