@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use iso_currency::Currency;
 use rust_decimal::prelude::ToPrimitive;
@@ -389,38 +389,35 @@ pub(crate) fn currency(code: &str) -> Option<Option<u32>> {
     fn ask(code: &str) -> Option<Option<u32>> {
         Currency::from_code(code).map(|c| c.exponent().map(u32::from))
     }
-    const UNKNOWN: u8 = 0;
-    const NO_MINOR_UNIT: u8 = 1;
+    const NOT_ASKED: u8 = 0;
+    const UNKNOWN: u8 = 1;
+    const NO_MINOR_UNIT: u8 = 2;
     const ASK: u8 = u8::MAX;
-    fn index(code: [u8; 3]) -> usize {
-        code.iter().fold(0, |index, letter| index * 26 + usize::from(letter - b'A'))
-    }
-    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
-    let code_bytes: [u8; 3] = match code.as_bytes().try_into() {
-        Ok(bytes) if code.bytes().all(|b| b.is_ascii_uppercase()) => bytes,
+    // Each code's answer, asked of the library the first time the code is seen: a stream uses a handful of codes.
+    static TABLE: [AtomicU8; 26 * 26 * 26] = [const { AtomicU8::new(NOT_ASKED) }; 26 * 26 * 26];
+    let index = match code.as_bytes() {
+        &[a, b, c] if code.bytes().all(|b| b.is_ascii_uppercase()) => {
+            [a, b, c].iter().fold(0, |index, letter| index * 26 + usize::from(letter - b'A'))
+        }
         _ => return ask(code),
     };
-    let table = TABLE.get_or_init(|| {
-        let mut table = vec![UNKNOWN; 26 * 26 * 26];
-        for a in b'A'..=b'Z' {
-            for b in b'A'..=b'Z' {
-                for c in b'A'..=b'Z' {
-                    let code = std::str::from_utf8(&[a, b, c]).expect("ASCII").to_string();
-                    table[index([a, b, c])] = match ask(&code) {
-                        None => UNKNOWN,
-                        Some(None) => NO_MINOR_UNIT,
-                        Some(Some(places)) => u8::try_from(places).ok().filter(|p| *p < ASK - 2).map_or(ASK, |p| p + 2),
-                    };
-                }
-            }
+    let known = match TABLE[index].load(Ordering::Relaxed) {
+        NOT_ASKED => {
+            let answer = match ask(code) {
+                None => UNKNOWN,
+                Some(None) => NO_MINOR_UNIT,
+                Some(Some(places)) => u8::try_from(places).ok().filter(|p| *p < ASK - 3).map_or(ASK, |p| p + 3),
+            };
+            TABLE[index].store(answer, Ordering::Relaxed);
+            answer
         }
-        table
-    });
-    match table[index(code_bytes)] {
+        known => known,
+    };
+    match known {
         UNKNOWN => None,
         NO_MINOR_UNIT => Some(None),
         ASK => ask(code),
-        places => Some(Some(u32::from(places - 2))),
+        places => Some(Some(u32::from(places - 3))),
     }
 }
 
