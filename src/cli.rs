@@ -427,11 +427,19 @@ fn load_mapping(map: Option<&Path>, params: Option<&Path>, command: &str) -> Res
         Some(path) => compile_file(path, &options)?,
         None => presets::OPENAI_ADS.compile(&options),
     };
+    let color = io::stderr().is_terminal();
+    let render = |compiled: &Compiled| {
+        diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width: 100 })
+    };
     if compiled.plan.is_some() {
+        // Warnings do not stop a run, but a run should not hide what `engine check` would say.
+        if !compiled.diagnostics.is_empty() {
+            eprint!("{}", render(&compiled));
+            eprintln!("engine {command}: the mapping has warnings (above); mapping anyway");
+        }
         return Ok(Some(compiled));
     }
-    let color = io::stderr().is_terminal();
-    eprint!("{}", diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width: 100 }));
+    eprint!("{}", render(&compiled));
     eprintln!("engine {command}: the mapping has errors; nothing was mapped");
     Ok(None)
 }

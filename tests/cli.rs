@@ -213,3 +213,32 @@ fn a_repeated_key_means_its_last_occurrence_in_run_and_explain() {
     let amount = explanation["fields"].as_array().unwrap().iter().find(|f| f["field"] == "data.amount").unwrap();
     assert_eq!(amount["origin"]["steps"][0]["value"], 2, "the traced value is the last one too: {amount}");
 }
+
+#[test]
+fn run_shows_the_mappings_warnings_once_and_maps_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("warned.map");
+    std::fs::write(
+        &mapping,
+        "target openai_ads\nroutes {\n  page -> page_viewed (contents)\n}\nmessageId -> id\n\"web\" -> action_source\n\
+         to_unix_ms(timestamp) -> timestamp_ms\ncontext.page.url -> source_url\ncontext.ip -> user.external_id\n\
+         anonymousId -> user.external_id\n",
+    )
+    .unwrap();
+    let mapping = mapping.to_string_lossy().into_owned();
+    let events = [
+        r#"{"type":"page","messageId":"m1","anonymousId":"a","timestamp":"2026-11-20T11:00:00Z","context":{"page":{"url":"https://x.example/"}}}"#,
+        r#"{"type":"page","messageId":"m2","anonymousId":"b","timestamp":"2026-11-20T11:00:00Z","context":{"page":{"url":"https://x.example/"}}}"#,
+    ]
+    .join("\n");
+    let output = engine(&["run", "--map", &mapping, "--now", NOW], &events);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout).lines().count(), 2, "both events are mapped");
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.matches("is written by two rules").count(), 1, "the warning is shown once: {stderr}");
+    assert!(stderr.contains("engine run: the mapping has warnings (above); mapping anyway"), "{stderr}");
+
+    // The embedded preset has no warnings: a run says nothing before its summary.
+    let clean = engine(&["run", "--now", NOW], &order("m3"));
+    assert!(text(&clean.stderr).starts_with("engine run: 1 events"), "{}", text(&clean.stderr));
+}
