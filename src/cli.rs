@@ -46,8 +46,7 @@ enum Command {
     Send(send::SendArgs),
     /// Checks mapping files and reports every problem found (exit 1 when any is an error).
     Check {
-        /// Mapping files to check; a directory stands for every `.map` file below it.
-        #[arg(required = true)]
+        /// Mapping files to check; a directory stands for every `.map` file below it; default: `mappings/`.
         files: Vec<PathBuf>,
         /// Parameter values (YAML mapping of name to value) to check the mappings with.
         #[arg(long)]
@@ -59,8 +58,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
-    /// Maps Signal events (NDJSON on stdin) to OpenAI events (NDJSON on stdout).
+    /// Maps Signal events (NDJSON from files or stdin) to OpenAI events (NDJSON on stdout).
     Run {
+        /// NDJSON event files, read in order; none, or `-`, reads stdin.
+        inputs: Vec<PathBuf>,
         #[command(flatten)]
         mapping: MappingArgs,
         /// Map each event alone, without identity memory.
@@ -79,9 +80,11 @@ enum Command {
         #[arg(long, default_value_t = MemoryStore::DEFAULT_BUDGET >> 20, value_name = "MIB")]
         identity_memory: usize,
     },
-    /// Explains how events (JSON on stdin: one document, several, or an array) are mapped: the rule, source value
+    /// Explains how events (JSON from files or stdin: one document, several, or an array) are mapped: the rule, source value
     /// and each function's result behind every output field, and why other rules produced nothing.
     Explain {
+        /// Files of JSON events, read in order; none, or `-`, reads stdin.
+        inputs: Vec<PathBuf>,
         #[command(flatten)]
         mapping: MappingArgs,
         /// Explain each event alone, without identity memory from the events before it.
@@ -151,8 +154,7 @@ struct FmtArgs {
     /// Change nothing: name the files that are not formatted, show how, and exit 1 if there are any.
     #[arg(long)]
     check: bool,
-    /// Mapping files; a directory stands for every `.map` file below it, `-` for stdin.
-    #[arg(required = true)]
+    /// Mapping files; a directory stands for every `.map` file below it, `-` for stdin; default: `mappings/`.
     paths: Vec<PathBuf>,
 }
 
@@ -188,17 +190,19 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check { files, params, format, color } => check(&files, params.as_deref(), format, color),
-        Command::Run { mapping, stateless, batch, rejects, identity_capacity, identity_memory } => {
-            run(RunArgs { mapping, stateless, batch, rejects, identity_capacity, identity_memory })
+        Command::Check { files, params, format, color } => {
+            or_mappings(files).and_then(|files| check(&files, params.as_deref(), format, color))
         }
-        Command::Explain { mapping, stateless, show_pii, format } => {
-            explain(ExplainArgs { mapping, stateless, show_pii, format })
+        Command::Run { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory } => {
+            run(RunArgs { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory })
+        }
+        Command::Explain { inputs, mapping, stateless, show_pii, format } => {
+            explain(ExplainArgs { inputs, mapping, stateless, show_pii, format })
         }
         Command::Functions(args) => functions(&args),
         Command::Lsp => lsp(),
         Command::Test(args) => test(args),
-        Command::Fmt(FmtArgs { check, paths }) => fmt::fmt(&paths, check),
+        Command::Fmt(FmtArgs { check, paths }) => or_mappings(paths).and_then(|paths| fmt::fmt(&paths, check)),
         Command::Serve(args) => relay::serve(args),
         Command::Dlq(args) => relay::dlq(args),
         Command::Send(args) => send::send(args),
@@ -399,6 +403,7 @@ fn write_or_quit(out: &mut impl Write, bytes: &[u8]) -> Result<(), Failure> {
 }
 
 struct RunArgs {
+    inputs: Vec<PathBuf>,
     mapping: MappingArgs,
     stateless: bool,
     batch: bool,
@@ -456,6 +461,7 @@ fn now_ms(now: Option<&str>) -> Result<i64, Failure> {
 }
 
 struct ExplainArgs {
+    inputs: Vec<PathBuf>,
     mapping: MappingArgs,
     stateless: bool,
     show_pii: bool,
@@ -468,19 +474,23 @@ fn explain(args: ExplainArgs) -> Result<u8, Failure> {
     };
     let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
     let now_ms = now_ms(args.mapping.now.as_deref())?;
-    let mut text = String::new();
-    io::Read::read_to_string(&mut io::stdin().lock(), &mut text)
-        .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
-    // One document, a stream of them (NDJSON or pretty-printed), or an array: every event is explained in order.
+    // Each input holds one document, a stream of them (NDJSON or pretty-printed), or an array: every event is
+    // explained in order.
     let mut events = Vec::new();
-    for document in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
-        match document.map_err(|e| usage(format!("stdin is not JSON: {e}")))? {
-            Value::Array(items) => events.extend(items),
-            event => events.push(event),
+    for input in inputs(&args.inputs) {
+        let (file, mut reader) = input?;
+        let name = file.as_deref().unwrap_or("stdin");
+        let mut text = String::new();
+        reader.read_to_string(&mut text).map_err(|e| usage(format!("cannot read {name}: {e}")))?;
+        for document in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+            match document.map_err(|e| usage(format!("{name} is not JSON: {e}")))? {
+                Value::Array(items) => events.extend(items),
+                event => events.push(event),
+            }
         }
     }
     if events.is_empty() {
-        return Err(usage("no event on stdin: give one JSON event, several, or an array of them"));
+        return Err(usage("no event to explain: give one JSON event, several, or an array of them"));
     }
     let mut memory = MemoryStore::new(MemoryStore::DEFAULT_CAPACITY);
     let mut out = BufWriter::new(io::stdout().lock());
@@ -522,81 +532,93 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut batch: Vec<String> = Vec::new();
     // One line buffer for the whole stream, refilled from a large read buffer: a stream of millions of events
     // costs no allocation per line and few system calls.
-    let mut stdin = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
     let mut bytes = Vec::with_capacity(4096);
-    let mut line_number = 0;
-    loop {
-        bytes.clear();
-        let read = stdin.read_until(b'\n', &mut bytes).map_err(|e| usage(format!("cannot read stdin: {e}")))?;
-        if read == 0 {
-            break;
-        }
-        line_number += 1;
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            summary.lines += 1;
-            summary.malformed += 1;
-            report(&mut reports, json!({"line": line_number, "outcome": "malformed", "message": "not UTF-8"}))?;
-            continue;
-        };
-        if text.trim().is_empty() {
-            continue;
-        }
-        summary.lines += 1;
-        let mut context =
-            if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
-        match plan.apply_str(text, &mut context) {
-            Outcome::Mapped(mapped) => {
-                summary.mapped += 1;
-                for warning in &mapped.warnings {
-                    summary.warnings += 1;
-                    report(
-                        &mut reports,
-                        json!({"line": line_number, "outcome": "warning", "field": warning.field, "rule": warning.rule, "message": warning.message}),
-                    )?;
-                }
-                if args.batch {
-                    batch.push(mapped.json);
-                    if batch.len() == MAX_BATCH {
-                        write_batch(&mut out, &mut batch)?;
-                    }
-                } else {
-                    write_or_quit(&mut out, mapped.json.as_bytes())?;
-                    write_or_quit(&mut out, b"\n")?;
-                }
+    for input in inputs(&args.inputs) {
+        let (file, mut reader) = input?;
+        let file = file.as_deref();
+        let mut line_number = 0;
+        loop {
+            bytes.clear();
+            let read = reader
+                .read_until(b'\n', &mut bytes)
+                .map_err(|e| usage(format!("cannot read {}: {e}", file.unwrap_or("stdin"))))?;
+            if read == 0 {
+                break;
             }
-            Outcome::Dropped(dropped) => {
-                match dropped.reason {
-                    DropReason::Unmapped => summary.unmapped += 1,
-                    // An alias, like an identify, only feeds identity memory.
-                    DropReason::Identify | DropReason::Alias => summary.identify += 1,
-                    // A reason a newer library adds is still a drop.
-                    _ => summary.unmapped += 1,
-                }
+            line_number += 1;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                summary.lines += 1;
+                summary.malformed += 1;
                 report(
                     &mut reports,
-                    json!({"line": line_number, "outcome": "dropped", "reason": dropped.reason, "message": dropped.message}),
+                    file,
+                    json!({"line": line_number, "outcome": "malformed", "message": "not UTF-8"}),
                 )?;
+                continue;
+            };
+            if text.trim().is_empty() {
+                continue;
             }
-            Outcome::Rejected(rejected) => {
-                if rejected.reason == RejectReason::InvalidInput {
-                    summary.malformed += 1;
+            summary.lines += 1;
+            let mut context =
+                if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
+            match plan.apply_str(text, &mut context) {
+                Outcome::Mapped(mapped) => {
+                    summary.mapped += 1;
+                    for warning in &mapped.warnings {
+                        summary.warnings += 1;
+                        report(
+                            &mut reports,
+                            file,
+                            json!({"line": line_number, "outcome": "warning", "field": warning.field, "rule": warning.rule, "message": warning.message}),
+                        )?;
+                    }
+                    if args.batch {
+                        batch.push(mapped.json);
+                        if batch.len() == MAX_BATCH {
+                            write_batch(&mut out, &mut batch)?;
+                        }
+                    } else {
+                        write_or_quit(&mut out, mapped.json.as_bytes())?;
+                        write_or_quit(&mut out, b"\n")?;
+                    }
+                }
+                Outcome::Dropped(dropped) => {
+                    match dropped.reason {
+                        DropReason::Unmapped => summary.unmapped += 1,
+                        // An alias, like an identify, only feeds identity memory.
+                        DropReason::Identify | DropReason::Alias => summary.identify += 1,
+                        // A reason a newer library adds is still a drop.
+                        _ => summary.unmapped += 1,
+                    }
                     report(
                         &mut reports,
-                        json!({"line": line_number, "outcome": "malformed", "message": rejected.message}),
+                        file,
+                        json!({"line": line_number, "outcome": "dropped", "reason": dropped.reason, "message": dropped.message}),
                     )?;
-                } else {
-                    summary.rejected += 1;
-                    summary.warnings += rejected.warnings.len();
-                    let mut record = serde_json::to_value(&rejected).unwrap_or(Value::Null);
-                    if let Value::Object(map) = &mut record {
-                        map.insert("line".into(), json!(line_number));
-                        map.insert("outcome".into(), json!("rejected"));
-                    }
-                    report(&mut reports, record)?;
                 }
+                Outcome::Rejected(rejected) => {
+                    if rejected.reason == RejectReason::InvalidInput {
+                        summary.malformed += 1;
+                        report(
+                            &mut reports,
+                            file,
+                            json!({"line": line_number, "outcome": "malformed", "message": rejected.message}),
+                        )?;
+                    } else {
+                        summary.rejected += 1;
+                        summary.warnings += rejected.warnings.len();
+                        let mut record = serde_json::to_value(&rejected).unwrap_or(Value::Null);
+                        if let Value::Object(map) = &mut record {
+                            map.insert("line".into(), json!(line_number));
+                            map.insert("outcome".into(), json!("rejected"));
+                        }
+                        report(&mut reports, file, record)?;
+                    }
+                }
+                // The library marks its outcomes open to additions; this build knows every one it can return.
+                _ => {}
             }
-            // The library marks its outcomes open to additions; this build knows every one it can return.
-            _ => {}
         }
     }
     if !batch.is_empty() {
@@ -623,6 +645,35 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// The paths given, or `mappings/` (as `engine test` defaults to it).
+fn or_mappings(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, Failure> {
+    if !paths.is_empty() {
+        return Ok(paths);
+    }
+    let default = PathBuf::from("mappings");
+    if !default.is_dir() {
+        return Err(usage("no mapping files given, and no `mappings/` directory here to default to"));
+    }
+    Ok(vec![default])
+}
+
+/// The inputs of `run` and `explain`, in order: each file named (`None` for stdin) with a reader. No file, or
+/// `-`, stands for stdin.
+fn inputs(paths: &[PathBuf]) -> impl Iterator<Item = Result<(Option<String>, Box<dyn BufRead>), Failure>> + '_ {
+    let stdin_only = paths.is_empty().then(|| PathBuf::from("-"));
+    let paths: Vec<PathBuf> = stdin_only.into_iter().chain(paths.iter().cloned()).collect();
+    paths.into_iter().map(|path| {
+        if path.as_os_str() == "-" {
+            return Ok((None, Box::new(io::BufReader::with_capacity(1 << 20, io::stdin().lock())) as Box<dyn BufRead>));
+        }
+        let file = fs::File::open(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+        Ok((
+            Some(path.display().to_string()),
+            Box::new(io::BufReader::with_capacity(1 << 20, file)) as Box<dyn BufRead>,
+        ))
+    })
+}
+
 fn write_batch(out: &mut impl Write, batch: &mut Vec<String>) -> Result<(), Failure> {
     let mut body = String::with_capacity(batch.iter().map(|e| e.len() + 1).sum::<usize>() + 16);
     body.push_str("{\"events\":[");
@@ -632,7 +683,11 @@ fn write_batch(out: &mut impl Write, batch: &mut Vec<String>) -> Result<(), Fail
     write_or_quit(out, body.as_bytes())
 }
 
-fn report(reports: &mut dyn Write, record: Value) -> Result<(), Failure> {
+/// Writes one report record; with events read from files, the record names the file its line is in.
+fn report(reports: &mut dyn Write, file: Option<&str>, mut record: Value) -> Result<(), Failure> {
+    if let (Some(file), Value::Object(map)) = (file, &mut record) {
+        map.insert("file".into(), json!(file));
+    }
     let mut line = record.to_string();
     line.push('\n');
     match reports.write_all(line.as_bytes()) {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{engine, text};
+use crate::support::{engine, engine_in, text};
 
 const NOW: &str = "2026-11-20T12:00:00Z";
 
@@ -60,7 +60,7 @@ fn check_exit_codes_and_json_format() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("cannot read no/such/file.map"));
 
-    let usage = engine(&["check"], "");
+    let usage = engine(&["check", "--format", "yaml"], "");
     assert_eq!(usage.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -241,4 +241,50 @@ fn run_shows_the_mappings_warnings_once_and_maps_anyway() {
     // The embedded preset has no warnings: a run says nothing before its summary.
     let clean = engine(&["run", "--now", NOW], &order("m3"));
     assert!(text(&clean.stderr).starts_with("engine run: 1 events"), "{}", text(&clean.stderr));
+}
+
+#[test]
+fn run_and_explain_read_files_in_order_and_dash_for_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.ndjson");
+    let broken = dir.path().join("broken.ndjson");
+    std::fs::write(&first, format!("{}\n", order("from-file"))).unwrap();
+    std::fs::write(&broken, "{\"type\":\"page\"}\n{broken\n").unwrap();
+    let (first, broken) = (first.to_string_lossy().into_owned(), broken.to_string_lossy().into_owned());
+
+    let output = engine(&["run", "--stateless", "--now", NOW, &first, "-", &broken], &order("from-stdin"));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let ids: Vec<String> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["from-file", "from-stdin"], "files and stdin in the order given");
+    // Reports name the file and the line in it.
+    let stderr = text(&output.stderr);
+    let malformed = stderr.lines().find(|l| l.contains("\"malformed\"")).expect("the broken line is reported");
+    let record: Value = serde_json::from_str(malformed).unwrap();
+    assert_eq!((record["file"].as_str(), record["line"].as_u64()), (Some(broken.as_str()), Some(2)), "{malformed}");
+    assert!(stderr.contains("engine run: 4 events"), "{stderr}");
+
+    let missing = engine(&["run", "no/such/events.ndjson"], "");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read no/such/events.ndjson"), "{}", text(&missing.stderr));
+
+    let explained = engine(&["explain", "--format", "json", "--now", NOW, &first, "-"], &order("explained"));
+    assert_eq!(explained.status.code(), Some(0), "{}", text(&explained.stderr));
+    assert_eq!(text(&explained.stdout).lines().count(), 2, "one explanation per event of both inputs");
+}
+
+#[test]
+fn check_and_fmt_default_to_the_mappings_directory() {
+    let checked = engine(&["check"], "");
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stdout));
+    assert!(text(&checked.stdout).contains("engine check: 2 files"), "{}", text(&checked.stdout));
+    let formatted = engine(&["fmt", "--check"], "");
+    assert_eq!(formatted.status.code(), Some(0), "{}", text(&formatted.stderr));
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let lost = engine_in(elsewhere.path(), &["check"], "");
+    assert_eq!(lost.status.code(), Some(2));
+    assert!(text(&lost.stderr).contains("no `mappings/` directory"), "{}", text(&lost.stderr));
 }
