@@ -5,12 +5,15 @@
 //! test failed or could not be run, or `fmt` met a file that is not formatted under `--check` or has syntax
 //! errors, or `send` had events refused); 2 usage or I/O error (for `send`: the relay could not be reached).
 
+mod color;
 mod fmt;
 mod relay;
 mod send;
 
+use color::Color;
+
 use std::fs;
-use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -34,6 +37,9 @@ const MAX_BATCH: usize = 1000;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Colour: auto (a terminal, unless NO_COLOR, CLICOLOR or TERM=dumb says otherwise), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
 }
 
 #[derive(Subcommand)]
@@ -54,9 +60,6 @@ enum Command {
         /// `human` (rustc-style) or `json` (one array of diagnostics, for editors and CI).
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
-        /// Colour in human output: auto, always or never.
-        #[arg(long, value_enum, default_value_t = Color::Auto)]
-        color: Color,
     },
     /// Maps Signal events (NDJSON from files or stdin) to OpenAI events (NDJSON on stdout).
     Run {
@@ -114,9 +117,6 @@ struct TestArgs {
     /// Run only the cases whose name contains this text.
     #[arg(long)]
     filter: Option<String>,
-    /// Colour: auto, always or never.
-    #[arg(long, value_enum, default_value_t = Color::Auto)]
-    color: Color,
 }
 
 /// The mapping `run` and `explain` apply, and the clock they apply it at.
@@ -164,13 +164,6 @@ enum Format {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Color {
-    Auto,
-    Always,
-    Never,
-}
-
 /// A failure that ends the command, with the exit code it maps to.
 struct Failure {
     code: u8,
@@ -189,21 +182,22 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
+    let color = cli.color;
     let result = match cli.command {
-        Command::Check { files, params, format, color } => {
+        Command::Check { files, params, format } => {
             or_mappings(files).and_then(|files| check(&files, params.as_deref(), format, color))
         }
         Command::Run { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory } => {
-            run(RunArgs { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory })
+            run(RunArgs { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory }, color)
         }
         Command::Explain { inputs, mapping, stateless, show_pii, format } => {
-            explain(ExplainArgs { inputs, mapping, stateless, show_pii, format })
+            explain(ExplainArgs { inputs, mapping, stateless, show_pii, format }, color)
         }
         Command::Functions(args) => functions(&args),
         Command::Lsp => lsp(),
-        Command::Test(args) => test(args),
-        Command::Fmt(FmtArgs { check, paths }) => or_mappings(paths).and_then(|paths| fmt::fmt(&paths, check)),
-        Command::Serve(args) => relay::serve(args),
+        Command::Test(args) => test(args, color),
+        Command::Fmt(FmtArgs { check, paths }) => or_mappings(paths).and_then(|paths| fmt::fmt(&paths, check, color)),
+        Command::Serve(args) => relay::serve(args, color),
         Command::Dlq(args) => relay::dlq(args),
         Command::Send(args) => send::send(args),
     };
@@ -305,11 +299,7 @@ fn check(paths: &[PathBuf], params: Option<&Path>, format: Format, color: Color)
     let mut errors = 0;
     let mut warnings = 0;
     let mut json_out = Vec::new();
-    let color = match color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    };
+    let color = color.enabled(&io::stdout());
     let mut stdout = io::stdout().lock();
     for file in &files {
         let compiled = compile_file(file, &options)?;
@@ -346,7 +336,7 @@ fn check(paths: &[PathBuf], params: Option<&Path>, format: Format, color: Color)
 }
 
 /// `engine test`: every test file named or found, run in path order; the outcome of each case as it finishes.
-fn test(args: TestArgs) -> Result<u8, Failure> {
+fn test(args: TestArgs, color: Color) -> Result<u8, Failure> {
     let roots = if args.paths.is_empty() {
         vec![PathBuf::from(if Path::new("mappings").is_dir() { "mappings" } else { "." })]
     } else {
@@ -364,7 +354,7 @@ fn test(args: TestArgs) -> Result<u8, Failure> {
             files.push(root.clone());
         }
     }
-    let style = mapping_test::Style { color: use_color(args.color) };
+    let style = mapping_test::Style { color: color.enabled(&io::stdout()) };
     let mut stdout = io::stdout().lock();
     let mut reports = Vec::with_capacity(files.len());
     for file in &files {
@@ -375,14 +365,6 @@ fn test(args: TestArgs) -> Result<u8, Failure> {
     }
     write_or_quit(&mut stdout, mapping_test::render_summary(&reports, style).as_bytes())?;
     Ok(if reports.iter().all(mapping_test::FileReport::ok) { 0 } else { 1 })
-}
-
-fn use_color(color: Color) -> bool {
-    match color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -426,13 +408,18 @@ struct Summary {
 
 /// The mapping a command applies: `--map` or the embedded default, compiled with `--params`. A mapping with
 /// errors has its diagnostics printed and yields `None`.
-fn load_mapping(map: Option<&Path>, params: Option<&Path>, command: &str) -> Result<Option<Compiled>, Failure> {
+fn load_mapping(
+    map: Option<&Path>,
+    params: Option<&Path>,
+    command: &str,
+    color: Color,
+) -> Result<Option<Compiled>, Failure> {
     let options = CompileOptions { params: read_params(params)? };
     let compiled = match map {
         Some(path) => compile_file(path, &options)?,
         None => presets::OPENAI_ADS.compile(&options),
     };
-    let color = io::stderr().is_terminal();
+    let color = color.enabled(&io::stderr());
     let render = |compiled: &Compiled| {
         diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width: 100 })
     };
@@ -468,8 +455,9 @@ struct ExplainArgs {
     format: Format,
 }
 
-fn explain(args: ExplainArgs) -> Result<u8, Failure> {
-    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "explain")? else {
+fn explain(args: ExplainArgs, color: Color) -> Result<u8, Failure> {
+    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "explain", color)?
+    else {
         return Ok(1);
     };
     let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
@@ -514,8 +502,9 @@ fn explain(args: ExplainArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn run(args: RunArgs) -> Result<u8, Failure> {
-    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "run")? else {
+fn run(args: RunArgs, color: Color) -> Result<u8, Failure> {
+    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "run", color)?
+    else {
         return Ok(1);
     };
     let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };

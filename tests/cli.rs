@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{engine, engine_in, text};
+use crate::support::{engine, engine_in, engine_with_env, text};
 
 const NOW: &str = "2026-11-20T12:00:00Z";
 
@@ -287,4 +287,31 @@ fn check_and_fmt_default_to_the_mappings_directory() {
     let lost = engine_in(elsewhere.path(), &["check"], "");
     assert_eq!(lost.status.code(), Some(2));
     assert!(text(&lost.stderr).contains("no `mappings/` directory"), "{}", text(&lost.stderr));
+}
+
+#[test]
+fn colour_follows_the_flag_then_the_environments_conventions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.map"), "routes { page -> page_veiwed }\n").unwrap();
+    std::fs::write(dir.path().join("unclosed.map"), "routes { page -> page_viewed\n").unwrap();
+    const ESCAPE: &str = "\u{1b}[";
+    let coloured = |args: &[&str], vars: &[(&str, &str)]| {
+        let output = engine_with_env(dir.path(), args, "", vars);
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+        let all = text(&output.stdout) + &text(&output.stderr);
+        assert!(all.contains("broken.map") || all.contains("unclosed.map"), "{all}");
+        all.contains(ESCAPE)
+    };
+    let check = ["check", "broken.map"];
+    assert!(!coloured(&check, &[]), "a pipe is not coloured");
+    assert!(coloured(&check, &[("CLICOLOR_FORCE", "1")]), "CLICOLOR_FORCE colours even a pipe");
+    assert!(!coloured(&check, &[("CLICOLOR_FORCE", "0")]));
+    assert!(!coloured(&check, &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]), "NO_COLOR wins over CLICOLOR_FORCE");
+    assert!(coloured(&check, &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "")]), "an empty NO_COLOR does not count");
+    assert!(coloured(&["check", "--color", "always", "broken.map"], &[("NO_COLOR", "1")]), "the flag wins");
+    assert!(!coloured(&["check", "--color", "never", "broken.map"], &[("CLICOLOR_FORCE", "1")]));
+    // Every command takes the flag, before or after its name, and follows the same rules.
+    assert!(coloured(&["--color", "always", "fmt", "unclosed.map"], &[]), "fmt reports syntax errors in colour");
+    assert!(!coloured(&["fmt", "unclosed.map"], &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]));
+    assert!(coloured(&["run", "--map", "broken.map", "--color", "always"], &[]), "run shows the errors in colour");
 }

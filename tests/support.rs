@@ -6,7 +6,18 @@ use std::process::{Command, Output, Stdio};
 
 /// Runs `engine ARGS` in `dir` with `stdin` as its input.
 pub fn engine_in(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+    engine_with_env(dir, args, stdin, &[])
+}
+
+/// Runs `engine ARGS` in `dir` with these environment variables set, and the colour conventions' variables
+/// (`NO_COLOR`, `CLICOLOR`, `CLICOLOR_FORCE`) removed unless given, so that the developer's shell does not decide.
+pub fn engine_with_env(dir: &Path, args: &[&str], stdin: &str, vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+    for name in ["NO_COLOR", "CLICOLOR", "CLICOLOR_FORCE"] {
+        command.env_remove(name);
+    }
+    command.envs(vars.iter().copied());
+    let mut child = command
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::piped())

@@ -6,24 +6,24 @@
 //! syntax errors; 2 usage or I/O error.
 
 use std::fs;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use signal_engine::diagnostic::{self, Diagnostic, RenderOptions};
 use signal_engine::format;
 use signal_engine::source::Sources;
 
-use super::{mapping_files, plural, usage, write_or_quit, Failure};
+use super::{mapping_files, plural, usage, write_or_quit, Color, Failure};
 
 /// At most this many lines of diff are shown per file under `--check`: enough to see what the formatter wants.
 const DIFF_LINES: usize = 16;
 
-pub(super) fn fmt(paths: &[PathBuf], check: bool) -> Result<u8, Failure> {
+pub(super) fn fmt(paths: &[PathBuf], check: bool, color: Color) -> Result<u8, Failure> {
     if paths.iter().any(|p| p.as_os_str() == "-") {
         if paths.len() > 1 {
             return Err(usage("`-` (stdin) cannot be combined with other paths"));
         }
-        return stdin(check);
+        return stdin(check, color);
     }
     let files = mapping_files(paths)?;
     let mut stdout = io::stdout().lock();
@@ -35,7 +35,7 @@ pub(super) fn fmt(paths: &[PathBuf], check: bool) -> Result<u8, Failure> {
             Ok(formatted) => formatted,
             Err(diagnostics) => {
                 refused += 1;
-                report(&name, &text, &diagnostics);
+                report(&name, &text, &diagnostics, color);
                 continue;
             }
         };
@@ -60,13 +60,13 @@ pub(super) fn fmt(paths: &[PathBuf], check: bool) -> Result<u8, Failure> {
 }
 
 /// `engine fmt -`: the formatted text on stdout; on syntax errors, nothing on stdout, so an editor keeps its text.
-fn stdin(check: bool) -> Result<u8, Failure> {
+fn stdin(check: bool, color: Color) -> Result<u8, Failure> {
     let mut text = String::new();
     io::stdin().read_to_string(&mut text).map_err(|e| usage(format!("cannot read stdin: {e}")))?;
     let formatted = match format::format(&text) {
         Ok(formatted) => formatted,
         Err(diagnostics) => {
-            report("<stdin>", &text, &diagnostics);
+            report("<stdin>", &text, &diagnostics, color);
             return Ok(1);
         }
     };
@@ -83,11 +83,11 @@ fn stdin(check: bool) -> Result<u8, Failure> {
     Ok(1)
 }
 
-fn report(name: &str, text: &str, diagnostics: &[Diagnostic]) {
+fn report(name: &str, text: &str, diagnostics: &[Diagnostic], color: Color) {
     let mut sources = Sources::default();
     let file = sources.add(name, text);
     debug_assert_eq!(file, format::FILE);
-    let color = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = color.enabled(&io::stderr());
     let width = if color { 100 } else { 80 };
     eprint!("{}", diagnostic::render(diagnostics, &sources, RenderOptions { color, width }));
 }

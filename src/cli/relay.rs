@@ -57,8 +57,8 @@ enum DlqAction {
     },
 }
 
-pub(super) fn serve(args: ServeArgs) -> Result<u8, Failure> {
-    init_logging(args.json_logs);
+pub(super) fn serve(args: ServeArgs, color: super::Color) -> Result<u8, Failure> {
+    init_logging(args.json_logs, color);
     let config = match &args.config {
         Some(path) => {
             RelayConfig::load(path, &|name| std::env::var(name).ok()).map_err(|e| Failure { code: 2, message: e.0 })?
@@ -82,10 +82,10 @@ pub(super) fn serve(args: ServeArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, color: super::Color) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = color.enabled(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
