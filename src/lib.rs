@@ -16,6 +16,7 @@ mod observe;
 pub mod personal;
 pub mod plan;
 pub mod presets;
+#[cfg(feature = "relay")]
 pub mod relay;
 pub mod run;
 pub mod schema;
