@@ -3,16 +3,22 @@
 //! pixels, and secrets kept out of everything the relay writes or shows. Timings are short in the configuration
 //! and every wait polls with a deadline.
 
+mod browser;
 mod clients;
 mod delivery;
+mod dlq;
+mod docs;
 mod durability;
+pub mod fake_openai;
 mod ingestion;
 mod pixels;
+pub mod process;
 mod routes;
+mod sdk;
 mod secrets;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -23,7 +29,7 @@ use signal_engine::relay::config::RelayConfig;
 use signal_engine::relay::store::{RedbStore, Store};
 use signal_engine::relay::{start, RelayHandle};
 
-use crate::fake_openai::FakeOpenAi;
+use fake_openai::FakeOpenAi;
 
 pub const API_KEY: &str = "sk-test-0123456789";
 pub const PIXEL: &str = "px_test";
@@ -33,11 +39,25 @@ pub const HMAC_SECRET: &str = "the-signing-secret";
 pub const PIXEL_NAME: &str = "default";
 
 /// A fresh data directory under the system temp dir.
-pub fn data_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("engine-relay-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    dir
+pub fn data_dir(test: &str) -> TestDir {
+    TestDir(tempfile::Builder::new().prefix(&format!("engine-relay-{test}-")).tempdir().expect("a temporary directory"))
+}
+
+/// A test's own temporary directory, removed when the test ends, whether it passes or fails.
+pub struct TestDir(tempfile::TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
 }
 
 /// A relay configuration delivering to `fake`, written into `dir` (its store in `dir/data`). `extra` is YAML merged

@@ -3,7 +3,6 @@
 mod cli;
 mod diagnostics;
 mod explain;
-mod fake_openai;
 mod format;
 mod functions;
 mod grammar;
@@ -12,10 +11,5 @@ mod mapping_tests;
 mod presets;
 mod properties;
 mod relay;
-mod relay_browser;
-mod relay_dlq;
-mod relay_docs;
-mod relay_process;
-mod relay_sdk;
 mod runtime;
 mod support;

@@ -609,7 +609,7 @@ async fn engine_send_replays_a_recording_into_a_relay() {
     let url = format!("http://{}", relay.addr);
     let args = ["send", "events.ndjson", "--to", &url, "--key", INGESTION_KEY, "--rebase-time", "--gzip"];
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let run_dir = dir.clone();
+    let run_dir = dir.to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::support::engine_in(&run_dir, &args, "")

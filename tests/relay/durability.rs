@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::*;
-use crate::fake_openai::Scripted;
+use crate::relay::fake_openai::Scripted;
 
 const SECONDS: Duration = Duration::from_secs(15);
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fake_openai::{FakeOpenAi, Scripted};
+use crate::relay::fake_openai::{FakeOpenAi, Scripted};
 use crate::relay::{data_dir, order, API_KEY, INGESTION_KEY, PIXEL};
 
 /// The environment variable the spawned relay reads its OpenAI key from, as a deployment would set it.

@@ -8,9 +8,9 @@ use std::time::Duration;
 use signal_engine::relay::config::RelayConfig;
 use signal_engine::relay::start;
 
-use crate::fake_openai::{FakeOpenAi, Scripted};
+use crate::relay::fake_openai::{FakeOpenAi, Scripted};
+use crate::relay::process::client;
 use crate::relay::{config, data_dir, order, post, API_KEY, PIXEL};
-use crate::relay_process::client;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

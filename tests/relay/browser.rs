@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use signal_engine::relay::start;
 
-use crate::fake_openai::FakeOpenAi;
+use crate::relay::fake_openai::FakeOpenAi;
+use crate::relay::process::client;
 use crate::relay::{config, data_dir, order, post, API_KEY, PIXEL};
-use crate::relay_process::client;
 
 /// The first Chromium found on PATH.
 fn chromium() -> Option<&'static str> {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 use signal_engine::relay::store::{Pending, RedbStore, Store};
 
-use crate::fake_openai::FakeOpenAi;
+use crate::relay::fake_openai::FakeOpenAi;
+use crate::relay::process::{client, send, write_config, RelayProcess};
 use crate::relay::{data_dir, order, API_KEY, PIXEL};
-use crate::relay_process::{client, send, write_config, RelayProcess};
 use crate::support::{engine_in, text};
 
 fn dlq(dir: &Path, args: &[&str]) -> Output {
@@ -142,7 +142,7 @@ async fn an_event_openai_refused_is_dead_lettered_shown_and_replayed_once_openai
 
     // The running relay holds the store: the tool says so instead of waiting or corrupting it.
     let locked = tokio::task::spawn_blocking({
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         move || dlq(&dir, &["list", "--config", "relay.yaml"])
     })
     .await

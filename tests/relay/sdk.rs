@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use signal_engine::relay::RelayHandle;
 
-use crate::fake_openai::FakeOpenAi;
-use crate::relay::{data_dir, metric, relay, sha256_hex, API_KEY, PIXEL};
+use crate::relay::fake_openai::FakeOpenAi;
+use crate::relay::{data_dir, metric, relay, sha256_hex, TestDir, API_KEY, PIXEL};
 
 const BROWSER_KEY: &str = "wk_browser_public";
 const SERVER_KEY: &str = "sk_server_key_123";
@@ -63,7 +63,7 @@ fn free_port() -> u16 {
 }
 
 /// A relay with a browser key for pages at `allowed_port` and a server key.
-async fn sdk_relay(name: &str, fake: &FakeOpenAi, allowed_port: u16) -> (RelayHandle, PathBuf) {
+async fn sdk_relay(name: &str, fake: &FakeOpenAi, allowed_port: u16) -> (RelayHandle, TestDir) {
     let dir = data_dir(name);
     let keys = format!(
         "ingestion: {{keys: [{{name: web, key: {BROWSER_KEY}, browser: true, \
