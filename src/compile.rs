@@ -219,14 +219,9 @@ struct Compiler<'s> {
     routes_location: Option<String>,
 }
 
-const FIXED_PATHS: [&str; 5] = ["type", "event", "anonymousId", "userId", "previousId"];
-
 impl<'s> Compiler<'s> {
     fn new(sources: &'s Sources, root: FileId, options: &'s CompileOptions) -> Self {
-        let mut paths = InputPaths::default();
-        for name in FIXED_PATHS {
-            paths.add(vec![Step::Key(name.to_string())]);
-        }
+        let paths = InputPaths::default();
         Compiler {
             sources,
             root,
@@ -1871,7 +1866,7 @@ fn custom_event_name_problem(name: &str, target: &TargetSchema) -> Option<&'stat
 /// The input slots `rules` read that the fast reader may leave unbuilt, and the runtime's own (routing, visitor
 /// keys), which it reads whatever the rules.
 fn containers_read(input: &InputLayout, rules: &[PlanRule], applied: &[usize]) -> Vec<usize> {
-    let mut read: Vec<usize> = (0..FIXED_PATHS.len()).collect();
+    let mut read: Vec<usize> = input.envelope.slots().to_vec();
     applied.iter().for_each(|&rule| rules[rule].input_slots(&mut read));
     let mut containers: Vec<usize> = input.containers().iter().copied().filter(|slot| read.contains(slot)).collect();
     containers.sort_unstable();

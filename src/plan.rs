@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::functions::Function;
 use crate::input::InputLayout;
+pub(crate) use crate::input::Step;
 use crate::schema::{FieldDef, TargetSchema};
 
 /// A compiled mapping, ready to apply to any number of events. Cheap to share between threads.
@@ -145,12 +146,6 @@ pub(crate) enum Expr {
     },
     /// The first present, non-null value.
     Coalesce(Vec<Expr>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Step {
-    Key(String),
-    Index(usize),
 }
 
 #[derive(Debug)]

@@ -235,9 +235,9 @@ impl Plan {
 
     /// Which route an event takes, from the captured `type` and `event`.
     pub(crate) fn routing(&self, input: &[Option<Val<'_>>]) -> Routing {
-        // Slots 0-4 hold `type`, `event`, `anonymousId`, `userId`, `previousId` (registered first by the compiler).
-        let kind = input[0].as_ref().and_then(Val::as_str).unwrap_or_default();
-        let event_name = input[1].as_ref().and_then(Val::as_str);
+        let envelope = &self.input.envelope;
+        let kind = input[envelope.kind].as_ref().and_then(Val::as_str).unwrap_or_default();
+        let event_name = input[envelope.event].as_ref().and_then(Val::as_str);
         let route = match kind {
             "track" => match event_name {
                 Some(name) => self.router.named.get(name).copied().or(self.router.any_track),
@@ -302,7 +302,8 @@ impl Plan {
     /// An alias event says that `previousId` (an anonymous id, or an earlier user id) and the event's own ids are one
     /// visitor: their identity memories are linked, so what one learned reaches conversions under the others.
     fn alias(&self, state: &State<'_>, context: &mut Context<'_>) -> Outcome {
-        let previous = state.input[4].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty());
+        let previous =
+            state.input[self.input.envelope.previous_id].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty());
         let mut message = match previous {
             None => "alias: nothing to link (no `previousId`)",
             Some(_) => "alias: nothing linked (no identity memory)",
@@ -325,10 +326,13 @@ impl Plan {
     /// The identity-memory keys of the event's visitor: its anonymous id and its user id.
     fn visitor_keys(&self, state: &State<'_>) -> Vec<String> {
         let mut keys = Vec::with_capacity(4);
-        if let Some(anonymous) = state.input[2].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
+        let envelope = &self.input.envelope;
+        if let Some(anonymous) =
+            state.input[envelope.anonymous_id].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty())
+        {
             keys.push(["anon:", anonymous].concat());
         }
-        if let Some(user) = state.input[3].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
+        if let Some(user) = state.input[envelope.user_id].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
             keys.push(["user:", user].concat());
         }
         keys

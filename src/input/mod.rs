@@ -12,15 +12,43 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::functions::{lookup, Val};
-use crate::plan::Step;
 
 mod scan;
+
+/// One step of a path into the event: an object key or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The envelope fields the runtime reads whatever the mapping: `type` and `event` route an event, the ids key
+/// identity memory (`previousId` for alias events).
+const ENVELOPE: [&str; 5] = ["type", "event", "anonymousId", "userId", "previousId"];
+
+/// The slots of the envelope fields ([`ENVELOPE`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Envelope {
+    pub kind: usize,
+    pub event: usize,
+    pub anonymous_id: usize,
+    pub user_id: usize,
+    pub previous_id: usize,
+}
+
+impl Envelope {
+    pub fn slots(&self) -> [usize; 5] {
+        [self.kind, self.event, self.anonymous_id, self.user_id, self.previous_id]
+    }
+}
 
 /// The trie of captured paths and where each path the plan reads ends up.
 #[derive(Debug, Default)]
 pub(crate) struct InputLayout {
     root: Node,
     slot_count: usize,
+    /// Where the envelope fields the runtime reads are captured.
+    pub envelope: Envelope,
     /// Slots whose object the fast reader takes apart instead of building: read whole, and by members too.
     containers: Vec<usize>,
     /// Each slot's event path, written out the first time one is asked for (explanations ask for many).
@@ -60,7 +88,8 @@ impl InputPaths {
 
     /// Builds the trie; returns the layout and, for each path id, its slot and the steps to take inside it. Each
     /// run of object keys that starts a path is a node, and a node that some path ends at has a slot.
-    pub fn build(self) -> (InputLayout, Vec<(usize, Vec<Step>)>) {
+    pub fn build(mut self) -> (InputLayout, Vec<(usize, Vec<Step>)>) {
+        let envelope = ENVELOPE.map(|name| self.add(vec![Step::Key(name.to_string())]));
         let mut layout = InputLayout::default();
         let mut slot_count = 0;
         let mut resolved = Vec::with_capacity(self.paths.len());
@@ -92,6 +121,8 @@ impl InputPaths {
         }
         containers(&layout.root, &mut layout.containers);
         layout.slot_count = slot_count;
+        let [kind, event, anonymous_id, user_id, previous_id] = envelope.map(|id| resolved[id].0);
+        layout.envelope = Envelope { kind, event, anonymous_id, user_id, previous_id };
         (layout, resolved)
     }
 }
