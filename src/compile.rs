@@ -1691,6 +1691,7 @@ impl<'s> Compiler<'s> {
             }
             routes.push(PlanRoute {
                 label: info.label.clone(),
+                location: self.sources.location(info.span),
                 event_type: info.event_type.clone(),
                 shape: info.shape.clone(),
                 custom_event_name: info.custom_event_name.clone(),

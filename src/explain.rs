@@ -35,6 +35,8 @@ pub struct Explanation {
 pub struct RouteTrace {
     /// `"Order Completed" -> order_created (contents)`.
     pub route: String,
+    /// `file:line:col` of the route's line in the route table.
+    pub location: String,
     pub event_type: String,
     pub shape: String,
 }
@@ -168,6 +170,7 @@ fn explain_input<'v>(
             let route = &plan.routes[index];
             explanation.route = Some(RouteTrace {
                 route: route.label.clone(),
+                location: route.location.clone(),
                 event_type: route.event_type.clone(),
                 shape: route.shape.clone(),
             });
@@ -825,10 +828,7 @@ impl Explanation {
             }
         }
         if let Some(route) = &self.route {
-            match &self.routes_table {
-                Some(table) => writeln!(out, "route: {}  ({table})", route.route)?,
-                None => writeln!(out, "route: {}", route.route)?,
-            }
+            writeln!(out, "route: {}  ({})", route.route, route.location)?;
         }
         if !self.fields.is_empty() {
             let heading = match &self.outcome {

@@ -55,6 +55,8 @@ pub(crate) struct Router {
 pub(crate) struct PlanRoute {
     /// `"Order Completed" -> order_created`, for reports.
     pub label: String,
+    /// `file:line:col` of the route's own line in the route table.
+    pub location: String,
     pub event_type: String,
     pub shape: String,
     pub custom_event_name: Option<String>,
