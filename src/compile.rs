@@ -758,6 +758,14 @@ impl<'s> Compiler<'s> {
             );
         }
         if let Some(taint) = &typed.taint {
+            // A mapping that declares its phones' region (`param default_region`) is shown the call that uses it.
+            let mut regions: Vec<&String> =
+                self.params.keys().filter(|name| name.to_ascii_lowercase().contains("region")).collect();
+            regions.sort();
+            let e164 = match regions.first() {
+                Some(name) => format!("e164(${name})"),
+                None => "e164(\"US\")".to_string(),
+            };
             self.error(
                 Diagnostic::error(
                     codes::RAW_PII,
@@ -766,7 +774,10 @@ impl<'s> Compiler<'s> {
                     "personal data read here",
                 )
                 .with_context(target_span, "written here without a hash")
-                .with_help("hash it before it leaves: end the pipeline with `| sha256` (after `| normalize_email` for emails, `| e164(\"US\")` for phones)"),
+                .with_help(format!(
+                    "hash it before it leaves: end the pipeline with `| sha256` (after `| normalize_email` for \
+                     emails, `| {e164}` for phones)"
+                )),
             );
         }
     }
