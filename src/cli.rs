@@ -17,7 +17,7 @@ use std::io::{self, BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 
 use signal_engine::diagnostic::{self, RenderOptions};
@@ -32,8 +32,16 @@ use signal_engine::{CompileOptions, Compiled, Context};
 /// The most events one OpenAI request may carry.
 const MAX_BATCH: usize = 1000;
 
+/// `engine --version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ENGINE_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "engine", version, about = "Maps Signal analytics events to OpenAI Ads Conversions API events")]
+#[command(
+    name = "engine",
+    version = VERSION,
+    about = "Maps Signal analytics events to OpenAI Ads Conversions API events",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,12 +53,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the relay: receives Signal and Segment events over HTTP, maps them, and delivers them to OpenAI.
+    #[command(
+        after_help = "Examples:\n  engine serve                          a trial relay on 127.0.0.1:8088 (loopback, dry run)\n  engine serve --config relay.yaml      as configured (README: Running the relay)\n\nExit codes: 0 after a clean stop (SIGTERM, ctrl-c); 2 when it cannot start (invalid configuration, mapping with errors, port in use, store held by another process)."
+    )]
     Serve(relay::ServeArgs),
     /// Lists, shows, replays or purges the relay's dead letters (while the relay is stopped).
+    #[command(
+        after_help = "Examples:\n  engine dlq list --config relay.yaml\n  engine dlq replay --config relay.yaml          every dead letter back in its queue\n\nExit codes: 0 done; 2 usage error, an unknown sequence number, no store in the data directory, or a store a running relay holds."
+    )]
     Dlq(relay::DlqArgs),
     /// Posts NDJSON events to a relay as a server SDK would: batches, gzip, retries on 429 and 5xx.
+    #[command(
+        after_help = "Examples:\n  engine send examples/events.ndjson --to http://127.0.0.1:8088 --rebase-time --gzip\n  engine send - --to http://127.0.0.1:8088 --key $SIGNAL_WRITE_KEY < events.ndjson\n\nExit codes: 0 every event accepted; 1 some were refused or malformed; 2 usage error or the relay unreachable."
+    )]
     Send(send::SendArgs),
     /// Checks mapping files and reports every problem found (exit 1 when any is an error).
+    #[command(
+        after_help = "Examples:\n  engine check                           every .map file under mappings/\n  engine check my.map --format json      diagnostics as JSON, for editors and CI\n\nExit codes: 0 no errors (warnings allowed); 1 errors found; 2 usage or I/O error."
+    )]
     Check {
         /// Mapping files to check; a directory stands for every `.map` file below it; default: `mappings/`.
         files: Vec<PathBuf>,
@@ -62,6 +82,9 @@ enum Command {
         format: Format,
     },
     /// Maps Signal events (NDJSON from files or stdin) to OpenAI events (NDJSON on stdout).
+    #[command(
+        after_help = "Examples:\n  engine run --now 2026-11-20T12:00:00Z < examples/events.ndjson\n  engine run --map my.map --rejects rejects.ndjson day1.ndjson day2.ndjson > openai.ndjson\n\nExit codes: 0 the stream was processed (whatever was dropped or rejected); 1 the mapping has errors; 2 usage or I/O error."
+    )]
     Run {
         /// NDJSON event files, read in order; none, or `-`, reads stdin.
         inputs: Vec<PathBuf>,
@@ -83,8 +106,11 @@ enum Command {
         #[arg(long, default_value_t = MemoryStore::DEFAULT_BUDGET >> 20, value_name = "MIB")]
         identity_memory: usize,
     },
-    /// Explains how events (JSON from files or stdin: one document, several, or an array) are mapped: the rule, source value
-    /// and each function's result behind every output field, and why other rules produced nothing.
+    /// Explains how events (JSON from files or stdin: one document, several, or an array) are mapped: the rule,
+    /// source value and each function's result behind every output field, and why other rules produced nothing.
+    #[command(
+        after_help = "Examples:\n  engine explain event.json --format json --show-pii\n  head -3 examples/events.ndjson | engine explain --now 2026-11-20T12:00:00Z\n\nExit codes: 0 explained; 1 the mapping has errors; 2 usage or I/O error (no event, not JSON)."
+    )]
     Explain {
         /// Files of JSON events, read in order; none, or `-`, reads stdin.
         inputs: Vec<PathBuf>,
@@ -101,14 +127,41 @@ enum Command {
         format: Format,
     },
     /// Lists the function library: signatures, docs and examples (`--format markdown` is docs/functions.md).
+    #[command(
+        after_help = "Examples:\n  engine functions\n  engine functions minor_units\n\nExit codes: 0 shown; 2 unknown function (with a did-you-mean)."
+    )]
     Functions(FunctionsArgs),
     /// Serves the language server protocol on stdin and stdout, for editors (see README "Editor support").
+    #[command(
+        after_help = "Exit codes: 0 after the client's shutdown and exit; 1 exit without shutdown; 2 the connection broke."
+    )]
     Lsp,
     /// Runs mapping tests: `*.test.yaml` files of input events and the outcomes expected (exit 1 on a failure).
+    #[command(
+        after_help = "Examples:\n  engine test\n  engine test mappings/openai_ads.test.yaml --filter refund\n\nExit codes: 0 every case passed; 1 a case failed or a file could not be run; 2 usage error."
+    )]
     Test(TestArgs),
     /// Formats mapping files in place: rule tables aligned, comments kept; `-` formats stdin to stdout.
+    #[command(
+        after_help = "Examples:\n  engine fmt                      every .map file under mappings/\n  engine fmt --check my.map       name what would change, change nothing\n  engine fmt - < my.map           the formatted text on stdout, for editors\n\nExit codes: 0 done; 1 a file would change (--check) or has syntax errors; 2 usage or I/O error."
+    )]
     Fmt(FmtArgs),
+    /// Prints a shell completion script: `engine completions bash > /etc/bash_completion.d/engine`.
+    #[command(
+        after_help = "Examples:\n  engine completions bash > ~/.local/share/bash-completion/completions/engine\n  engine completions zsh > ~/.zfunc/_engine\n\nExit codes: 0 written; 2 unknown shell."
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff): `engine man > engine.1 && man ./engine.1`.
+    #[command(after_help = "Exit codes: 0 written; 2 it could not be written.")]
+    Man,
 }
+
+/// Exit codes, shown at the end of `engine --help`.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 findings (check found errors, a mapping has errors, a mapping \
+test failed, fmt --check found a file to reformat); 2 usage or I/O error. See each command's --help.";
 
 #[derive(clap::Args)]
 struct TestArgs {
@@ -200,6 +253,19 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => relay::serve(args, color),
         Command::Dlq(args) => relay::dlq(args),
         Command::Send(args) => send::send(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "engine", &mut script);
+            write_or_quit(&mut io::stdout(), &script).map(|()| 0)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| usage(format!("cannot render the manual page: {e}")))
+                .and_then(|()| write_or_quit(&mut io::stdout(), &page))
+                .map(|()| 0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

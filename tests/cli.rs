@@ -315,3 +315,24 @@ fn colour_follows_the_flag_then_the_environments_conventions() {
     assert!(!coloured(&["fmt", "unclosed.map"], &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]));
     assert!(coloured(&["run", "--map", "broken.map", "--color", "always"], &[]), "run shows the errors in colour");
 }
+
+#[test]
+fn version_names_the_commit_and_every_command_documents_examples_and_exit_codes() {
+    let version = text(&engine(&["--version"], "").stdout);
+    assert!(version.starts_with("engine 0.1.0 (commit "), "{version}");
+    assert!(!version.contains("(commit )"), "{version}");
+    for command in ["check", "run", "explain", "test", "fmt", "functions", "serve", "dlq", "send", "completions"] {
+        let help = engine(&[command, "--help"], "");
+        assert_eq!(help.status.code(), Some(0), "{command}");
+        let help = text(&help.stdout);
+        assert!(help.contains("Examples:\n  engine "), "`engine {command} --help` shows examples:\n{help}");
+        assert!(help.contains("Exit codes: 0 "), "`engine {command} --help` names its exit codes:\n{help}");
+    }
+    let completions = engine(&["completions", "bash"], "");
+    assert_eq!(completions.status.code(), Some(0));
+    assert!(text(&completions.stdout).contains("complete -F _engine"), "a bash completion script");
+    let zsh = text(&engine(&["completions", "zsh"], "").stdout);
+    assert!(zsh.starts_with("#compdef engine"), "{}", &zsh[..zsh.len().min(80)]);
+    let man = text(&engine(&["man"], "").stdout);
+    assert!(man.contains(".TH engine 1") && man.contains("completions"), "a roff page naming the commands");
+}
