@@ -1,36 +1,40 @@
-//! The `engine` command line: argument parsing, file and stream I/O, and exit codes. It owns everything the
-//! library deliberately does not do (reading files, stdin and stdout, clocks); the mapping work is the library's.
+//! The `engine` command line: argument parsing, the helpers commands share, and exit codes; each command lives in
+//! its own module below (`cli/run.rs` is `engine run`). It owns everything the library deliberately does not do
+//! (reading files, stdin and stdout, clocks); the mapping work is the library's.
 //!
 //! Exit codes: 0 success; 1 findings (`check` found errors, `run` was given a mapping with errors, a mapping
 //! test failed or could not be run, or `fmt` met a file that is not formatted under `--check` or has syntax
 //! errors, or `send` had events refused); 2 usage or I/O error (for `send`: the relay could not be reached).
 
+mod check;
 mod color;
+mod explain;
 mod fmt;
+mod functions;
 mod relay;
+mod run;
 mod send;
+mod test;
 
 use color::Color;
+use explain::ExplainArgs;
+use functions::FunctionsArgs;
+use run::RunArgs;
+use test::TestArgs;
 
 use std::fs;
-use std::io::{self, BufRead, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use signal_engine::diagnostic::{self, RenderOptions};
-use signal_engine::functions;
 use signal_engine::identity::MemoryStore;
-use signal_engine::mapping_test;
 use signal_engine::presets;
-use signal_engine::run::{DropReason, Outcome, RejectReason};
 use signal_engine::source::FileLoader;
-use signal_engine::{CompileOptions, Compiled, Context};
-
-/// The most events one OpenAI request may carry.
-const MAX_BATCH: usize = 1000;
+use signal_engine::{CompileOptions, Compiled};
 
 /// `engine --version`: the crate's version and the commit it was built from.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ENGINE_COMMIT"), ")");
@@ -163,15 +167,6 @@ enum Command {
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 findings (check found errors, a mapping has errors, a mapping \
 test failed, fmt --check found a file to reformat); 2 usage or I/O error. See each command's --help.";
 
-#[derive(clap::Args)]
-struct TestArgs {
-    /// Test files, or directories searched for `*.test.yaml`; default: `mappings/` if it exists, else `.`.
-    paths: Vec<PathBuf>,
-    /// Run only the cases whose name contains this text.
-    #[arg(long)]
-    filter: Option<String>,
-}
-
 /// The mapping `run` and `explain` apply, and the clock they apply it at.
 #[derive(clap::Args)]
 struct MappingArgs {
@@ -184,22 +179,6 @@ struct MappingArgs {
     /// The time the timestamp window is checked against (RFC 3339); default: the current time.
     #[arg(long)]
     now: Option<String>,
-}
-
-#[derive(clap::Args)]
-struct FunctionsArgs {
-    /// One function to show in full; without it, every function in brief.
-    name: Option<String>,
-    /// `text` for a terminal, `markdown` (the reference, exactly docs/functions.md) or `json` for tools.
-    #[arg(long, value_enum, default_value_t = DocFormat::Text)]
-    format: DocFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DocFormat {
-    Text,
-    Markdown,
-    Json,
 }
 
 #[derive(clap::Args)]
@@ -238,17 +217,17 @@ pub fn main() -> ExitCode {
     let color = cli.color;
     let result = match cli.command {
         Command::Check { files, params, format } => {
-            or_mappings(files).and_then(|files| check(&files, params.as_deref(), format, color))
+            or_mappings(files).and_then(|files| check::check(&files, params.as_deref(), format, color))
         }
         Command::Run { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory } => {
-            run(RunArgs { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory }, color)
+            run::run(RunArgs { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory }, color)
         }
         Command::Explain { inputs, mapping, stateless, show_pii, format } => {
-            explain(ExplainArgs { inputs, mapping, stateless, show_pii, format }, color)
+            explain::explain(ExplainArgs { inputs, mapping, stateless, show_pii, format }, color)
         }
-        Command::Functions(args) => functions(&args),
+        Command::Functions(args) => functions::functions(&args),
         Command::Lsp => lsp(),
-        Command::Test(args) => test(args, color),
+        Command::Test(args) => test::test(args, color),
         Command::Fmt(FmtArgs { check, paths }) => or_mappings(paths).and_then(|paths| fmt::fmt(&paths, check, color)),
         Command::Serve(args) => relay::serve(args, color),
         Command::Dlq(args) => relay::dlq(args),
@@ -274,34 +253,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
-}
-
-/// `engine functions`: the library's docs, rendered from the declarations the compiler uses.
-fn functions(args: &FunctionsArgs) -> Result<u8, Failure> {
-    let to_json = |value: Value| serde_json::to_string_pretty(&value).map(|text| text + "\n");
-    let text = match &args.name {
-        None => match args.format {
-            DocFormat::Text => functions::reference_text(),
-            DocFormat::Markdown => functions::reference_markdown(),
-            DocFormat::Json => to_json(functions::reference_json()).map_err(|e| usage(e.to_string()))?,
-        },
-        Some(name) => {
-            let Some(function) = functions::find(name) else {
-                let names = functions::all().iter().map(|f| f.name);
-                return Err(usage(match diagnostic::did_you_mean(name, names) {
-                    Some(meant) => format!("unknown function `{name}`; did you mean `{meant}`?"),
-                    None => format!("unknown function `{name}`; `engine functions` lists them all"),
-                }));
-            };
-            match args.format {
-                DocFormat::Text => function.text(),
-                DocFormat::Markdown => function.markdown(),
-                DocFormat::Json => to_json(function.to_json()).map_err(|e| usage(e.to_string()))?,
-            }
-        }
-    };
-    write_or_quit(&mut io::stdout().lock(), text.as_bytes())?;
-    Ok(0)
 }
 
 /// Exit 0 after `shutdown` and `exit`; 1 when the client sent `exit` without `shutdown`, as the protocol asks.
@@ -359,80 +310,6 @@ fn mapping_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
     Ok(files)
 }
 
-fn check(paths: &[PathBuf], params: Option<&Path>, format: Format, color: Color) -> Result<u8, Failure> {
-    let options = CompileOptions { params: read_params(params)? };
-    let files = mapping_files(paths)?;
-    let mut errors = 0;
-    let mut warnings = 0;
-    let mut json_out = Vec::new();
-    let color = color.enabled(&io::stdout());
-    let mut stdout = io::stdout().lock();
-    for file in &files {
-        let compiled = compile_file(file, &options)?;
-        errors += compiled.diagnostics.iter().filter(|d| d.is_error()).count();
-        warnings += compiled.diagnostics.iter().filter(|d| !d.is_error()).count();
-        match format {
-            Format::Json => {
-                json_out.extend(compiled.diagnostics.iter().map(|d| diagnostic::to_json(d, &compiled.sources)));
-            }
-            Format::Human => {
-                let width = if color { 100 } else { 80 };
-                let text = diagnostic::render(&compiled.diagnostics, &compiled.sources, RenderOptions { color, width });
-                write_or_quit(&mut stdout, text.as_bytes())?;
-            }
-        }
-    }
-    match format {
-        Format::Json => {
-            let text = serde_json::to_string_pretty(&json_out).map_err(|e| usage(e.to_string()))?;
-            write_or_quit(&mut stdout, format!("{text}\n").as_bytes())?;
-        }
-        Format::Human => {
-            let summary = format!(
-                "engine check: {} file{}, {errors} error{}, {warnings} warning{}\n",
-                files.len(),
-                plural(files.len()),
-                plural(errors),
-                plural(warnings)
-            );
-            write_or_quit(&mut stdout, summary.as_bytes())?;
-        }
-    }
-    Ok(if errors > 0 { 1 } else { 0 })
-}
-
-/// `engine test`: every test file named or found, run in path order; the outcome of each case as it finishes.
-fn test(args: TestArgs, color: Color) -> Result<u8, Failure> {
-    let roots = if args.paths.is_empty() {
-        vec![PathBuf::from(if Path::new("mappings").is_dir() { "mappings" } else { "." })]
-    } else {
-        args.paths
-    };
-    let mut files = Vec::new();
-    for root in &roots {
-        if root.is_dir() {
-            let before = files.len();
-            files_below(root, &|p| p.to_string_lossy().ends_with(mapping_test::TEST_FILE_SUFFIX), &mut files)?;
-            if files.len() == before {
-                return Err(usage(format!("no `*{}` files in {}", mapping_test::TEST_FILE_SUFFIX, root.display())));
-            }
-        } else {
-            files.push(root.clone());
-        }
-    }
-    let style = mapping_test::Style { color: color.enabled(&io::stdout()) };
-    let mut stdout = io::stdout().lock();
-    let mut reports = Vec::with_capacity(files.len());
-    for file in &files {
-        let text = fs::read_to_string(file).map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
-        let report = mapping_test::run_file(&file.to_string_lossy(), &text, &FileLoader, args.filter.as_deref());
-        write_or_quit(&mut stdout, mapping_test::render_progress(&report, style).as_bytes())?;
-        reports.push(report);
-    }
-    write_or_quit(&mut stdout, mapping_test::render_summary(&reports, style).as_bytes())?;
-    Ok(if reports.iter().all(mapping_test::FileReport::ok) { 0 } else { 1 })
-}
-
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -448,28 +325,6 @@ fn write_or_quit(out: &mut impl Write, bytes: &[u8]) -> Result<(), Failure> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => Err(usage(format!("cannot write output: {e}"))),
     }
-}
-
-struct RunArgs {
-    inputs: Vec<PathBuf>,
-    mapping: MappingArgs,
-    stateless: bool,
-    batch: bool,
-    rejects: Option<PathBuf>,
-    identity_capacity: usize,
-    identity_memory: usize,
-}
-
-/// Counts for the closing summary.
-#[derive(Default)]
-struct Summary {
-    lines: usize,
-    mapped: usize,
-    unmapped: usize,
-    identify: usize,
-    rejected: usize,
-    malformed: usize,
-    warnings: usize,
 }
 
 /// The mapping a command applies: `--map` or the embedded default, compiled with `--params`. A mapping with
@@ -513,193 +368,6 @@ fn now_ms(now: Option<&str>) -> Result<i64, Failure> {
     })
 }
 
-struct ExplainArgs {
-    inputs: Vec<PathBuf>,
-    mapping: MappingArgs,
-    stateless: bool,
-    show_pii: bool,
-    format: Format,
-}
-
-fn explain(args: ExplainArgs, color: Color) -> Result<u8, Failure> {
-    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "explain", color)?
-    else {
-        return Ok(1);
-    };
-    let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
-    let now_ms = now_ms(args.mapping.now.as_deref())?;
-    // Each input holds one document, a stream of them (NDJSON or pretty-printed), or an array: every event is
-    // explained in order.
-    let mut events = Vec::new();
-    for input in inputs(&args.inputs) {
-        let (file, mut reader) = input?;
-        let name = file.as_deref().unwrap_or("stdin");
-        let mut text = String::new();
-        reader.read_to_string(&mut text).map_err(|e| usage(format!("cannot read {name}: {e}")))?;
-        for document in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
-            match document.map_err(|e| usage(format!("{name} is not JSON: {e}")))? {
-                Value::Array(items) => events.extend(items),
-                event => events.push(event),
-            }
-        }
-    }
-    if events.is_empty() {
-        return Err(usage("no event to explain: give one JSON event, several, or an array of them"));
-    }
-    let mut memory = MemoryStore::new(MemoryStore::DEFAULT_CAPACITY);
-    let mut out = BufWriter::new(io::stdout().lock());
-    let many = events.len() > 1;
-    for (index, event) in events.iter().enumerate() {
-        let mut context =
-            if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
-        let explanation = signal_engine::explain::explain(plan, &event.to_string(), &mut context);
-        let rendered = match args.format {
-            Format::Human if many => format!("event {}\n{}\n", index + 1, explanation.render_text(args.show_pii)),
-            Format::Human => explanation.render_text(args.show_pii),
-            Format::Json => {
-                let mut value = explanation.to_json(args.show_pii);
-                value["event"] = json!(index + 1);
-                format!("{value}\n")
-            }
-        };
-        write_or_quit(&mut out, rendered.as_bytes())?;
-    }
-    out.flush().map_err(|e| usage(format!("cannot write stdout: {e}")))?;
-    Ok(0)
-}
-
-fn run(args: RunArgs, color: Color) -> Result<u8, Failure> {
-    let Some(compiled) = load_mapping(args.mapping.map.as_deref(), args.mapping.params.as_deref(), "run", color)?
-    else {
-        return Ok(1);
-    };
-    let Some(plan) = compiled.plan.as_ref() else { return Ok(1) };
-    let now_ms = now_ms(args.mapping.now.as_deref())?;
-    let mut reports: Box<dyn Write> = match &args.rejects {
-        Some(path) => Box::new(BufWriter::new(
-            fs::File::create(path).map_err(|e| usage(format!("cannot create {}: {e}", path.display())))?,
-        )),
-        None => Box::new(BufWriter::new(io::stderr().lock())),
-    };
-    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let mut memory = MemoryStore::bounded(args.identity_capacity, args.identity_memory.saturating_mul(1 << 20));
-    let mut summary = Summary::default();
-    let mut batch: Vec<String> = Vec::new();
-    // One line buffer for the whole stream, refilled from a large read buffer: a stream of millions of events
-    // costs no allocation per line and few system calls.
-    let mut bytes = Vec::with_capacity(4096);
-    for input in inputs(&args.inputs) {
-        let (file, mut reader) = input?;
-        let file = file.as_deref();
-        let mut line_number = 0;
-        loop {
-            bytes.clear();
-            let read = reader
-                .read_until(b'\n', &mut bytes)
-                .map_err(|e| usage(format!("cannot read {}: {e}", file.unwrap_or("stdin"))))?;
-            if read == 0 {
-                break;
-            }
-            line_number += 1;
-            let Ok(text) = std::str::from_utf8(&bytes) else {
-                summary.lines += 1;
-                summary.malformed += 1;
-                report(
-                    &mut reports,
-                    file,
-                    json!({"line": line_number, "outcome": "malformed", "message": "not UTF-8"}),
-                )?;
-                continue;
-            };
-            if text.trim().is_empty() {
-                continue;
-            }
-            summary.lines += 1;
-            let mut context =
-                if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
-            match plan.apply_str(text, &mut context) {
-                Outcome::Mapped(mapped) => {
-                    summary.mapped += 1;
-                    for warning in &mapped.warnings {
-                        summary.warnings += 1;
-                        report(
-                            &mut reports,
-                            file,
-                            json!({"line": line_number, "outcome": "warning", "field": warning.field, "rule": warning.rule, "message": warning.message}),
-                        )?;
-                    }
-                    if args.batch {
-                        batch.push(mapped.json);
-                        if batch.len() == MAX_BATCH {
-                            write_batch(&mut out, &mut batch)?;
-                        }
-                    } else {
-                        write_or_quit(&mut out, mapped.json.as_bytes())?;
-                        write_or_quit(&mut out, b"\n")?;
-                    }
-                }
-                Outcome::Dropped(dropped) => {
-                    match dropped.reason {
-                        DropReason::Unmapped => summary.unmapped += 1,
-                        // An alias, like an identify, only feeds identity memory.
-                        DropReason::Identify | DropReason::Alias => summary.identify += 1,
-                        // A reason a newer library adds is still a drop.
-                        _ => summary.unmapped += 1,
-                    }
-                    report(
-                        &mut reports,
-                        file,
-                        json!({"line": line_number, "outcome": "dropped", "reason": dropped.reason, "message": dropped.message}),
-                    )?;
-                }
-                Outcome::Rejected(rejected) => {
-                    if rejected.reason == RejectReason::InvalidInput {
-                        summary.malformed += 1;
-                        report(
-                            &mut reports,
-                            file,
-                            json!({"line": line_number, "outcome": "malformed", "message": rejected.message}),
-                        )?;
-                    } else {
-                        summary.rejected += 1;
-                        summary.warnings += rejected.warnings.len();
-                        let mut record = serde_json::to_value(&rejected).unwrap_or(Value::Null);
-                        if let Value::Object(map) = &mut record {
-                            map.insert("line".into(), json!(line_number));
-                            map.insert("outcome".into(), json!("rejected"));
-                        }
-                        report(&mut reports, file, record)?;
-                    }
-                }
-                // The library marks its outcomes open to additions; this build knows every one it can return.
-                _ => {}
-            }
-        }
-    }
-    if !batch.is_empty() {
-        write_batch(&mut out, &mut batch)?;
-    }
-    out.flush().map_err(|e| usage(format!("cannot write output: {e}")))?;
-    let text = format!(
-        "engine run: {} events: {} mapped, {} dropped ({} unmapped, {} identify), {} rejected, {} malformed; {} warnings\n",
-        summary.lines,
-        summary.mapped,
-        summary.unmapped + summary.identify,
-        summary.unmapped,
-        summary.identify,
-        summary.rejected,
-        summary.malformed,
-        summary.warnings,
-    );
-    reports.flush().map_err(|e| usage(format!("cannot write reports: {e}")))?;
-    drop(reports);
-    eprint!("{text}");
-    // Freeing a memory of up to millions of visitors one by one takes a noticeable part of a run; the process ends
-    // right after, and the operating system takes the memory back whole.
-    std::mem::forget(memory);
-    Ok(0)
-}
-
 /// The paths given, or `mappings/` (as `engine test` defaults to it).
 fn or_mappings(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, Failure> {
     if !paths.is_empty() {
@@ -710,44 +378,4 @@ fn or_mappings(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, Failure> {
         return Err(usage("no mapping files given, and no `mappings/` directory here to default to"));
     }
     Ok(vec![default])
-}
-
-/// The inputs of `run` and `explain`, in order: each file named (`None` for stdin) with a reader. No file, or
-/// `-`, stands for stdin.
-fn inputs(paths: &[PathBuf]) -> impl Iterator<Item = Result<(Option<String>, Box<dyn BufRead>), Failure>> + '_ {
-    let stdin_only = paths.is_empty().then(|| PathBuf::from("-"));
-    let paths: Vec<PathBuf> = stdin_only.into_iter().chain(paths.iter().cloned()).collect();
-    paths.into_iter().map(|path| {
-        if path.as_os_str() == "-" {
-            return Ok((None, Box::new(io::BufReader::with_capacity(1 << 20, io::stdin().lock())) as Box<dyn BufRead>));
-        }
-        let file = fs::File::open(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-        Ok((
-            Some(path.display().to_string()),
-            Box::new(io::BufReader::with_capacity(1 << 20, file)) as Box<dyn BufRead>,
-        ))
-    })
-}
-
-fn write_batch(out: &mut impl Write, batch: &mut Vec<String>) -> Result<(), Failure> {
-    let mut body = String::with_capacity(batch.iter().map(|e| e.len() + 1).sum::<usize>() + 16);
-    body.push_str("{\"events\":[");
-    body.push_str(&batch.join(","));
-    body.push_str("]}\n");
-    batch.clear();
-    write_or_quit(out, body.as_bytes())
-}
-
-/// Writes one report record; with events read from files, the record names the file its line is in.
-fn report(reports: &mut dyn Write, file: Option<&str>, mut record: Value) -> Result<(), Failure> {
-    if let (Some(file), Value::Object(map)) = (file, &mut record) {
-        map.insert("file".into(), json!(file));
-    }
-    let mut line = record.to_string();
-    line.push('\n');
-    match reports.write_all(line.as_bytes()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(usage(format!("cannot write reports: {e}"))),
-    }
 }
