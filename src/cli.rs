@@ -31,9 +31,9 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
 
 use signal_engine::diagnostic::{self, RenderOptions};
+use signal_engine::files::FileLoader;
 use signal_engine::identity::MemoryStore;
 use signal_engine::presets;
-use signal_engine::source::FileLoader;
 use signal_engine::{CompileOptions, Compiled};
 
 /// `engine --version`: the crate's version and the commit it was built from.

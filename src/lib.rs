@@ -7,6 +7,7 @@ pub mod compile;
 pub mod diagnostic;
 mod eval;
 pub mod explain;
+pub mod files;
 pub mod format;
 pub mod functions;
 pub mod identity;

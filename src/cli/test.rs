@@ -4,8 +4,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use signal_engine::files::FileLoader;
 use signal_engine::mapping_test;
-use signal_engine::source::FileLoader;
 
 use super::{files_below, usage, write_or_quit, Color, Failure};
 

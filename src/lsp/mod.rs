@@ -29,7 +29,8 @@ use serde_json::{Map, Value};
 
 use signal_engine::ast::{FileId, Segment, Span};
 use signal_engine::diagnostic::{Diagnostic, Severity};
-use signal_engine::source::{FileLoader, SourceLoader, Sources};
+use signal_engine::files::FileLoader;
+use signal_engine::source::{SourceLoader, Sources};
 use signal_engine::{functions, schema, CompileOptions};
 
 use analysis::{blocks_at, hit_at, Hit, Workspace};

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::compile::CompileOptions;
 use crate::diagnostic::{self, RenderOptions};
+use crate::files::FileLoader;
 use crate::plan::Plan;
 use crate::presets;
-use crate::source::FileLoader;
 use config::{Integration, RelayConfig};
 use store::{RedbStore, Store};
 
