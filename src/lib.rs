@@ -12,7 +12,7 @@ pub mod format;
 pub mod functions;
 pub mod identity;
 mod input;
-pub mod mapping_test;
+pub mod mapping_cases;
 mod observe;
 pub mod personal;
 pub mod plan;

@@ -127,7 +127,7 @@ fn the_readme_example_test_file_passes() {
     // Named as if it sat in mappings/, where `mapping: openai_ads.map` resolves to the default preset.
     let name = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/readme.test.yaml");
     let report =
-        signal_engine::mapping_test::run_file(name, &readme[start..end], &signal_engine::files::FileLoader, None);
+        signal_engine::mapping_cases::run_file(name, &readme[start..end], &signal_engine::files::FileLoader, None);
     assert!(report.ok(), "{:#?}", report);
     assert_eq!(report.passed(), 1);
 }

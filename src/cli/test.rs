@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use signal_engine::files::FileLoader;
-use signal_engine::mapping_test;
+use signal_engine::mapping_cases;
 
 use super::{files_below, usage, write_or_quit, Color, Failure};
 
@@ -29,23 +29,23 @@ pub(super) fn test(args: TestArgs, color: Color) -> Result<u8, Failure> {
     for root in &roots {
         if root.is_dir() {
             let before = files.len();
-            files_below(root, &|p| p.to_string_lossy().ends_with(mapping_test::TEST_FILE_SUFFIX), &mut files)?;
+            files_below(root, &|p| p.to_string_lossy().ends_with(mapping_cases::TEST_FILE_SUFFIX), &mut files)?;
             if files.len() == before {
-                return Err(usage(format!("no `*{}` files in {}", mapping_test::TEST_FILE_SUFFIX, root.display())));
+                return Err(usage(format!("no `*{}` files in {}", mapping_cases::TEST_FILE_SUFFIX, root.display())));
             }
         } else {
             files.push(root.clone());
         }
     }
-    let style = mapping_test::Style { color: color.enabled(&io::stdout()) };
+    let style = mapping_cases::Style { color: color.enabled(&io::stdout()) };
     let mut stdout = io::stdout().lock();
     let mut reports = Vec::with_capacity(files.len());
     for file in &files {
         let text = fs::read_to_string(file).map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
-        let report = mapping_test::run_file(&file.to_string_lossy(), &text, &FileLoader, args.filter.as_deref());
-        write_or_quit(&mut stdout, mapping_test::render_progress(&report, style).as_bytes())?;
+        let report = mapping_cases::run_file(&file.to_string_lossy(), &text, &FileLoader, args.filter.as_deref());
+        write_or_quit(&mut stdout, mapping_cases::render_progress(&report, style).as_bytes())?;
         reports.push(report);
     }
-    write_or_quit(&mut stdout, mapping_test::render_summary(&reports, style).as_bytes())?;
-    Ok(if reports.iter().all(mapping_test::FileReport::ok) { 0 } else { 1 })
+    write_or_quit(&mut stdout, mapping_cases::render_summary(&reports, style).as_bytes())?;
+    Ok(if reports.iter().all(mapping_cases::FileReport::ok) { 0 } else { 1 })
 }
