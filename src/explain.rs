@@ -141,7 +141,8 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
 /// enriched without writing them out and reading them again.
 pub fn explain_value(plan: &Plan, event: &Value, context: &mut Context<'_>) -> Explanation {
     match plan.input.read_value(event) {
-        Ok(input) => {
+        Ok(mut input) => {
+            input.build_all();
             let notes = event.get(RELAY_NOTES).and_then(Value::as_object);
             explain_input(plan, &input.values, context, notes)
         }

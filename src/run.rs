@@ -160,7 +160,10 @@ impl Plan {
     /// Applies the plan to one parsed event.
     pub fn apply(&self, event: &Value, context: &mut Context<'_>) -> Outcome {
         match self.input.read_value(event) {
-            Ok(input) => self.apply_input(&input.values, context, &mut Untraced),
+            Ok(mut input) => {
+                self.build_read_whole(&mut input);
+                self.apply_input(&input.values, context, &mut Untraced)
+            }
             Err(error) => invalid_input(error.0),
         }
     }

@@ -131,8 +131,15 @@ impl InputPaths {
 #[derive(Debug)]
 pub(crate) struct Captured<'a> {
     pub values: Vec<Option<Val<'a>>>,
-    /// The text of objects read whole and by members, taken apart but not built yet, by slot.
-    unbuilt: Vec<Option<&'a str>>,
+    /// Objects read whole and by members, taken apart but not built yet, by slot.
+    unbuilt: Vec<Option<Unbuilt<'a>>>,
+}
+
+/// An object taken apart but not built: its text, or the parsed tree it came from.
+#[derive(Debug, Clone, Copy)]
+enum Unbuilt<'a> {
+    Text(&'a str),
+    Tree(&'a Value),
 }
 
 impl<'a> Captured<'a> {
@@ -143,9 +150,13 @@ impl<'a> Captured<'a> {
     /// Builds the objects in `slots` that were only taken apart, so that they can be read whole.
     pub fn build(&mut self, slots: &[usize]) {
         for &slot in slots {
-            if let Some(text) = self.unbuilt.get_mut(slot).and_then(Option::take) {
+            match self.unbuilt.get_mut(slot).and_then(Option::take) {
                 // The text was read once already, so it reads again; serde_json decides if ever it does not.
-                self.values[slot] = scan::value(text).or_else(|| serde_json::from_str(text).ok());
+                Some(Unbuilt::Text(text)) => {
+                    self.values[slot] = scan::value(text).or_else(|| serde_json::from_str(text).ok());
+                }
+                Some(Unbuilt::Tree(tree)) => self.values[slot] = Some(Val::from_json(tree)),
+                None => {}
             }
         }
     }
@@ -251,7 +262,7 @@ impl InputLayout {
         Ok(captured)
     }
 
-    /// Reads the captured values of an already parsed event, borrowing from it; every value is built.
+    /// Reads the captured values of an already parsed event, borrowing from it.
     pub fn read_value<'a>(&self, event: &'a Value) -> Result<Captured<'a>, InputError> {
         let found = match event {
             Value::Object(_) => None,
@@ -265,19 +276,25 @@ impl InputLayout {
             return Err(not_an_object(found));
         }
         let mut captured = Captured::new(self.slot_count);
-        fn walk<'a>(node: &Node, value: &'a Value, slots: &mut [Option<Val<'a>>]) {
+        // As the fast reader does with text: an object read whole and by members is taken apart, and built only for
+        // the routes that read it whole.
+        fn walk<'a>(node: &Node, value: &'a Value, captured: &mut Captured<'a>) {
             if let Some(slot) = node.capture {
-                slots[slot] = Some(Val::from_json(value));
+                if value.is_object() && !node.children.is_empty() {
+                    captured.unbuilt[slot] = Some(Unbuilt::Tree(value));
+                } else {
+                    captured.values[slot] = Some(Val::from_json(value));
+                }
             }
             if let Value::Object(map) = value {
                 for (key, child) in &node.children {
                     if let Some(v) = map.get(key) {
-                        walk(child, v, slots);
+                        walk(child, v, captured);
                     }
                 }
             }
         }
-        walk(&self.root, event, &mut captured.values);
+        walk(&self.root, event, &mut captured);
         Ok(captured)
     }
 

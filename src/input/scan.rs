@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde_json::Number;
 
-use super::{Captured, Node, Seen};
+use super::{Captured, Node, Seen, Unbuilt};
 use crate::functions::Val;
 
 /// The fast reader gave up on this text; the reference reader decides.
@@ -31,7 +31,7 @@ pub(super) fn read<'a>(root: &Node, text: &'a str, captured: &mut Captured<'a>) 
         return Err(GiveUp);
     }
     if let Some(slot) = root.capture {
-        captured.unbuilt[slot] = Some(text);
+        captured.unbuilt[slot] = Some(Unbuilt::Text(text));
     }
     Ok(())
 }
@@ -126,7 +126,7 @@ impl<'a> Scanner<'a> {
                         Some(slot) if object && !child.children.is_empty() => {
                             let start = self.pos;
                             self.object(child, captured)?;
-                            captured.unbuilt[slot] = Some(&self.text[start..self.pos]);
+                            captured.unbuilt[slot] = Some(Unbuilt::Text(&self.text[start..self.pos]));
                         }
                         Some(slot) => captured.values[slot] = Some(self.value()?),
                         None if object => self.object(child, captured)?,
