@@ -465,3 +465,27 @@ fn formatting_gives_engine_fmt_layout_and_nothing_for_broken_text() {
     assert_eq!(edits, Value::Null, "broken text is left as it is");
     assert_eq!(client.exit(true), Some(0));
 }
+
+#[test]
+fn a_malformed_frame_gets_a_parse_error_and_the_session_goes_on() {
+    let (mut client, _) = Client::initialized();
+    {
+        let stdin = client.stdin.as_mut().expect("stdin is open");
+        // Not JSON; then JSON that is no JSON-RPC message; then a header block without a Content-Length.
+        write!(stdin, "Content-Length: 9\r\n\r\n{{not json").unwrap();
+        write!(stdin, "Content-Length: 2\r\n\r\n[]").unwrap();
+        write!(stdin, "Content-Type: text/plain\r\n\r\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    for _ in 0..3 {
+        let error = client.receive(deadline, "a parse error");
+        assert_eq!(error["error"]["code"], json!(-32700), "{error}");
+        assert_eq!(error["id"], Value::Null, "{error}");
+    }
+    // The session is intact: documents are still checked and requests answered.
+    client.open("file:///tmp/after-garbage.map", "messageId -> id | sha265\n");
+    let diagnostics = client.diagnostics("file:///tmp/after-garbage.map");
+    assert!(diagnostics.iter().any(|d| d["code"] == "engine::check::unknown_function"), "{diagnostics:?}");
+    assert_eq!(client.exit(true), Some(0));
+}

@@ -6,6 +6,7 @@ mod analysis;
 mod completion;
 mod docs;
 mod text;
+mod transport;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -69,13 +70,13 @@ impl From<lsp_server::ProtocolError> for LspError {
 
 /// Serves one client on stdin and stdout until it sends `exit`.
 pub fn serve_stdio() -> Result<(), LspError> {
-    let (connection, io_threads) = Connection::stdio();
+    let (connection, io_threads) = transport::stdio();
     let served = serve(&connection);
     if matches!(served, Err(LspError::ExitWithoutShutdown | LspError::Protocol(_))) {
         return served;
     }
-    // The reader thread has stopped (after `exit`, or at the end or a malformed frame of the input), so joining
-    // cannot block; its error says why the input ended.
+    // The reader thread has stopped (after `exit`, or at the end of the input), so joining cannot block once the
+    // connection is dropped; its error says why the input ended.
     drop(connection);
     let joined = io_threads.join().map_err(|e| LspError::Protocol(e.to_string()));
     match (served, joined) {
