@@ -767,12 +767,16 @@ fn is_sha256(text: &str) -> bool {
 }
 
 fn is_url(text: &str) -> bool {
-    // Schemes are case-insensitive: `HTTPS://Example.com/` is a URL.
-    let strip = |scheme: &str| {
-        text.get(..scheme.len()).filter(|prefix| prefix.eq_ignore_ascii_case(scheme)).map(|_| &text[scheme.len()..])
-    };
-    let rest = strip("https://").or_else(|| strip("http://"));
-    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+    // Read as browsers and OpenAI read it (WHATWG's parser, the `url` crate): an http(s) address with a host and
+    // no credentials. Whitespace anywhere is refused, though the parser would trim or encode it.
+    !text.contains(char::is_whitespace)
+        && !text.contains(":///")
+        && url::Url::parse(text).is_ok_and(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some_and(|host| !host.is_empty())
+                && url.username().is_empty()
+                && url.password().is_none()
+        })
 }
 
 /// The elements of an array target, built from its source by the element rules; `None` when the source does
@@ -907,4 +911,28 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out<'_>>], json: &mut String
     }
     json.push('}');
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_url;
+
+    #[test]
+    fn a_url_is_an_http_address_with_a_host_and_no_credentials() {
+        for url in ["https://shop.example.com/thanks", "HTTPS://Shop.Example.com/", "http://127.0.0.1:8080/x?y#z"] {
+            assert!(is_url(url), "{url}");
+        }
+        for not in [
+            "https://user:secret@shop.example.com/",
+            "https://:secret@shop.example.com/",
+            "https://",
+            "https:///path",
+            "ftp://shop.example.com/",
+            "shop.example.com/thanks",
+            "https://shop example.com/",
+            "https://[::1/",
+        ] {
+            assert!(!is_url(not), "{not}");
+        }
+    }
 }

@@ -155,13 +155,19 @@ fn strip_query<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
     Ok(Some(Val::Str(without_credentials(page))))
 }
 
-/// The address without a `user:password@` before its host.
-fn without_credentials(url: Cow<'_, str>) -> Cow<'_, str> {
-    let Some(authority_start) = url.find("://").map(|at| at + 3) else { return url };
-    let authority_end = url[authority_start..].find(['/', '?', '#']).map_or(url.len(), |end| authority_start + end);
-    match url[authority_start..authority_end].rfind('@') {
-        Some(at) => Cow::Owned(format!("{}{}", &url[..authority_start], &url[authority_start + at + 1..])),
-        None => url,
+/// The address without the `user:password@` written before its host. WHATWG's URL parser (the `url` crate, as
+/// browsers read addresses) finds the credentials, so that a backslash, an `@` in a path and other tricks are read
+/// the way the receiving end reads them; an address with credentials is written back as that parser writes it, one
+/// without is kept byte for byte.
+fn without_credentials(text: Cow<'_, str>) -> Cow<'_, str> {
+    match url::Url::parse(&text) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Both only fail for URLs that cannot have credentials, which these have.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            Cow::Owned(parsed[..url::Position::AfterPath].to_string())
+        }
+        _ => text,
     }
 }
 
@@ -260,7 +266,13 @@ mod tests {
         assert_eq!(strip(json!("é?ü")), Ok(Some(json!("é"))));
         assert_eq!(strip(json!(null)), Ok(None));
         assert_eq!(strip(json!("https://a:b@shop.example.com/p")), Ok(Some(json!("https://shop.example.com/p"))));
-        assert_eq!(strip(json!("https://a@b@shop.example.com")), Ok(Some(json!("https://shop.example.com"))));
+        assert_eq!(strip(json!("https://a@b@shop.example.com")), Ok(Some(json!("https://shop.example.com/"))));
+        // As browsers read it: a backslash ends the host of an http(s) address, so the host is `shop.example.com`.
+        assert_eq!(
+            strip(json!("https://u:p@shop.example.com\\@evil.example/x")),
+            Ok(Some(json!("https://shop.example.com/@evil.example/x")))
+        );
+        assert_eq!(strip(json!("https://:secret@shop.example.com/p")), Ok(Some(json!("https://shop.example.com/p"))));
         assert_eq!(strip(json!("https://shop.example.com/@me?x")), Ok(Some(json!("https://shop.example.com/@me"))));
         assert!(strip(json!({"href": "x"})).is_err());
     }
