@@ -159,7 +159,19 @@ fn check_mapped(outcome: &Outcome, text: &str, input: Option<&Scan>) {
         .filter(|(path, _)| !PII_PATHS.iter().any(|p| p.iter().eq(path.iter())))
         .map(|(_, s)| s.as_str())
         .collect();
-    let decoded: Vec<String> = sources.iter().map(|s| percent_decode(s)).collect();
+    let mut decoded: Vec<String> = sources.iter().map(|s| percent_decode(s)).collect();
+    // `strip_query` writes an address that had credentials as WHATWG's parser writes it (backslashes as slashes,
+    // spaces encoded): its `@` comes from the address's path, which these forms keep.
+    for source in &sources {
+        let page = &source[..source.find(['?', '#']).unwrap_or(source.len())];
+        if let Ok(mut url) = url::Url::parse(page) {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            let written = url[..url::Position::AfterPath].to_string();
+            decoded.push(percent_decode(&written));
+            decoded.push(written);
+        }
+    }
     let mut strings = Vec::new();
     output_strings(&output, &mut strings);
     for s in strings.into_iter().filter(|s| s.contains('@')) {
