@@ -219,12 +219,7 @@ def main():
     wrapper = os.environ.get("RELAY_WRAPPER", "").split()
     relay = subprocess.Popen(wrapper + [ENGINE, "serve", "--config", config], stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                http.client.HTTPConnection("127.0.0.1", 18089, timeout=1).request("GET", "/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for(18089)
         endpoints = {"track": "/v1/t", "page": "/v1/p", "identify": "/v1/i", "group": "/v1/g"}
         bodies = []
         for i in range(0, len(events), batch):

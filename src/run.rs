@@ -150,8 +150,9 @@ impl Plan {
     pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
         match self.input.read_str(event) {
             Ok(mut input) => {
-                self.build_read_whole(&mut input);
-                self.apply_input(&input.values, context, &mut Untraced)
+                let routing = self.routing(&input.values);
+                self.build_read_whole(&routing, &mut input);
+                self.apply_routed(&input.values, routing, context, &mut Untraced)
             }
             Err(error) => invalid_input(error.0),
         }
@@ -161,17 +162,18 @@ impl Plan {
     pub fn apply(&self, event: &Value, context: &mut Context<'_>) -> Outcome {
         match self.input.read_value(event) {
             Ok(mut input) => {
-                self.build_read_whole(&mut input);
-                self.apply_input(&input.values, context, &mut Untraced)
+                let routing = self.routing(&input.values);
+                self.build_read_whole(&routing, &mut input);
+                self.apply_routed(&input.values, routing, context, &mut Untraced)
             }
             Err(error) => invalid_input(error.0),
         }
     }
 
     /// Builds the objects the event's route reads whole that the reader only took apart.
-    pub(crate) fn build_read_whole(&self, input: &mut Captured<'_>) {
-        match self.routing(&input.values) {
-            Routing::Route(index) => input.build(&self.routes[index].containers),
+    fn build_read_whole(&self, routing: &Routing, input: &mut Captured<'_>) {
+        match routing {
+            Routing::Route(index) => input.build(&self.routes[*index].containers),
             Routing::Identify => input.build(&self.identity_containers),
             Routing::Alias | Routing::Unmapped(_) => {}
         }
@@ -184,13 +186,24 @@ impl Plan {
         context: &mut Context<'_>,
         observer: &mut O,
     ) -> Outcome {
+        self.apply_routed(input, self.routing(input), context, observer)
+    }
+
+    /// [`Plan::apply_input`] for an event already routed.
+    fn apply_routed<'v, O: Observer<'v>>(
+        &'v self,
+        input: &'v [Option<Val<'v>>],
+        routing: Routing,
+        context: &mut Context<'_>,
+        observer: &mut O,
+    ) -> Outcome {
         let mut state = State {
             input,
             out: (0..self.slot_count).map(|_| None).collect(),
             writer: vec![None; self.slot_count],
             warnings: Vec::new(),
         };
-        let route_index = match self.routing(input) {
+        let route_index = match routing {
             Routing::Route(index) => index,
             Routing::Identify => return self.identify(&mut state, context, observer),
             Routing::Alias => return self.alias(&state, context),

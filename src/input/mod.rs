@@ -251,7 +251,7 @@ impl InputLayout {
         }
         let mut captured = Captured::new(self.slot_count);
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        RootSeed { node: &self.root, slots: &mut captured.values }
+        RootSeed { node: &self.root, captured: &mut captured }
             .deserialize(&mut deserializer)
             .map_err(|e| InputError(format!("invalid JSON: {e}")))?;
         deserializer.end().map_err(|e| InputError(format!("invalid JSON: {e}")))?;
@@ -325,20 +325,20 @@ fn not_an_object(found: &str) -> InputError {
 /// The top level must be an object; below it, anything goes.
 struct RootSeed<'n, 'de> {
     node: &'n Node,
-    slots: &'n mut [Option<Val<'de>>],
+    captured: &'n mut Captured<'de>,
 }
 
 impl<'de> DeserializeSeed<'de> for RootSeed<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(NodeVisitor { node: self.node, slots: self.slots, root: true })
+        deserializer.deserialize_any(NodeVisitor { node: self.node, captured: self.captured, root: true })
     }
 }
 
 struct NodeSeed<'n, 'de> {
     node: &'n Node,
-    slots: &'n mut [Option<Val<'de>>],
+    captured: &'n mut Captured<'de>,
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_, 'de> {
@@ -347,17 +347,17 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, 'de> {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         match self.node.capture {
             Some(slot) => {
-                self.slots[slot] = Some(Val::deserialize(deserializer)?);
+                self.captured.values[slot] = Some(Val::deserialize(deserializer)?);
                 Ok(())
             }
-            None => deserializer.deserialize_any(NodeVisitor { node: self.node, slots: self.slots, root: false }),
+            None => deserializer.deserialize_any(NodeVisitor { node: self.node, captured: self.captured, root: false }),
         }
     }
 }
 
 struct NodeVisitor<'n, 'de> {
     node: &'n Node,
-    slots: &'n mut [Option<Val<'de>>],
+    captured: &'n mut Captured<'de>,
     root: bool,
 }
 
@@ -387,9 +387,9 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, 'de> {
                 Some(index) => {
                     let node = &self.node.children[index].1;
                     if seen.again(index) {
-                        forget_values(node, self.slots);
+                        self.captured.forget(node);
                     }
-                    map.next_value_seed(NodeSeed { node, slots: self.slots })?;
+                    map.next_value_seed(NodeSeed { node, captured: self.captured })?;
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -450,17 +450,6 @@ impl Seen {
         }
         self.more.push(index);
         false
-    }
-}
-
-/// Empties the slots at or below `node` before a repeated key is read again (the reference reader builds
-/// everything, so there is nothing unbuilt to forget).
-fn forget_values(node: &Node, slots: &mut [Option<Val<'_>>]) {
-    if let Some(slot) = node.capture {
-        slots[slot] = None;
-    }
-    for (_, child) in &node.children {
-        forget_values(child, slots);
     }
 }
 
