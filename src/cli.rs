@@ -268,8 +268,8 @@ fn read_params(path: Option<&Path>) -> Result<Map<String, Value>, Failure> {
     let Some(path) = path else { return Ok(Map::new()) };
     let text =
         fs::read_to_string(path).map_err(|e| usage(format!("cannot read parameters {}: {e}", path.display())))?;
-    let value: Value = serde_norway::from_str(&text)
-        .map_err(|e| usage(format!("parameters {} are not valid YAML: {e}", path.display())))?;
+    let value: Value = signal_engine::yaml::from_str(&text)
+        .map_err(|e| usage(format!("parameters are not valid YAML: {}", e.in_file(&path.display().to_string()))))?;
     match value {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),

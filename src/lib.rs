@@ -23,6 +23,7 @@ pub mod run;
 pub mod schema;
 pub mod source;
 pub mod syntax;
+pub mod yaml;
 
 pub use compile::{compile, CompileOptions, Compiled};
 pub use plan::Plan;

@@ -5,9 +5,10 @@
 
 use std::sync::OnceLock;
 
-use serde_norway::Value as Yaml;
+use serde::Deserialize;
 
 use crate::functions::Ty;
+use crate::yaml::{self, Entries};
 
 const TARGET_SCHEMA_TEXT: &str = include_str!("../mappings/schema/openai_ads.yaml");
 const INPUT_SCHEMA_TEXT: &str = include_str!("../mappings/schema/signal.yaml");
@@ -211,81 +212,96 @@ pub fn input() -> &'static InputSchema {
     INPUT.get_or_init(|| parse_input(INPUT_SCHEMA_TEXT).unwrap_or_else(|e| panic!("embedded input schema: {e}")))
 }
 
-fn mapping_entries<'a>(value: &'a Yaml, context: &str) -> Result<Vec<(&'a str, &'a Yaml)>, String> {
-    match value {
-        Yaml::Mapping(map) => map
-            .iter()
-            .map(|(k, v)| k.as_str().map(|k| (k, v)).ok_or_else(|| format!("{context}: keys must be strings")))
-            .collect(),
-        Yaml::Null => Ok(Vec::new()),
-        _ => Err(format!("{context}: expected a mapping")),
-    }
+/// `openai_ads.yaml` as written: targets in order, each extending an earlier one or giving its fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    targets: Entries<TargetSpec>,
 }
 
-fn get<'a>(value: &'a Yaml, key: &str) -> Option<&'a Yaml> {
-    value.as_mapping().and_then(|m| m.get(key))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSpec {
+    #[serde(default)]
+    doc: String,
+    extends: Option<String>,
+    replace_fields: Option<Entries<FieldSpec>>,
+    fields: Option<Entries<FieldSpec>>,
+    #[serde(default)]
+    shapes: Entries<Entries<FieldSpec>>,
+    #[serde(default)]
+    event_types: Entries<String>,
 }
 
-fn get_str(value: &Yaml, key: &str) -> String {
-    get(value, key).and_then(Yaml::as_str).unwrap_or_default().to_string()
-}
-
-fn get_bool(value: &Yaml, key: &str) -> bool {
-    get(value, key).and_then(Yaml::as_bool).unwrap_or(false)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldSpec {
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    doc: String,
+    #[serde(default)]
+    required: bool,
+    required_when: Option<Entries<String>>,
+    #[serde(default)]
+    non_empty: bool,
+    #[serde(rename = "enum")]
+    enum_values: Option<Vec<String>>,
+    format: Option<String>,
+    requires: Option<String>,
+    set_by: Option<String>,
+    max_items: Option<usize>,
+    max_length: Option<usize>,
+    fields: Option<Entries<FieldSpec>>,
+    items: Option<Entries<FieldSpec>>,
 }
 
 pub(crate) fn parse_targets(text: &str) -> Result<Vec<TargetSchema>, String> {
-    let root: Yaml = serde_norway::from_str(text).map_err(|e| e.to_string())?;
-    let targets = get(&root, "targets").ok_or("no `targets`")?;
+    let file: TargetsFile = yaml::from_str(text).map_err(|e| e.to_string())?;
     let mut out: Vec<TargetSchema> = Vec::new();
-    for (name, body) in mapping_entries(targets, "targets")? {
-        let doc = get_str(body, "doc");
-        let schema = if let Some(base) = get(body, "extends").and_then(Yaml::as_str) {
+    for (name, body) in file.targets.0 {
+        let schema = if let Some(base) = &body.extends {
             let mut schema = out
                 .iter()
-                .find(|t| t.name == base)
+                .find(|t| &t.name == base)
                 .cloned()
                 .ok_or_else(|| format!("{name}: extends unknown target {base}"))?;
-            schema.name = name.to_string();
-            schema.doc = doc;
-            if let Some(replace) = get(body, "replace_fields") {
-                for (field_name, def) in mapping_entries(replace, name)? {
-                    let def = parse_field(field_name, def)?;
-                    match schema.fields.iter_mut().find(|f| f.name == field_name) {
-                        Some(existing) => *existing = def,
-                        None => schema.fields.push(def),
-                    }
+            schema.name = name.clone();
+            schema.doc = body.doc;
+            for (field_name, spec) in body.replace_fields.unwrap_or_default().0 {
+                let def = parse_field(&field_name, spec)?;
+                match schema.fields.iter_mut().find(|f| f.name == field_name) {
+                    Some(existing) => *existing = def,
+                    None => schema.fields.push(def),
                 }
             }
             schema
         } else {
-            let fields = parse_fields(get(body, "fields").ok_or_else(|| format!("{name}: no fields"))?)?;
+            let fields = parse_fields(body.fields.ok_or_else(|| format!("{name}: no fields"))?)?;
             let mut shapes = Vec::new();
-            for (shape, def) in mapping_entries(get(body, "shapes").unwrap_or(&Yaml::Null), name)? {
-                shapes.push((shape.to_string(), parse_fields(def)?));
+            for (shape, spec) in body.shapes.0 {
+                shapes.push((shape, parse_fields(spec)?));
             }
             let mut event_types = Vec::new();
-            for (event_type, shape) in mapping_entries(get(body, "event_types").unwrap_or(&Yaml::Null), name)? {
-                let shape = shape.as_str().ok_or_else(|| format!("{name}.{event_type}: shape must be a name"))?;
-                if !shapes.iter().any(|(s, _)| s == shape) {
+            for (event_type, shape) in body.event_types.0 {
+                if !shapes.iter().any(|(s, _)| *s == shape) {
                     return Err(format!("{name}.{event_type}: unknown shape {shape}"));
                 }
-                event_types.push((event_type.to_string(), shape.to_string()));
+                event_types.push((event_type, shape));
             }
-            TargetSchema { name: name.to_string(), doc, fields, shapes, event_types }
+            TargetSchema { name: name.clone(), doc: body.doc, fields, shapes, event_types }
         };
         out.push(schema);
     }
     Ok(out)
 }
 
-fn parse_fields(value: &Yaml) -> Result<Vec<FieldDef>, String> {
-    mapping_entries(value, "fields")?.into_iter().map(|(name, def)| parse_field(name, def)).collect()
+fn parse_fields(specs: Entries<FieldSpec>) -> Result<Vec<FieldDef>, String> {
+    specs.0.into_iter().map(|(name, spec)| parse_field(&name, spec)).collect()
 }
 
-fn parse_field(name: &str, def: &Yaml) -> Result<FieldDef, String> {
-    let type_name = get_str(def, "type");
-    let ty = match type_name.as_str() {
+fn parse_field(name: &str, spec: FieldSpec) -> Result<FieldDef, String> {
+    let ty = match spec.type_name.as_str() {
         "string" => Ty::STRING,
         "integer" => Ty::INTEGER,
         "number" => Ty::NUMBER,
@@ -294,7 +310,7 @@ fn parse_field(name: &str, def: &Yaml) -> Result<FieldDef, String> {
         "array" => Ty::ARRAY,
         other => return Err(format!("field {name}: unknown type `{other}`")),
     };
-    let format = match get(def, "format").and_then(Yaml::as_str) {
+    let format = match spec.format.as_deref() {
         None => None,
         Some("sha256") => Some(Format::Sha256),
         Some("iso4217") => Some(Format::Iso4217),
@@ -304,58 +320,72 @@ fn parse_field(name: &str, def: &Yaml) -> Result<FieldDef, String> {
         Some("custom_event_name") => Some(Format::CustomEventName),
         Some(other) => return Err(format!("field {name}: unknown format `{other}`")),
     };
-    let required_when = match get(def, "required_when") {
+    let required_when = match spec.required_when {
         None => None,
         Some(condition) => {
-            let entries = mapping_entries(condition, name)?;
-            let (field, value) = entries.first().ok_or_else(|| format!("field {name}: empty required_when"))?;
-            Some((field.to_string(), value.as_str().unwrap_or_default().to_string()))
+            Some(condition.0.into_iter().next().ok_or_else(|| format!("field {name}: empty required_when"))?)
         }
     };
-    let enum_values = get(def, "enum")
-        .and_then(Yaml::as_sequence)
-        .map(|values| values.iter().filter_map(Yaml::as_str).map(str::to_string).collect());
-    let fields = match get(def, "fields") {
-        Some(f) => parse_fields(f)?,
-        None => Vec::new(),
-    };
-    let items = match get(def, "items") {
-        Some(i) => Some(parse_fields(i)?),
-        None => None,
+    let set_by_route = match spec.set_by.as_deref() {
+        None => false,
+        Some("route") => true,
+        Some(other) => return Err(format!("field {name}: unknown set_by `{other}`")),
     };
     Ok(FieldDef {
         name: name.to_string(),
         ty,
-        type_name,
-        doc: get_str(def, "doc"),
-        required: get_bool(def, "required"),
+        type_name: spec.type_name,
+        doc: spec.doc,
+        required: spec.required,
         required_when,
-        non_empty: get_bool(def, "non_empty"),
-        enum_values,
+        non_empty: spec.non_empty,
+        enum_values: spec.enum_values,
         format,
-        requires: get(def, "requires").and_then(Yaml::as_str).map(str::to_string),
-        set_by_route: get(def, "set_by").and_then(Yaml::as_str) == Some("route"),
-        max_items: get(def, "max_items").and_then(Yaml::as_u64).map(|n| n as usize),
-        max_length: get(def, "max_length").and_then(Yaml::as_u64).map(|n| n as usize),
-        fields,
-        items,
+        requires: spec.requires,
+        set_by_route,
+        max_items: spec.max_items,
+        max_length: spec.max_length,
+        fields: parse_fields(spec.fields.unwrap_or_default())?,
+        items: spec.items.map(parse_fields).transpose()?,
     })
 }
 
-pub(crate) fn parse_input(text: &str) -> Result<InputSchema, String> {
-    let root: Yaml = serde_norway::from_str(text).map_err(|e| e.to_string())?;
-    let fields = parse_input_fields(get(&root, "fields").ok_or("no `fields`")?)?;
-    let pii_keys = get(&root, "pii_keys")
-        .and_then(Yaml::as_sequence)
-        .map(|keys| keys.iter().filter_map(Yaml::as_str).map(normalise_key).collect())
-        .unwrap_or_default();
-    Ok(InputSchema { fields, pii_keys })
+/// `signal.yaml` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputFile {
+    #[serde(default)]
+    pii_keys: Vec<String>,
+    fields: Entries<InputSpec>,
 }
 
-fn parse_input_fields(value: &Yaml) -> Result<Vec<InputField>, String> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSpec {
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    doc: String,
+    on: Option<Vec<String>>,
+    #[serde(default)]
+    open: bool,
+    #[serde(default)]
+    pii: bool,
+    fields: Option<Entries<InputSpec>>,
+}
+
+pub(crate) fn parse_input(text: &str) -> Result<InputSchema, String> {
+    let file: InputFile = yaml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(InputSchema {
+        fields: parse_input_fields(file.fields)?,
+        pii_keys: file.pii_keys.iter().map(|key| normalise_key(key)).collect(),
+    })
+}
+
+fn parse_input_fields(specs: Entries<InputSpec>) -> Result<Vec<InputField>, String> {
     let mut out = Vec::new();
-    for (name, def) in mapping_entries(value, "fields")? {
-        let ty = match get_str(def, "type").as_str() {
+    for (name, spec) in specs.0 {
+        let ty = match spec.type_name.as_str() {
             "string" => Ty::STRING,
             "number" => Ty::NUMBER,
             "boolean" => Ty::BOOL,
@@ -364,21 +394,14 @@ fn parse_input_fields(value: &Yaml) -> Result<Vec<InputField>, String> {
             "any" => Ty::ANY,
             other => return Err(format!("input field {name}: unknown type `{other}`")),
         };
-        let on = get(def, "on")
-            .and_then(Yaml::as_sequence)
-            .map(|kinds| kinds.iter().filter_map(Yaml::as_str).map(str::to_string).collect());
-        let fields = match get(def, "fields") {
-            Some(f) => parse_input_fields(f)?,
-            None => Vec::new(),
-        };
         out.push(InputField {
-            name: name.to_string(),
             ty,
-            doc: get_str(def, "doc"),
-            on,
-            open: get_bool(def, "open"),
-            pii: get_bool(def, "pii"),
-            fields,
+            doc: spec.doc,
+            on: spec.on,
+            open: spec.open,
+            pii: spec.pii,
+            fields: parse_input_fields(spec.fields.unwrap_or_default())?,
+            name,
         });
     }
     Ok(out)

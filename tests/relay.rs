@@ -78,7 +78,7 @@ pub fn config(dir: &Path, fake: &FakeOpenAi, extra: &str) -> RelayConfig {
     let extra: Value = if extra.trim().is_empty() {
         json!({})
     } else {
-        serde_norway::from_str(extra).unwrap_or_else(|e| panic!("extra YAML {extra:?}: {e}"))
+        signal_engine::yaml::from_str(extra).unwrap_or_else(|e| panic!("extra YAML {extra:?}: {e}"))
     };
     if extra.get("integrations").is_some() {
         for field in ["pixel_id", "api_key", "endpoint"] {

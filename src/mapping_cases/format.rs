@@ -17,8 +17,8 @@ pub struct TestFile {
     #[serde(default)]
     pub params: Map<String, Value>,
     /// A place for YAML anchors (`&order`) that cases reuse (`<<: *order`); not read otherwise.
-    #[serde(default)]
-    pub templates: Option<serde_norway::Value>,
+    #[serde(default, rename = "templates")]
+    pub _templates: Option<de::IgnoredAny>,
     pub cases: Vec<Case>,
 }
 
@@ -39,8 +39,8 @@ pub struct Case {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// The Signal event. Kept as YAML so that merge keys (`<<: *template`) work.
-    pub input: serde_norway::Value,
+    /// The Signal event, with merge keys (`<<: *template`) already applied by the YAML reader.
+    pub input: Value,
     pub expect: Expectation,
 }
 
@@ -209,19 +209,11 @@ impl fmt::Display for FileError {
 
 /// Parses a test file; `name` is how errors name it.
 pub fn parse(name: &str, text: &str) -> Result<TestFile, FileError> {
-    let file: TestFile = serde_norway::from_str(text).map_err(|error| {
-        let location = error.location();
-        let mut message = error.to_string();
-        // The location is given separately, as `file:line:col`.
-        if let Some(cut) = message.rfind(" at line ") {
-            message.truncate(cut);
-        }
-        FileError {
-            file: name.to_string(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.map(|l| l.column()),
-            message,
-        }
+    let file: TestFile = crate::yaml::from_str(text).map_err(|error| FileError {
+        file: name.to_string(),
+        line: error.line.map(|l| l as usize),
+        column: error.column.map(|c| c as usize),
+        message: error.message,
     })?;
     let plain = |message: String| FileError { file: name.to_string(), line: None, column: None, message };
     if file.cases.is_empty() {

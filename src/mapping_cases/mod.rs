@@ -89,7 +89,7 @@ remember oppref for 30d
         let error = parse_error("now: 2026-11-20T12:00:00Z\ncases:\n  - name: a\n    evnets: []\n");
         assert_eq!((error.line, error.column), (Some(4), Some(5)));
         assert!(error.message.contains("unknown field `evnets`"), "{error}");
-        assert!(error.to_string().starts_with("t.test.yaml:4:5: cases[0]: unknown field `evnets`"), "{error}");
+        assert!(error.to_string().starts_with("t.test.yaml:4:5: unknown field `evnets`"), "{error}");
     }
 
     #[test]

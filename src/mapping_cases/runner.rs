@@ -93,13 +93,7 @@ pub(super) fn run_case(plan: &Plan, case: &Case, now_ms: i64) -> Vec<Failure> {
     for (index, step) in case.events.iter().enumerate() {
         let event = Some(index + 1);
         let mut invalid = |message: String| failures.push(Failure { event, mismatch: Mismatch::InvalidCase(message) });
-        let input = match yaml_to_json(&step.input) {
-            Ok(input) => input,
-            Err(message) => {
-                invalid(message);
-                continue;
-            }
-        };
+        let input = &step.input;
         for path in expectation_paths(&step.expect) {
             if let Err(message) = check_target_path(plan, path) {
                 invalid(message);
@@ -112,8 +106,7 @@ pub(super) fn run_case(plan: &Plan, case: &Case, now_ms: i64) -> Vec<Failure> {
 }
 
 /// `track "Order Completed"`, `page`: what an input event is, without any of its values.
-pub(super) fn event_label(input: &serde_norway::Value) -> String {
-    let input = yaml_to_json(input).unwrap_or_default();
+pub(super) fn event_label(input: &Value) -> String {
     let kind = input.get("type").and_then(Value::as_str);
     let name = input.get("event").and_then(Value::as_str);
     match (kind, name) {
@@ -121,13 +114,6 @@ pub(super) fn event_label(input: &serde_norway::Value) -> String {
         (Some(kind), _) => kind.to_string(),
         (None, _) => "no type".to_string(),
     }
-}
-
-/// The input event as JSON, with YAML merge keys applied.
-pub(super) fn yaml_to_json(input: &serde_norway::Value) -> Result<Value, String> {
-    let mut input = input.clone();
-    input.apply_merge().map_err(|e| format!("the input's merge keys (`<<`) cannot be applied: {e}"))?;
-    serde_json::to_value(&input).map_err(|e| format!("the input cannot be JSON: {e}"))
 }
 
 /// The output fields an expectation names, which must exist in the target schema.

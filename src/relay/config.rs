@@ -42,8 +42,17 @@ struct File {
     http: HttpFile,
     /// Serve HTTPS: PEM files of the certificate chain and its private key.
     tls: Option<TlsFile>,
-    #[serde(flatten)]
-    pixel: IntegrationFile,
+    // The one pixel of a single-pixel file, written at the top level. Spelled out rather than
+    // `#[serde(flatten)]`: flattening buffers the document and errors would lose their line.
+    name: Option<String>,
+    pixel_id: Option<String>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+    validate_only: Option<bool>,
+    consent_category: Option<String>,
+    mapping: Option<PathBuf>,
+    params: Option<Map<String, Value>>,
+    endpoint: Option<String>,
     #[serde(default)]
     integrations: Vec<IntegrationFile>,
 }
@@ -296,7 +305,8 @@ impl RelayConfig {
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<RelayConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let file: File = serde_norway::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let file: File =
+            crate::yaml::from_str(&text).map_err(|e| ConfigError(e.in_file(&path.display().to_string())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         build(file, base, env, false)
             .map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
@@ -306,7 +316,8 @@ impl RelayConfig {
     pub fn data_dir_of(path: &Path) -> Result<PathBuf, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let file: File = serde_norway::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let file: File =
+            crate::yaml::from_str(&text).map_err(|e| ConfigError(e.in_file(&path.display().to_string())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(file.data_dir.map(|d| base.join(d)).unwrap_or_else(|| base.join("relay-data")))
     }
@@ -386,7 +397,17 @@ fn build(
     };
     let mut files = file.integrations;
     let from_list = !files.is_empty();
-    let top_level = file.pixel;
+    let top_level = IntegrationFile {
+        name: file.name,
+        pixel_id: file.pixel_id,
+        api_key: file.api_key,
+        api_key_env: file.api_key_env,
+        validate_only: file.validate_only,
+        consent_category: file.consent_category,
+        mapping: file.mapping,
+        params: file.params,
+        endpoint: file.endpoint,
+    };
     let has_top_level = top_level.pixel_id.is_some() || top_level.api_key.is_some() || top_level.mapping.is_some();
     if has_top_level && !files.is_empty() {
         return Err(ConfigError(
@@ -632,7 +653,7 @@ mod tests {
             ("pixel_id: px\napi_key: k\nbatch: {max_events: 5000}\n", "`batch.max_events`: 5000 is outside 1..=1000"),
             ("pixel_id: px\napi_key: k\nlisten: nowhere\n", "`listen`: \"nowhere\" is not an address"),
             ("pixel_id: px\napi_key: k\ndisk_cap: lots\n", "`disk_cap`: \"lots\" is not a size"),
-            ("pixel_id: px\napi_key: k\npixle: 1\n", "unknown field `pixle`"),
+            ("pixel_id: px\napi_key: k\npixle: 1\n", "3:1: unknown field `pixle`"),
             ("integrations:\n  - pixel_id: a\n    api_key: k\n  - pixel_id: b\n", "`integrations[1].api_key_env`"),
             ("pixel_id: px\napi_key: k\nlisten: 0.0.0.0:80\n", "`ingestion.keys`: none configured"),
             (
