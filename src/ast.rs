@@ -49,6 +49,7 @@ pub enum Item {
     Target(TargetDecl),
     Param(ParamDecl),
     Include(Include),
+    Property(PropertyDecl),
     Routes(Routes),
     Remember(Remember),
     When(When),
@@ -80,6 +81,13 @@ pub struct ParamDecl {
     pub name: Ident,
     pub ty: Ident,
     pub default: Option<Literal>,
+    pub span: Span,
+}
+
+/// `property lead_score, "Plan Tier"`: properties the mapping's events carry that the Segment specs do not list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PropertyDecl {
+    pub names: Vec<StringLit>,
     pub span: Span,
 }
 
@@ -328,6 +336,14 @@ impl fmt::Display for Item {
                 Ok(())
             }
             Item::Include(i) => write!(f, "include {}", quote_string(i.path.value.clone())),
+            Item::Property(p) => {
+                let names: Vec<String> = p
+                    .names
+                    .iter()
+                    .map(|n| if is_plain_key(&n.value) { n.value.clone() } else { quote_string(n.value.clone()) })
+                    .collect();
+                write!(f, "property {}", names.join(", "))
+            }
             Item::Routes(r) => {
                 writeln!(f, "routes {{")?;
                 for route in &r.routes {

@@ -70,6 +70,7 @@ pub mod codes {
     pub const NOT_A_SOURCE: Code = Code("engine::check::not_a_source");
     pub const AMBIGUOUS_NAME: Code = Code("engine::check::ambiguous_name");
     pub const UNKNOWN_SOURCE_FIELD: Code = Code("engine::check::unknown_source_field");
+    pub const UNKNOWN_PROPERTY: Code = Code("engine::check::unknown_property");
     pub const MISPLACED_WILDCARD: Code = Code("engine::check::misplaced_wildcard");
     pub const ELEMENT_OUTSIDE_BLOCK: Code = Code("engine::check::element_outside_block");
 
@@ -125,6 +126,7 @@ pub mod codes {
         (NOT_A_SOURCE, "a function that needs a piped input is used as a source"),
         (AMBIGUOUS_NAME, "a bare name could mean an envelope field or a property"),
         (UNKNOWN_SOURCE_FIELD, "a path names a Signal envelope field that does not exist"),
+        (UNKNOWN_PROPERTY, "a rule reads a property no event it applies to is known to carry (a misspelling?)"),
         (MISPLACED_WILDCARD, "`[*]` appears where one value is expected"),
         (ELEMENT_OUTSIDE_BLOCK, "`@` is used outside an element block"),
         (UNKNOWN_TARGET_FIELD, "a target names a field the OpenAI schema does not have"),

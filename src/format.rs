@@ -73,7 +73,7 @@ impl Layout<'_> {
 
     fn item(&mut self, item: &Item) {
         match item {
-            Item::Target(_) | Item::Param(_) | Item::Include(_) | Item::Remember(_) => {
+            Item::Target(_) | Item::Param(_) | Item::Include(_) | Item::Property(_) | Item::Remember(_) => {
                 let span = item_span(item);
                 self.push(0, span.start, span.end, Content::Plain(item.to_string()));
             }
@@ -399,6 +399,7 @@ fn item_span(item: &Item) -> Span {
         Item::Target(t) => t.span,
         Item::Param(p) => p.span,
         Item::Include(i) => i.span,
+        Item::Property(p) => p.span,
         Item::Routes(r) => r.span,
         Item::Remember(r) => r.span,
         Item::When(w) => w.span,

@@ -177,6 +177,38 @@ pub struct InputSchema {
     pub fields: Vec<InputField>,
     /// Key names that hold personal data wherever they appear in a free-form object, normalised.
     pub pii_keys: Vec<String>,
+    /// The properties each event is known to carry, from the Segment specs.
+    pub event_properties: EventProperties,
+}
+
+/// The properties events are known to carry (`event_properties` in `signal.yaml`), so that `check` can tell a
+/// misspelled property from a custom one.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventProperties {
+    pub page: Vec<String>,
+    pub screen: Vec<String>,
+    /// What any track event may carry besides its own.
+    pub track: Vec<String>,
+    /// The members of a `products` element.
+    pub product: Vec<String>,
+    /// Per track event name.
+    #[serde(default)]
+    pub events: Entries<Vec<String>>,
+}
+
+impl EventProperties {
+    /// The properties an event of `kind` named `event` (for track) is known to carry, or `None` when it may carry
+    /// anything: an event name the specs do not describe, the `track` catch-all, identify and group.
+    pub fn carried_by(&self, kind: &str, event: Option<&str>) -> Option<impl Iterator<Item = &str>> {
+        let (own, common): (&[String], &[String]) = match (kind, event) {
+            ("page", _) => (&self.page, &[]),
+            ("screen", _) => (&self.screen, &[]),
+            ("track", Some(name)) => (&self.events.0.iter().find(|(event, _)| event == name)?.1, &self.track),
+            _ => return None,
+        };
+        Some(own.iter().chain(common).map(String::as_str))
+    }
 }
 
 /// Lower case without `_`, `-` and spaces: `Phone_Number`, `phone-number` and `phoneNumber` are one name.
@@ -357,6 +389,8 @@ struct InputFile {
     #[serde(default)]
     pii_keys: Vec<String>,
     fields: Entries<InputSpec>,
+    #[serde(default)]
+    event_properties: EventProperties,
 }
 
 #[derive(Deserialize)]
@@ -379,6 +413,7 @@ pub(crate) fn parse_input(text: &str) -> Result<InputSchema, String> {
     Ok(InputSchema {
         fields: parse_input_fields(file.fields)?,
         pii_keys: file.pii_keys.iter().map(|key| normalise_key(key)).collect(),
+        event_properties: file.event_properties,
     })
 }
 

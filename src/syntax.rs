@@ -125,7 +125,8 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
             let mut words: Vec<&str> = positives.iter().filter_map(|r| rule_words(*r)).collect();
             // At an item boundary pest lists every way an item can start; say it in one phrase.
-            let item_starts = ["`include`", "`param`", "`remember`", "`routes`", "`target`", "`when`", "a rule"];
+            let item_starts =
+                ["`include`", "`param`", "`property`", "`remember`", "`routes`", "`target`", "`when`", "a rule"];
             let source = "a source (path, literal, `$param` or function call)";
             if words.iter().any(|w| item_starts.contains(w)) {
                 words.retain(|w| !item_starts.contains(w) && *w != source);
@@ -219,7 +220,7 @@ fn syntax_help(rest: &str, expected: &[&str]) -> String {
         return "every `(` needs a matching `)`".to_string();
     }
     "a mapping is a list of rules `source -> target | function(args)`, `routes { … }`, `when … { … }`, \
-     `param`, `remember`, `include` and `target` lines; see docs/language.md"
+     `param`, `property`, `remember`, `include` and `target` lines; see docs/language.md"
         .to_string()
 }
 
@@ -231,6 +232,7 @@ fn rule_words(grammar_rule: Rule) -> Option<&'static str> {
         Rule::target_decl | Rule::kw_target => "`target`",
         Rule::param_decl | Rule::kw_param => "`param`",
         Rule::include_decl | Rule::kw_include => "`include`",
+        Rule::property_decl | Rule::kw_property => "`property`",
         Rule::routes | Rule::kw_routes => "`routes`",
         Rule::remember | Rule::kw_remember => "`remember`",
         Rule::when_block | Rule::kw_when => "`when`",
@@ -306,6 +308,17 @@ impl Lowering<'_> {
             Rule::include_decl => {
                 let path = self.string(pair.into_inner().nth(1).expect("include path"));
                 Item::Include(Include { path, span })
+            }
+            Rule::property_decl => {
+                let mut names = Vec::new();
+                for p in pair.into_inner() {
+                    match p.as_rule() {
+                        Rule::key => names.push(StringLit { value: p.as_str().to_string(), span: self.span(&p) }),
+                        Rule::string => names.push(self.string(p)),
+                        _ => {}
+                    }
+                }
+                Item::Property(PropertyDecl { names, span })
             }
             Rule::routes => {
                 let routes = pair.into_inner().filter(|p| p.as_rule() == Rule::route).map(|p| self.route(p)).collect();

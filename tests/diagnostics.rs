@@ -187,3 +187,40 @@ fn json_format() {
         fixture.compiled.diagnostics.iter().map(|d| diagnostic::to_json(d, &fixture.compiled.sources)).collect();
     insta::assert_json_snapshot!(json);
 }
+
+/// The warnings a mapping gets, as `code: message`.
+fn warnings_of(text: &str) -> Vec<String> {
+    let compiled = compile("m.map", text, &FixtureLoader, &CompileOptions::default());
+    assert!(!compiled.has_errors(), "{:#?}", compiled.diagnostics);
+    compiled.diagnostics.iter().map(|d| format!("{}: {}", short(d.code.0), d.message)).collect()
+}
+
+#[test]
+fn only_properties_no_routed_event_can_carry_are_questioned() {
+    let mapping = |declarations: &str, rules: &str| {
+        format!(
+            "routes {{\n  \"Order Completed\" -> order_created\n  \"Lead Generated\" -> lead_created\n}}\n\
+             {declarations}\nmessageId -> id\ntimestamp -> timestamp_ms | to_unix_ms\n\"web\" -> action_source\n\
+             context.page.url -> source_url | strip_query\n{rules}\n"
+        )
+    };
+    let order = |rule: &str| mapping("", &format!("when order_created {{\n  {rule}\n}}"));
+    // What the spec gives Order Completed, and what every track event may carry, pass.
+    let amount =
+        |source: &str| order(&format!("{source} -> data.amount | minor_units(currency)\n  currency -> data.currency"));
+    assert_eq!(warnings_of(&amount("revenue ?? total")), Vec::<String>::new());
+    assert_eq!(warnings_of(&amount("value")), Vec::<String>::new());
+    // A misspelling is questioned, with the property it was probably meant to be.
+    let typo = warnings_of(&order("revnue -> data.order_id"));
+    assert_eq!(typo.len(), 1, "{typo:?}");
+    assert!(typo[0].starts_with("unknown_property:") && typo[0].contains("`revnue`"), "{typo:?}");
+    // A declared custom property is not.
+    let declared = mapping("property revnue, \"Gift Wrap\"", "when order_created {\n  revnue -> data.order_id\n}");
+    assert_eq!(warnings_of(&declared), Vec::<String>::new());
+    // A rule that also applies to an event the specs do not describe (Lead Generated) may read anything.
+    assert_eq!(warnings_of(&mapping("", "lead_score -> user.external_id")), Vec::<String>::new());
+    // A track catch-all may carry anything too.
+    let catch_all = "routes {\n  track -> custom(\"any\")\n}\nmessageId -> id\ntimestamp -> timestamp_ms | to_unix_ms\n\
+                     \"web\" -> action_source\ncontext.page.url -> source_url | strip_query\nrevnue -> user.external_id\n";
+    assert!(!warnings_of(catch_all).iter().any(|w| w.starts_with("unknown_property")));
+}

@@ -214,6 +214,7 @@ when order_created {
   revenue  -> data.amount | minor_units(currency)
   currency -> data.currency | uppercase
 }
+property "prix € 😀"
 "#;
 
 #[test]

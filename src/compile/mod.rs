@@ -177,6 +177,17 @@ struct Scope {
     element_taint: Option<Taint>,
     /// `when …` as written, for explanations.
     label: Option<String>,
+    /// Inside an element block, what its elements are, when the schema knows their members.
+    element_of: Option<ElementOf>,
+}
+
+/// What the elements of an element block are, for checking the names read from them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ElementOf {
+    /// `properties -> data.contents[*] { … }`: the event's own properties, one element.
+    EventProperties,
+    /// `products[*] -> … { … }`: the items of a `products` array.
+    Products,
 }
 
 struct ParamInfo {
@@ -233,6 +244,8 @@ struct Compiler<'s> {
     out_slots: HashMap<String, usize>,
     slot_count: usize,
     routes_location: Option<String>,
+    /// Properties the mapping declares with `property`, beyond those the specs list.
+    custom_properties: BTreeSet<String>,
 }
 
 impl<'s> Compiler<'s> {
@@ -255,6 +268,7 @@ impl<'s> Compiler<'s> {
             out_slots: HashMap::new(),
             slot_count: 0,
             routes_location: None,
+            custom_properties: BTreeSet::new(),
         }
     }
 
@@ -278,8 +292,12 @@ impl<'s> Compiler<'s> {
     fn mapping(&mut self, items: &[Item]) -> Option<Plan> {
         self.target_decl(items);
         for item in items {
-            if let Item::Param(param) = item {
-                self.param_decl(param);
+            match item {
+                Item::Param(param) => self.param_decl(param),
+                Item::Property(declared) => {
+                    self.custom_properties.extend(declared.names.iter().map(|name| name.value.clone()))
+                }
+                _ => {}
             }
         }
         self.undeclared_params();
@@ -304,6 +322,7 @@ impl<'s> Compiler<'s> {
             kinds: self.routes.iter().map(|r| r.kind).collect(),
             element: false,
             label: None,
+            element_of: None,
         };
         for item in items {
             match item {

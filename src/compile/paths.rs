@@ -34,6 +34,9 @@ impl Compiler<'_> {
                 );
                 return None;
             }
+            if let Some(Segment::Key { name, span }) = path.segments.first() {
+                self.element_member_read(name, *span, scope);
+            }
             let taint = self.element_taint(path, &steps, scope);
             return Some(Typed { expr: Expr::Element { rest: steps }, ty: Ty::ANY, taint });
         }
@@ -45,11 +48,13 @@ impl Compiler<'_> {
         // (`properties.currency`) still reads the event.
         let envelope = self.input.field(first).filter(|_| !(scope.element && path.segments.len() == 1));
         if envelope.is_none() && scope.element {
+            self.element_member_read(first, path.segments[0].span(), scope);
             let taint = self.element_taint(path, &steps, scope);
             return Some(Typed { expr: Expr::Element { rest: steps }, ty: Ty::ANY, taint });
         }
         let Some(root) = envelope else {
             // Bare names read the event's properties.
+            self.property_read(first, path.segments[0].span(), scope);
             let taint = self.names_pii(&steps).then(|| Taint { span: path.span, path: path.to_string() });
             let mut full = vec![Step::Key("properties".to_string())];
             full.extend(steps);
@@ -59,9 +64,73 @@ impl Compiler<'_> {
         if path.segments.len() == 1 {
             self.ambiguity(first, root, path.span, scope);
         }
+        if let (true, Some(Segment::Key { name, span })) = (root.name == "properties", path.segments.get(1)) {
+            self.property_read(name, *span, scope);
+        }
         let (ty, taint) = self.envelope_type(root, path, &steps);
         let id = self.paths.add(steps);
         Some(Typed { expr: Expr::Input { slot: id, rest: Vec::new() }, ty, taint })
+    }
+
+    /// A warning when no event the rule applies to is known to carry the property `key` (the Segment specs in
+    /// `signal.yaml`, and the mapping's own `property` declarations): most often a misspelling that would
+    /// silently leave the field out. Silent when any of those events may carry anything.
+    pub(super) fn property_read(&mut self, key: &str, span: Span, scope: &Scope) {
+        if scope.routes.is_empty() || self.custom_properties.contains(key) {
+            return;
+        }
+        let known = &self.input.event_properties;
+        let mut carried: BTreeSet<&'static str> = BTreeSet::new();
+        let mut events: Vec<String> = Vec::new();
+        for &route in &scope.routes {
+            let info = &self.routes[route];
+            let Some(properties) = known.carried_by(info.kind, info.event_name.as_deref()) else { return };
+            carried.extend(properties);
+            let event = match &info.event_name {
+                Some(name) => format!("{name:?}"),
+                None => info.kind.to_string(),
+            };
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        if carried.contains(key) {
+            return;
+        }
+        let label = match events.as_slice() {
+            [one] => format!("{one} events are not known to carry it"),
+            _ => "none of the routed events is known to carry it".to_string(),
+        };
+        let diagnostic = Diagnostic::warning(
+            codes::UNKNOWN_PROPERTY,
+            format!("no event this rule applies to ({}) is known to carry the property `{key}`", events.join(", ")),
+            span,
+            label,
+        );
+        self.error(diagnostic.with_help(unknown_property_help(key, &carried)));
+    }
+
+    /// Inside an element block over the event's `properties` or its `products`, the same check for the names read
+    /// from each element.
+    pub(super) fn element_member_read(&mut self, key: &str, span: Span, scope: &Scope) {
+        match scope.element_of {
+            Some(ElementOf::EventProperties) => self.property_read(key, span, scope),
+            Some(ElementOf::Products) => {
+                let known = &self.input.event_properties.product;
+                if self.custom_properties.contains(key) || known.iter().any(|name| name == key) {
+                    return;
+                }
+                let carried: BTreeSet<&'static str> = known.iter().map(String::as_str).collect();
+                let diagnostic = Diagnostic::warning(
+                    codes::UNKNOWN_PROPERTY,
+                    format!("products are not known to carry the member `{key}`"),
+                    span,
+                    "not a product member in the Segment specs",
+                );
+                self.error(diagnostic.with_help(unknown_property_help(key, &carried)));
+            }
+            None => {}
+        }
     }
 
     pub(super) fn ambiguity(&mut self, name: &str, field: &InputField, span: Span, scope: &Scope) {
@@ -154,6 +223,21 @@ impl Compiler<'_> {
         let id = self.paths.add(steps);
         let _ = span;
         (Expr::Input { slot: id, rest: Vec::new() }, Ty::ANY, None)
+    }
+}
+
+fn unknown_property_help(key: &str, carried: &BTreeSet<&str>) -> String {
+    let declare = if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        format!("`property {key}`")
+    } else {
+        format!("`property {key:?}`")
+    };
+    match did_you_mean(key, carried.iter().copied()) {
+        Some(name) => format!("did you mean `{name}`? If the events do carry `{key}`, declare it: {declare}"),
+        None => {
+            let names: Vec<&str> = carried.iter().copied().collect();
+            format!("they are known to carry {}; if they also carry `{key}`, declare it: {declare}", names.join(", "))
+        }
     }
 }
 

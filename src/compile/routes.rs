@@ -201,6 +201,7 @@ impl Compiler<'_> {
             kinds: routes.iter().map(|&r| self.routes[r].kind).collect(),
             routes: routes.into_iter().collect(),
             element: false,
+            element_of: None,
             label: Some(format!(
                 "when {}",
                 when.selectors.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")

@@ -439,7 +439,8 @@ impl Compiler<'_> {
             }
         }
         let items = target.def.items.clone().unwrap_or_default();
-        let element_scope = Scope { element: true, element_taint: source_taint.clone(), ..scope.clone() };
+        let element_of = element_of(path);
+        let element_scope = Scope { element: true, element_taint: source_taint.clone(), element_of, ..scope.clone() };
         let mut rules = Vec::new();
         let mut fields_written = Vec::new();
         let mut first_writer: HashMap<String, Span> = HashMap::new();
@@ -579,4 +580,25 @@ pub(super) fn type_help(ty: Ty, def: &FieldDef) -> String {
         return "write a boolean, e.g. `consent($consent_category) -> opt_out | not`".to_string();
     }
     format!("write {} here", an(&def.type_name))
+}
+
+/// What an element block's source path holds, when the schema knows its members: the event's `properties` (read
+/// as one element) or the items of its `products` array.
+fn element_of(path: &ast::Path) -> Option<ElementOf> {
+    let keys: Vec<&str> = path
+        .segments
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Key { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let each = matches!(path.segments.last(), Some(Segment::Each { .. }));
+    match (keys.as_slice(), each, path.element) {
+        (["properties"], false, false) => Some(ElementOf::EventProperties),
+        (["products"] | ["properties", "products"], true, false) if path.segments.len() == keys.len() + 1 => {
+            Some(ElementOf::Products)
+        }
+        _ => None,
+    }
 }

@@ -104,6 +104,7 @@ fn item_hit(item: &Item, offset: usize) -> Option<Hit<'_>> {
         Item::Target(t) => on(t.name.span, offset).then_some(Hit::TargetSchema(&t.name)),
         Item::Param(p) => on(p.name.span, offset).then_some(Hit::ParamDecl(p)),
         Item::Include(i) => on(i.path.span, offset).then_some(Hit::Include(i)),
+        Item::Property(_) => None,
         Item::Routes(r) => r.routes.iter().find_map(|route| route_hit(route, offset)),
         Item::Remember(r) => r.targets.iter().find_map(|t| target_hit(t, offset)),
         Item::When(w) => w
