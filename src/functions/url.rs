@@ -160,6 +160,10 @@ fn strip_query<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
 /// the way the receiving end reads them; an address with credentials is written back as that parser writes it, one
 /// without is kept byte for byte.
 fn without_credentials(text: Cow<'_, str>) -> Cow<'_, str> {
+    // Credentials end at an `@`; without one there are none, and the parse can be skipped.
+    if !text.contains('@') {
+        return text;
+    }
     match url::Url::parse(&text) {
         Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
             // Both only fail for URLs that cannot have credentials, which these have.

@@ -305,11 +305,19 @@ impl RelayConfig {
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<RelayConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let file: File =
-            crate::yaml::from_str(&text).map_err(|e| ConfigError(e.in_file(&path.display().to_string())))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        build(file, base, env, false)
-            .map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
+        Self::parse(&path.display().to_string(), &text, path.parent().unwrap_or(Path::new(".")), env)
+    }
+
+    /// Reads and validates configuration `text`, named `name` in errors, with relative paths (mappings, TLS files,
+    /// the data directory) taken from `base`.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RelayConfig, ConfigError> {
+        let file: File = crate::yaml::from_str(text).map_err(|e| ConfigError(e.in_file(name)))?;
+        build(file, base, env, false).map_err(|ConfigError(message)| ConfigError(format!("{name}: {message}")))
     }
 
     /// Only the data directory of `path`, for tools that open the store without running the relay.

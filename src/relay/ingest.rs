@@ -161,10 +161,10 @@ async fn no_sniff(mut response: Response) -> Response {
 
 /// A refused request: status, a stable reason for logs and metrics, and a JSON body naming the problem.
 #[derive(Debug)]
-struct Problem {
+pub(super) struct Problem {
     status: StatusCode,
     reason: &'static str,
-    message: String,
+    pub(super) message: String,
     index: Option<usize>,
     field: Option<String>,
     retry_after: Option<Duration>,
@@ -660,7 +660,7 @@ fn origin_refused(origin: &str) -> Problem {
 
 /// JSON comes as `application/json`, as `text/plain` (sendBeacon and analytics.js, to avoid a preflight), as
 /// curl's default form type, or with no type at all; anything else is not an event.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+pub(super) fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
     let text = value
         .to_str()
@@ -692,7 +692,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
 
 /// The key in the `Authorization` header, if there is one: `Bearer KEY`, or `Basic` with the key as user name
 /// (Segment's way). Scheme names are case-insensitive (RFC 7235).
-fn authorization(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(super) fn authorization(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value
         .to_str()

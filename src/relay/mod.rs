@@ -8,6 +8,8 @@ mod debug;
 mod decode;
 mod deliver;
 mod enrich;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ingest;
 mod metrics;
 mod server;
