@@ -5,6 +5,7 @@
 
 mod browser;
 mod clients;
+mod crash;
 mod delivery;
 mod dlq;
 mod docs;

@@ -17,6 +17,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
 use super::debug::Attempt;
+use super::killpoint;
 use super::store::{Pending, StoreError};
 use super::{now_ms, Pixel, Shared};
 use crate::run::outside_window;
@@ -279,6 +280,9 @@ impl Deliverer {
     async fn round(&self, batch: &Batch, shutdown: &mut Stop) -> Round {
         let mut parts: Vec<&Batch> = vec![batch];
         while let Some(part) = parts.pop() {
+            if shutdown.borrow().is_some() {
+                killpoint::reached("deliver.drain");
+            }
             let post = self.post(part);
             tokio::pin!(post);
             // A stop lets the request in flight finish within the grace period; past it, the request is abandoned
@@ -299,17 +303,21 @@ impl Deliverer {
             };
             match answer {
                 Answer::Accepted => {
+                    killpoint::reached("deliver.after_send");
                     if let Err(round) = self.settle(part, None).await {
                         return round;
                     }
+                    killpoint::reached("deliver.after_settle");
                 }
                 Answer::Refused { status, body } if part.len() == 1 => {
+                    killpoint::reached("deliver.dead_letter");
                     let detail = format!("HTTP {status}: {body}");
                     if let Err(round) = self.settle(part, Some(detail)).await {
                         return round;
                     }
                 }
                 Answer::Refused { .. } => {
+                    killpoint::reached("deliver.bisect");
                     let (first, second) = part.split_at(part.len() / 2);
                     parts.push(second);
                     parts.push(first);

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::decode::{self, BodyError, Shape};
 use super::enrich::{self, Facts};
+use super::killpoint;
 use super::store::{IngestTx, Pending, StoreError};
 use super::{debug, now_ms, Shared};
 use crate::explain::explain_value;
@@ -859,10 +860,12 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                 }
                 verdicts.push(job_verdicts);
             }
+            killpoint::reached("ingest.before_commit");
             Ok(())
         });
         match result {
             Ok(()) => {
+                killpoint::reached("ingest.after_commit");
                 for (pixel, outcome, reason) in outcomes.drain(..) {
                     shared.metrics.outcome(pixel, outcome, reason);
                 }

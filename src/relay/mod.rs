@@ -11,6 +11,7 @@ mod enrich;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ingest;
+mod killpoint;
 mod metrics;
 mod server;
 pub mod store;

@@ -371,6 +371,7 @@ impl Store for RedbStore {
             }
             forgotten = stale.len();
             drop((touched, table));
+            super::killpoint::reached("prune");
             adjust_bytes(txn, 0, removed)
         })?;
         Ok(forgotten)

@@ -60,6 +60,8 @@ struct FakeState {
     requests: Vec<Seen>,
     /// Events whose `id` is listed here make the batch fail with 400, as a malformed event would.
     poisoned: Vec<String>,
+    /// Events accepted again whose payload differs from the first acceptance: (first, again).
+    mismatched: Vec<(Value, Value)>,
 }
 
 #[derive(Clone)]
@@ -122,6 +124,11 @@ impl FakeOpenAi {
     /// How many accepted events repeated a (pixel, `id`, `type`) already accepted.
     pub fn duplicates(&self) -> usize {
         self.lock().duplicates
+    }
+
+    /// Repeated events whose payload differs from the one first accepted under the same id and type.
+    pub fn mismatched(&self) -> Vec<(Value, Value)> {
+        self.lock().mismatched.clone()
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -262,8 +269,12 @@ fn judge(
                 event["id"].as_str().unwrap_or_default().to_string(),
                 event["type"].as_str().unwrap_or_default().to_string(),
             );
-            if state.keys.contains_key(&key) {
+            if let Some(&first) = state.keys.get(&key) {
                 state.duplicates += 1;
+                if state.accepted[first].event != *event {
+                    let first = state.accepted[first].event.clone();
+                    state.mismatched.push((first, event.clone()));
+                }
             } else {
                 state.keys.insert(key, state.accepted.len());
                 state.accepted.push(Accepted { pid: pid.clone(), event: event.clone() });

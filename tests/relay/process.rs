@@ -51,12 +51,22 @@ pub struct RelayProcess {
 
 impl RelayProcess {
     pub async fn spawn(config: &Path) -> RelayProcess {
+        match RelayProcess::start(config, &[]).await {
+            Ok(relay) => relay,
+            Err(logs) => panic!("the relay did not start listening:\n{logs}"),
+        }
+    }
+
+    /// Starts the relay with extra environment variables; its log lines when it exits or does not listen within a
+    /// minute.
+    pub async fn start(config: &Path, env: &[(&str, &str)]) -> Result<RelayProcess, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
             .args(["serve", "--config"])
             .arg(config)
             .arg("--json-logs")
             .env(KEY_ENV, API_KEY)
             .env("ENGINE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -81,17 +91,21 @@ impl RelayProcess {
                 kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        let addr = match tokio::time::timeout(Duration::from_secs(60), listening).await {
-            Ok(Ok(addr)) => addr,
+        match tokio::time::timeout(Duration::from_secs(60), listening).await {
+            Ok(Ok(addr)) => Ok(RelayProcess { child, addr, logs }),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let logs = logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-                panic!("the relay did not start listening:\n{logs}");
+                Err(logs)
             }
-        };
-        RelayProcess { child, addr, logs }
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {
