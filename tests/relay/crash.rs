@@ -81,11 +81,11 @@ async fn load(
         let ids = match pending.take() {
             Some(ids) => ids,
             None => {
-                let count = if serial % 3 == 0 { 1 } else { 10 };
+                let count = if serial.is_multiple_of(3) { 1 } else { 10 };
                 let ids: Vec<String> = (0..count)
                     .map(|_| {
                         serial += 1;
-                        let id = if serial % 37 == 0 {
+                        let id = if serial.is_multiple_of(37) {
                             format!("poison-{sender}-{serial}")
                         } else {
                             format!("e-{sender}-{serial}")
