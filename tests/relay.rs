@@ -17,6 +17,7 @@ pub mod process;
 mod routes;
 mod sdk;
 mod secrets;
+mod storage;
 
 use std::future::Future;
 use std::path::Path;

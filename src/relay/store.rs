@@ -4,9 +4,10 @@
 //! survives a killed process or a lost machine. Only mapped events are stored (personal data already hashed);
 //! raw input events and API keys never reach the disk.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{IdentityStore, Profile};
@@ -43,8 +44,21 @@ pub struct DeadLetter {
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
 
-fn fail(error: impl std::fmt::Display) -> StoreError {
-    StoreError(error.to_string())
+/// How a failure of the disk under the store begins, by which the store knows to close and reopen its file: after
+/// one, redb refuses every transaction until the database is opened again.
+const IO_FAILURE: &str = "I/O error";
+
+/// A record that does not (de)serialise: a damaged record, reported, never a reason to reopen.
+fn unreadable(error: serde_json::Error) -> StoreError {
+    StoreError(format!("a stored record cannot be read: {error}"))
+}
+
+fn fail(error: impl Into<redb::Error>) -> StoreError {
+    match error.into() {
+        redb::Error::Io(error) => StoreError(format!("{IO_FAILURE}: {error}")),
+        redb::Error::PreviousIo => StoreError(format!("{IO_FAILURE} earlier; the store is being reopened")),
+        other => StoreError(other.to_string()),
+    }
 }
 
 /// One durable write: the events an ingestion request queued and the identity memory it updated commit together
@@ -97,9 +111,13 @@ struct Remembered {
 /// counters: `next_seq`, `stored_bytes`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// The embedded store: one redb file in the relay's data directory.
+/// The embedded store: one redb file in the relay's data directory. After a disk failure (a full disk, a failed
+/// fsync) redb refuses every later transaction until the file is opened again, so the store closes it and reopens
+/// it on the next use; until that succeeds every call fails, and ingestion answers 503.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` between a disk failure and the reopen after it.
+    db: RwLock<Option<Database>>,
 }
 
 impl RedbStore {
@@ -110,29 +128,90 @@ impl RedbStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", data_dir.display())))?;
         let path = data_dir.join(Self::FILE);
-        let db = Database::create(&path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(fail)?;
-        {
-            txn.open_table(QUEUE).map_err(fail)?;
-            txn.open_table(DEAD).map_err(fail)?;
-            txn.open_table(IDENTITY).map_err(fail)?;
-            txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
-            txn.open_table(META).map_err(fail)?;
+        let db = open_database(&path)?;
+        Ok(RedbStore { path, db: RwLock::new(Some(db)) })
+    }
+
+    /// Runs `work` on the open database, reopening it first if a disk failure closed it, and closing it when
+    /// `work` meets one.
+    fn with_db<T>(&self, work: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.db.read().unwrap_or_else(PoisonError::into_inner).is_none() {
+            let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            if db.is_none() {
+                *db = Some(open_database(&self.path)?);
+                tracing::info!(file = %self.path.display(), "the store is open again after a disk failure");
+            }
         }
-        txn.commit().map_err(fail)?;
-        Ok(RedbStore { db })
+        let result = {
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            match db.as_ref() {
+                Some(db) => work(db),
+                None => return Err(StoreError(format!("{IO_FAILURE} earlier; the store is being reopened"))),
+            }
+        };
+        if let Err(error) = &result {
+            if error.0.starts_with(IO_FAILURE) {
+                tracing::error!(%error, file = %self.path.display(), "the disk failed under the store: closing it, to reopen it on the next use");
+                *self.db.write().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+        }
+        result
     }
 
     fn write(&self, work: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(fail)?;
-        match work(&txn) {
-            Ok(()) => txn.commit().map_err(fail),
-            Err(error) => {
-                let _ = txn.abort();
-                Err(error)
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(fail)?;
+            match work(&txn) {
+                Ok(()) => txn.commit().map_err(fail),
+                Err(error) => {
+                    let _ = txn.abort();
+                    Err(error)
+                }
             }
-        }
+        })
     }
+
+    fn read<T>(&self, work: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with_db(|db| work(&db.begin_read().map_err(fail)?))
+    }
+}
+
+/// Opens (or creates) the database file with every table in it. redb recovers by itself from what a crash leaves
+/// (an interrupted commit); a file damaged beyond that (truncated, its header overwritten) is refused with the way
+/// out, never rewritten or emptied here, since it may still hold events a backup or a person can save.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let damaged = |why: &str| {
+        StoreError(format!(
+            "{file} is damaged ({why}): the relay does not start on it, so that no queued event is silently \
+             dropped. Move it aside (`mv {file} {file}.damaged`) to start with an empty queue, or put back a copy \
+             from a backup",
+            file = path.display()
+        ))
+    };
+    // redb asserts, rather than returns an error, when the file is shorter than its header says.
+    let db = match std::panic::catch_unwind(|| Database::create(path)) {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(StoreError(format!("{} is open in another process: is another relay running?", path.display())))
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(error))))
+            if error.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            return Err(damaged(&error.to_string()))
+        }
+        Ok(Err(error)) => return Err(StoreError(format!("cannot open {}: {error}", path.display()))),
+        Err(_) => return Err(damaged("shorter than its header says: truncated")),
+    };
+    let txn = db.begin_write().map_err(fail)?;
+    {
+        txn.open_table(QUEUE).map_err(fail)?;
+        txn.open_table(DEAD).map_err(fail)?;
+        txn.open_table(IDENTITY).map_err(fail)?;
+        txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+        txn.open_table(META).map_err(fail)?;
+    }
+    txn.commit().map_err(fail)?;
+    Ok(db)
 }
 
 fn counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
@@ -181,7 +260,7 @@ impl IdentityStore for RedbIngest<'_> {
         let result = (|| {
             let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
             let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
-            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(fail)?;
+            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(unreadable)?;
             let mut removed = 0;
             if let Some(old) = table.insert(key, bytes.as_slice()).map_err(fail)? {
                 removed = old.value().len() as u64;
@@ -207,7 +286,7 @@ impl IngestTx for RedbIngest<'_> {
             None => counter(self.txn, "next_seq")?,
         };
         self.next_seq = Some(seq + 1);
-        let bytes = serde_json::to_vec(pending).map_err(fail)?;
+        let bytes = serde_json::to_vec(pending).map_err(unreadable)?;
         let mut table = self.txn.open_table(QUEUE).map_err(fail)?;
         table.insert((pixel, seq), bytes.as_slice()).map_err(fail)?;
         self.bytes_added += bytes.len() as u64;
@@ -233,18 +312,19 @@ impl Store for RedbStore {
     }
 
     fn peek(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(QUEUE).map_err(fail)?;
-        let mut out = Vec::new();
-        for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
-            let (key, value) = entry.map_err(fail)?;
-            let pending: Pending = serde_json::from_slice(value.value()).map_err(fail)?;
-            out.push((key.value().1, pending));
-            if out.len() >= limit {
-                break;
+        self.read(|txn| {
+            let table = txn.open_table(QUEUE).map_err(fail)?;
+            let mut out = Vec::new();
+            for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
+                let (key, value) = entry.map_err(fail)?;
+                let pending: Pending = serde_json::from_slice(value.value()).map_err(unreadable)?;
+                out.push((key.value().1, pending));
+                if out.len() >= limit {
+                    break;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn complete(&self, pixel: &str, seqs: &[u64]) -> Result<(), StoreError> {
@@ -269,7 +349,7 @@ impl Store for RedbStore {
             for (seq, reason, detail) in dead {
                 let Some(old) = queue.remove((pixel, *seq)).map_err(fail)? else { continue };
                 removed += old.value().len() as u64;
-                let pending: Pending = serde_json::from_slice(old.value()).map_err(fail)?;
+                let pending: Pending = serde_json::from_slice(old.value()).map_err(unreadable)?;
                 drop(old);
                 let letter = DeadLetter {
                     pixel: pixel.to_string(),
@@ -279,7 +359,7 @@ impl Store for RedbStore {
                     detail: detail.clone(),
                     dead_ms: now_ms,
                 };
-                let bytes = serde_json::to_vec(&letter).map_err(fail)?;
+                let bytes = serde_json::to_vec(&letter).map_err(unreadable)?;
                 added += bytes.len() as u64;
                 dead_table.insert((pixel, *seq), bytes.as_slice()).map_err(fail)?;
             }
@@ -289,18 +369,19 @@ impl Store for RedbStore {
     }
 
     fn dead_letters(&self, pixel: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(DEAD).map_err(fail)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(fail)? {
-            let (key, value) = entry.map_err(fail)?;
-            if pixel.is_some_and(|p| p != key.value().0) {
-                continue;
+        self.read(|txn| {
+            let table = txn.open_table(DEAD).map_err(fail)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(fail)? {
+                let (key, value) = entry.map_err(fail)?;
+                if pixel.is_some_and(|p| p != key.value().0) {
+                    continue;
+                }
+                out.push(serde_json::from_slice::<DeadLetter>(value.value()).map_err(unreadable)?);
             }
-            out.push(serde_json::from_slice::<DeadLetter>(value.value()).map_err(fail)?);
-        }
-        out.sort_by_key(|d| d.seq);
-        Ok(out)
+            out.sort_by_key(|d| d.seq);
+            Ok(out)
+        })
     }
 
     fn replay(&self, pixel: Option<&str>, seqs: Option<&[u64]>) -> Result<usize, StoreError> {
@@ -313,7 +394,7 @@ impl Store for RedbStore {
                 if let Some(old) = dead.remove((letter.pixel.as_str(), letter.seq)).map_err(fail)? {
                     removed += old.value().len() as u64;
                 }
-                let bytes = serde_json::to_vec(&letter.pending).map_err(fail)?;
+                let bytes = serde_json::to_vec(&letter.pending).map_err(unreadable)?;
                 added += bytes.len() as u64;
                 queue.insert((letter.pixel.as_str(), letter.seq), bytes.as_slice()).map_err(fail)?;
             }
@@ -340,14 +421,15 @@ impl Store for RedbStore {
     }
 
     fn depth(&self, pixel: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(QUEUE).map_err(fail)?;
-        let mut count = 0;
-        for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
-            entry.map_err(fail)?;
-            count += 1;
-        }
-        Ok(count)
+        self.read(|txn| {
+            let table = txn.open_table(QUEUE).map_err(fail)?;
+            let mut count = 0;
+            for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
+                entry.map_err(fail)?;
+                count += 1;
+            }
+            Ok(count)
+        })
     }
 
     fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError> {
@@ -378,9 +460,10 @@ impl Store for RedbStore {
     }
 
     fn stored_bytes(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(META).map_err(fail)?;
-        Ok(table.get("stored_bytes").map_err(fail)?.map(|v| v.value()).unwrap_or(0))
+        self.read(|txn| {
+            let table = txn.open_table(META).map_err(fail)?;
+            Ok(table.get("stored_bytes").map_err(fail)?.map(|v| v.value()).unwrap_or(0))
+        })
     }
 }
 
@@ -391,9 +474,10 @@ impl RedbStore {
 
     /// How many visitor keys identity memory holds.
     pub fn identity_keys(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(IDENTITY).map_err(fail)?;
-        table.len().map_err(fail)
+        self.read(|txn| {
+            let table = txn.open_table(IDENTITY).map_err(fail)?;
+            table.len().map_err(fail)
+        })
     }
 }
 
@@ -473,5 +557,48 @@ mod tests {
         assert!(RedbStore::open(&dir).is_err(), "a second opener is refused while the store is open");
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    use super::*;
+
+    /// A store of 1,000 queued events, damaged by `damage`, then opened again.
+    fn reopen_damaged(name: &str, damage: impl FnOnce(&mut Vec<u8>)) -> Result<RedbStore, StoreError> {
+        let dir = tempfile::Builder::new().prefix(&format!("engine-store-{name}-")).tempdir().expect("a directory");
+        {
+            let store = RedbStore::open(dir.path()).expect("a new store");
+            for batch in 0..50 {
+                store
+                    .ingest(&mut |tx| {
+                        for i in 0..20 {
+                            let event = "x".repeat(300);
+                            let id = format!("{batch}-{i}");
+                            let pending =
+                                Pending { id, event_type: "t".into(), timestamp_ms: Some(1), received_ms: 2, event };
+                            tx.enqueue("px", &pending)?;
+                        }
+                        Ok(())
+                    })
+                    .expect("stored");
+            }
+        }
+        let file = dir.path().join(RedbStore::FILE);
+        let mut bytes = std::fs::read(&file).expect("the store's file");
+        damage(&mut bytes);
+        std::fs::write(&file, &bytes).expect("damaged");
+        RedbStore::open(dir.path())
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_with_its_name_and_the_way_out() {
+        let truncated = reopen_damaged("truncated", |bytes| bytes.truncate(bytes.len() / 2));
+        let overwritten = reopen_damaged("header", |bytes| bytes[..64].fill(0xAB));
+        for refused in [truncated, overwritten] {
+            let Err(StoreError(message)) = refused else { panic!("a damaged store opened") };
+            assert!(message.contains(RedbStore::FILE) && message.contains("is damaged"), "{message}");
+            assert!(message.contains(".damaged`") && message.contains("backup"), "{message}");
+        }
     }
 }
