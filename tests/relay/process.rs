@@ -17,7 +17,7 @@ use crate::relay::fake_openai::{FakeOpenAi, Scripted};
 use crate::relay::{data_dir, order, API_KEY, INGESTION_KEY, PIXEL};
 
 /// The environment variable the spawned relay reads its OpenAI key from, as a deployment would set it.
-const KEY_ENV: &str = "ENGINE_TEST_OPENAI_KEY";
+pub const KEY_ENV: &str = "ENGINE_TEST_OPENAI_KEY";
 
 /// Writes `dir/relay.yaml`: listening on a port the system picks, storing in `dir/data`, delivering to `endpoint`
 /// in batches of at most 100 with short lingers and backoffs, and requests to OpenAI timing out after 2 s.
