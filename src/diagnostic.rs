@@ -2,11 +2,13 @@
 //! rendering (rustc-style through miette, or JSON for editors and CI). Stages build diagnostics as plain data;
 //! only this module knows how they are shown.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::ast::Span;
+use crate::ast::{FileId, Span};
 use crate::source::Sources;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -236,7 +238,7 @@ pub fn suggestion(name: &str, candidates: &[&str]) -> Option<String> {
 
 struct Rendered<'a> {
     diagnostic: &'a Diagnostic,
-    source: miette::NamedSource<String>,
+    source: miette::NamedSource<Arc<str>>,
 }
 
 impl fmt::Debug for Rendered<'_> {
@@ -316,11 +318,21 @@ pub fn render(diagnostics: &[Diagnostic], sources: &Sources, options: RenderOpti
         if options.color { miette::GraphicalTheme::unicode() } else { miette::GraphicalTheme::unicode_nocolor() };
     let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(options.width).with_links(false);
     let mut out = String::new();
+    // Each file's text is shared by its diagnostics rather than copied for each: thousands of warnings on a large
+    // file must not cost thousands of copies of it.
+    let mut texts: HashMap<FileId, Arc<str>> = HashMap::new();
     for diagnostic in diagnostics {
         let file = sources.get(diagnostic.primary.span.file);
-        let rendered = Rendered { diagnostic, source: miette::NamedSource::new(file.name.clone(), file.text.clone()) };
-        if handler.render_report(&mut out, &rendered).is_err() {
-            out.push_str(&diagnostic.message);
+        let text = texts.entry(diagnostic.primary.span.file).or_insert_with(|| Arc::from(file.text.as_str())).clone();
+        let same_file = diagnostic.context.iter().filter(|l| l.span.file == diagnostic.primary.span.file);
+        let undrawable = std::iter::once(&diagnostic.primary).chain(same_file).any(|l| line_too_long(&text, l.span));
+        if undrawable {
+            plain(&mut out, diagnostic, sources);
+        } else {
+            let rendered = Rendered { diagnostic, source: miette::NamedSource::new(file.name.clone(), text) };
+            if handler.render_report(&mut out, &rendered).is_err() {
+                out.push_str(&diagnostic.message);
+            }
         }
         for label in diagnostic.context.iter().filter(|l| l.span.file != diagnostic.primary.span.file) {
             out.push_str(&format!("  note: {} ({})\n", label.message, sources.location(label.span)));
@@ -328,6 +340,34 @@ pub fn render(diagnostics: &[Diagnostic], sources: &Sources, options: RenderOpti
         out.push('\n');
     }
     out
+}
+
+/// Lines longer than this are not drawn as a snippet (the renderer cannot pad past 65,535 columns, and a
+/// snippet of a minified line helps no one): such a diagnostic is written as text with its location.
+const LONGEST_DRAWN_LINE: usize = 10_000;
+
+fn line_too_long(text: &str, span: Span) -> bool {
+    let start = span.start.min(text.len());
+    let line_start = text.get(..start).and_then(|before| before.rfind('\n')).map_or(0, |i| i + 1);
+    let line_end = text.get(start..).and_then(|after| after.find('\n')).map_or(text.len(), |i| start + i);
+    line_end - line_start > LONGEST_DRAWN_LINE
+}
+
+/// A diagnostic without its snippet: code, message, where, what the labels say, and the help.
+fn plain(out: &mut String, diagnostic: &Diagnostic, sources: &Sources) {
+    let mark = match diagnostic.severity {
+        Severity::Error => "×",
+        Severity::Warning => "⚠",
+    };
+    out.push_str(&format!("{}\n\n  {mark} {}\n", diagnostic.code, diagnostic.message));
+    out.push_str(&format!("  at {}: {}\n", sources.location(diagnostic.primary.span), diagnostic.primary.message));
+    // Labels in other files follow as notes for every diagnostic (see `render`).
+    for label in diagnostic.context.iter().filter(|l| l.span.file == diagnostic.primary.span.file) {
+        out.push_str(&format!("  note: {} ({})\n", label.message, sources.location(label.span)));
+    }
+    if let Some(help) = &diagnostic.help {
+        out.push_str(&format!("  help: {help}\n"));
+    }
 }
 
 /// The JSON form of one diagnostic, for `engine check --format json`.

@@ -11,6 +11,15 @@ pub struct SourceFile {
     /// The name diagnostics show: the path as the user gave it, or `<embedded>/openai_ads.map`.
     pub name: String,
     pub text: String,
+    /// Where each line starts, found once, so that naming the places of thousands of rules stays linear.
+    line_starts: std::sync::OnceLock<Vec<usize>>,
+}
+
+impl SourceFile {
+    fn line_starts(&self) -> &[usize] {
+        self.line_starts
+            .get_or_init(|| std::iter::once(0).chain(self.text.match_indices('\n').map(|(i, _)| i + 1)).collect())
+    }
 }
 
 /// Every file one compilation read, addressed by [`FileId`].
@@ -21,7 +30,7 @@ pub struct Sources {
 
 impl Sources {
     pub fn add(&mut self, name: impl Into<String>, text: impl Into<String>) -> FileId {
-        self.files.push(SourceFile { name: name.into(), text: text.into() });
+        self.files.push(SourceFile { name: name.into(), text: text.into(), line_starts: Default::default() });
         FileId((self.files.len() - 1) as u32)
     }
 
@@ -35,12 +44,12 @@ impl Sources {
 
     /// 1-based line and column (in characters) of a span's start.
     pub fn line_col(&self, span: Span) -> (usize, usize) {
-        let text = &self.get(span.file).text;
-        let start = span.start.min(text.len());
-        let before = &text[..start];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
+        let file = self.get(span.file);
+        let start = span.start.min(file.text.len());
+        let starts = file.line_starts();
+        let line = starts.partition_point(|&s| s <= start);
+        let line_start = starts[line - 1];
+        let column = file.text.get(line_start..start).map_or(0, |t| t.chars().count()) + 1;
         (line, column)
     }
 

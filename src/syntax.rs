@@ -138,6 +138,19 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
         }
         pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
     };
+    if let pest::error::ErrorVariant::CustomError { message } = &error.variant {
+        // The parser's own limits (pest refuses input nested past its stack limit rather than overflow the stack).
+        let span = Span::new(file, position, end);
+        return Diagnostic::error(
+            codes::SYNTAX,
+            format!("the mapping is nested too deeply to read here ({message})"),
+            span,
+            "nested too deeply",
+        )
+        .with_help(
+            "nest fewer calls, blocks or parentheses: a chain of pipes (`x | f | g`) reads the same as `g(f(x))`",
+        );
+    }
     let expected_text = match expected.len() {
         0 => "something else".to_string(),
         1 => expected[0].to_string(),

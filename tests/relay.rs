@@ -12,6 +12,7 @@ mod dlq;
 mod docs;
 mod durability;
 pub mod fake_openai;
+mod hostile;
 mod ingestion;
 mod pixels;
 pub mod process;

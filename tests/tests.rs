@@ -2,6 +2,7 @@
 
 mod cli;
 mod diagnostics;
+mod doors;
 mod explain;
 mod format;
 mod functions;

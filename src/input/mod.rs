@@ -5,6 +5,7 @@
 //! `properties.revenue` for a rule) is taken apart member by member; it is built whole only for the events whose
 //! route reads it whole ([`Captured::build`]).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -16,7 +17,7 @@ use crate::functions::{lookup, Val};
 mod scan;
 
 /// One step of a path into the event: an object key or an array index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Step {
     Key(String),
     Index(usize),
@@ -70,18 +71,24 @@ impl Node {
     }
 }
 
+/// A trie node while the trie grows: its children by key (arena indexes) in insertion order, and its slot.
+type ArenaNode = (Vec<(String, usize)>, Option<usize>);
+
 /// Collects the paths a plan reads while it is being compiled.
 #[derive(Debug, Default)]
 pub(crate) struct InputPaths {
     paths: Vec<Vec<Step>>,
+    /// Each path's id, so that a mapping of thousands of rules compiles in linear time.
+    ids: HashMap<Vec<Step>, usize>,
 }
 
 impl InputPaths {
     /// Registers a path and returns its id for [`InputLayout::resolve`].
     pub fn add(&mut self, path: Vec<Step>) -> usize {
-        if let Some(id) = self.paths.iter().position(|p| *p == path) {
+        if let Some(&id) = self.ids.get(&path) {
             return id;
         }
+        self.ids.insert(path.clone(), self.paths.len());
         self.paths.push(path);
         self.paths.len() - 1
     }
@@ -93,26 +100,39 @@ impl InputPaths {
         let mut layout = InputLayout::default();
         let mut slot_count = 0;
         let mut resolved = Vec::with_capacity(self.paths.len());
+        // The trie is grown in an arena indexed by (parent, key), then laid out as nested nodes in insertion order.
+        let mut arena: Vec<ArenaNode> = vec![(Vec::new(), None)];
+        let mut edges: HashMap<(usize, &str), usize> = HashMap::new();
         for path in &self.paths {
             let keys = path.iter().take_while(|s| matches!(s, Step::Key(_))).count();
-            let mut node = &mut layout.root;
+            let mut node = 0;
             for step in &path[..keys] {
                 let Step::Key(key) = step else { unreachable!("counted as a key") };
-                let position = match node.children.iter().position(|(k, _)| k == key) {
-                    Some(p) => p,
+                node = match edges.get(&(node, key.as_str())) {
+                    Some(&child) => child,
                     None => {
-                        node.children.push((key.clone(), Node::default()));
-                        node.children.len() - 1
+                        arena.push((Vec::new(), None));
+                        let child = arena.len() - 1;
+                        arena[node].0.push((key.clone(), child));
+                        edges.insert((node, key.as_str()), child);
+                        child
                     }
                 };
-                node = &mut node.children[position].1;
             }
-            let slot = *node.capture.get_or_insert_with(|| {
+            let slot = *arena[node].1.get_or_insert_with(|| {
                 slot_count += 1;
                 slot_count - 1
             });
             resolved.push((slot, path[keys..].to_vec()));
         }
+        fn lay_out(arena: &[ArenaNode], index: usize) -> Node {
+            let (children, capture) = &arena[index];
+            Node {
+                children: children.iter().map(|(key, child)| (key.clone(), lay_out(arena, *child))).collect(),
+                capture: *capture,
+            }
+        }
+        layout.root = lay_out(&arena, 0);
         fn containers(node: &Node, found: &mut Vec<usize>) {
             if let (Some(slot), false) = (node.capture, node.children.is_empty()) {
                 found.push(slot);

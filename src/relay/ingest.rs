@@ -7,8 +7,8 @@
 //! (group commit), so a 200 always means fsynced. Refused requests are logged, counted and listed on /debug.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -66,7 +66,13 @@ struct Ingress {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
     limiter: Arc<DefaultKeyedRateLimiter<usize>>,
+    /// Signatures of the signed requests stored within the replay window, with when they were: the same signed
+    /// request again (a replay, or a server SDK retrying after a lost answer) is answered 200 and not stored twice.
+    signatures: Arc<Mutex<lru::LruCache<Vec<u8>, i64>>>,
 }
+
+/// How many signed requests the replay check remembers; beyond that the oldest are forgotten first.
+const REMEMBERED_SIGNATURES: usize = 100_000;
 
 /// What a route takes.
 #[derive(Clone, Copy, Debug)]
@@ -112,7 +118,8 @@ pub(super) fn router(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) -> Router {
     let per_second = NonZeroU32::new(shared.config.ingestion.rate_limit).unwrap_or(NonZeroU32::MIN);
     let burst = per_second.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
     let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)));
-    let ingress = Ingress { shared: shared.clone(), jobs, limiter };
+    let signatures = lru::LruCache::new(NonZeroUsize::new(REMEMBERED_SIGNATURES).unwrap_or(NonZeroUsize::MIN));
+    let ingress = Ingress { shared: shared.clone(), jobs, limiter, signatures: Arc::new(Mutex::new(signatures)) };
     let mut router = Router::new();
     for (path, door) in ROUTES {
         router = router.route(
@@ -411,6 +418,7 @@ impl Ingress {
             }
             _ => {}
         }
+        let mut signed = None;
         if let Door::Signed = door {
             if key.is_some_and(|k| k.browser) {
                 return Err(Problem::new(
@@ -419,7 +427,18 @@ impl Ingress {
                     "a browser key cannot send signed server events",
                 ));
             }
-            self.verify_signature(caller.key, headers, &raw)?;
+            let signature = self.verify_signature(caller.key, headers, &raw)?;
+            let window_ms = ingestion.replay_window.as_millis() as i64;
+            let mut seen = self.signatures.lock().unwrap_or_else(PoisonError::into_inner);
+            if seen.get(&signature).is_some_and(|&at| now_ms() - at <= window_ms) {
+                tracing::info!(
+                    route = caller.path,
+                    "a signed request received before, again: answered, not stored twice"
+                );
+                return Ok(json!({ "success": true, "duplicate": true }));
+            }
+            drop(seen);
+            signed = Some(signature);
         }
 
         let (client_ip, forwarded) = enrich::client_ip(peer.ip(), headers, &ingestion.trusted_proxies);
@@ -481,6 +500,9 @@ impl Ingress {
                 "events refused in a batch (the first {LISTED_REFUSALS} are listed on /debug; all are in the answer)"
             );
         }
+        if let Some(signature) = signed {
+            self.signatures.lock().unwrap_or_else(PoisonError::into_inner).put(signature, now_ms());
+        }
         let mut answer = Map::new();
         answer.insert("success".into(), Value::Bool(true));
         if !refused.is_empty() {
@@ -533,7 +555,7 @@ impl Ingress {
     /// `/v1/events` requests carry `X-Signal-Timestamp` (unix seconds) and `X-Signal-Signature: sha256=<hex>`, the
     /// HMAC-SHA256 of `{timestamp}.{body}` (the body as sent) under the key's secret; old timestamps are refused so
     /// a captured request cannot be replayed later.
-    fn verify_signature(&self, key: Option<usize>, headers: &HeaderMap, body: &[u8]) -> Result<(), Problem> {
+    fn verify_signature(&self, key: Option<usize>, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Problem> {
         let ingestion = &self.shared.config.ingestion;
         let Some(secret) = key.and_then(|k| ingestion.keys.get(k)).and_then(|k| k.hmac_secret.as_ref()) else {
             return Err(Problem::unauthorized("this key has no `hmac_secret`: /v1/events takes signed requests only"));
@@ -558,7 +580,8 @@ impl Ingress {
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        mac.verify_slice(&signature).map_err(|_| Problem::unauthorized("the signature does not match the body"))
+        mac.verify_slice(&signature).map_err(|_| Problem::unauthorized("the signature does not match the body"))?;
+        Ok(signature)
     }
 
     fn rate_limit(&self, key: Option<usize>) -> Result<(), Problem> {
