@@ -12,6 +12,10 @@ const SECRET: &str = "sk-fuzz-secret-0123456789";
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    // The secret comes only from the environment; a file that writes it itself may see it quoted back.
+    if text.contains(SECRET) {
+        return;
+    }
     let env = |_: &str| Some(SECRET.to_string());
     match RelayConfig::parse("relay.yaml", text, Path::new("/nonexistent-base"), &env) {
         Ok(config) => {
