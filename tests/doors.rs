@@ -40,6 +40,15 @@ fn engine_bytes(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().expect("the output")
 }
 
+/// YAML whose aliases would expand to 10^12 strings.
+fn alias_bomb() -> String {
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..12 {
+        bomb.push_str(&format!("a{level}: &a{level} [{}]\n", vec![format!("*a{}", level - 1); 10].join(", ")));
+    }
+    bomb
+}
+
 const GOOD: &str = r#"{"type":"page","messageId":"m-good","anonymousId":"a","timestamp":"2026-11-20T11:00:00Z","context":{"page":{"url":"https://shop.example.com/"}}}"#;
 
 #[test]
@@ -85,10 +94,7 @@ fn every_hostile_event_line_is_named_and_the_good_lines_around_it_still_map() {
 #[test]
 fn hostile_configuration_files_are_refused_with_the_file_and_line_before_anything_starts() {
     let dir = tempfile::tempdir().expect("a directory");
-    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
-    for level in 1..12 {
-        bomb.push_str(&format!("a{level}: &a{level} [{}]\n", vec![format!("*a{}", level - 1); 10].join(", ")));
-    }
+    let bomb = alias_bomb();
     let deep = format!("pixel_id: {}x{}\n", "[".repeat(100_000), "]".repeat(100_000));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("bytes that are not UTF-8", b"pixel_id: \xff\xfe\n".to_vec(), "relay.yaml"),
@@ -160,10 +166,7 @@ fn hostile_mapping_files_get_diagnostics_never_a_crash() {
 fn hostile_mapping_test_files_are_refused_with_their_line() {
     let dir = tempfile::tempdir().expect("a directory");
     std::fs::write(dir.path().join("m.map"), "routes {\n  page -> page_viewed\n}\nmessageId -> id\n").expect("written");
-    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
-    for level in 1..12 {
-        bomb.push_str(&format!("a{level}: &a{level} [{}]\n", vec![format!("*a{}", level - 1); 10].join(", ")));
-    }
+    let bomb = alias_bomb();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("an alias bomb", bomb.into_bytes(), "m.test.yaml"),
         ("a case without events", b"cases:\n  - name: a\n".to_vec(), "m.test.yaml:2"),

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// The kill points, as the harness names them.
+/// The kill points, as the harness names them (tests/relay/crash.rs cycles through them in this order).
 pub const PHASES: [&str; 8] = [
     "ingest.before_commit",
     "ingest.after_commit",

@@ -11,7 +11,8 @@ mod enrich;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ingest;
-mod killpoint;
+#[doc(hidden)]
+pub mod killpoint;
 mod metrics;
 mod server;
 pub mod store;

@@ -22,24 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use signal_engine::relay::killpoint::PHASES;
 use signal_engine::relay::store::{RedbStore, Store};
 use signal_engine::{Context, Outcome};
 
 use crate::relay::fake_openai::{FakeOpenAi, Scripted};
 use crate::relay::process::{client, send, write_config, RelayProcess};
 use crate::relay::{data_dir, now_rfc3339, API_KEY, PIXEL, PIXEL_NAME};
-
-/// The relay's kill points, in the order the campaign cycles through them.
-const PHASES: [&str; 8] = [
-    "ingest.before_commit",
-    "ingest.after_commit",
-    "deliver.after_send",
-    "deliver.bisect",
-    "deliver.dead_letter",
-    "deliver.after_settle",
-    "deliver.drain",
-    "prune",
-];
 
 /// `batch.max_events` in `write_config`: the most one round sends, so the most a kill can make it send again.
 const BATCH: usize = 100;
