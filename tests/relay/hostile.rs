@@ -160,6 +160,34 @@ fn every_route() -> Vec<Case> {
         .collect()
 }
 
+/// A wrong type in every envelope field the relay checks: 400, naming the field.
+fn every_envelope_field() -> Vec<Case> {
+    let wrong: [(&str, Value); 12] = [
+        ("type", json!(["track"])),
+        ("event", json!(42)),
+        ("messageId", json!({"id": 1})),
+        ("anonymousId", json!(true)),
+        ("userId", json!([1])),
+        ("timestamp", json!(true)),
+        ("originalTimestamp", json!({"at": 1})),
+        ("sentAt", json!([2026])),
+        ("properties", json!("revenue=5")),
+        ("context", json!(7)),
+        ("traits", json!("email")),
+        ("integrations", json!(false)),
+    ];
+    wrong
+        .into_iter()
+        .map(|(field, value)| {
+            case(
+                &format!("`{field}` of the wrong type ({value})"),
+                post_bytes("/v1/track", &with("w", field, value)),
+                400,
+            )
+        })
+        .collect()
+}
+
 fn cases() -> Vec<Case> {
     let now = jiff::Timestamp::now().as_second();
     let deep_arrays = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -423,6 +451,7 @@ async fn every_hostile_request_gets_its_4xx_and_the_good_events_between_them_are
     let mut wrong = Vec::new();
     let mut cases = cases();
     cases.extend(every_route());
+    cases.extend(every_envelope_field());
     assert!(cases.len() >= 35, "{} kinds", cases.len());
     for (i, case) in cases.iter().enumerate() {
         let status = status_of(addr, &case.bytes, case.close_write).await;
