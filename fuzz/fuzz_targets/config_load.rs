@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             for line in text.lines() {
                 if let Some(key) = line.trim().strip_prefix("api_key:").map(str::trim) {
                     let key = key.trim_matches(['"', '\'']);
-                    if key.len() >= 12 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                    // Only a key written once: the same text elsewhere (a pixel id that contains it) is shown
+                    // as what it is there.
+                    let once = text.matches(key).count() == 1;
+                    if once && key.len() >= 12 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
                         assert!(!shown.contains(key), "the file's api_key shows in the debug output");
                     }
                 }
