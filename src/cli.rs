@@ -11,6 +11,7 @@ mod color;
 mod explain;
 mod fmt;
 mod functions;
+mod quality;
 mod relay;
 mod run;
 mod send;
@@ -19,6 +20,7 @@ mod test;
 use color::Color;
 use explain::ExplainArgs;
 use functions::FunctionsArgs;
+use quality::{QualityArgs, QualityFormat};
 use run::RunArgs;
 use test::TestArgs;
 
@@ -109,6 +111,24 @@ enum Command {
         /// How much memory (MiB) identity memory may take before forgetting the least recently seen visitors.
         #[arg(long, default_value_t = MemoryStore::DEFAULT_BUDGET >> 20, value_name = "MIB")]
         identity_memory: usize,
+    },
+    /// Scores how well a stream's events are equipped for OpenAI to match them to ad clicks: per OpenAI event type,
+    /// the share carrying each identity signal (oppref, email, phone, external id, IP, User-Agent), amounts and
+    /// order ids on conversions, opt-outs, a score from 0 to 10, and advice naming the fix.
+    #[command(
+        after_help = "Examples:\n  engine quality --now 2026-11-20T12:00:00Z < examples/events.ndjson\n  engine quality --map my.map --format markdown day1.ndjson > quality.md\n\nExit codes: 0 the report was written; 1 the mapping has errors; 2 usage or I/O error."
+    )]
+    Quality {
+        /// NDJSON event files, read in order; none, or `-`, reads stdin.
+        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        mapping: MappingArgs,
+        /// Map each event alone, without identity memory.
+        #[arg(long)]
+        stateless: bool,
+        /// `text`, `json` or `markdown`.
+        #[arg(long, value_enum, default_value_t = QualityFormat::Text)]
+        format: QualityFormat,
     },
     /// Explains how events (JSON from files or stdin: one document, several, or an array) are mapped: the rule,
     /// source value and each function's result behind every output field, and why other rules produced nothing.
@@ -221,6 +241,9 @@ pub fn main() -> ExitCode {
         }
         Command::Run { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory } => {
             run::run(RunArgs { inputs, mapping, stateless, batch, rejects, identity_capacity, identity_memory }, color)
+        }
+        Command::Quality { inputs, mapping, stateless, format } => {
+            quality::quality(QualityArgs { inputs, mapping, stateless, format }, color)
         }
         Command::Explain { inputs, mapping, stateless, show_pii, format } => {
             explain::explain(ExplainArgs { inputs, mapping, stateless, show_pii, format }, color)

@@ -17,6 +17,7 @@ mod observe;
 pub mod personal;
 pub mod plan;
 pub mod presets;
+pub mod quality;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod run;

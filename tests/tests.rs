@@ -11,6 +11,7 @@ mod lsp;
 mod mapping_tests;
 mod presets;
 mod properties;
+mod quality;
 mod relay;
 mod runtime;
 mod support;

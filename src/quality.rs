@@ -1,0 +1,474 @@
+//! Match quality: how well the events a mapping produces are equipped for OpenAI to match them to ad clicks (the
+//! click id `oppref` and the user fields), per event type, with a score from 0 to 10 and advice that names the fix
+//! in this product's terms. Fed one outcome at a time; pure, so that `engine quality` and the relay share it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::run::{Outcome, RejectReason};
+use crate::schema::TargetSchema;
+
+/// The identity signals OpenAI matches on: a name, the output fields that carry it (either spelling of a target),
+/// and its weight in the score. The weights sum to 10: the click id and the email decide most matches.
+const SIGNALS: [(&str, &[&str], f64); 6] = [
+    ("oppref", &["oppref"], 3.0),
+    ("email", &["user.email", "user.email_sha256"], 3.0),
+    ("phone", &["user.phone_number"], 1.5),
+    ("external_id", &["user.external_id", "user.external_id_sha256"], 1.0),
+    ("ip_address", &["user.ip_address"], 0.75),
+    ("user_agent", &["user.user_agent"], 0.75),
+];
+
+/// Output fields that hold SHA-256 digests when present.
+const HASHED: [&str; 4] = ["user.email", "user.email_sha256", "user.phone_number", "user.external_id_sha256"];
+
+/// Conversion events and what each should carry besides the identity signals.
+const CONVERSIONS: [(&str, &[Measure]); 5] = [
+    ("order_created", &[Measure::AmountAndCurrency, Measure::OrderId, Measure::Contents]),
+    ("checkout_started", &[Measure::AmountAndCurrency, Measure::Contents]),
+    ("items_added", &[Measure::Contents]),
+    ("subscription_created", &[Measure::AmountAndCurrency, Measure::PlanId]),
+    ("trial_started", &[Measure::PlanId]),
+];
+
+/// Below this share a signal or measure gets advice.
+const ADVICE_BELOW: f64 = 0.8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Measure {
+    AmountAndCurrency,
+    OrderId,
+    Contents,
+    PlanId,
+}
+
+impl Measure {
+    fn name(self) -> &'static str {
+        match self {
+            Measure::AmountAndCurrency => "amount_and_currency",
+            Measure::OrderId => "order_id",
+            Measure::Contents => "contents",
+            Measure::PlanId => "plan_id",
+        }
+    }
+
+    fn holds(self, event: &Value) -> bool {
+        let data = &event["data"];
+        match self {
+            Measure::AmountAndCurrency => data["amount"].is_number() && data["currency"].is_string(),
+            Measure::OrderId => present(&data["order_id"]),
+            Measure::Contents => data["contents"].as_array().is_some_and(|c| !c.is_empty()),
+            Measure::PlanId => present(&data["plan_id"]),
+        }
+    }
+}
+
+fn present(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
+
+fn at<'v>(event: &'v Value, dotted: &str) -> &'v Value {
+    dotted.split('.').fold(event, |value, key| &value[key])
+}
+
+fn is_sha256(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+#[derive(Default)]
+struct Tally {
+    events: u64,
+    signals: [u64; SIGNALS.len()],
+    hashed: u64,
+    well_formed: u64,
+    opted_out: u64,
+    /// Opted-out events whose input carried no consent state at all.
+    opted_out_without_consent: u64,
+    measures: BTreeMap<Measure, u64>,
+    ages_ms: Vec<i64>,
+}
+
+/// Match quality over a stream of outcomes.
+pub struct Quality {
+    /// Which signals the target can carry at all (the developer-docs target has no phone).
+    available: [bool; SIGNALS.len()],
+    now_ms: i64,
+    types: BTreeMap<String, Tally>,
+    dropped: BTreeMap<String, u64>,
+    rejected: BTreeMap<String, u64>,
+}
+
+impl Quality {
+    /// An empty tally for events written to `target`, mapped at `now_ms`.
+    pub fn new(target: &TargetSchema, now_ms: i64) -> Quality {
+        let available = SIGNALS.map(|(_, fields, _)| {
+            fields.iter().any(|f| target.resolve(&f.split('.').collect::<Vec<_>>(), false).is_some())
+        });
+        Quality { available, now_ms, types: BTreeMap::new(), dropped: BTreeMap::new(), rejected: BTreeMap::new() }
+    }
+
+    /// Counts one event: its outcome, and `input` (the event as received) to tell an absent consent state.
+    pub fn observe(&mut self, input: &str, outcome: &Outcome) {
+        match outcome {
+            Outcome::Mapped(mapped) => {
+                let Ok(event) = serde_json::from_str::<Value>(&mapped.json) else { return };
+                let tally = self.types.entry(mapped.event_type.clone()).or_default();
+                tally.events += 1;
+                for (index, (_, fields, _)) in SIGNALS.iter().enumerate() {
+                    if fields.iter().any(|f| present(at(&event, f))) {
+                        tally.signals[index] += 1;
+                    }
+                }
+                for field in HASHED {
+                    let value = at(&event, field);
+                    if present(value) {
+                        tally.hashed += 1;
+                        tally.well_formed += u64::from(is_sha256(value));
+                    }
+                }
+                if event["opt_out"] == Value::Bool(true) {
+                    tally.opted_out += 1;
+                    let consent = serde_json::from_str::<Value>(input)
+                        .ok()
+                        .is_some_and(|input| input["context"]["consent"].as_object().is_some_and(|c| !c.is_empty()));
+                    tally.opted_out_without_consent += u64::from(!consent);
+                }
+                if let Some((_, measures)) = CONVERSIONS.iter().find(|(name, _)| *name == mapped.event_type) {
+                    for measure in *measures {
+                        *tally.measures.entry(*measure).or_default() += u64::from(measure.holds(&event));
+                    }
+                }
+                if let Some(time) = mapped.timestamp_ms {
+                    tally.ages_ms.push(self.now_ms.saturating_sub(time));
+                }
+            }
+            Outcome::Dropped(dropped) => {
+                let reason = serde_json::to_value(dropped.reason).ok().and_then(|v| v.as_str().map(str::to_string));
+                *self.dropped.entry(reason.unwrap_or_else(|| "other".to_string())).or_default() += 1;
+            }
+            Outcome::Rejected(rejected) => {
+                let reason = match rejected.reason {
+                    RejectReason::InvalidInput => "malformed".to_string(),
+                    other => serde_json::to_value(other)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_else(|| "other".to_string()),
+                };
+                *self.rejected.entry(reason).or_default() += 1;
+            }
+        }
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> QualityReport {
+        let types: Vec<TypeReport> = self.types.iter().map(|(name, tally)| self.type_report(name, tally)).collect();
+        let mapped: u64 = types.iter().map(|t| t.events).sum();
+        let score = if mapped == 0 {
+            0.0
+        } else {
+            round1(types.iter().map(|t| t.score * t.events as f64).sum::<f64>() / mapped as f64)
+        };
+        QualityReport {
+            events: mapped + self.dropped.values().sum::<u64>() + self.rejected.values().sum::<u64>(),
+            mapped,
+            score,
+            types,
+            dropped: self.dropped.clone(),
+            rejected: self.rejected.clone(),
+        }
+    }
+
+    fn type_report(&self, name: &str, tally: &Tally) -> TypeReport {
+        let share = |count: u64| if tally.events == 0 { 0.0 } else { count as f64 / tally.events as f64 };
+        let mut signals = BTreeMap::new();
+        let mut weighted = 0.0;
+        let mut weights = 0.0;
+        let mut advice = Vec::new();
+        for (index, (signal, _, weight)) in SIGNALS.iter().enumerate() {
+            if !self.available[index] {
+                continue;
+            }
+            let carried = share(tally.signals[index]);
+            signals.insert(signal.to_string(), round3(carried));
+            weighted += weight * carried;
+            weights += weight;
+            if carried < ADVICE_BELOW {
+                advice.push(signal_advice(signal, name, 1.0 - carried));
+            }
+        }
+        let opted_out = share(tally.opted_out);
+        let score = if weights == 0.0 { 0.0 } else { round1(10.0 * weighted / weights * (1.0 - opted_out)) };
+        if opted_out > 0.0 {
+            if tally.opted_out_without_consent == tally.opted_out {
+                advice.push(format!(
+                    "{} of {name} events are opted out because none carries a consent state: a page without a \
+                     consent tool sends none, and the mapping's `consent(…)` reads an absent category as denied; \
+                     send the consent state in context.consent, or change the rule if consent is given elsewhere",
+                    percent(opted_out)
+                ));
+            } else {
+                advice.push(format!(
+                    "{} of {name} events are opted out (their consent category is not granted): OpenAI cannot use them \
+                     for ads",
+                    percent(opted_out)
+                ));
+            }
+        }
+        let mut measures = BTreeMap::new();
+        for (measure, count) in &tally.measures {
+            let carried = share(*count);
+            measures.insert(measure.name().to_string(), round3(carried));
+            if carried < ADVICE_BELOW {
+                advice.push(measure_advice(*measure, name, 1.0 - carried));
+            }
+        }
+        let hashes_well_formed = (tally.hashed > 0).then(|| round3(tally.well_formed as f64 / tally.hashed as f64));
+        if hashes_well_formed.is_some_and(|s| s < 1.0) {
+            advice.push(format!(
+                "some hashed user fields of {name} events are not SHA-256 hex digests: pipe them through `sha256` \
+                 after normalising (`normalize_email`, `e164($default_region)`)"
+            ));
+        }
+        let mut ages = tally.ages_ms.clone();
+        ages.sort_unstable();
+        let age = |q: f64| ages.get(((ages.len() as f64 - 1.0) * q).round() as usize).copied();
+        let week = 7 * 24 * 3_600_000;
+        let past_week = ages.iter().filter(|&&a| a > week).count();
+        TypeReport {
+            event_type: name.to_string(),
+            events: tally.events,
+            score,
+            signals,
+            hashes_well_formed,
+            opted_out: round3(opted_out),
+            measures,
+            age_p50_ms: age(0.5),
+            age_p99_ms: age(0.99),
+            older_than_7_days: round3(if ages.is_empty() { 0.0 } else { past_week as f64 / ages.len() as f64 }),
+            advice,
+        }
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0} %", share * 100.0)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn signal_advice(signal: &str, event_type: &str, lacking: f64) -> String {
+    let lack = format!("{} of {event_type} events lack", percent(lacking));
+    match signal {
+        "oppref" => format!(
+            "{lack} the ad click id (oppref): it is on the landing page's URL only; keep identity memory on \
+             (`remember oppref for 30d`) so that the visitor's later events carry it, and map \
+             `context.page.url -> oppref | url_param(\"oppref\")`"
+        ),
+        "email" => format!(
+            "{lack} an email: send identify before checkout, or map traits.email ?? context.traits.email \
+             (`| normalize_email | sha256`), and keep identity memory on (`remember user.email`)"
+        ),
+        "phone" => format!(
+            "{lack} a phone number: map traits.phone ?? context.traits.phone \
+             (`| e164($default_region) | sha256`); numbers without a country code need the right default region"
+        ),
+        "external_id" => format!("{lack} an external id: map `anonymousId -> user.external_id` (or userId)"),
+        "ip_address" => format!(
+            "{lack} the visitor's IP address: send events through the relay (it adds the connection's address) or \
+             map context.ip"
+        ),
+        _ => format!(
+            "{lack} the visitor's User-Agent: send events through the relay (it adds the request's User-Agent) or map \
+             context.userAgent"
+        ),
+    }
+}
+
+fn measure_advice(measure: Measure, event_type: &str, lacking: f64) -> String {
+    let lack = format!("{} of {event_type} events lack", percent(lacking));
+    match measure {
+        Measure::AmountAndCurrency => format!(
+            "{lack} an amount with its currency: events without `currency` leave the amount out; send currency in \
+             the event's properties or set one (`\"EUR\" -> data.currency`)"
+        ),
+        Measure::OrderId => format!("{lack} an order id: map `order_id -> data.order_id | to_string`"),
+        Measure::Contents => {
+            format!("{lack} contents: map `products[*] -> data.contents[*] {{ … }}` (or the product in `properties`)")
+        }
+        Measure::PlanId => format!("{lack} a plan id: map `plan_id -> data.plan_id | to_string`"),
+    }
+}
+
+/// The match quality of a stream, whole and per OpenAI event type.
+#[derive(Clone, Debug, Serialize)]
+pub struct QualityReport {
+    /// Events seen: mapped, dropped and rejected.
+    pub events: u64,
+    pub mapped: u64,
+    /// 0 to 10: the event types' scores weighted by their events.
+    pub score: f64,
+    pub types: Vec<TypeReport>,
+    pub dropped: BTreeMap<String, u64>,
+    pub rejected: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TypeReport {
+    pub event_type: String,
+    pub events: u64,
+    /// 0 to 10: 10 × the weighted share of identity signals carried, times the share not opted out.
+    pub score: f64,
+    /// Per signal, the share of events carrying it.
+    pub signals: BTreeMap<String, f64>,
+    /// Of the hashed user fields present, the share that are SHA-256 hex digests.
+    pub hashes_well_formed: Option<f64>,
+    pub opted_out: f64,
+    /// Conversion events: the share with amount and currency, order id, contents, plan id.
+    pub measures: BTreeMap<String, f64>,
+    /// How old events were when mapped (`now` minus their time).
+    pub age_p50_ms: Option<i64>,
+    pub age_p99_ms: Option<i64>,
+    /// The share older than OpenAI's 7-day window.
+    pub older_than_7_days: f64,
+    pub advice: Vec<String>,
+}
+
+impl QualityReport {
+    /// The report for a person: a table per event type and the advice.
+    pub fn text(&self) -> String {
+        let mut out =
+            format!("Match quality: {:.1}/10 over {} mapped events ({} seen)\n", self.score, self.mapped, self.events);
+        for t in &self.types {
+            out.push_str(&format!("\n{} ({} events): {:.1}/10\n", t.event_type, t.events, t.score));
+            for (signal, share) in &t.signals {
+                out.push_str(&format!("  {signal:<20} {:>6.1} %\n", share * 100.0));
+            }
+            for (measure, share) in &t.measures {
+                out.push_str(&format!("  {measure:<20} {:>6.1} %\n", share * 100.0));
+            }
+            out.push_str(&format!("  {:<20} {:>6.1} %\n", "opted out", t.opted_out * 100.0));
+            if let Some(share) = t.hashes_well_formed {
+                out.push_str(&format!("  {:<20} {:>6.1} %\n", "hashes well formed", share * 100.0));
+            }
+            for advice in &t.advice {
+                out.push_str(&format!("  advice: {advice}\n"));
+            }
+        }
+        let counts = |map: &BTreeMap<String, u64>| {
+            map.iter().map(|(reason, n)| format!("{reason} {n}")).collect::<Vec<_>>().join(", ")
+        };
+        if !self.dropped.is_empty() {
+            out.push_str(&format!("\ndropped: {}\n", counts(&self.dropped)));
+        }
+        if !self.rejected.is_empty() {
+            out.push_str(&format!("rejected: {}\n", counts(&self.rejected)));
+        }
+        out
+    }
+
+    /// The report as Markdown: a table of shares per event type, then the advice.
+    pub fn markdown(&self) -> String {
+        let mut columns: Vec<String> = Vec::new();
+        for t in &self.types {
+            for name in t.signals.keys().chain(t.measures.keys()) {
+                if !columns.contains(name) {
+                    columns.push(name.clone());
+                }
+            }
+        }
+        let mut out = format!(
+            "# Match quality: {:.1}/10\n\n{} mapped events of {} seen.\n\n",
+            self.score, self.mapped, self.events
+        );
+        out.push_str(&format!("| event type | events | score | {} | opted out |\n", columns.join(" | ")));
+        out.push_str(&format!("|---|---:|---:|{}---:|\n", "---:|".repeat(columns.len())));
+        for t in &self.types {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|c| match t.signals.get(c).or(t.measures.get(c)) {
+                    Some(share) => format!("{:.1} %", share * 100.0),
+                    None => "–".to_string(),
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {} | {} | {:.1} | {} | {:.1} % |\n",
+                t.event_type,
+                t.events,
+                t.score,
+                cells.join(" | "),
+                t.opted_out * 100.0
+            ));
+        }
+        let advice: Vec<&String> = self.types.iter().flat_map(|t| &t.advice).collect();
+        if !advice.is_empty() {
+            out.push_str("\n## Advice\n\n");
+            for line in advice {
+                out.push_str(&format!("- {line}\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Context;
+
+    fn report(events: &[&str]) -> QualityReport {
+        let plan = crate::presets::OPENAI_ADS.compile(&Default::default()).plan.expect("the preset compiles");
+        let now = 1_795_176_000_000;
+        let mut quality = Quality::new(crate::schema::target(crate::schema::DEFAULT_TARGET).expect("target"), now);
+        for event in events {
+            quality.observe(event, &plan.apply_str(event, &mut Context::stateless(now)));
+        }
+        quality.report()
+    }
+
+    const ORDER_WITH_EVERYTHING: &str = r#"{"type":"track","event":"Order Completed","messageId":"m1","anonymousId":"a1","timestamp":"2026-11-20T11:00:00Z","properties":{"order_id":"o1","revenue":10,"currency":"EUR","products":[{"product_id":"p","price":10,"quantity":1}]},"context":{"ip":"203.0.113.1","userAgent":"UA","page":{"url":"https://shop.example/t?oppref=c1"},"traits":{"email":"a@b.example","phone":"+447700900123"},"consent":{"marketing":true}}}"#;
+    const BARE_ORDER: &str = r#"{"type":"track","event":"Order Completed","messageId":"m2","anonymousId":"a2","timestamp":"2026-11-20T11:00:00Z","properties":{"order_id":"o2"},"context":{"page":{"url":"https://shop.example/t"}}}"#;
+
+    #[test]
+    fn a_fully_equipped_event_scores_ten_and_gets_no_advice() {
+        let report = report(&[ORDER_WITH_EVERYTHING]);
+        let order = &report.types[0];
+        assert_eq!((order.event_type.as_str(), order.events, order.score), ("order_created", 1, 10.0));
+        assert!(order.signals.values().all(|&share| share == 1.0), "{:?}", order.signals);
+        assert_eq!(order.hashes_well_formed, Some(1.0));
+        assert!(order.advice.is_empty(), "{:?}", order.advice);
+    }
+
+    #[test]
+    fn missing_signals_lower_the_score_and_name_the_fix() {
+        let report = report(&[ORDER_WITH_EVERYTHING, BARE_ORDER, r#"{"type":"identify","userId":"u"}"#]);
+        let order = &report.types[0];
+        assert_eq!(order.signals["email"], 0.5);
+        assert_eq!(order.signals["external_id"], 1.0);
+        // The bare order has no consent state: opted out, and the advice says why.
+        assert_eq!(order.opted_out, 0.5);
+        assert!(order
+            .advice
+            .iter()
+            .any(|a| a.starts_with("50 % of order_created events lack an email: send identify")));
+        assert!(order.advice.iter().any(|a| a.contains("none carries a consent state")), "{:?}", order.advice);
+        assert_eq!(order.measures["amount_and_currency"], 0.5);
+        // Signals: oppref 3 + email 3 + phone 1.5 + ip .75 + ua .75 carried by half, external_id 1 by all: 5.5 / 10;
+        // half the events are opted out.
+        assert_eq!(order.score, 2.8);
+        assert_eq!(report.dropped["identify"], 1);
+        assert_eq!(report.events, 3);
+    }
+}
