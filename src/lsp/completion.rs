@@ -7,7 +7,7 @@ use lsp_types::{
     CompletionItem, CompletionItemKind, CompletionTextEdit, Documentation, MarkupContent, MarkupKind, TextEdit,
 };
 use signal_engine::functions;
-use signal_engine::schema::{self, FieldDef, InputField, TargetSchema};
+use signal_engine::schema::{self, InputField, TargetSchema};
 
 use super::analysis::{blocks_at, Workspace};
 use super::docs;
@@ -253,51 +253,50 @@ fn envelope_entries() -> Vec<Entry> {
 }
 
 /// The fields a rule may write: leaves of the schema (objects expanded, arrays as `name[*]`), relative to the
-/// current element inside an element block.
+/// current element inside an element block. Read from the schema's one walk, in its order; a field several data
+/// shapes share is offered once.
 fn target_entries(target: &TargetSchema, element: &[String]) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
-    let add = |prefix: &str, keys: Vec<String>, defs: &[FieldDef], out: &mut Vec<Entry>| {
-        for def in defs {
-            walk_target(target, prefix, &keys, def, out);
+    target.walk(&mut |keys, def| {
+        // Only leaves and arrays of objects are written; objects are written through their members.
+        if !def.fields.is_empty() {
+            return;
         }
-    };
-    if element.is_empty() {
-        add("", Vec::new(), &target.fields, &mut out);
-        for (_, fields) in &target.shapes {
-            add("data", vec!["data".to_string()], fields, &mut out);
+        let relative = if element.is_empty() {
+            // Outside a block, element fields are written only through their array's block.
+            if target.resolve(keys, false).is_none() {
+                return;
+            }
+            keys
+        } else {
+            match keys.strip_prefix(element) {
+                Some(rest) if !rest.is_empty() && target.resolve(keys, true).is_some() => rest,
+                _ => return,
+            }
+        };
+        // Fields the route sets, and everything below them, are not a rule's to write.
+        if (1..=keys.len()).any(|n| docs::resolve_target(target, &keys[..n]).is_some_and(|(d, _)| d.set_by_route)) {
+            return;
         }
-    } else if let Some(items) = docs::resolve_target(target, element).and_then(|(def, _)| def.items.as_ref()) {
-        add("", element.to_vec(), items, &mut out);
-    }
-    out
-}
-
-fn walk_target(target: &TargetSchema, prefix: &str, keys: &[String], def: &FieldDef, out: &mut Vec<Entry>) {
-    if def.set_by_route {
-        return;
-    }
-    let dotted = if prefix.is_empty() { def.name.clone() } else { format!("{prefix}.{}", def.name) };
-    let mut keys = keys.to_vec();
-    keys.push(def.name.clone());
-    if !def.fields.is_empty() {
-        for field in &def.fields {
-            walk_target(target, &dotted, &keys, field, out);
+        let dotted = relative.join(".");
+        let (label, detail) = if def.items.is_some() {
+            (format!("{dotted}[*]"), format!("{} of objects: element block", def.type_name))
+        } else {
+            (dotted, def.type_name.clone())
+        };
+        if out.iter().any(|entry| entry.label == label) {
+            return;
         }
-        return;
-    }
-    let (label, detail) = if def.items.is_some() {
-        (format!("{dotted}[*]"), format!("{} of objects: element block", def.type_name))
-    } else {
-        (dotted.clone(), def.type_name.clone())
-    };
-    let shapes = docs::resolve_target(target, &keys).map(|(_, shapes)| shapes).unwrap_or_default();
-    let detail = if shapes.is_empty() { detail } else { format!("{detail} · {}", shapes.join(", ")) };
-    out.push(Entry {
-        label,
-        kind: CompletionItemKind::FIELD,
-        detail,
-        doc: docs::target_field(target, &keys.join("."), def, &shapes),
+        let shapes = docs::resolve_target(target, keys).map(|(_, shapes)| shapes).unwrap_or_default();
+        let detail = if shapes.is_empty() { detail } else { format!("{detail} · {}", shapes.join(", ")) };
+        out.push(Entry {
+            label,
+            kind: CompletionItemKind::FIELD,
+            detail,
+            doc: docs::target_field(target, &keys.join("."), def, &shapes),
+        });
     });
+    out
 }
 
 fn shape_entries(target: &TargetSchema) -> Vec<Entry> {
