@@ -42,6 +42,9 @@ struct File {
     http: HttpFile,
     /// Serve HTTPS: PEM files of the certificate chain and its private key.
     tls: Option<TlsFile>,
+    /// The console and its JSON API, on a listener of their own.
+    #[serde(default)]
+    admin: AdminFile,
     // The one pixel of a single-pixel file, written at the top level. Spelled out rather than
     // `#[serde(flatten)]`: flattening buffers the document and errors would lose their line.
     name: Option<String>,
@@ -86,6 +89,17 @@ struct IngestionFile {
     /// believed; from anyone else those headers are ignored and the connection's address is the visitor's.
     #[serde(default)]
     trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    /// `false` serves no console.
+    enabled: Option<bool>,
+    /// Default 127.0.0.1:8089 (a port the system picks when `listen` asks for one with port 0).
+    listen: Option<String>,
+    /// The environment variable holding the token the console and its API ask for.
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +169,7 @@ pub struct RelayConfig {
     pub http: Http,
     /// HTTPS on the listener.
     pub tls: Option<Tls>,
+    pub admin: Admin,
     pub integrations: Vec<Integration>,
     /// Started without a configuration file: a local trial.
     pub trial: bool,
@@ -191,6 +206,17 @@ pub struct Http {
     pub idle_timeout: Duration,
     pub max_connections: usize,
 }
+
+/// The console's listener and the token it asks for.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `None`: no console.
+    pub listen: Option<SocketAddr>,
+    /// Without a token the console answers only connections from loopback addresses.
+    pub token: Option<SecretString>,
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8089";
 
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -403,6 +429,7 @@ fn build(
             return Err(ConfigError("`tls.key` is missing: the PEM file of the certificate's private key".to_string()))
         }
     };
+    let admin = admin(file.admin, listen, env)?;
     let mut files = file.integrations;
     let from_list = !files.is_empty();
     let top_level = IntegrationFile {
@@ -458,9 +485,44 @@ fn build(
         retry,
         http,
         tls,
+        admin,
         integrations,
         trial,
     })
+}
+
+fn admin(file: AdminFile, listen: SocketAddr, env: &dyn Fn(&str) -> Option<String>) -> Result<Admin, ConfigError> {
+    if file.enabled == Some(false) {
+        return Ok(Admin { listen: None, token: None });
+    }
+    let address = match &file.listen {
+        Some(text) => text.parse::<SocketAddr>().map_err(|_| {
+            ConfigError(format!("`admin.listen`: {text:?} is not an address such as {DEFAULT_ADMIN_LISTEN}"))
+        })?,
+        None if listen.port() == 0 => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
+        None => DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses"),
+    };
+    let token = match file.token_env {
+        None => None,
+        Some(variable) => match env(&variable) {
+            Some(token) if token.trim().len() >= 16 => Some(SecretString::from(token.trim().to_string())),
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "`admin.token_env`: the token in {variable} is shorter than 16 characters"
+                )))
+            }
+            None => {
+                return Err(ConfigError(format!("`admin.token_env`: the environment variable {variable} is not set")))
+            }
+        },
+    };
+    if token.is_none() && !address.ip().is_loopback() {
+        return Err(ConfigError(format!(
+            "`admin.token_env`: the console listens on {address}, which is not a loopback address, but no token is \
+             set; set one so that strangers cannot change the relay (or listen on 127.0.0.1)"
+        )));
+    }
+    Ok(Admin { listen: Some(address), token })
 }
 
 fn integration_config(

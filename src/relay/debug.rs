@@ -39,6 +39,10 @@ pub(super) struct Entry {
     /// `queued`, `delivered`, `dead_lettered`, or the outcome for events that are not sent.
     pub state: String,
     pub attempts: Vec<Attempt>,
+    /// The event as received, kept in memory only (never shown, never stored) so that the console can preview a
+    /// draft mapping on it: masked values would not map as the real ones do.
+    #[serde(skip)]
+    pub raw: Arc<Value>,
 }
 
 /// One request that carried the event to OpenAI.
@@ -63,6 +67,7 @@ impl Entry {
     ) -> Entry {
         let (outcome, reason) = describe(&explanation.outcome);
         let state = if outcome == "mapped" { "queued" } else { outcome }.to_string();
+        let raw = Arc::new(input.clone());
         let mut input = input.clone();
         crate::personal::mask_personal_keys(&mut input);
         Entry {
@@ -76,6 +81,7 @@ impl Entry {
             explanation: explanation.to_json(false),
             state,
             attempts: Vec::new(),
+            raw,
         }
     }
 }
@@ -168,6 +174,11 @@ impl DebugLog {
     pub fn latest_refused(&self, limit: usize) -> Vec<Refused> {
         let list = self.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         list.iter().rev().take(limit).cloned().collect()
+    }
+
+    /// The event the debugger keeps as `seq`, as it was received.
+    pub fn input_of(&self, seq: u64) -> Option<Value> {
+        self.lock().iter().find(|e| e.seq == seq).map(|e| (*e.raw).clone())
     }
 
     pub fn latest(&self, limit: usize, pixel: Option<&str>) -> Vec<Entry> {

@@ -8,7 +8,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,8 @@ use tokio::sync::watch;
 use super::debug::Attempt;
 use super::killpoint;
 use super::store::{Pending, StoreError};
-use super::{now_ms, Pixel, Shared};
+use super::registry::{LastDelivery, Pixel};
+use super::{now_ms, Shared};
 use crate::run::outside_window;
 
 /// What OpenAI made of one request.
@@ -61,14 +61,14 @@ type Batch = [(u64, Pending)];
 
 struct Deliverer {
     shared: Arc<Shared>,
-    index: usize,
+    pixel: Arc<Pixel>,
     client: reqwest::Client,
 }
 
 /// `Some(deadline)` once the relay is stopping: the queue is drained until then.
 type Stop = watch::Receiver<Option<Instant>>;
 
-pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
+pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: Stop) {
     let client = match reqwest::Client::builder().timeout(shared.config.retry.timeout).build() {
         Ok(client) => client,
         Err(error) => {
@@ -76,11 +76,26 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
             return;
         }
     };
-    let deliverer = Deliverer { shared: shared.clone(), index, client };
-    let pixel = deliverer.pixel();
+    let deliverer = Deliverer { shared: shared.clone(), pixel: pixel.clone(), client };
+    let pixel = &*pixel;
     let batching = shared.config.batch;
     let mut failures: u32 = 0;
     loop {
+        if pixel.is_removed() {
+            tracing::info!(pixel = %pixel.name, "the pixel was removed: its delivery ends");
+            break;
+        }
+        // A disabled pixel sends nothing; its queue waits until it is enabled again (which wakes this task).
+        if pixel.setup().disabled {
+            if shutdown.borrow().is_some() {
+                break;
+            }
+            tokio::select! {
+                _ = pixel.queued.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         // Stopping, the queue is drained without waiting for full batches, until it is empty, the grace period
         // ends, or OpenAI cannot take it now; what is left stays stored for the next start.
         let draining = *shutdown.borrow();
@@ -90,7 +105,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
         let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
             Ok(batch) => batch,
             Err(error) => {
-                tracing::error!(pixel = %pixel.config.name, %error, "cannot read the queue");
+                tracing::error!(pixel = %pixel.name, %error, "cannot read the queue");
                 if draining.is_some() {
                     break;
                 }
@@ -123,7 +138,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
         let live = match deliverer.expire(batch).await {
             Ok(live) => live,
             Err(error) => {
-                tracing::error!(pixel = %pixel.config.name, %error, "cannot dead-letter expired events");
+                tracing::error!(pixel = %pixel.name, %error, "cannot dead-letter expired events");
                 if draining.is_some() {
                     break;
                 }
@@ -139,7 +154,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
         match round {
             Round::Stopped => {
                 tracing::info!(
-                    pixel = %pixel.config.name,
+                    pixel = %pixel.name,
                     events = live.len(),
                     "stopping: the grace period is over; the request in flight is abandoned and its events stay \
                      queued with their ids"
@@ -148,25 +163,26 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: Stop) {
             }
             Round::Done => {
                 failures = 0;
-                if pixel.paused.swap(false, Ordering::Relaxed) {
-                    tracing::info!(pixel = %pixel.config.name, "the API key works again: delivery resumed");
+                if pixel.set_paused(None) {
+                    tracing::info!(pixel = %pixel.name, "the API key works again: delivery resumed");
                 }
             }
             Round::Later { after, why } => {
                 failures = failures.saturating_add(1);
-                deliverer.shared.metrics.retried(&pixel.config.name, &why);
+                deliverer.shared.metrics.retried(&pixel.name, &why);
                 if stopping {
-                    tracing::info!(pixel = %pixel.config.name, %why, "stopping: undelivered events stay queued");
+                    tracing::info!(pixel = %pixel.name, %why, "stopping: undelivered events stay queued");
                     break;
                 }
                 let delay = backoff(&shared.config.retry, failures).max(after.unwrap_or_default());
-                tracing::warn!(pixel = %pixel.config.name, %why, retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
+                tracing::warn!(pixel = %pixel.name, %why, retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
                 pause(&mut shutdown, delay).await;
             }
             Round::Unauthorized { status, body } => {
-                if !pixel.paused.swap(true, Ordering::Relaxed) {
+                let why = format!("OpenAI refused the API key (HTTP {status}): {}", cut(&body, 300));
+                if !pixel.set_paused(Some(why)) {
                     tracing::error!(
-                        pixel = %pixel.config.name,
+                        pixel = %pixel.name,
                         status,
                         response = %body,
                         "OpenAI refused the API key: delivery is paused, every event is kept, and delivery resumes \
@@ -226,7 +242,7 @@ fn cut(text: &str, max: usize) -> String {
 
 impl Deliverer {
     fn pixel(&self) -> &Pixel {
-        &self.shared.pixels[self.index]
+        &self.pixel
     }
 
     /// Runs a store call off the async threads.
@@ -235,8 +251,8 @@ impl Deliverer {
         call: impl FnOnce(&dyn super::store::Store, &str) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let shared = self.shared.clone();
-        let index = self.index;
-        tokio::task::spawn_blocking(move || call(shared.store.as_ref(), &shared.pixels[index].config.name))
+        let pixel = self.pixel.clone();
+        tokio::task::spawn_blocking(move || call(shared.store.as_ref(), &pixel.name))
             .await
             .map_err(|e| StoreError(format!("the storage task failed: {e}")))?
     }
@@ -260,8 +276,8 @@ impl Deliverer {
             let count = dead.len();
             self.store(move |store, name| store.bury(name, &dead, now)).await?;
             let pixel = self.pixel();
-            tracing::warn!(pixel = %pixel.config.name, events = count, "events expired before delivery: dead-lettered");
-            self.shared.metrics.dead_lettered(&pixel.config.name, "expired", count);
+            tracing::warn!(pixel = %pixel.name, events = count, "events expired before delivery: dead-lettered");
+            self.shared.metrics.dead_lettered(&pixel.name, "expired", count);
             let ids: Vec<&str> = expired.iter().map(|(_, p)| p.id.as_str()).collect();
             let attempt = Attempt {
                 at_ms: now,
@@ -270,7 +286,7 @@ impl Deliverer {
                 batch_size: count,
                 dry_run: self.shared.config.dry_run,
             };
-            self.shared.debug.attempt(&pixel.config.name, &ids, &attempt, Some("dead_lettered"));
+            self.shared.debug.attempt(&pixel.name, &ids, &attempt, Some("dead_lettered"));
         }
         Ok(live)
     }
@@ -333,7 +349,7 @@ impl Deliverer {
     async fn settle(&self, part: &Batch, refused: Option<String>) -> Result<(), Round> {
         let seqs: Vec<u64> = part.iter().map(|(seq, _)| *seq).collect();
         let count = seqs.len();
-        let name = self.pixel().config.name.clone();
+        let name = self.pixel.name.clone();
         let result = match refused.clone() {
             None => self.store(move |store, name| store.complete(name, &seqs)).await,
             Some(detail) => {
@@ -359,7 +375,8 @@ impl Deliverer {
     /// One request to OpenAI (or, in dry-run mode, to the log).
     async fn post(&self, part: &Batch) -> Answer {
         let pixel = self.pixel();
-        let config = &pixel.config;
+        let setup = pixel.setup();
+        let config = &setup.config;
         let mut body = String::with_capacity(part.iter().map(|(_, p)| p.event.len() + 1).sum::<usize>() + 40);
         body.push('{');
         if config.validate_only {
@@ -382,7 +399,13 @@ impl Deliverer {
                 batch_size: part.len(),
                 dry_run: self.shared.config.dry_run,
             };
-            self.shared.debug.attempt(&config.name, &ids, &attempt, state);
+            pixel.record_delivery(LastDelivery {
+                at_ms: attempt.at_ms,
+                status,
+                response: cut(response, 300),
+                events: part.len(),
+            });
+            self.shared.debug.attempt(&pixel.name, &ids, &attempt, state);
         };
         let Some(api_key) = config.api_key.as_ref().filter(|_| !self.shared.config.dry_run) else {
             tracing::info!(pixel = %config.name, pid = %config.pixel_id, events = part.len(), body = %cut(&body, 4096), "dry run: batch not sent");

@@ -797,6 +797,8 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             Ok(false) => {}
         }
         let now = now_ms();
+        // The setups of this group: a plan saved meanwhile in the console applies from the next group on.
+        let pixels = shared.pixels.active();
         let mut entries = Vec::new();
         let mut outcomes: Vec<(&str, &'static str, Option<String>)> = Vec::new();
         let mut verdicts: Vec<Vec<Verdict>> = Vec::new();
@@ -804,7 +806,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         // events of each group are explained and kept, the others only applied. At a trickle, every event is; of
         // the events the mapping rejects, up to as many again per group.
         const EXPLAINED_PER_GROUP: usize = 16;
-        let mapped_events = group.iter().map(|j| j.events.len()).sum::<usize>() * shared.pixels.len();
+        let mapped_events = group.iter().map(|j| j.events.len()).sum::<usize>() * pixels.len();
         let explain_from = mapped_events.saturating_sub(EXPLAINED_PER_GROUP.min(shared.debug.capacity()));
         let result = shared.store.ingest(&mut |tx| {
             entries.clear();
@@ -816,27 +818,27 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                 let mut job_verdicts = Vec::with_capacity(job.events.len());
                 for event in &job.events {
                     let mut verdict: Option<Verdict> = None;
-                    for pixel in &shared.pixels {
-                        let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.config.name };
+                    for (pixel, setup) in &pixels {
+                        let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.name };
                         let mut context = Context::with_identity(now, &mut memory);
                         let sampled = index >= explain_from;
                         index += 1;
                         let (outcome, explanation) = if sampled {
-                            let explanation = explain_value(&pixel.plan, event, &mut context);
+                            let explanation = explain_value(&setup.plan, event, &mut context);
                             (explanation.outcome.clone(), Some(explanation))
                         } else {
-                            match pixel.plan.apply(event, &mut context) {
+                            match setup.plan.apply(event, &mut context) {
                                 // A rejected event is always explained, since the debugger is where one finds out
                                 // why. Applying again is harmless: what the event taught is already remembered.
                                 rejected @ Outcome::Rejected(_) if rejections_explained < EXPLAINED_PER_GROUP => {
                                     rejections_explained += 1;
-                                    (rejected, Some(explain_value(&pixel.plan, event, &mut context)))
+                                    (rejected, Some(explain_value(&setup.plan, event, &mut context)))
                                 }
                                 other => (other, None),
                             }
                         };
                         let (name, reason) = debug::describe(&outcome);
-                        outcomes.push((&pixel.config.name, name, reason.clone()));
+                        outcomes.push((&pixel.name, name, reason.clone()));
                         let mut event_id = None;
                         match &outcome {
                             Outcome::Mapped(mapped) => {
@@ -848,14 +850,14 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                     received_ms: now,
                                     event: mapped.json.clone(),
                                 };
-                                tx.enqueue(&pixel.config.name, &pending)?;
+                                tx.enqueue(&pixel.name, &pending)?;
                                 event_id = Some(id);
                                 verdict = Some(Verdict::Queued);
                             }
                             Outcome::Rejected(rejected) => {
                                 // The message may quote a value; the reason, field and rule say what to fix.
                                 tracing::info!(
-                                    pixel = %pixel.config.name,
+                                    pixel = %pixel.name,
                                     reason = ?rejected.reason,
                                     field = rejected.field.as_deref().unwrap_or_default(),
                                     rule = rejected.rule.as_deref().unwrap_or_default(),
@@ -876,7 +878,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             }
                         }
                         if let Some(explanation) = &explanation {
-                            entries.push(debug::Entry::received(&pixel.config.name, event, explanation, event_id, now));
+                            entries.push(debug::Entry::received(&pixel.name, event, explanation, event_id, now));
                         }
                     }
                     job_verdicts.push(verdict.unwrap_or(Verdict::Dropped { reason: "no_pixel".to_string() }));
@@ -901,7 +903,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                     shared.metrics.events_refused("mapping_rejected", job_verdicts.len() - taken);
                     let _ = job.reply.send(Ok(job_verdicts));
                 }
-                for pixel in &shared.pixels {
+                for (pixel, _) in &pixels {
                     pixel.queued.notify_one();
                 }
             }

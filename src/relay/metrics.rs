@@ -93,16 +93,22 @@ impl Metrics {
         for reason in ["unauthorized", "origin_not_allowed", "malformed", "too_large", "rate_limited"] {
             metrics.requests_refused.get_or_create(&vec![("reason", reason.to_string())]).inc_by(0);
         }
+        let metrics = Metrics { registry, ..metrics };
         for name in pixels {
-            metrics.queue_depth.get_or_create(&pixel(name)).set(0);
-            metrics.paused.get_or_create(&pixel(name)).set(0);
-            metrics.delivered.get_or_create(&pixel(name)).inc_by(0);
-            for reason in ["expired", "rejected"] {
-                let labels = vec![("pixel", name.to_string()), ("reason", reason.to_string())];
-                metrics.dead_lettered.get_or_create(&labels).inc_by(0);
-            }
+            metrics.add_pixel(name);
         }
-        Metrics { registry, ..metrics }
+        metrics
+    }
+
+    /// Shows a pixel's series from zero, so that dashboards see it before its first event.
+    pub fn add_pixel(&self, name: &str) {
+        self.queue_depth.get_or_create(&pixel(name)).set(0);
+        self.paused.get_or_create(&pixel(name)).set(0);
+        self.delivered.get_or_create(&pixel(name)).inc_by(0);
+        for reason in ["expired", "rejected"] {
+            let labels = vec![("pixel", name.to_string()), ("reason", reason.to_string())];
+            self.dead_lettered.get_or_create(&labels).inc_by(0);
+        }
     }
 
     pub fn received(&self, events: usize) {
@@ -152,12 +158,12 @@ impl Metrics {
     }
 
     fn render(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
-        for p in &shared.pixels {
-            if let Ok(depth) = shared.store.depth(&p.config.name) {
-                self.queue_depth.get_or_create(&pixel(&p.config.name)).set(depth as i64);
+        for p in shared.pixels.all() {
+            if let Ok(depth) = shared.store.depth(&p.name) {
+                self.queue_depth.get_or_create(&pixel(&p.name)).set(depth as i64);
             }
             let paused = p.paused.load(Ordering::Relaxed);
-            self.paused.get_or_create(&pixel(&p.config.name)).set(i64::from(paused));
+            self.paused.get_or_create(&pixel(&p.name)).set(i64::from(paused));
         }
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
@@ -189,8 +195,8 @@ async fn live() -> Response {
 /// 200 when the relay can take and deliver events: its store answers and is writable (below the disk cap), and no
 /// pixel is paused; 503 naming what is wrong otherwise, for a load balancer deciding where to send traffic.
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
-    let paused: Vec<&str> =
-        shared.pixels.iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.config.name.as_str()).collect();
+    let paused: Vec<String> =
+        shared.pixels.all().into_iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.name.clone()).collect();
     let mut problems = Vec::new();
     match shared.store.stored_bytes() {
         Ok(bytes) if bytes >= shared.config.disk_cap_bytes => {
@@ -213,8 +219,8 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 
 /// 200 while every pixel delivers; 503 naming the paused pixels (their events are kept) or a failing store.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let paused: Vec<&str> =
-        shared.pixels.iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.config.name.as_str()).collect();
+    let paused: Vec<String> =
+        shared.pixels.all().into_iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.name.clone()).collect();
     let store = shared.store.stored_bytes();
     let status = if paused.is_empty() && store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({

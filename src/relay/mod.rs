@@ -3,7 +3,9 @@
 //! succeed later and dead-lettering what never will. This is the only part of the crate that uses tokio and
 //! reqwest; the engine it embeds stays synchronous.
 
+mod admin;
 pub mod config;
+mod console;
 mod debug;
 mod decode;
 mod deliver;
@@ -14,6 +16,7 @@ mod ingest;
 #[doc(hidden)]
 pub mod killpoint;
 mod metrics;
+mod registry;
 mod server;
 pub mod store;
 
@@ -21,40 +24,40 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-use crate::compile::CompileOptions;
-use crate::diagnostic::{self, RenderOptions};
-use crate::files::FileLoader;
-use crate::plan::Plan;
-use crate::presets;
-use config::{Integration, RelayConfig};
+use config::RelayConfig;
+use registry::{Pixel, Registry};
 use store::{RedbStore, Store};
 
 pub use config::ConfigError;
-
-/// One pixel the relay delivers to, with its compiled mapping.
-struct Pixel {
-    config: Integration,
-    plan: Plan,
-    /// Wakes the pixel's delivery task when events are queued.
-    queued: Notify,
-    /// Paused on an authentication error; delivery resumes by itself when the key works again.
-    paused: std::sync::atomic::AtomicBool,
-}
 
 /// What every part of a running relay shares.
 struct Shared {
     config: RelayConfig,
     store: Arc<dyn Store>,
-    pixels: Vec<Pixel>,
+    pixels: Registry,
     debug: debug::DebugLog,
     metrics: metrics::Metrics,
+    /// `Some(deadline)` once stopping; delivery tasks started later (a pixel added in the console) watch it too.
+    stopping: watch::Receiver<Option<Instant>>,
+    /// Delivery tasks, awaited when the relay stops.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Starts delivering to `pixel`; the task ends when the relay stops or the pixel is removed.
+    fn spawn_delivery(self: &Arc<Self>, pixel: Arc<Pixel>) {
+        let task = tokio::spawn(deliver::run(self.clone(), pixel, self.stopping.clone()));
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(task);
+    }
 }
 
 /// A relay running in this process: its address, and the handle to stop it.
 pub struct RelayHandle {
     pub addr: SocketAddr,
+    /// The console's address, when it is served.
+    pub admin_addr: Option<SocketAddr>,
     /// `Some(deadline)` once stopping: deliveries drain the queue until the deadline.
     shutdown: watch::Sender<Option<Instant>>,
     grace: Duration,
@@ -75,49 +78,37 @@ impl RelayHandle {
     }
 }
 
-/// Compiles each pixel's mapping; a mapping with errors stops the relay with its diagnostics.
-fn compile_pixels(config: &RelayConfig) -> Result<Vec<Pixel>, ConfigError> {
-    let mut pixels = Vec::new();
-    for integration in &config.integrations {
-        let options = CompileOptions { params: integration.params.clone() };
-        let compiled = match &integration.mapping {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("mapping of `{}`: cannot read {}: {e}", integration.name, path.display()))
-                })?;
-                crate::compile(&path.to_string_lossy(), &text, &FileLoader, &options)
-            }
-            None => presets::OPENAI_ADS.compile(&options),
-        };
-        let Some(plan) = compiled.plan else {
-            let rendered = diagnostic::render(
-                &compiled.diagnostics,
-                &compiled.sources,
-                RenderOptions { color: false, width: 100 },
-            );
-            return Err(ConfigError(format!("mapping of `{}` has errors:\n{rendered}", integration.name)));
-        };
-        pixels.push(Pixel { config: integration.clone(), plan, queued: Notify::new(), paused: Default::default() });
-    }
-    Ok(pixels)
-}
-
 /// Starts a relay: opens the store, compiles the mappings, binds the listener and spawns ingestion and delivery.
 /// Must be called inside a tokio runtime.
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     // reqwest's TLS needs a process-wide crypto provider; a second relay in the same process finds it installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let pixels = compile_pixels(&config)?;
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?);
+    let pixels: Vec<Pixel> = console::setups(&config, store.as_ref())?.into_iter().map(Pixel::new).collect();
     let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ConfigError(format!("`listen`: cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr().map_err(|e| ConfigError(format!("`listen`: {e}")))?;
-    let metrics = metrics::Metrics::new(pixels.iter().map(|p| p.config.name.as_str()));
-    let shared = Arc::new(Shared { config, store, pixels, debug: debug::DebugLog::new(500), metrics });
+    let admin_listener = match config.admin.listen {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
+            ConfigError(format!("`admin.listen`: cannot listen on {address}: {e} (`admin: {{enabled: false}}` serves no console)"))
+        })?),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| ConfigError(format!("`admin.listen`: {e}")))?;
+    let metrics = metrics::Metrics::new(pixels.iter().map(|p| p.name.as_str()));
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        pixels: Registry::new(pixels),
+        debug: debug::DebugLog::new(500),
+        metrics,
+        stopping: shutdown_rx.clone(),
+        tasks: Default::default(),
+    });
     let grace = shared.config.shutdown_grace;
     let (jobs_tx, jobs_rx) = mpsc::channel(1024);
     let writer = {
@@ -128,26 +119,40 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
             .map_err(|e| ConfigError(format!("cannot start the writer thread: {e}")))?
     };
     let pruning = tokio::spawn(forget_old_visitors(shared.clone(), shutdown_rx.clone()));
-    let deliveries: Vec<_> = (0..shared.pixels.len())
-        .map(|index| tokio::spawn(deliver::run(shared.clone(), index, shutdown_rx.clone())))
-        .collect();
+    for pixel in shared.pixels.all() {
+        shared.spawn_delivery(pixel);
+    }
     let app = ingest::router(shared.clone(), jobs_tx);
+    let admin = admin_listener.map(|listener| {
+        let app = admin::router(shared.clone());
+        tracing::info!(addr = %admin_addr.expect("bound"), token = shared.config.admin.token.is_some(), "console listening");
+        tokio::spawn(server::serve(listener, None, shared.config.http, app, shutdown_rx.clone()))
+    });
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, pixels = shared.pixels.len(), dry_run = shared.config.dry_run, "relay listening");
+    tracing::info!(%addr, scheme, pixels = shared.pixels.all().len(), dry_run = shared.config.dry_run, "relay listening");
     let limits = shared.config.http;
     let server_shutdown = shutdown_rx.clone();
     let done = tokio::spawn(async move {
         server::serve(listener, tls, limits, app, server_shutdown).await;
         // The router held the only senders: the writer drains what was submitted, then ends.
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        for delivery in deliveries {
-            let _ = delivery.await;
+        loop {
+            let tasks = std::mem::take(&mut *shared.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if tasks.is_empty() {
+                break;
+            }
+            for delivery in tasks {
+                let _ = delivery.await;
+            }
         }
         // Every task holding the store has ended, so the store is closed once `stop` returns.
         let _ = pruning.await;
         tracing::info!("relay stopped");
     });
-    Ok(RelayHandle { addr, shutdown: shutdown_tx, grace, done })
+    Ok(RelayHandle { addr, admin_addr, shutdown: shutdown_tx, grace, done })
 }
 
 /// Identity memory forgets visitors not seen for `identity_ttl`, checked at start and every hour, so that the

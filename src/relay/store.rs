@@ -2,7 +2,9 @@
 //! store, identity memory and the byte count the disk cap is enforced on. [`RedbStore`] keeps it in an embedded,
 //! crash-safe redb file: every write transaction is fsynced before it returns, so what the relay acknowledged
 //! survives a killed process or a lost machine. Only mapped events are stored (personal data already hashed);
-//! raw input events and API keys never reach the disk.
+//! raw input events never reach the disk. The console's settings are kept here too; an API key typed into the
+//! console is the one secret the store holds (in its own table, never in the queue, the dead letters or a log), as
+//! a configuration file with `api_key` would.
 
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
@@ -91,6 +93,10 @@ pub trait Store: Send + Sync + 'static {
     fn stored_bytes(&self) -> Result<u64, StoreError>;
     /// Forgets the visitors whose profile was last written before `before_ms`; returns how many.
     fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// The console's settings whose key starts with `prefix`, in key order.
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Writes (`Some`) or deletes (`None`) console settings, all in one durable transaction.
+    fn put_settings(&self, writes: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError>;
 }
 
 /// (pixel, seq) → `Pending` as JSON.
@@ -108,6 +114,8 @@ struct Remembered {
     profile: Profile,
     touched_ms: u64,
 }
+/// key → the console's settings (`pixel/<name>`, `secret/<name>`, …) as JSON.
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// counters: `next_seq`, `stored_bytes`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -209,6 +217,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(IDENTITY).map_err(fail)?;
         txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
         txn.open_table(META).map_err(fail)?;
+        txn.open_table(SETTINGS).map_err(fail)?;
     }
     txn.commit().map_err(fail)?;
     Ok(db)
@@ -463,6 +472,34 @@ impl Store for RedbStore {
         self.read(|txn| {
             let table = txn.open_table(META).map_err(fail)?;
             Ok(table.get("stored_bytes").map_err(fail)?.map(|v| v.value()).unwrap_or(0))
+        })
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(SETTINGS).map_err(fail)?;
+            let mut out = Vec::new();
+            for entry in table.range(prefix..).map_err(fail)? {
+                let (key, value) = entry.map_err(fail)?;
+                if !key.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((key.value().to_string(), value.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_settings(&self, writes: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(SETTINGS).map_err(fail)?;
+            for (key, value) in writes {
+                match value {
+                    Some(bytes) => table.insert(key.as_str(), bytes.as_slice()).map(drop).map_err(fail)?,
+                    None => table.remove(key.as_str()).map(drop).map_err(fail)?,
+                }
+            }
+            Ok(())
         })
     }
 }
