@@ -3,6 +3,7 @@
 //! pixels, and secrets kept out of everything the relay writes or shows. Timings are short in the configuration
 //! and every wait polls with a deadline.
 
+mod admin;
 mod audit;
 mod browser;
 mod clients;

@@ -103,7 +103,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A mapping that does not compile: its diagnostics, rendered and as JSON.
-pub(super) struct Broken(pub crate::Compiled);
+pub(super) struct Broken(pub Box<crate::Compiled>);
 
 /// Compiles a pixel's mapping text; `file` is where it lives on disk, so that its `include`s resolve beside it.
 pub(super) fn compile(
@@ -119,7 +119,7 @@ pub(super) fn compile(
     };
     match compiled.plan {
         Some(plan) if !compiled.has_errors() => Ok(plan),
-        _ => Err(Broken(compiled)),
+        _ => Err(Broken(Box::new(compiled))),
     }
 }
 
@@ -146,10 +146,8 @@ fn file_mapping(config: &Integration) -> Result<MappingText, ConfigError> {
 
 /// An embedded preset as version 0: `openai_ads` (the default) or `openai_ads_developer_docs`.
 pub(super) fn preset_mapping(preset: Option<&str>) -> MappingText {
-    let chosen = presets::ALL
-        .iter()
-        .find(|p| preset.is_some_and(|name| preset_name(p) == name))
-        .unwrap_or(&presets::OPENAI_ADS);
+    let chosen =
+        presets::ALL.iter().find(|p| preset.is_some_and(|name| preset_name(p) == name)).unwrap_or(&presets::OPENAI_ADS);
     MappingText { name: chosen.name.to_string(), source: chosen.text.into(), version: 0 }
 }
 
@@ -250,11 +248,7 @@ pub(super) fn setups(config: &RelayConfig, store: &dyn Store) -> Result<Vec<Setu
         let plan = match compile(&mapping.name, &mapping.source, file.as_deref(), &config.params) {
             Ok(plan) => plan,
             Err(broken) if mapping.version == 0 => {
-                return Err(ConfigError(format!(
-                    "mapping of `{}` has errors:\n{}",
-                    integration.name,
-                    render(&broken)
-                )))
+                return Err(ConfigError(format!("mapping of `{}` has errors:\n{}", integration.name, render(&broken))))
             }
             Err(broken) => {
                 // A version saved in the console compiled then; a newer engine may judge it differently.

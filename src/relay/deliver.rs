@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::debug::Attempt;
 use super::killpoint;
-use super::store::{Pending, StoreError};
 use super::registry::{LastDelivery, Pixel};
+use super::store::{Pending, StoreError};
 use super::{now_ms, Shared};
 use crate::run::outside_window;
 

@@ -93,11 +93,17 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     let addr = listener.local_addr().map_err(|e| ConfigError(format!("`listen`: {e}")))?;
     let admin_listener = match config.admin.listen {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
-            ConfigError(format!("`admin.listen`: cannot listen on {address}: {e} (`admin: {{enabled: false}}` serves no console)"))
+            ConfigError(format!(
+                "`admin.listen`: cannot listen on {address}: {e} (`admin: {{enabled: false}}` serves no console)"
+            ))
         })?),
         None => None,
     };
-    let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| ConfigError(format!("`admin.listen`: {e}")))?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| ConfigError(format!("`admin.listen`: {e}")))?;
     let metrics = metrics::Metrics::new(pixels.iter().map(|p| p.name.as_str()));
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let shared = Arc::new(Shared {

@@ -41,6 +41,9 @@ async fn starts(name: &str, mut config: RelayConfig) -> Vec<(String, String)> {
     let pixels = config.integrations.iter().map(|i| (i.name.clone(), i.pixel_id.clone())).collect();
     let dir = data_dir(name);
     config.listen = "127.0.0.1:0".parse().unwrap();
+    if config.admin.listen.is_some() {
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    }
     config.data_dir = dir.join("data");
     let relay = start(config).await.unwrap_or_else(|e| panic!("{name} does not start: {e}"));
     relay.stop().await;

@@ -90,7 +90,11 @@ pub(super) async fn replay(State(console): State<Arc<Console>>, bytes: Bytes) ->
     let replayed =
         blocking(move || shared.store.replay(pixel.as_deref(), seqs.as_deref()).map_err(ApiError::storage)).await?;
     choice.wake(&console);
-    tracing::info!(events = replayed, pixel = choice.pixel.as_deref().unwrap_or("every pixel"), "dead letters replayed from the console");
+    tracing::info!(
+        events = replayed,
+        pixel = choice.pixel.as_deref().unwrap_or("every pixel"),
+        "dead letters replayed from the console"
+    );
     Ok(Json(json!({"replayed": replayed})).into_response())
 }
 
@@ -101,6 +105,10 @@ pub(super) async fn purge(State(console): State<Arc<Console>>, bytes: Bytes) -> 
     let (pixel, seqs) = (choice.pixel.clone(), choice.seqs.clone());
     let purged =
         blocking(move || shared.store.purge(pixel.as_deref(), seqs.as_deref()).map_err(ApiError::storage)).await?;
-    tracing::info!(events = purged, pixel = choice.pixel.as_deref().unwrap_or("every pixel"), "dead letters purged from the console");
+    tracing::info!(
+        events = purged,
+        pixel = choice.pixel.as_deref().unwrap_or("every pixel"),
+        "dead letters purged from the console"
+    );
     Ok(Json(json!({"purged": purged})).into_response())
 }

@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{body, ApiError, ApiResult, Console};
+use crate::explain::explain_value;
 use crate::relay::config::{Integration, DEFAULT_ENDPOINT};
 use crate::relay::console::{self, Record, Settings};
 use crate::relay::registry::{Origin, Pixel, Setup};
 use crate::relay::{now_ms, Shared};
-use crate::explain::explain_value;
 use crate::run::{Context, Outcome};
 
 /// What a pixel looks like to the console. The API key is never shown: only whether it is set and, for a key long
@@ -38,10 +38,8 @@ pub(super) fn state(shared: &Shared, pixel: &Pixel) -> Value {
     };
     let depth = shared.store.depth(&pixel.name).ok();
     let dead = shared.store.dead_letters(Some(&pixel.name)).ok().map(|d| d.len());
-    let versions = console::load_record(shared.store.as_ref(), &pixel.name)
-        .ok()
-        .flatten()
-        .map_or(0, |r| r.mappings.len());
+    let versions =
+        console::load_record(shared.store.as_ref(), &pixel.name).ok().flatten().map_or(0, |r| r.mappings.len());
     json!({
         "name": pixel.name,
         "origin": setup.origin,
@@ -68,10 +66,8 @@ pub(super) fn find(console: &Console, name: &str) -> Result<Arc<Pixel>, ApiError
 
 pub(super) async fn list(State(console): State<Arc<Console>>) -> ApiResult {
     let shared = console.shared.clone();
-    let states = blocking(move || {
-        Ok(shared.pixels.all().iter().map(|pixel| state(&shared, pixel)).collect::<Vec<_>>())
-    })
-    .await?;
+    let states =
+        blocking(move || Ok(shared.pixels.all().iter().map(|pixel| state(&shared, pixel)).collect::<Vec<_>>())).await?;
     Ok(Json(json!({"integrations": states})).into_response())
 }
 
@@ -133,7 +129,9 @@ fn valid_endpoint(endpoint: &str) -> Result<String, ApiError> {
 fn apply_changes(config: &mut Integration, disabled: &mut bool, changes: Changes) -> Result<(), ApiError> {
     if let Some(pixel_id) = changes.pixel_id {
         if pixel_id.trim().is_empty() {
-            return Err(ApiError::bad_request("`pixel_id`: the OpenAI pixel id events are sent to (`?pid=…`) is empty"));
+            return Err(ApiError::bad_request(
+                "`pixel_id`: the OpenAI pixel id events are sent to (`?pid=…`) is empty",
+            ));
         }
         config.pixel_id = pixel_id.trim().to_string();
     }
@@ -155,7 +153,9 @@ fn apply_changes(config: &mut Integration, disabled: &mut bool, changes: Changes
     }
     if let Some(category) = changes.consent_category {
         if category.trim().is_empty() {
-            return Err(ApiError::bad_request("`consent_category`: name the consent category that governs advertising"));
+            return Err(ApiError::bad_request(
+                "`consent_category`: name the consent category that governs advertising",
+            ));
         }
         config.params.insert("consent_category".to_string(), Value::String(category.trim().to_string()));
     }
@@ -184,8 +184,12 @@ pub(super) fn diagnostics_json(compiled: &crate::Compiled) -> Value {
 }
 
 fn unusable_mapping(broken: console::Broken) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "mapping_errors", "the mapping does not compile with these settings")
-        .with("diagnostics", diagnostics_json(&broken.0))
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "mapping_errors",
+        "the mapping does not compile with these settings",
+    )
+    .with("diagnostics", diagnostics_json(&broken.0))
 }
 
 /// What changed in the console, to be kept.
@@ -201,7 +205,8 @@ pub(super) enum Persist {
 /// Writes what the console holds of a pixel: its settings, its mapping history and its API key when it changed.
 pub(super) fn persist(shared: &Shared, setup: &Setup, record: Option<Record>, change: Persist) -> Result<(), ApiError> {
     let name = &setup.config.name;
-    let preset = crate::presets::ALL.iter().find(|p| p.name == setup.base.name).map(|p| console::preset_name(p).to_string());
+    let preset =
+        crate::presets::ALL.iter().find(|p| p.name == setup.base.name).map(|p| console::preset_name(p).to_string());
     let mut record = record.unwrap_or(Record {
         origin: setup.origin,
         file_fingerprint: None,
@@ -287,7 +292,9 @@ pub(super) async fn create(State(console): State<Arc<Console>>, bytes: Bytes) ->
 pub(super) async fn edit(State(console): State<Arc<Console>>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
     let changes: Changes = body(&bytes)?;
     if changes.name.as_ref().is_some_and(|n| *n != name) {
-        return Err(ApiError::bad_request("`name` cannot change: the queue, dead letters and identity memory are kept under it"));
+        return Err(ApiError::bad_request(
+            "`name` cannot change: the queue, dead letters and identity memory are kept under it",
+        ));
     }
     if changes.preset.is_some() {
         return Err(ApiError::bad_request("`preset` is chosen when adding; change the mapping with PUT …/mapping"));
@@ -404,7 +411,11 @@ pub(super) fn sample_event(now_ms: i64) -> Value {
 
 /// Maps one event with the pixel's mapping and sends it to OpenAI with `validate_only: true`, whatever the pixel's
 /// own setting: OpenAI checks it and records nothing. OpenAI's answer is returned as it came.
-pub(super) async fn test_event(State(console): State<Arc<Console>>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+pub(super) async fn test_event(
+    State(console): State<Arc<Console>>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
     let request: TestEvent = body(&bytes)?;
     let pixel = find(&console, &name)?;
     let setup = pixel.setup();
@@ -418,7 +429,10 @@ pub(super) async fn test_event(State(console): State<Arc<Console>>, Path(name): 
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "not_mapped",
-                format!("the mapping does not turn this event into an OpenAI event: {outcome} ({})", reason.unwrap_or_default()),
+                format!(
+                    "the mapping does not turn this event into an OpenAI event: {outcome} ({})",
+                    reason.unwrap_or_default()
+                ),
             )
             .with("explanation", explain_value(&setup.plan, &event, &mut Context::stateless(now)).to_json(false)));
         }
@@ -450,7 +464,10 @@ pub(super) async fn test_event(State(console): State<Arc<Console>>, Path(name): 
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "unreachable",
-                format!("OpenAI did not answer: {}", if error.is_timeout() { "timeout".to_string() } else { error.to_string() }),
+                format!(
+                    "OpenAI did not answer: {}",
+                    if error.is_timeout() { "timeout".to_string() } else { error.to_string() }
+                ),
             )
             .with("event", sent))
         }

@@ -17,15 +17,16 @@ use super::integrations::{blocking, diagnostics_json, find, persist, sample_even
 use super::{body, ApiError, ApiResult, Console};
 use crate::explain::explain_value;
 use crate::relay::console::{self, SavedMapping};
-use crate::relay::registry::{MappingText, Setup};
 use crate::relay::now_ms;
+use crate::relay::registry::{MappingText, Setup};
 use crate::run::Context;
 
 pub(super) async fn show(State(console): State<Arc<Console>>, Path(name): Path<String>) -> ApiResult {
     let pixel = find(&console, &name)?;
     let setup = pixel.setup();
     let shared = console.shared.clone();
-    let record = blocking(move || console::load_record(shared.store.as_ref(), &name).map_err(ApiError::storage)).await?;
+    let record =
+        blocking(move || console::load_record(shared.store.as_ref(), &name).map_err(ApiError::storage)).await?;
     let mut versions = vec![json!({
         "version": 0,
         "note": if setup.base.name.starts_with("mappings/") && setup.config.mapping.is_none() { "the embedded preset" } else { "the configuration file's" },
@@ -149,7 +150,8 @@ pub(super) async fn save(State(console): State<Arc<Console>>, Path(name): Path<S
     let shared = console.shared.clone();
     let source = draft.source;
     let (setup, version) = blocking(move || {
-        let mut record = console::load_record(shared.store.as_ref(), &current.config.name).map_err(ApiError::storage)?;
+        let mut record =
+            console::load_record(shared.store.as_ref(), &current.config.name).map_err(ApiError::storage)?;
         let version = record.as_ref().and_then(|r| r.mappings.iter().map(|m| m.version).max()).unwrap_or(0) + 1;
         let setup = Setup {
             config: current.config.clone(),

@@ -116,7 +116,8 @@ pub(super) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Ap
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return serde_json::from_slice(b"{}").map_err(|e| ApiError::bad_request(format!("the body is required: {e}")));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the body is not what this endpoint takes: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not what this endpoint takes: {e}")))
 }
 
 fn random_token() -> String {
@@ -204,7 +205,11 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     })?;
     match text.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the console takes `Authorization: Bearer <token>`")),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the console takes `Authorization: Bearer <token>`",
+        )),
     }
 }
 
@@ -223,10 +228,11 @@ fn loopback_host(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a request comes from a browser, which may send it on another site's behalf: browsers mark every
