@@ -1,6 +1,7 @@
 //! Match quality: how well the events a mapping produces are equipped for OpenAI to match them to ad clicks (the
 //! click id `oppref` and the user fields), per event type, with a score from 0 to 10 and advice that names the fix
-//! in this product's terms. Fed one outcome at a time; pure, so that `engine quality` and the relay share it.
+//! in this product's terms. Fed one outcome at a time; pure, so that `engine quality` and the relay share it. Tallies
+//! merge, so that the relay keeps one per minute and per hour and reports the last hour, day or week from them.
 
 use std::collections::BTreeMap;
 
@@ -82,7 +83,7 @@ fn is_sha256(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Tally {
     events: u64,
     signals: [u64; SIGNALS.len()],
@@ -92,10 +93,79 @@ struct Tally {
     /// Opted-out events whose input carried no consent state at all.
     opted_out_without_consent: u64,
     measures: BTreeMap<Measure, u64>,
-    ages_ms: Vec<i64>,
+    ages: AgeHistogram,
+}
+
+impl Tally {
+    fn merge(&mut self, other: &Tally) {
+        self.events += other.events;
+        for (mine, theirs) in self.signals.iter_mut().zip(other.signals) {
+            *mine += theirs;
+        }
+        self.hashed += other.hashed;
+        self.well_formed += other.well_formed;
+        self.opted_out += other.opted_out;
+        self.opted_out_without_consent += other.opted_out_without_consent;
+        for (measure, count) in &other.measures {
+            *self.measures.entry(*measure).or_default() += count;
+        }
+        self.ages.merge(&other.ages);
+    }
+}
+
+/// Ages in logarithmic buckets, 16 per doubling (each about 4.4 % wide), so that a tally holds a few hundred
+/// counters however many events it saw, and percentiles come out within a bucket's width. Ages past OpenAI's
+/// 7-day window are counted exactly besides.
+#[derive(Clone, Default)]
+struct AgeHistogram {
+    buckets: BTreeMap<u16, u64>,
+    count: u64,
+    past_week: u64,
+}
+
+const BUCKETS_PER_DOUBLING: f64 = 16.0;
+
+impl AgeHistogram {
+    fn record(&mut self, age_ms: i64) {
+        let age = age_ms.max(0);
+        let bucket = if age < 1 { 0 } else { ((age as f64).log2() * BUCKETS_PER_DOUBLING) as u16 + 1 };
+        *self.buckets.entry(bucket).or_default() += 1;
+        self.count += 1;
+        self.past_week += u64::from(age > crate::run::WINDOW_PAST_MS);
+    }
+
+    fn merge(&mut self, other: &AgeHistogram) {
+        for (bucket, count) in &other.buckets {
+            *self.buckets.entry(*bucket).or_default() += count;
+        }
+        self.count += other.count;
+        self.past_week += other.past_week;
+    }
+
+    /// The age at quantile `q`: the middle of the bucket that holds it.
+    fn quantile(&self, q: f64) -> Option<i64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((self.count as f64 - 1.0) * q).round() as u64;
+        let mut seen = 0;
+        for (bucket, count) in &self.buckets {
+            seen += count;
+            if seen > rank {
+                if *bucket == 0 {
+                    return Some(0);
+                }
+                let low = 2f64.powf(f64::from(bucket - 1) / BUCKETS_PER_DOUBLING);
+                let high = 2f64.powf(f64::from(*bucket) / BUCKETS_PER_DOUBLING);
+                return Some(((low * high).sqrt()).round() as i64);
+            }
+        }
+        None
+    }
 }
 
 /// Match quality over a stream of outcomes.
+#[derive(Clone)]
 pub struct Quality {
     /// Which signals the target can carry at all (the developer-docs target has no phone).
     available: [bool; SIGNALS.len()],
@@ -119,39 +189,12 @@ impl Quality {
         match outcome {
             Outcome::Mapped(mapped) => {
                 let Ok(event) = serde_json::from_str::<Value>(&mapped.json) else { return };
-                let tally = self.types.entry(mapped.event_type.clone()).or_default();
-                tally.events += 1;
-                for (index, (_, fields, _)) in SIGNALS.iter().enumerate() {
-                    if fields.iter().any(|f| present(at(&event, f))) {
-                        tally.signals[index] += 1;
-                    }
-                }
-                for field in HASHED {
-                    let value = at(&event, field);
-                    if present(value) {
-                        tally.hashed += 1;
-                        tally.well_formed += u64::from(is_sha256(value));
-                    }
-                }
-                if event["opt_out"] == Value::Bool(true) {
-                    tally.opted_out += 1;
-                    let consent = serde_json::from_str::<Value>(input)
-                        .ok()
-                        .is_some_and(|input| input["context"]["consent"].as_object().is_some_and(|c| !c.is_empty()));
-                    tally.opted_out_without_consent += u64::from(!consent);
-                }
-                if let Some((_, measures)) = CONVERSIONS.iter().find(|(name, _)| *name == mapped.event_type) {
-                    for measure in *measures {
-                        *tally.measures.entry(*measure).or_default() += u64::from(measure.holds(&event));
-                    }
-                }
-                if let Some(time) = mapped.timestamp_ms {
-                    tally.ages_ms.push(self.now_ms.saturating_sub(time));
-                }
+                let age = mapped.timestamp_ms.map(|time| self.now_ms.saturating_sub(time));
+                self.observe_mapped(&mapped.event_type, &event, consent_sent(input), age);
             }
             Outcome::Dropped(dropped) => {
                 let reason = serde_json::to_value(dropped.reason).ok().and_then(|v| v.as_str().map(str::to_string));
-                *self.dropped.entry(reason.unwrap_or_else(|| "other".to_string())).or_default() += 1;
+                self.observe_dropped(reason.as_deref().unwrap_or("other"));
             }
             Outcome::Rejected(rejected) => {
                 let reason = match rejected.reason {
@@ -161,8 +204,65 @@ impl Quality {
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_else(|| "other".to_string()),
                 };
-                *self.rejected.entry(reason).or_default() += 1;
+                self.observe_rejected(&reason);
             }
+        }
+    }
+
+    /// Counts one OpenAI event: `consent_sent` tells whether its input carried any consent state, and `age_ms` is
+    /// how old it was when mapped (offline) or delivered (the relay).
+    pub fn observe_mapped(&mut self, event_type: &str, event: &Value, consent_sent: bool, age_ms: Option<i64>) {
+        let tally = match self.types.get_mut(event_type) {
+            Some(tally) => tally,
+            None => self.types.entry(event_type.to_string()).or_default(),
+        };
+        tally.events += 1;
+        for (index, (_, fields, _)) in SIGNALS.iter().enumerate() {
+            if fields.iter().any(|f| present(at(event, f))) {
+                tally.signals[index] += 1;
+            }
+        }
+        for field in HASHED {
+            let value = at(event, field);
+            if present(value) {
+                tally.hashed += 1;
+                tally.well_formed += u64::from(is_sha256(value));
+            }
+        }
+        if event["opt_out"] == Value::Bool(true) {
+            tally.opted_out += 1;
+            tally.opted_out_without_consent += u64::from(!consent_sent);
+        }
+        if let Some((_, measures)) = CONVERSIONS.iter().find(|(name, _)| *name == event_type) {
+            for measure in *measures {
+                *tally.measures.entry(*measure).or_default() += u64::from(measure.holds(event));
+            }
+        }
+        if let Some(age) = age_ms {
+            tally.ages.record(age);
+        }
+    }
+
+    /// Counts an event a mapping dropped on purpose, by reason (`unmapped`, `identify`, …).
+    pub fn observe_dropped(&mut self, reason: &str) {
+        *self.dropped.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Counts an event refused, by reason: by the mapping (`malformed`, `invalid_field`, …) or by OpenAI.
+    pub fn observe_rejected(&mut self, reason: &str) {
+        *self.rejected.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Adds another tally of the same target into this one.
+    pub fn merge(&mut self, other: &Quality) {
+        for (name, tally) in &other.types {
+            self.types.entry(name.clone()).or_default().merge(tally);
+        }
+        for (reason, count) in &other.dropped {
+            *self.dropped.entry(reason.clone()).or_default() += count;
+        }
+        for (reason, count) in &other.rejected {
+            *self.rejected.entry(reason.clone()).or_default() += count;
         }
     }
 
@@ -236,11 +336,7 @@ impl Quality {
                  after normalising (`normalize_email`, `e164($default_region)`)"
             ));
         }
-        let mut ages = tally.ages_ms.clone();
-        ages.sort_unstable();
-        let age = |q: f64| ages.get(((ages.len() as f64 - 1.0) * q).round() as usize).copied();
-        let week = 7 * 24 * 3_600_000;
-        let past_week = ages.iter().filter(|&&a| a > week).count();
+        let ages = &tally.ages;
         TypeReport {
             event_type: name.to_string(),
             events: tally.events,
@@ -249,12 +345,22 @@ impl Quality {
             hashes_well_formed,
             opted_out: round3(opted_out),
             measures,
-            age_p50_ms: age(0.5),
-            age_p99_ms: age(0.99),
-            older_than_7_days: round3(if ages.is_empty() { 0.0 } else { past_week as f64 / ages.len() as f64 }),
+            age_p50_ms: ages.quantile(0.5),
+            age_p99_ms: ages.quantile(0.99),
+            older_than_7_days: round3(if ages.count == 0 { 0.0 } else { ages.past_week as f64 / ages.count as f64 }),
             advice,
         }
     }
+}
+
+/// Whether an event as received carries a consent state (`context.consent` with any category in it).
+pub fn consent_sent(input: &str) -> bool {
+    serde_json::from_str::<Value>(input).ok().is_some_and(|input| consent_in(&input))
+}
+
+/// [`consent_sent`] of a parsed event.
+pub fn consent_in(input: &Value) -> bool {
+    input["context"]["consent"].as_object().is_some_and(|c| !c.is_empty())
 }
 
 fn percent(share: f64) -> String {
@@ -440,6 +546,32 @@ mod tests {
 
     const ORDER_WITH_EVERYTHING: &str = r#"{"type":"track","event":"Order Completed","messageId":"m1","anonymousId":"a1","timestamp":"2026-11-20T11:00:00Z","properties":{"order_id":"o1","revenue":10,"currency":"EUR","products":[{"product_id":"p","price":10,"quantity":1}]},"context":{"ip":"203.0.113.1","userAgent":"UA","page":{"url":"https://shop.example/t?oppref=c1"},"traits":{"email":"a@b.example","phone":"+447700900123"},"consent":{"marketing":true}}}"#;
     const BARE_ORDER: &str = r#"{"type":"track","event":"Order Completed","messageId":"m2","anonymousId":"a2","timestamp":"2026-11-20T11:00:00Z","properties":{"order_id":"o2"},"context":{"page":{"url":"https://shop.example/t"}}}"#;
+
+    #[test]
+    fn age_percentiles_come_within_a_buckets_width_and_tallies_merge_to_the_whole() {
+        // Ages from 10 ms to about 12 days, spread unevenly, split between two tallies.
+        let ages: Vec<i64> = (1..=2000i64).map(|i| 10 + i * i * i / 8).collect();
+        let (mut first, mut second, mut whole) =
+            (AgeHistogram::default(), AgeHistogram::default(), AgeHistogram::default());
+        for (index, age) in ages.iter().enumerate() {
+            whole.record(*age);
+            if index % 3 == 0 {
+                first.record(*age)
+            } else {
+                second.record(*age)
+            }
+        }
+        first.merge(&second);
+        for q in [0.5, 0.9, 0.99] {
+            let exact = ages[((ages.len() as f64 - 1.0) * q).round() as usize] as f64;
+            let estimate = whole.quantile(q).expect("ages") as f64;
+            assert!((estimate - exact).abs() / exact < 0.05, "q {q}: {estimate} against {exact}");
+            assert_eq!(first.quantile(q), whole.quantile(q), "merged halves give the whole's answer");
+        }
+        assert_eq!(whole.past_week, ages.iter().filter(|&&a| a > crate::run::WINDOW_PAST_MS).count() as u64);
+        assert_eq!((first.count, first.past_week), (whole.count, whole.past_week));
+        assert_eq!(AgeHistogram::default().quantile(0.5), None);
+    }
 
     #[test]
     fn a_fully_equipped_event_scores_ten_and_gets_no_advice() {

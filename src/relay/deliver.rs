@@ -278,6 +278,8 @@ impl Deliverer {
             let pixel = self.pixel();
             tracing::warn!(pixel = %pixel.name, events = count, "events expired before delivery: dead-lettered");
             self.shared.metrics.dead_lettered(&pixel.name, "expired", count);
+            let target = pixel.setup().plan.target_schema();
+            self.shared.quality.rejected(&pixel.name, target, "expired", count, now);
             let ids: Vec<&str> = expired.iter().map(|(_, p)| p.id.as_str()).collect();
             let attempt = Attempt {
                 at_ms: now,
@@ -362,9 +364,15 @@ impl Deliverer {
             // The events stay queued and are sent again: OpenAI deduplicates them by id.
             return Err(Round::Later { after: None, why: format!("storage: {}", error.0) });
         }
+        let target = self.pixel.setup().plan.target_schema();
         match refused {
-            None => self.shared.metrics.delivered(&name, count),
+            None => {
+                self.shared.metrics.delivered(&name, count);
+                let events: Vec<&Pending> = part.iter().map(|(_, pending)| pending).collect();
+                self.shared.quality.delivered(&name, target, &events, now_ms());
+            }
             Some(detail) => {
+                self.shared.quality.rejected(&name, target, "openai_rejected", count, now_ms());
                 tracing::warn!(pixel = %name, id = %part[0].1.id, %detail, "OpenAI refused an event: dead-lettered");
                 self.shared.metrics.dead_lettered(&name, "rejected", count);
             }

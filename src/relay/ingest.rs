@@ -35,6 +35,7 @@ use super::{debug, now_ms, Shared};
 use crate::explain::explain_value;
 use crate::identity::{IdentityStore, Profile};
 use crate::run::{Context, Outcome};
+use crate::schema::TargetSchema;
 
 /// Events of one request, on their way to the writer.
 pub(super) struct Job {
@@ -800,7 +801,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         // The setups of this group: a plan saved meanwhile in the console applies from the next group on.
         let pixels = shared.pixels.active();
         let mut entries = Vec::new();
-        let mut outcomes: Vec<(&str, &'static str, Option<String>)> = Vec::new();
+        let mut outcomes: Vec<(&str, &'static TargetSchema, &'static str, Option<String>)> = Vec::new();
         let mut verdicts: Vec<Vec<Verdict>> = Vec::new();
         // An explanation costs several times what applying does, so under load the debugger samples: the newest
         // events of each group are explained and kept, the others only applied. At a trickle, every event is; of
@@ -838,7 +839,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             }
                         };
                         let (name, reason) = debug::describe(&outcome);
-                        outcomes.push((&pixel.name, name, reason.clone()));
+                        outcomes.push((&pixel.name, setup.plan.target_schema(), name, reason.clone()));
                         let mut event_id = None;
                         match &outcome {
                             Outcome::Mapped(mapped) => {
@@ -849,6 +850,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                     timestamp_ms: mapped.timestamp_ms,
                                     received_ms: now,
                                     event: mapped.json.clone(),
+                                    consent_sent: Some(crate::quality::consent_in(event)),
                                 };
                                 tx.enqueue(&pixel.name, &pending)?;
                                 event_id = Some(id);
@@ -891,7 +893,14 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         match result {
             Ok(()) => {
                 killpoint::reached("ingest.after_commit");
-                for (pixel, outcome, reason) in outcomes.drain(..) {
+                for (pixel, target, outcome, reason) in outcomes.drain(..) {
+                    match outcome {
+                        "dropped" => shared.quality.dropped(pixel, target, reason.as_deref().unwrap_or("other"), now),
+                        "rejected" => {
+                            shared.quality.rejected(pixel, target, reason.as_deref().unwrap_or("other"), 1, now)
+                        }
+                        _ => {}
+                    }
                     shared.metrics.outcome(pixel, outcome, reason);
                 }
                 for entry in entries.drain(..) {

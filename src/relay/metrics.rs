@@ -2,7 +2,7 @@
 //! delivered, retried and dead-lettered per pixel, queue depth, batch latency, paused pixels, and ingestion refused
 //! at the disk cap.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use super::match_quality::Window;
 use super::Shared;
 
 type Labels = Vec<(&'static str, String)>;
@@ -33,6 +34,8 @@ pub(super) struct Metrics {
     requests_refused: Family<Labels, Counter>,
     queue_depth: Family<Labels, Gauge>,
     paused: Family<Labels, Gauge>,
+    match_score: Family<Labels, Gauge<f64, AtomicU64>>,
+    match_share: Family<Labels, Gauge<f64, AtomicU64>>,
     batch_latency: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
@@ -57,6 +60,8 @@ impl Metrics {
             requests_refused: Family::default(),
             queue_depth: Family::default(),
             paused: Family::default(),
+            match_score: Family::default(),
+            match_share: Family::default(),
             batch_latency: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
@@ -84,6 +89,16 @@ impl Metrics {
             "pixel_paused",
             "1 while a pixel is paused on an authentication error",
             metrics.paused.clone(),
+        );
+        registry.register(
+            "match_quality_score",
+            "Match quality (0-10) of the events OpenAI took, per pixel and window (hour, day, week)",
+            metrics.match_score.clone(),
+        );
+        registry.register(
+            "match_signal_share",
+            "Share of delivered events carrying each identity signal, per pixel, window and OpenAI event type",
+            metrics.match_share.clone(),
         );
         registry.register("batch_latency_seconds", "Time OpenAI took to answer a batch", metrics.batch_latency.clone());
         // Series that alerts watch exist from the start, so that a first dead letter or refusal is an increase.
@@ -157,6 +172,29 @@ impl Metrics {
         self.batch_latency.get_or_create(&pixel(name)).observe(seconds);
     }
 
+    /// Match quality as of this scrape; series of event types no longer seen in a window disappear.
+    fn match_quality(&self, shared: &Shared) {
+        self.match_score.clear();
+        self.match_share.clear();
+        let now = super::now_ms();
+        for p in shared.pixels.all() {
+            let target = p.setup().plan.target_schema();
+            for window in Window::ALL {
+                let report = shared.quality.report(&p.name, target, window, now);
+                let labels = vec![("pixel", p.name.clone()), ("window", window.name().to_string())];
+                self.match_score.get_or_create(&labels).set(report.score);
+                for kind in &report.types {
+                    for (signal, share) in &kind.signals {
+                        let mut labels = labels.clone();
+                        labels.push(("event_type", kind.event_type.clone()));
+                        labels.push(("signal", signal.clone()));
+                        self.match_share.get_or_create(&labels).set(*share);
+                    }
+                }
+            }
+        }
+    }
+
     fn render(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
         for p in shared.pixels.all() {
             if let Ok(depth) = shared.store.depth(&p.name) {
@@ -165,6 +203,7 @@ impl Metrics {
             let paused = p.paused.load(Ordering::Relaxed);
             self.paused.get_or_create(&pixel(&p.name)).set(i64::from(paused));
         }
+        self.match_quality(shared);
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)

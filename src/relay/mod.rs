@@ -15,6 +15,7 @@ pub mod fuzzing;
 mod ingest;
 #[doc(hidden)]
 pub mod killpoint;
+mod match_quality;
 mod metrics;
 mod registry;
 mod server;
@@ -39,6 +40,8 @@ struct Shared {
     pixels: Registry,
     debug: debug::DebugLog,
     metrics: metrics::Metrics,
+    /// Match quality of what each pixel delivers, over the last hour, day and week.
+    quality: match_quality::Board,
     /// `Some(deadline)` once stopping; delivery tasks started later (a pixel added in the console) watch it too.
     stopping: watch::Receiver<Option<Instant>>,
     /// Delivery tasks, awaited when the relay stops.
@@ -112,6 +115,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         pixels: Registry::new(pixels),
         debug: debug::DebugLog::new(500),
         metrics,
+        quality: Default::default(),
         stopping: shutdown_rx.clone(),
         tasks: Default::default(),
     });

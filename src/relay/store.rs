@@ -26,6 +26,10 @@ pub struct Pending {
     pub received_ms: i64,
     /// The OpenAI event as JSON.
     pub event: String,
+    /// Whether the event as received carried a consent state, for match quality's advice; `None` for events
+    /// queued before the relay noted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_sent: Option<bool>,
 }
 
 /// An event OpenAI will never accept, kept for an operator to inspect, replay or purge.
@@ -529,6 +533,7 @@ mod tests {
             timestamp_ms: Some(1),
             received_ms: 2,
             event: format!(r#"{{"id":"{id}"}}"#),
+            consent_sent: None,
         }
     }
 
@@ -612,8 +617,14 @@ mod damage {
                         for i in 0..20 {
                             let event = "x".repeat(300);
                             let id = format!("{batch}-{i}");
-                            let pending =
-                                Pending { id, event_type: "t".into(), timestamp_ms: Some(1), received_ms: 2, event };
+                            let pending = Pending {
+                                id,
+                                event_type: "t".into(),
+                                timestamp_ms: Some(1),
+                                received_ms: 2,
+                                event,
+                                consent_sent: None,
+                            };
                             tx.enqueue("px", &pending)?;
                         }
                         Ok(())

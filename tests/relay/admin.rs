@@ -386,3 +386,61 @@ async fn dead_letters_are_listed_replayed_and_purged_on_the_running_relay() {
     assert_eq!(after["count"], 0);
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_quality_of_what_was_delivered_is_served_and_exported() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("admin-quality");
+    let relay = relay_with_token(&dir, &fake, "").await;
+    // Twelve orders: every third without an email, every fourth opted out by its consent state; plus pages and an
+    // identify, which is dropped.
+    let mut orders = Vec::new();
+    for n in 0..12 {
+        let mut event = order(&format!("m-q-{n}"));
+        // Each order its own visitor, so that identity memory does not lend one order another's email.
+        event["anonymousId"] = json!(format!("visitor-{n}"));
+        if n % 3 == 0 {
+            event["context"]["traits"] = json!({});
+        }
+        event["context"]["consent"] = json!({"marketing": n % 4 != 0});
+        orders.push(event);
+    }
+    let batch: Vec<Value> = orders
+        .iter()
+        .cloned()
+        .chain((0..5).map(|n| page(&format!("m-qp-{n}"))))
+        .chain([json!({"type": "identify", "userId": "u-1", "messageId": "m-qi", "traits": {"plan": "pro"}})])
+        .collect();
+    let (status, answer) = post(&relay, "/v1/batch", &json!({"batch": batch})).await;
+    assert_eq!(status, 200, "{answer}");
+    fake.wait_for(17, Duration::from_secs(10)).await;
+    let expected_email = orders.iter().filter(|o| o["context"]["traits"]["email"].is_string()).count() as f64 / 12.0;
+    let expected_opted_out =
+        orders.iter().filter(|o| o["context"]["consent"]["marketing"] == false).count() as f64 / 12.0;
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    eventually("the delivered events are counted", Duration::from_secs(10), || async {
+        api(&relay, Method::GET, "/api/quality?window=hour", None).await.1["pixels"][0]["report"]["mapped"] == 17
+    })
+    .await;
+    let (status, body) = api(&relay, Method::GET, "/api/quality?window=hour", None).await;
+    assert_eq!(status, 200, "{body}");
+    let report = &body["pixels"][0]["report"];
+    let order_type = report["types"].as_array().unwrap().iter().find(|t| t["event_type"] == "order_created").unwrap();
+    assert_eq!(order_type["events"], 12);
+    assert_eq!(order_type["signals"]["email"], round3(expected_email), "{order_type}");
+    assert_eq!(order_type["signals"]["ip_address"], 1.0, "the relay adds the connection's address: {order_type}");
+    assert_eq!(order_type["opted_out"], round3(expected_opted_out));
+    assert_eq!(order_type["measures"]["order_id"], 1.0);
+    assert!(order_type["age_p99_ms"].as_i64().unwrap() < 60_000, "{order_type}");
+    assert!(order_type["advice"].to_string().contains("lack an email"), "{order_type}");
+    assert_eq!(report["dropped"]["identify"], 1, "{report}");
+    let (_, week) = api(&relay, Method::GET, &format!("/api/quality?pixel={PIXEL_NAME}&window=week"), None).await;
+    assert_eq!(week["pixels"][0]["report"]["mapped"], 17);
+    let (status, _) = api(&relay, Method::GET, "/api/quality?pixel=nope", None).await;
+    assert_eq!(status, 404);
+    let series = format!(
+        "signal_relay_match_signal_share{{pixel=\"{PIXEL_NAME}\",window=\"hour\",event_type=\"order_created\",signal=\"email\"}}"
+    );
+    assert_eq!(crate::relay::metric(&relay, &series).await, round3(expected_email));
+    relay.stop().await;
+}

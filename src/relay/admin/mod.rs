@@ -11,6 +11,7 @@
 mod dead_letters;
 mod integrations;
 mod mappings;
+mod quality;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +56,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/integrations/{name}/mapping/check", post(mappings::check))
         .route("/api/integrations/{name}/mapping/preview", post(mappings::preview))
         .route("/api/integrations/{name}/mapping/rollback", post(mappings::rollback))
+        .route("/api/quality", get(quality::report))
         .route("/api/dead-letters", get(dead_letters::list))
         .route("/api/dead-letters/{pixel}/{seq}", get(dead_letters::show))
         .route("/api/dead-letters/replay", post(dead_letters::replay))
