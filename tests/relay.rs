@@ -7,6 +7,7 @@ mod admin;
 mod audit;
 mod browser;
 mod clients;
+mod console;
 mod crash;
 mod delivery;
 mod dlq;

@@ -34,9 +34,13 @@ pub(super) struct Entry {
     /// The OpenAI event id, for mapped events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// The Signal event's `messageId`, for every event: dropped and rejected ones are found by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     /// `explain`'s account, personal values masked: the payload and where each field came from.
     pub explanation: Value,
-    /// `queued`, `delivered`, `dead_lettered`, or the outcome for events that are not sent.
+    /// `queued`, `delivered`, `validated` (sent with `validate_only`: checked, not recorded), `dead_lettered`,
+    /// `dry_run` (mapped, not sent: the relay runs dry), or the outcome for events that are not sent.
     pub state: String,
     pub attempts: Vec<Attempt>,
     /// The event as received, kept in memory only (never shown, never stored) so that the console can preview a
@@ -68,6 +72,11 @@ impl Entry {
         let (outcome, reason) = describe(&explanation.outcome);
         let state = if outcome == "mapped" { "queued" } else { outcome }.to_string();
         let raw = Arc::new(input.clone());
+        let message_id = input.get("messageId").and_then(|m| match m {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        });
         let mut input = input.clone();
         crate::personal::mask_personal_keys(&mut input);
         Entry {
@@ -78,6 +87,7 @@ impl Entry {
             outcome,
             reason,
             event_id,
+            message_id,
             explanation: explanation.to_json(false),
             state,
             attempts: Vec::new(),
@@ -181,9 +191,59 @@ impl DebugLog {
         self.lock().iter().find(|e| e.seq == seq).map(|e| (*e.raw).clone())
     }
 
+    /// The newest entries that match `search`, up to `limit`.
+    pub fn search(&self, search: &Search, limit: usize) -> Vec<Entry> {
+        let entries = self.lock();
+        entries.iter().rev().filter(|e| search.matches(e)).take(limit).cloned().collect()
+    }
+
     pub fn latest(&self, limit: usize, pixel: Option<&str>) -> Vec<Entry> {
         let entries = self.lock();
         entries.iter().rev().filter(|e| pixel.is_none_or(|p| e.pixel == p)).take(limit).cloned().collect()
+    }
+}
+
+/// What the console's event debugger looks for: text found in an id (message id, OpenAI event id, order id,
+/// anonymous id, user id), an outcome or state, an event type (Signal's or OpenAI's), a pixel.
+#[derive(Deserialize, Default)]
+pub(super) struct Search {
+    pub q: Option<String>,
+    pub outcome: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub pixel: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl Search {
+    fn matches(&self, entry: &Entry) -> bool {
+        let text = |value: &Value| match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        if self.pixel.as_ref().is_some_and(|p| *p != entry.pixel) {
+            return false;
+        }
+        if self.outcome.as_ref().is_some_and(|o| *o != entry.outcome && *o != entry.state) {
+            return false;
+        }
+        if let Some(kind) = &self.event_type {
+            let mapped = entry.explanation["outcome"]["event_type"].as_str();
+            let names = [entry.input["event"].as_str(), entry.input["type"].as_str(), mapped];
+            if !names.iter().flatten().any(|name| name.eq_ignore_ascii_case(kind)) {
+                return false;
+            }
+        }
+        let Some(query) = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) else { return true };
+        let ids = [
+            entry.message_id.clone(),
+            entry.event_id.clone(),
+            text(&entry.input["properties"]["order_id"]),
+            text(&entry.input["anonymousId"]),
+            text(&entry.input["userId"]),
+        ];
+        ids.iter().flatten().any(|id| id.contains(query))
     }
 }
 

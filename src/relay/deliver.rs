@@ -417,7 +417,8 @@ impl Deliverer {
         };
         let Some(api_key) = config.api_key.as_ref().filter(|_| !self.shared.config.dry_run) else {
             tracing::info!(pixel = %config.name, pid = %config.pixel_id, events = part.len(), body = %cut(&body, 4096), "dry run: batch not sent");
-            record(None, "dry run: not sent to OpenAI", Some("delivered"));
+            // Not "delivered": nothing reached OpenAI, and the debugger must not say it did.
+            record(None, "dry run: not sent to OpenAI", Some("dry_run"));
             return Answer::Accepted;
         };
         let started = Instant::now();
@@ -454,6 +455,8 @@ impl Deliverer {
             _ => Answer::Later { after, why: format!("HTTP {status}") },
         };
         let state = match (&answer, part.len()) {
+            // OpenAI checked the events and recorded nothing: the debugger says so rather than "delivered".
+            (Answer::Accepted, _) if config.validate_only => Some("validated"),
             (Answer::Accepted, _) => Some("delivered"),
             (Answer::Refused { .. }, 1) => Some("dead_lettered"),
             _ => None,

@@ -60,6 +60,8 @@ struct FakeState {
     requests: Vec<Seen>,
     /// Events whose `id` is listed here make the batch fail with 400, as a malformed event would.
     poisoned: Vec<String>,
+    /// Poisoned ids that are cured once a batch holding them was refused.
+    poisoned_once: Vec<String>,
     /// Events accepted again whose payload differs from the first acceptance: (first, again).
     mismatched: Vec<(Value, Value)>,
 }
@@ -109,6 +111,14 @@ impl FakeOpenAi {
     /// Events with this id are malformed: a batch holding one is rejected as a whole with 400.
     pub fn poison(&self, id: &str) {
         self.lock().poisoned.push(id.to_string());
+    }
+
+    /// Batches holding an event with this id are rejected with 400 until it was refused alone (dead-lettered);
+    /// after that the event is well-formed, as if its cause was fixed.
+    pub fn poison_once(&self, id: &str) {
+        let mut state = self.lock();
+        state.poisoned.push(id.to_string());
+        state.poisoned_once.push(id.to_string());
     }
 
     /// Events with this id are well-formed again: a batch holding one is judged by the other rules.
@@ -263,6 +273,11 @@ fn judge(
             }
         };
         if let Some(message) = problem_with {
+            // Cured once refused alone, so that the relay's bisection still isolates it and dead-letters it.
+            if events.len() == 1 && state.poisoned_once.iter().any(|p| p == id) {
+                state.poisoned_once.retain(|p| p != id);
+                state.poisoned.retain(|p| p != id);
+            }
             return problem(StatusCode::BAD_REQUEST, format!("events[{index}]: {message}"));
         }
     }

@@ -12,6 +12,7 @@ mod dead_letters;
 mod integrations;
 mod mappings;
 mod quality;
+mod ui;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,12 +35,12 @@ pub(super) struct Console {
     shared: Arc<Shared>,
     /// The anti-forgery token of pages served without a token (loopback only), fixed for the process.
     loopback_csrf: String,
-    /// Session id → its anti-forgery token.
-    sessions: Mutex<HashMap<String, String>>,
+    /// Session id → its anti-forgery token and when it began.
+    sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// The name of the session cookie.
-const SESSION_COOKIE: &str = "engine_console";
+pub(super) const SESSION_COOKIE: &str = "engine_console";
 /// The header a browser's change carries the page's anti-forgery token in.
 const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -57,6 +58,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/integrations/{name}/mapping/preview", post(mappings::preview))
         .route("/api/integrations/{name}/mapping/rollback", post(mappings::rollback))
         .route("/api/quality", get(quality::report))
+        .route("/api/events", get(ui::events))
+        .route("/api/vocabulary", get(ui::vocabulary))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route("/ui/login", get(ui::login_page).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
         .route("/api/dead-letters", get(dead_letters::list))
         .route("/api/dead-letters/{pixel}/{seq}", get(dead_letters::show))
         .route("/api/dead-letters/replay", post(dead_letters::replay))
@@ -68,7 +78,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 /// A refusal or failure, as every console endpoint answers it: `{"error": code, "message": …}` and perhaps
 /// `diagnostics`.
 pub(super) struct ApiError {
-    status: StatusCode,
+    pub status: StatusCode,
     code: &'static str,
     message: String,
     extra: Option<(&'static str, Value)>,
@@ -122,7 +132,7 @@ pub(super) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Ap
         .map_err(|e| ApiError::bad_request(format!("the body is not what this endpoint takes: {e}")))
 }
 
-fn random_token() -> String {
+pub(super) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     // Without the system's randomness no token could be trusted: the console refuses to serve rather than guess.
     getrandom::fill(&mut bytes).expect("the operating system's random numbers");
@@ -142,23 +152,37 @@ enum Caller {
 async fn guard(
     State(console): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let path = request.uri().path();
+    // The login page and the static files hold nothing secret; the login checks the token itself.
+    // Logging out needs no proof either: the worst a forged one does is end a session.
+    if matches!(path, "/ui/login" | "/ui/logout" | "/ui/app.js" | "/ui/app.css") {
+        return next.run(request).await;
+    }
     match console.admit(peer, request.method(), request.headers()) {
-        Ok(()) => next.run(request).await,
+        Ok(csrf) => {
+            request.extensions_mut().insert(ui::PageToken(csrf));
+            next.run(request).await
+        }
+        // A person opening a page without a session is sent to the login page rather than shown JSON.
+        Err(error) if error.status == StatusCode::UNAUTHORIZED && !path.starts_with("/api/") => {
+            axum::response::Redirect::to("/ui/login").into_response()
+        }
         Err(error) => error.into_response(),
     }
 }
 
 impl Console {
-    fn admit(&self, peer: SocketAddr, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Admits a request, returning the anti-forgery token its pages carry (empty for bearer-token callers).
+    fn admit(&self, peer: SocketAddr, method: &Method, headers: &HeaderMap) -> Result<String, ApiError> {
         let (caller, csrf) = self.identify(peer, headers)?;
         let changes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
         if caller == Caller::Ambient && changes && from_browser(headers) {
             forged(headers, &csrf)?;
         }
-        Ok(())
+        Ok(csrf)
     }
 
     /// Who the caller is, with the anti-forgery token their pages carry.
@@ -190,7 +214,10 @@ impl Console {
         }
         if let Some(session) = cookie(headers, SESSION_COOKIE) {
             let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(csrf) = sessions.get(session) {
+            if let Some((csrf, since)) =
+                sessions.get(session).filter(|(_, since)| since.elapsed() < ui::SESSION_LIFETIME)
+            {
+                let _ = since;
                 return Ok((Caller::Ambient, csrf.clone()));
             }
             return Err(unauthorized("the session has ended: log in again"));
@@ -215,7 +242,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -246,22 +273,27 @@ fn from_browser(headers: &HeaderMap) -> bool {
         || headers.contains_key(header::COOKIE)
 }
 
+/// Whether a browser says the request comes from the console's own pages: `Sec-Fetch-Site` when it sends one (it
+/// always does for changes, and it is right even where `Origin` is `null`), `Origin` against `Host` otherwise.
+pub(super) fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.to_str().unwrap_or_default(), "same-origin" | "none");
+    }
+    match (headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()), headers.get(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == host.to_str().ok()
+        }
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
 /// Refuses a change a browser may have been made to send by another site: it must come from the console's own
-/// origin (when the browser says) and carry the anti-forgery token of the console's pages.
+/// origin and carry the anti-forgery token of the console's pages.
 fn forged(headers: &HeaderMap, csrf: &str) -> Result<(), ApiError> {
     let refuse = |message: &str| ApiError::new(StatusCode::FORBIDDEN, "csrf", message);
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return Err(refuse("a change from another site (`Sec-Fetch-Site`) is refused"));
-        }
-    }
-    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-        let origin = origin.to_str().unwrap_or_default();
-        let host = host.to_str().unwrap_or_default();
-        let same = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
-        if !same {
-            return Err(refuse("a change from another origin (`Origin`) is refused"));
-        }
+    if !same_origin(headers) {
+        return Err(refuse("a change from another site (`Origin`, `Sec-Fetch-Site`) is refused"));
     }
     let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(csrf.as_bytes())) {
