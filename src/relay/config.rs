@@ -356,6 +356,24 @@ impl RelayConfig {
         Ok(file.data_dir.map(|d| base.join(d)).unwrap_or_else(|| base.join("relay-data")))
     }
 
+    /// Only the console's token of `path` (from the variable `admin.token_env` names), for tools that talk to a
+    /// running relay's console without needing the rest of its settings (API keys) at hand.
+    pub fn console_token_of(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let file: File =
+            crate::yaml::from_str(&text).map_err(|e| ConfigError(e.in_file(&path.display().to_string())))?;
+        match file.admin.token_env {
+            None => Ok(None),
+            Some(variable) => env(&variable).map(|t| Some(SecretString::from(t.trim().to_string()))).ok_or_else(|| {
+                ConfigError(format!("`admin.token_env`: the environment variable {variable} is not set"))
+            }),
+        }
+    }
+
     /// The configuration of `engine serve` without a file: a local trial on 127.0.0.1, delivering nowhere.
     pub fn trial(data_dir: PathBuf) -> RelayConfig {
         let file = File { data_dir: Some(data_dir), dry_run: Some(true), ..File::default() };

@@ -33,6 +33,9 @@ use store::{RedbStore, Store};
 
 pub use config::ConfigError;
 
+/// The file in the data directory holding the running relay's console address (`http://127.0.0.1:8089`).
+pub const CONSOLE_FILE: &str = "console.url";
+
 /// What every part of a running relay shares.
 struct Shared {
     config: RelayConfig,
@@ -133,6 +136,13 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         shared.spawn_delivery(pixel);
     }
     let app = ingest::router(shared.clone(), jobs_tx);
+    // Tools on this machine (`engine dlq`) find the running relay's console here, whatever port it got.
+    let console_file = shared.config.data_dir.join(CONSOLE_FILE);
+    if let Some(addr) = admin_addr {
+        if let Err(error) = std::fs::write(&console_file, format!("http://{addr}\n")) {
+            tracing::warn!(%error, file = %console_file.display(), "cannot note the console's address");
+        }
+    }
     let admin = admin_listener.map(|listener| {
         let app = admin::router(shared.clone());
         tracing::info!(addr = %admin_addr.expect("bound"), token = shared.config.admin.token.is_some(), "console listening");
@@ -160,6 +170,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         }
         // Every task holding the store has ended, so the store is closed once `stop` returns.
         let _ = pruning.await;
+        let _ = std::fs::remove_file(&console_file);
         tracing::info!("relay stopped");
     });
     Ok(RelayHandle { addr, admin_addr, shutdown: shutdown_tx, grace, done })

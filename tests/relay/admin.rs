@@ -370,8 +370,8 @@ async fn dead_letters_are_listed_replayed_and_purged_on_the_running_relay() {
     assert_eq!((status, &shown["event"]["type"]), (200, &json!("page_viewed")), "{shown}");
     let (status, _) = api(&relay, Method::GET, &format!("/api/dead-letters/{PIXEL_NAME}/999999"), None).await;
     assert_eq!(status, 404);
-    let (status, body) = api(&relay, Method::POST, "/api/dead-letters/replay", Some(json!({"seqs": [seq]}))).await;
-    assert_eq!(status, 400, "seqs without a pixel: {body}");
+    let (status, body) = api(&relay, Method::POST, "/api/dead-letters/replay", Some(json!({"colour": 1}))).await;
+    assert_eq!(status, 400, "an unknown field: {body}");
 
     let replayed_id = first["id"].as_str().unwrap().to_string();
     fake.cure(&replayed_id);
@@ -442,5 +442,58 @@ async fn match_quality_of_what_was_delivered_is_served_and_exported() {
         "signal_relay_match_signal_share{{pixel=\"{PIXEL_NAME}\",window=\"hour\",event_type=\"order_created\",signal=\"email\"}}"
     );
     assert_eq!(crate::relay::metric(&relay, &series).await, round3(expected_email));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debugger_is_searched_by_id_and_the_editor_completes_from_the_schemas() {
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dir = data_dir("admin-search");
+    let relay = relay_with_token(&dir, &fake, "").await;
+    let mut wanted = order("m-search-1");
+    wanted["properties"]["order_id"] = json!("ORD-FIND-ME");
+    wanted["anonymousId"] = json!("anon-find-me");
+    for event in [wanted, order("m-search-2"), json!({"type": "identify", "messageId": "m-search-3", "userId": "u-9"})]
+    {
+        let (status, _) = post(&relay, "/v1/batch", &json!({"batch": [event]})).await;
+        assert_eq!(status, 200);
+    }
+    let found = |query: &'static str| {
+        let relay = &relay;
+        async move {
+            let (status, body) = api(relay, Method::GET, &format!("/api/events?{query}"), None).await;
+            assert_eq!(status, 200, "{body}");
+            let mut ids: Vec<String> = body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["message_id"].as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(found("q=ORD-FIND").await, ["m-search-1"], "by order id");
+    assert_eq!(found("q=anon-find-me").await, ["m-search-1"], "by anonymous id");
+    assert_eq!(found("q=m-search-2").await, ["m-search-2"], "by message id");
+    assert_eq!(found("outcome=dropped").await, ["m-search-3"], "a dropped event shows its message id");
+    assert_eq!(found("type=order_created").await, ["m-search-1", "m-search-2"], "by OpenAI event type");
+    assert_eq!(found("type=Order%20Completed&q=m-search-2").await, ["m-search-2"], "by Signal event name");
+    let (_, body) = api(&relay, Method::GET, "/api/events?q=m-search-1", None).await;
+    let entry = &body["events"][0];
+    assert!(entry["explanation"]["silent"].is_array(), "the silent rules come along: {entry}");
+    assert!(!body.to_string().contains("Jane@Example.com"), "personal data masked: {body}");
+
+    let (status, words) = api(&relay, Method::GET, &format!("/api/vocabulary?pixel={PIXEL_NAME}"), None).await;
+    assert_eq!(status, 200, "{words}");
+    let has = |list: &str, key: &str, value: &str| words[list].as_array().unwrap().iter().any(|w| w[key] == value);
+    assert!(has("functions", "name", "sha256") && has("functions", "name", "minor_units"), "{words}");
+    assert!(has("targets", "path", "data.currency") && has("targets", "path", "user.email"), "{words}");
+    assert!(has("targets", "path", "data.contents[*]"), "arrays of objects as blocks");
+    assert!(has("sources", "path", "context.page.url") && has("sources", "path", "traits.email"));
+    let params: Vec<&str> = words["params"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(params.contains(&"consent_category") && params.contains(&"default_region"), "{params:?}");
+    let (status, _) = api(&relay, Method::GET, "/api/vocabulary?pixel=nope", None).await;
+    assert_eq!(status, 404);
     relay.stop().await;
 }

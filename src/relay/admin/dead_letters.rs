@@ -57,7 +57,7 @@ pub(super) async fn show(State(console): State<Arc<Console>>, Path((pixel, seq))
     Ok(Json(letter_json(letter)).into_response())
 }
 
-/// Which dead letters: of one pixel or all, every one or the given sequence numbers.
+/// Which dead letters: of one pixel or all, every one or the given sequence numbers (unique across pixels).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Choice {
@@ -66,13 +66,6 @@ struct Choice {
 }
 
 impl Choice {
-    fn check(&self) -> Result<(), ApiError> {
-        if self.seqs.is_some() && self.pixel.is_none() {
-            return Err(ApiError::bad_request("`seqs` are numbers within one pixel: give `pixel` too"));
-        }
-        Ok(())
-    }
-
     fn wake(&self, console: &Console) {
         for pixel in console.shared.pixels.all() {
             if self.pixel.as_ref().is_none_or(|p| *p == pixel.name) {
@@ -84,7 +77,6 @@ impl Choice {
 
 pub(super) async fn replay(State(console): State<Arc<Console>>, bytes: Bytes) -> ApiResult {
     let choice: Choice = body(&bytes)?;
-    choice.check()?;
     let shared = console.shared.clone();
     let (pixel, seqs) = (choice.pixel.clone(), choice.seqs.clone());
     let replayed =
@@ -100,7 +92,6 @@ pub(super) async fn replay(State(console): State<Arc<Console>>, bytes: Bytes) ->
 
 pub(super) async fn purge(State(console): State<Arc<Console>>, bytes: Bytes) -> ApiResult {
     let choice: Choice = body(&bytes)?;
-    choice.check()?;
     let shared = console.shared.clone();
     let (pixel, seqs) = (choice.pixel.clone(), choice.seqs.clone());
     let purged =

@@ -613,7 +613,10 @@ async function matchQuality() {
             el('td', { text: Math.round(t.opted_out * 100) + ' %' }),
             el('td', { text: t.age_p50_ms === null ? '—' : Math.round(t.age_p50_ms / 1000) + ' s / ' + Math.round(t.age_p99_ms / 1000) + ' s' })))))) : el('p', { text: 'No events delivered in this window yet.' }),
         Object.keys(report.dropped).length || Object.keys(report.rejected).length
-          ? el('p', { class: 'hint', text: 'Dropped: ' + JSON.stringify(report.dropped) + ' · refused: ' + JSON.stringify(report.rejected) }) : '',
+          ? el('p', { class: 'hint reasons', text: [['Dropped', report.dropped], ['Refused', report.rejected]]
+            .filter(([, counts]) => Object.keys(counts).length)
+            .map(([label, counts]) => label + ': ' + Object.entries(counts).map(([reason, n]) => reason.replace(/_/g, ' ') + ' ' + n).join(', '))
+            .join(' · ') }) : '',
         el('ul', { class: 'advice' }, ...report.types.flatMap((t) => t.advice).map((a) => el('li', { text: a }))));
     }));
   }
