@@ -45,6 +45,9 @@ struct File {
     /// The console and its JSON API, on a listener of their own.
     #[serde(default)]
     admin: AdminFile,
+    /// Where the queue, dead letters, identity memory and the console's settings are kept.
+    #[serde(default)]
+    store: StoreFile,
     // The one pixel of a single-pixel file, written at the top level. Spelled out rather than
     // `#[serde(flatten)]`: flattening buffers the document and errors would lose their line.
     name: Option<String>,
@@ -89,6 +92,20 @@ struct IngestionFile {
     /// believed; from anyone else those headers are ignored and the connection's address is the visitor's.
     #[serde(default)]
     trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    /// `redb` (default: one file in `data_dir`) or `postgres` (shared by a fleet of relays).
+    kind: Option<String>,
+    /// For `postgres`: the environment variable holding the connection URL.
+    url_env: Option<String>,
+    /// For `postgres`: connections each relay keeps (default 8).
+    pool_size: Option<usize>,
+    /// For `postgres`: how long a relay holds a batch it is delivering before another may take it (default:
+    /// twice `retry.timeout_ms` plus 10 s).
+    lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +187,7 @@ pub struct RelayConfig {
     /// HTTPS on the listener.
     pub tls: Option<Tls>,
     pub admin: Admin,
+    pub store: StoreKind,
     pub integrations: Vec<Integration>,
     /// Started without a configuration file: a local trial.
     pub trial: bool,
@@ -205,6 +223,20 @@ pub struct Http {
     /// A connection that moves no byte for this long is closed.
     pub idle_timeout: Duration,
     pub max_connections: usize,
+}
+
+/// Where the relay keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// One redb file in `data_dir`: a single relay.
+    Redb,
+    /// A PostgreSQL database a fleet of relays shares.
+    Postgres {
+        /// The connection URL (it may hold a password).
+        url: SecretString,
+        pool_size: usize,
+        lease: Duration,
+    },
 }
 
 /// The console's listener and the token it asks for.
@@ -448,6 +480,7 @@ fn build(
         }
     };
     let admin = admin(file.admin, listen, env)?;
+    let store = store(file.store, &file.retry, env)?;
     let mut files = file.integrations;
     let from_list = !files.is_empty();
     let top_level = IntegrationFile {
@@ -504,9 +537,48 @@ fn build(
         http,
         tls,
         admin,
+        store,
         integrations,
         trial,
     })
+}
+
+fn store(file: StoreFile, retry: &RetryFile, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreKind, ConfigError> {
+    match file.kind.as_deref().unwrap_or("redb") {
+        "redb" => {
+            if file.url_env.is_some() || file.pool_size.is_some() || file.lease_ms.is_some() {
+                return Err(ConfigError(
+                    "`store`: `url_env`, `pool_size` and `lease_ms` are settings of `kind: postgres`".to_string(),
+                ));
+            }
+            Ok(StoreKind::Redb)
+        }
+        "postgres" => {
+            let variable = file.url_env.ok_or_else(|| {
+                ConfigError(
+                    "`store.url_env` is missing: the environment variable holding the PostgreSQL URL".to_string(),
+                )
+            })?;
+            let url = env(&variable).filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+                ConfigError(format!("`store.url_env`: the environment variable {variable} is not set"))
+            })?;
+            let pool_size = file.pool_size.unwrap_or(8);
+            if pool_size == 0 {
+                return Err(ConfigError("`store.pool_size`: must be at least 1".to_string()));
+            }
+            let timeout = retry.timeout_ms.unwrap_or(30_000);
+            let lease = Duration::from_millis(file.lease_ms.unwrap_or(timeout * 2 + 10_000));
+            if lease < Duration::from_millis(timeout) {
+                return Err(ConfigError(format!(
+                    "`store.lease_ms`: {} ms is shorter than a request to OpenAI may take (`retry.timeout_ms`, {timeout} \
+                     ms): another relay would send the same batch while the first is still waiting",
+                    lease.as_millis()
+                )));
+            }
+            Ok(StoreKind::Postgres { url: SecretString::from(url.trim().to_string()), pool_size, lease })
+        }
+        other => Err(ConfigError(format!("`store.kind`: {other:?} is not `redb` or `postgres`"))),
+    }
 }
 
 fn admin(file: AdminFile, listen: SocketAddr, env: &dyn Fn(&str) -> Option<String>) -> Result<Admin, ConfigError> {

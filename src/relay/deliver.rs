@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::debug::Attempt;
 use super::killpoint;
 use super::registry::{LastDelivery, Pixel};
-use super::store::{Pending, StoreError};
+use super::store::{Hold, Pending, StoreError};
 use super::{now_ms, Shared};
 use crate::run::outside_window;
 
@@ -79,7 +79,11 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
     let deliverer = Deliverer { shared: shared.clone(), pixel: pixel.clone(), client };
     let pixel = &*pixel;
     let batching = shared.config.batch;
+    let fleet = shared.store.shared();
+    // Events other relays queue wake nobody here: on a shared store an idle pixel looks again this often.
+    let idle_poll = if fleet { Duration::from_millis(250) } else { Duration::from_secs(3600) };
     let mut failures: u32 = 0;
+    let mut probe = false;
     loop {
         if pixel.is_removed() {
             tracing::info!(pixel = %pixel.name, "the pixel was removed: its delivery ends");
@@ -102,6 +106,41 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
         if draining.is_some_and(|deadline| Instant::now() >= deadline) {
             break;
         }
+        if fleet && !std::mem::take(&mut probe) {
+            match deliverer.store(|store, name| store.hold(name)).await {
+                // Another relay was told to wait (Retry-After): so is this one.
+                Ok(Hold { until_ms: Some(until), .. }) if until > now_ms() && draining.is_none() => {
+                    pause(&mut shutdown, Duration::from_millis((until - now_ms()) as u64)).await;
+                    continue;
+                }
+                // Another relay found the key refused: this one pauses too, and probes as it would have.
+                Ok(Hold { paused_why: Some(why), .. }) => {
+                    if !pixel.set_paused(Some(why.clone())) {
+                        tracing::warn!(pixel = %pixel.name, %why, "paused: another relay found the API key refused");
+                    }
+                    if draining.is_some() {
+                        break;
+                    }
+                    pause(&mut shutdown, shared.config.retry.auth_probe).await;
+                    probe = true;
+                    continue;
+                }
+                Ok(_) => {
+                    // Another relay's probe found the key working and lifted the hold.
+                    if pixel.set_paused(None) {
+                        tracing::info!(pixel = %pixel.name, "the API key works again: delivery resumed");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(pixel = %pixel.name, %error, "cannot read the pixel's hold");
+                    if draining.is_some() {
+                        break;
+                    }
+                    pause(&mut shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
         let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
             Ok(batch) => batch,
             Err(error) => {
@@ -120,6 +159,7 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
             tokio::select! {
                 _ = pixel.queued.notified() => {}
                 _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(idle_poll) => {}
             }
             continue;
         }
@@ -135,6 +175,23 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                 continue;
             }
         }
+        // What was looked at is taken now: on a shared store another relay may have taken some of it meanwhile.
+        let batch = if fleet {
+            match deliverer.store(move |store, name| store.claim(name, batching.max_events)).await {
+                Ok(claimed) if claimed.is_empty() => continue,
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::error!(pixel = %pixel.name, %error, "cannot claim a batch");
+                    if draining.is_some() {
+                        break;
+                    }
+                    pause(&mut shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        } else {
+            batch
+        };
         let live = match deliverer.expire(batch).await {
             Ok(live) => live,
             Err(error) => {
@@ -165,6 +222,13 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                 failures = 0;
                 if pixel.set_paused(None) {
                     tracing::info!(pixel = %pixel.name, "the API key works again: delivery resumed");
+                    if fleet {
+                        // Every relay resumes: the hold is lifted for all.
+                        if let Err(error) = deliverer.store(|store, name| store.set_hold(name, &Hold::default())).await
+                        {
+                            tracing::error!(pixel = %pixel.name, %error, "cannot lift the pixel's hold");
+                        }
+                    }
                 }
             }
             Round::Later { after, why } => {
@@ -175,11 +239,24 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                     break;
                 }
                 let delay = backoff(&shared.config.retry, failures).max(after.unwrap_or_default());
+                if let (true, Some(after)) = (fleet, after) {
+                    // OpenAI's Retry-After holds back every relay sending to this pixel, not only this one.
+                    let hold = Hold { paused_why: None, until_ms: Some(now_ms() + after.as_millis() as i64) };
+                    if let Err(error) = deliverer.store(move |store, name| store.set_hold(name, &hold)).await {
+                        tracing::error!(pixel = %pixel.name, %error, "cannot hold the pixel back for the fleet");
+                    }
+                }
                 tracing::warn!(pixel = %pixel.name, %why, retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
                 pause(&mut shutdown, delay).await;
             }
             Round::Unauthorized { status, body } => {
                 let why = format!("OpenAI refused the API key (HTTP {status}): {}", cut(&body, 300));
+                if fleet {
+                    let hold = Hold { paused_why: Some(why.clone()), until_ms: None };
+                    if let Err(error) = deliverer.store(move |store, name| store.set_hold(name, &hold)).await {
+                        tracing::error!(pixel = %pixel.name, %error, "cannot pause the pixel for the fleet");
+                    }
+                }
                 if !pixel.set_paused(Some(why)) {
                     tracing::error!(
                         pixel = %pixel.name,
@@ -301,7 +378,14 @@ impl Deliverer {
             if shutdown.borrow().is_some() {
                 killpoint::reached("deliver.drain");
             }
-            let post = self.post(part);
+            if self.shared.store.shared() {
+                // The lease covers this request and the halves after it; the heartbeat below covers a slow answer.
+                let seqs: Vec<u64> = batch.iter().map(|(seq, _)| *seq).collect();
+                if let Err(error) = self.store(move |store, name| store.extend(name, &seqs)).await {
+                    return Round::Later { after: None, why: format!("storage: {}", error.0) };
+                }
+            }
+            let post = self.heartbeat(self.post(part), batch);
             tokio::pin!(post);
             // A stop lets the request in flight finish within the grace period; past it, the request is abandoned
             // (its events stay queued, and OpenAI deduplicates them by id if it did take them).
@@ -345,6 +429,28 @@ impl Deliverer {
             }
         }
         Round::Done
+    }
+
+    /// Runs `work` (a request to OpenAI) while extending this relay's lease on `batch` every few seconds, so that a
+    /// slow answer does not let another relay take and send the same events meanwhile.
+    async fn heartbeat<T>(&self, work: impl std::future::Future<Output = T>, batch: &Batch) -> T {
+        if !self.shared.store.shared() {
+            return work.await;
+        }
+        tokio::pin!(work);
+        let every = (self.shared.config.retry.timeout / 3).max(Duration::from_millis(200));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticks.tick() => {
+                    let seqs: Vec<u64> = batch.iter().map(|(seq, _)| *seq).collect();
+                    if let Err(error) = self.store(move |store, name| store.extend(name, &seqs)).await {
+                        tracing::warn!(pixel = %self.pixel.name, %error, "cannot extend the lease of a batch in flight");
+                    }
+                }
+            }
+        }
     }
 
     /// Removes delivered events from the queue, or dead-letters a refused one with OpenAI's answer.

@@ -17,6 +17,7 @@ mod ingest;
 pub mod killpoint;
 mod match_quality;
 mod metrics;
+pub mod postgres;
 mod registry;
 mod server;
 pub mod store;
@@ -89,8 +90,7 @@ impl RelayHandle {
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     // reqwest's TLS needs a process-wide crypto provider; a second relay in the same process finds it installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?);
+    let store = open_store(&config).await?;
     let pixels: Vec<Pixel> = console::setups(&config, store.as_ref())?.into_iter().map(Pixel::new).collect();
     let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -174,6 +174,27 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
         tracing::info!("relay stopped");
     });
     Ok(RelayHandle { addr, admin_addr, shutdown: shutdown_tx, grace, done })
+}
+
+/// Opens the store the configuration names: redb in `data_dir`, or a PostgreSQL database (off the async threads:
+/// connecting and migrating wait on the network).
+async fn open_store(config: &RelayConfig) -> Result<Arc<dyn Store>, ConfigError> {
+    match &config.store {
+        config::StoreKind::Redb => {
+            Ok(Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ConfigError(format!("`data_dir`: {}", e.0)))?))
+        }
+        config::StoreKind::Postgres { url, pool_size, lease } => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| ConfigError(format!("`data_dir`: cannot create {}: {e}", config.data_dir.display())))?;
+            let url = secrecy::ExposeSecret::expose_secret(url).to_string();
+            let (pool_size, lease) = (*pool_size, *lease);
+            let store = tokio::task::spawn_blocking(move || postgres::PostgresStore::open(&url, pool_size, lease))
+                .await
+                .map_err(|e| ConfigError(format!("`store`: {e}")))?
+                .map_err(|e| ConfigError(format!("`store`: {}", e.0)))?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Identity memory forgets visitors not seen for `identity_ttl`, checked at start and every hour, so that the

@@ -50,6 +50,15 @@ pub struct DeadLetter {
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
 
+/// What holds a pixel's delivery back for every relay sharing a store: paused because OpenAI refused the API key,
+/// or asked to wait (Retry-After) until a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hold {
+    pub paused_why: Option<String>,
+    /// Epoch ms before which nothing is sent.
+    pub until_ms: Option<i64>,
+}
+
 /// How a failure of the disk under the store begins, by which the store knows to close and reopen its file: after
 /// one, redb refuses every transaction until the database is opened again.
 const IO_FAILURE: &str = "I/O error";
@@ -97,6 +106,28 @@ pub trait Store: Send + Sync + 'static {
     fn stored_bytes(&self) -> Result<u64, StoreError>;
     /// Forgets the visitors whose profile was last written before `before_ms`; returns how many.
     fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// Takes the oldest `limit` events of `pixel` for delivery. On a store several relays share, each event is
+    /// taken by one relay at a time, for the store's lease, and events whose lease ran out (their relay died) are
+    /// taken again; a relay alone takes what `peek` shows.
+    fn claim(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
+        self.peek(pixel, limit)
+    }
+    /// Extends this relay's lease on events it is still delivering.
+    fn extend(&self, _pixel: &str, _seqs: &[u64]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// What holds `pixel`'s delivery back for every relay on the store.
+    fn hold(&self, _pixel: &str) -> Result<Hold, StoreError> {
+        Ok(Hold::default())
+    }
+    /// Holds `pixel`'s delivery back for every relay on the store (a refused key, a Retry-After), or releases it.
+    fn set_hold(&self, _pixel: &str, _hold: &Hold) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether other relays may share this store.
+    fn shared(&self) -> bool {
+        false
+    }
     /// The console's settings whose key starts with `prefix`, in key order.
     fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Writes (`Some`) or deletes (`None`) console settings, all in one durable transaction.

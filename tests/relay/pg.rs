@@ -1,0 +1,140 @@
+//! A private PostgreSQL server for one test: `initdb` in the test's temporary directory, a free port on loopback, a
+//! socket directory of its own, stopped when the test ends, whether it passes or fails. `initdb` refuses to run as
+//! root, so under root the server runs as `nobody`. Without PostgreSQL's binaries the tests say so and pass, unless
+//! `CI` is set (`.ci/run` installs Debian's `postgresql`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::relay::{data_dir, TestDir};
+
+pub struct Postgres {
+    dir: TestDir,
+    bin: PathBuf,
+    port: u16,
+    /// `Some("nobody")` when the tests run as root.
+    user: Option<&'static str>,
+}
+
+/// The directory of PostgreSQL's server programs: Debian keeps them under /usr/lib/postgresql/VERSION/bin.
+fn binaries() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("bound").port()
+}
+
+impl Postgres {
+    /// Starts a server for test `name`; `None` (after saying why) where PostgreSQL is not installed and `CI` is
+    /// not set.
+    pub fn start(name: &str) -> Option<Postgres> {
+        let Some(bin) = binaries() else {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but PostgreSQL's binaries are missing");
+            eprintln!(
+                "NOTICE: the PostgreSQL tests did not run: no /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+            );
+            return None;
+        };
+        let dir = data_dir(&format!("pg-{name}"));
+        let user = is_root().then_some("nobody");
+        let pg = Postgres { port: free_port(), dir, bin, user };
+        std::fs::create_dir_all(pg.socket_dir()).expect("a socket directory");
+        if user.is_some() {
+            // The server's user must reach its directories: the test directory is root's and private.
+            Command::new("chmod").arg("755").arg(&*pg.dir).status().expect("chmod");
+            Command::new("chown").args(["-R", "nobody"]).arg(&*pg.dir).status().expect("chown");
+        }
+        let init = pg.run("initdb", &["-D", &pg.data(), "-U", "engine", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+        assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+        pg.up();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("pgdata").display().to_string()
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.join("socket")
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = match self.user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(&path);
+                command
+            }
+            None => Command::new(&path),
+        };
+        command.args(args).current_dir(Path::new("/")).stdin(Stdio::null()).output().expect("a PostgreSQL program runs")
+    }
+
+    /// Starts the server and waits until it takes connections.
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=32MB",
+            self.port,
+            self.socket_dir().display()
+        );
+        let log = self.dir.join("server.log").display().to_string();
+        let started = self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "-o", &options, "start"]);
+        assert!(
+            started.status.success(),
+            "the PostgreSQL server did not start: {}{}",
+            String::from_utf8_lossy(&started.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once, as a crash or a lost machine would (`immediate`: no checkpoint).
+    pub fn down(&self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// A fresh database on this server, for one relay fleet; its URL.
+    pub fn database(&self, name: &str) -> String {
+        let psql = self.run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "engine",
+                "-d",
+                "postgres",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ],
+        );
+        assert!(psql.status.success(), "CREATE DATABASE {name}: {}", String::from_utf8_lossy(&psql.stderr));
+        format!("postgres://engine@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// One SQL statement's output, unaligned, for checks on what the relays wrote.
+    pub fn query(&self, url: &str, sql: &str) -> String {
+        let out = self.run("psql", &["-X", "-A", "-t", "-d", url, "-c", sql]);
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
