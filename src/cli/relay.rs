@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use signal_engine::relay::config::RelayConfig;
+use signal_engine::relay::config::{RelayConfig, StoreKind};
+use signal_engine::relay::postgres::PostgresStore;
 use signal_engine::relay::store::{DeadLetter, Pending, RedbStore, Store};
 
 use super::{usage, Failure};
@@ -145,7 +146,7 @@ pub(super) fn dlq(args: DlqArgs) -> Result<u8, Failure> {
 /// that relay's console (its address is in the data directory; its token, if it has one, in the variable the
 /// configuration's `admin.token_env` names).
 enum Letters {
-    Store(RedbStore),
+    Store(Box<dyn Store>),
     Console { url: String, token: Option<String>, runtime: tokio::runtime::Runtime },
 }
 
@@ -157,11 +158,21 @@ enum Change {
 
 impl Letters {
     fn open(data_dir: &Path, config: Option<&Path>) -> Result<Letters, Failure> {
+        if let Some(path) = config {
+            let kind = RelayConfig::store_of(path, &|name| std::env::var(name).ok())
+                .map_err(|e| Failure { code: 2, message: e.0 })?;
+            if let StoreKind::Postgres { url, lease, .. } = kind {
+                // A shared store: any number of relays and tools use it at once.
+                let url = secrecy::ExposeSecret::expose_secret(&url).to_string();
+                let store = PostgresStore::open(&url, 2, lease).map_err(storage)?;
+                return Ok(Letters::Store(Box::new(store)));
+            }
+        }
         if !data_dir.join(RedbStore::FILE).is_file() {
             return Err(usage(format!("no relay store in {}", data_dir.display())));
         }
         let held = match RedbStore::open(data_dir) {
-            Ok(store) => return Ok(Letters::Store(store)),
+            Ok(store) => return Ok(Letters::Store(Box::new(store))),
             Err(error) => error,
         };
         // Only a store another process holds sends the tool to a console; a damaged one is reported as it is.

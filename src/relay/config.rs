@@ -388,6 +388,16 @@ impl RelayConfig {
         Ok(file.data_dir.map(|d| base.join(d)).unwrap_or_else(|| base.join("relay-data")))
     }
 
+    /// Only the store of `path` (and the environment variable it names), for tools that open the store without
+    /// running the relay.
+    pub fn store_of(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreKind, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let file: File =
+            crate::yaml::from_str(&text).map_err(|e| ConfigError(e.in_file(&path.display().to_string())))?;
+        store(file.store, &file.retry, env)
+    }
+
     /// Only the console's token of `path` (from the variable `admin.token_env` names), for tools that talk to a
     /// running relay's console without needing the rest of its settings (API keys) at hand.
     pub fn console_token_of(

@@ -34,6 +34,8 @@ pub(super) struct Metrics {
     requests_refused: Family<Labels, Counter>,
     queue_depth: Family<Labels, Gauge>,
     paused: Family<Labels, Gauge>,
+    store_up: Gauge,
+    stored_bytes: Gauge,
     match_score: Family<Labels, Gauge<f64, AtomicU64>>,
     match_share: Family<Labels, Gauge<f64, AtomicU64>>,
     batch_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -60,6 +62,8 @@ impl Metrics {
             requests_refused: Family::default(),
             queue_depth: Family::default(),
             paused: Family::default(),
+            store_up: Gauge::default(),
+            stored_bytes: Gauge::default(),
             match_score: Family::default(),
             match_share: Family::default(),
             batch_latency: Family::new_with_constructor(latency_histogram),
@@ -89,6 +93,16 @@ impl Metrics {
             "pixel_paused",
             "1 while a pixel is paused on an authentication error",
             metrics.paused.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 while the store (redb, or the fleet's PostgreSQL database) answers",
+            metrics.store_up.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "Bytes of queued events, dead letters and identity memory, counted against the disk cap",
+            metrics.stored_bytes.clone(),
         );
         registry.register(
             "match_quality_score",
@@ -196,6 +210,15 @@ impl Metrics {
     }
 
     fn render(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
+        match shared.store.stored_bytes() {
+            Ok(bytes) => {
+                self.store_up.set(1);
+                self.stored_bytes.set(bytes as i64);
+            }
+            Err(_) => {
+                self.store_up.set(0);
+            }
+        }
         for p in shared.pixels.all() {
             if let Ok(depth) = shared.store.depth(&p.name) {
                 self.queue_depth.get_or_create(&pixel(&p.name)).set(depth as i64);
@@ -220,7 +243,9 @@ pub(super) fn routes(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.metrics.render(&shared) {
+    // The store is asked (a database, perhaps): off the async threads.
+    let rendered = tokio::task::spawn_blocking(move || shared.metrics.render(&shared)).await;
+    match rendered.unwrap_or(Err(std::fmt::Error)) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
@@ -237,7 +262,11 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     let paused: Vec<String> =
         shared.pixels.all().into_iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.name.clone()).collect();
     let mut problems = Vec::new();
-    match shared.store.stored_bytes() {
+    let store = shared.clone();
+    let stored = tokio::task::spawn_blocking(move || store.store.stored_bytes())
+        .await
+        .unwrap_or_else(|e| Err(super::store::StoreError(e.to_string())));
+    match stored {
         Ok(bytes) if bytes >= shared.config.disk_cap_bytes => {
             problems.push(format!("the disk cap is reached ({bytes} of {} bytes)", shared.config.disk_cap_bytes))
         }
@@ -260,7 +289,10 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let paused: Vec<String> =
         shared.pixels.all().into_iter().filter(|p| p.paused.load(Ordering::Relaxed)).map(|p| p.name.clone()).collect();
-    let store = shared.store.stored_bytes();
+    let asked = shared.clone();
+    let store = tokio::task::spawn_blocking(move || asked.store.stored_bytes())
+        .await
+        .unwrap_or_else(|e| Err(super::store::StoreError(e.to_string())));
     let status = if paused.is_empty() && store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if status == StatusCode::OK { "ok" } else { "degraded" },

@@ -70,7 +70,7 @@ async fn relay_example_yaml_starts_with_its_two_pixels() {
 async fn the_readmes_relay_yaml_examples_start() {
     let section = readme_section();
     let blocks: Vec<&str> = section.split("```yaml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
-    assert_eq!(blocks.len(), 3, "a single-pixel and an integrations example, and the console's settings");
+    assert_eq!(blocks.len(), 4, "a single-pixel and an integrations example, a fleet's store, the console's settings");
     let pixel = |name: &str, id: &str| (name.to_string(), id.to_string());
     assert_eq!(
         starts("readme-single", load_at_root("readme-single", blocks[0])).await,
@@ -80,7 +80,14 @@ async fn the_readmes_relay_yaml_examples_start() {
         starts("readme-integrations", load_at_root("readme-integrations", blocks[1])).await,
         [pixel("shop", "px_shop_123"), pixel("brand", "px_brand_456")]
     );
-    let with_console = load_at_root("readme-console", &format!("{}{}", blocks[0], blocks[2]));
+    let fleet = load_at_root("readme-fleet", &format!("{}{}", blocks[0], blocks[2]));
+    match fleet.store {
+        signal_engine::relay::config::StoreKind::Postgres { pool_size, lease, .. } => {
+            assert_eq!((pool_size, lease), (8, Duration::from_millis(70_000)), "the defaults the README states")
+        }
+        other => panic!("the fleet's example configures {other:?}"),
+    }
+    let with_console = load_at_root("readme-console", &format!("{}{}", blocks[0], blocks[3]));
     assert_eq!(with_console.admin.listen, Some("127.0.0.1:8089".parse().unwrap()));
     assert!(with_console.admin.token.is_some(), "the token is read from admin.token_env");
     assert_eq!(starts("readme-console", with_console).await, [pixel("default", "px_shop_123")]);

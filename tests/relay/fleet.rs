@@ -244,12 +244,137 @@ async fn the_database_going_away_answers_503_and_loses_nothing_acknowledged() {
         if (20..40).contains(&n) {
             assert_eq!(status, 503, "never 200 while the database is away: {answer}");
         }
+        if n == 30 {
+            assert_eq!(crate::relay::metric(&relay, "signal_relay_store_up").await, 0.0);
+            let (ready, body) = crate::relay::get(&relay, "/readyz").await;
+            assert_eq!(ready, 503, "{body}");
+            assert!(body.contains("the store does not answer"), "{body}");
+        }
     }
     assert!(refused >= 20, "{refused}");
+    assert_eq!(crate::relay::metric(&relay, "signal_relay_store_up").await, 1.0, "the database is back");
     let accepted = fake.wait_for(acknowledged.len(), Duration::from_secs(60)).await;
     let ids: HashSet<String> = accepted.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
     for id in &acknowledged {
         assert!(ids.contains(id), "{id} was acknowledged but not delivered");
     }
     relay.stop().await;
+}
+
+/// The fleet's configuration for `engine serve`: the database from `ENGINE_TEST_DATABASE_URL`, leases of 3 s,
+/// requests to OpenAI timing out after 1 s.
+fn fleet_config(dir: &std::path::Path, endpoint: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\ndata_dir: data\npixel_id: {PIXEL}\napi_key_env: {}\nendpoint: {endpoint}\n\
+         store: {{kind: postgres, url_env: ENGINE_TEST_DATABASE_URL, lease_ms: 3000, pool_size: 4}}\n\
+         ingestion:\n  rate_limit: 100000\n  keys:\n    - name: site\n      key: {}\n\
+         batch:\n  max_events: 100\n  linger_ms: 20\nshutdown_grace_ms: 500\n\
+         retry:\n  initial_backoff_ms: 20\n  max_backoff_ms: 200\n  timeout_ms: 1000\n  auth_probe_ms: 100\n",
+        crate::relay::process::KEY_ENV,
+        crate::relay::INGESTION_KEY,
+    );
+    let path = dir.join("relay.yaml");
+    std::fs::write(&path, yaml).expect("config written");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_delivery_leaves_its_batch_to_the_others_once_its_lease_runs_out() {
+    use crate::relay::process::{client, send, RelayProcess};
+    let Some(pg) = Postgres::start("killed") else { return };
+    let url = pg.database("fleet");
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    let dirs: Vec<_> = (0..3).map(|n| data_dir(&format!("fleet-proc-{n}"))).collect();
+    let mut relays = Vec::new();
+    for (n, dir) in dirs.iter().enumerate() {
+        let config = fleet_config(dir, &fake.url);
+        // The first relay dies right after OpenAI took its first batch, before it could mark it delivered.
+        let mut env = vec![("ENGINE_TEST_DATABASE_URL", url.as_str())];
+        if n == 0 {
+            env.push(("ENGINE_KILL_AT", "deliver.after_send:1"));
+        }
+        relays.push(RelayProcess::start(&config, &env).await.unwrap_or_else(|logs| panic!("relay {n}:\n{logs}")));
+    }
+    let client = client();
+    let mut acknowledged = Vec::new();
+    for n in 0..240 {
+        let relay = &relays[n % 3];
+        let id = format!("k-{n}");
+        if send(&client, relay.addr, "/v1/t", &order_of(&id, &format!("v-{n}"))).await == Some(200) {
+            acknowledged.push(id);
+        }
+    }
+    let status = relays[0].exit(Duration::from_secs(20)).await;
+    assert!(!status.success(), "the first relay was killed: {status:?}");
+    assert!(acknowledged.len() >= 160, "the two others took their share: {}", acknowledged.len());
+    let accepted = fake.wait_for(acknowledged.len(), Duration::from_secs(60)).await;
+    let ids: HashSet<String> = accepted.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    for id in &acknowledged {
+        assert!(ids.contains(id), "{id} was acknowledged but never delivered");
+    }
+    assert!(fake.mismatched().is_empty(), "a batch sent again is the same events under the same ids");
+    eventually("the dead relay's leased batch is settled by the others", Duration::from_secs(30), || async {
+        pg.query(&url, "SELECT count(*) FROM engine_queue") == "0"
+    })
+    .await;
+    for relay in &relays[1..] {
+        relay.sigterm();
+    }
+    for relay in &mut relays[1..] {
+        assert!(relay.exit(Duration::from_secs(10)).await.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_the_fleet_are_replayed_from_engine_dlq_and_the_console_of_any_relay() {
+    let Some(pg) = Postgres::start("dlq") else { return };
+    let url = pg.database("fleet");
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    fake.poison_once("bad-a");
+    fake.poison_once("bad-b");
+    let (a_dir, b_dir) = (data_dir("fleet-dlq-a"), data_dir("fleet-dlq-b"));
+    let a = fleet_relay(&a_dir, &fake, &url, "").await;
+    let b = fleet_relay(&b_dir, &fake, &url, "").await;
+    assert_eq!(post(&a, "/v1/t", &order_of("bad-a", "v-a")).await.0, 200);
+    assert_eq!(post(&b, "/v1/t", &order_of("bad-b", "v-b")).await.0, 200);
+    eventually("both are dead-lettered", Duration::from_secs(20), || async {
+        pg.query(&url, "SELECT count(*) FROM engine_dead") == "2"
+    })
+    .await;
+    // The tool, beside running relays, on the shared store.
+    let config = fleet_config(&a_dir, &fake.url);
+    let dlq = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .arg("dlq")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("ENGINE_TEST_DATABASE_URL", &url)
+            .output()
+            .expect("engine dlq runs")
+    };
+    let listed = dlq(&["list"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(text.contains("bad-a") && text.contains("bad-b"), "{text}");
+    let seq_a = text.lines().find(|l| l.contains("bad-a")).unwrap().split('\t').next().unwrap().to_string();
+    let replayed = dlq(&["replay", &seq_a]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    // And the console of either relay, on the same store.
+    let admin = b.admin_addr.expect("the console");
+    let answer: Value = reqwest::Client::new()
+        .post(format!("http://{admin}/api/dead-letters/replay"))
+        .json(&json!({"pixel": "default"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["replayed"], 1, "{answer}");
+    let accepted = fake.wait_for(2, Duration::from_secs(20)).await;
+    let ids: HashSet<&str> = accepted.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, HashSet::from(["bad-a", "bad-b"]));
+    a.stop().await;
+    b.stop().await;
 }
