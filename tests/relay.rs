@@ -97,7 +97,13 @@ pub fn config(dir: &Path, fake: &FakeOpenAi, extra: &str) -> RelayConfig {
     let path = dir.join("relay.yaml");
     // JSON is YAML: the file is what `engine serve --config` would read.
     std::fs::write(&path, serde_json::to_string_pretty(&yaml).expect("JSON")).expect("config written");
-    RelayConfig::load(&path, &|_| None).unwrap_or_else(|e| panic!("config: {e}"))
+    let mut config = RelayConfig::load(&path, &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
+    // `ENGINE_TEST_STORE=postgres` runs the suite on a PostgreSQL database of its own per test.
+    if let Some(url) = pg::suite_database(dir) {
+        let lease = std::time::Duration::from_secs(10);
+        config.store = signal_engine::relay::config::StoreKind::Postgres { url: url.into(), pool_size: 4, lease };
+    }
+    config
 }
 
 fn merge(base: &mut Value, extra: Value) {
@@ -267,9 +273,15 @@ pub fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The store of a stopped relay.
-pub fn open_store(dir: &Path) -> RedbStore {
-    RedbStore::open(&dir.join("data")).unwrap_or_else(|e| panic!("the store opens after the relay stopped: {e}"))
+/// The store of a stopped relay: its redb file, or its database when the suite runs on PostgreSQL.
+pub fn open_store(dir: &Path) -> Box<dyn Store> {
+    if let Some(url) = pg::suite_database(dir) {
+        let store = signal_engine::relay::postgres::PostgresStore::open(&url, 2, std::time::Duration::from_secs(10));
+        return Box::new(store.unwrap_or_else(|e| panic!("the database opens: {e}")));
+    }
+    Box::new(
+        RedbStore::open(&dir.join("data")).unwrap_or_else(|e| panic!("the store opens after the relay stopped: {e}")),
+    )
 }
 
 /// The `id`s of events, in order.

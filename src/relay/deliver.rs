@@ -208,6 +208,13 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
         }
         let round = deliverer.round(&live, &mut shutdown).await;
         let stopping = shutdown.borrow().is_some();
+        if fleet && !matches!(round, Round::Done) {
+            // What is not settled goes back to the shared queue now, not when the lease runs out.
+            let seqs: Vec<u64> = live.iter().map(|(seq, _)| *seq).collect();
+            if let Err(error) = deliverer.store(move |store, name| store.release(name, &seqs)).await {
+                tracing::warn!(pixel = %pixel.name, %error, "cannot release a batch; its lease runs out by itself");
+            }
+        }
         match round {
             Round::Stopped => {
                 tracing::info!(

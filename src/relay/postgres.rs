@@ -439,6 +439,24 @@ impl Store for PostgresStore {
         })
     }
 
+    fn release(&self, _pixel: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let client = self.client();
+        let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
+        let owner = self.owner.clone();
+        self.run(async move {
+            let client = client.await?;
+            client
+                .execute(
+                    "UPDATE engine_queue SET lease_owner = NULL, lease_until = NULL
+                     WHERE seq = ANY($1) AND lease_owner = $2",
+                    &[&seqs, &owner],
+                )
+                .await
+                .map_err(failed)?;
+            Ok(())
+        })
+    }
+
     fn complete(&self, _pixel: &str, seqs: &[u64]) -> Result<(), StoreError> {
         let client = self.client();
         let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();

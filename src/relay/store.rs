@@ -116,6 +116,11 @@ pub trait Store: Send + Sync + 'static {
     fn extend(&self, _pixel: &str, _seqs: &[u64]) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Gives up this relay's lease on events it will not send now (it waits, or it stops), so that they are not
+    /// held back until the lease runs out: the next claim, by this relay or another, takes them.
+    fn release(&self, _pixel: &str, _seqs: &[u64]) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// What holds `pixel`'s delivery back for every relay on the store.
     fn hold(&self, _pixel: &str) -> Result<Hold, StoreError> {
         Ok(Hold::default())

@@ -133,8 +133,67 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Every row of the relay's tables as text: what a look at the database would find.
+    pub fn dump(&self, url: &str) -> String {
+        let tables = ["engine_queue", "engine_dead", "engine_identity", "engine_settings", "engine_holds"];
+        let sql = tables.iter().map(|t| format!("SELECT t::text FROM {t} t")).collect::<Vec<_>>().join(" UNION ALL ");
+        self.query(url, &sql)
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// One server for the whole test process, for running the relay suite on PostgreSQL (`ENGINE_TEST_STORE=postgres`):
+/// started on first use, stopped when the process exits.
+pub fn shared() -> Option<&'static Postgres> {
+    static SHARED: std::sync::OnceLock<Option<Postgres>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let server = Postgres::start("shared")?;
+            extern "C" fn stop_at_exit() {
+                if let Some(Some(server)) = SHARED.get() {
+                    server.down();
+                }
+            }
+            extern "C" {
+                fn atexit(callback: extern "C" fn()) -> i32;
+            }
+            // SAFETY: registering a plain function with the C library's atexit, which the test harness's process
+            // exit runs; the function only runs pg_ctl.
+            unsafe { atexit(stop_at_exit) };
+            Some(server)
+        })
+        .as_ref()
+}
+
+/// A fresh database on the shared server for the relay suite's test `dir`, when the suite runs on PostgreSQL.
+pub fn suite_database(dir: &Path) -> Option<String> {
+    if std::env::var("ENGINE_TEST_STORE").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    // A relay restarted on the same directory finds the same database, as it would find the same redb file.
+    static MADE: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, url)) = made.iter().find(|(d, _)| d == dir) {
+        return Some(url.clone());
+    }
+    let server = shared().expect("ENGINE_TEST_STORE=postgres needs PostgreSQL's binaries");
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name: String = dir
+        .file_name()
+        .map(|f| f.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    let url = server.database(&format!("t{n}_{name}"));
+    made.push((dir.to_path_buf(), url.clone()));
+    Some(url)
 }
