@@ -10,6 +10,7 @@ durability and transport. Usage:
     cargo build --release
     python3 benches/relay_load.py [EVENTS=20000] [CLIENTS=8] [BATCH=100]
     python3 benches/relay_load.py deliver [RATE=20000] [SECONDS=10] [CLIENTS=8] [BATCH=100]
+    python3 benches/relay_load.py fleet [EVENTS=20000] [CLIENTS=8] [BATCH=100]
 
 `deliver` measures the whole path at a fixed offered rate: a fake OpenAI on loopback (which checks the bearer token
 and counts the events of each `{"events": [...]}` body), the relay delivering to it for real (fsync on, as always),
@@ -17,6 +18,11 @@ and clients that send /v1/batch requests on a schedule of RATE events/s. It firs
 against the fake (so that it is known not to be the bottleneck), then reports the acknowledgement latency of every
 request from its scheduled time (p50, p99, max: a late request counts its wait), and the delivered rate: events
 that reached the fake over the time from the first request to the last delivery.
+
+`fleet` compares stores, unpaced, delivering for real to the fake OpenAI: one relay on redb, one relay on PostgreSQL
+and three relays on one PostgreSQL database (a private server the script starts with Debian's binaries, as nobody
+when run as root, on a fresh database per run), the clients spread over the relays. It reports acknowledged events/s
+(every request answered) and delivered events/s (every event at the fake).
 """
 
 import http.client
@@ -191,7 +197,111 @@ def wait_for(port):
             time.sleep(0.1)
 
 
+class PrivatePostgres:
+    """A PostgreSQL server of this run's own, in a temporary directory, on port 18200."""
+
+    def __init__(self):
+        bins = sorted(d for d in (os.path.join("/usr/lib/postgresql", v, "bin")
+                                  for v in os.listdir("/usr/lib/postgresql")) if os.path.isfile(os.path.join(d, "initdb")))
+        self.bin = bins[-1]
+        self.dir = tempfile.mkdtemp(prefix="relay-fleet-pg-")
+        self.user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+        os.makedirs(os.path.join(self.dir, "socket"))
+        if self.user:
+            os.chmod(self.dir, 0o755)
+            subprocess.run(["chown", "-R", "nobody", self.dir], check=True)
+        self.run("initdb", "-D", self.data(), "-U", "engine", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self.run("pg_ctl", "-D", self.data(), "-l", os.path.join(self.dir, "log"), "-w", "-o",
+                 f"-p 18200 -k {self.dir}/socket -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+
+    def data(self):
+        return os.path.join(self.dir, "pgdata")
+
+    def run(self, program, *args):
+        subprocess.run(self.user + [os.path.join(self.bin, program), *args], check=True, cwd="/",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def database(self, name):
+        self.run("psql", "-h", "127.0.0.1", "-p", "18200", "-U", "engine", "-d", "postgres", "-c",
+                 f"CREATE DATABASE {name}")
+        return f"postgres://engine@127.0.0.1:18200/{name}"
+
+    def stop(self):
+        self.run("pg_ctl", "-D", self.data(), "-m", "fast", "-w", "stop")
+
+
+def fleet(count, clients, batch):
+    events = generated(count)
+    bodies = [("/v1/batch", ('{"batch":[' + ",".join(events[i:i + batch]) + "]}").encode("utf-8"),
+               len(events[i:i + batch])) for i in range(0, len(events), batch)]
+    token = "sk-load-test"
+    pg = PrivatePostgres()
+    results = []
+    try:
+        for name, store, relays in [("one relay, redb", "redb", 1), ("one relay, PostgreSQL", "postgres", 1),
+                                    ("three relays, one PostgreSQL", "postgres", 3)]:
+            fake = FakeOpenAI(18090, token)
+            threading.Thread(target=fake.serve_forever, daemon=True).start()
+            url = pg.database(f"fleet_{len(results)}") if store == "postgres" else None
+            processes = []
+            try:
+                for n in range(relays):
+                    work = tempfile.mkdtemp(prefix="relay-fleet-")
+                    config = os.path.join(work, "relay.yaml")
+                    with open(config, "w") as f:
+                        f.write(f"listen: 127.0.0.1:{18100 + n}\ndata_dir: data\npixel_id: load\napi_key: {token}\n"
+                                "endpoint: http://127.0.0.1:18090\ningestion: {rate_limit: 1000000}\n"
+                                "batch: {max_events: 1000, linger_ms: 100}\nadmin: {enabled: false}\n")
+                        if url:
+                            f.write("store: {kind: postgres, url_env: BENCH_DATABASE_URL}\n")
+                    env = dict(os.environ, BENCH_DATABASE_URL=url or "")
+                    processes.append(subprocess.Popen([ENGINE, "serve", "--config", config], cwd=work, env=env,
+                                                      stderr=subprocess.DEVNULL))
+                for n in range(relays):
+                    wait_for(18100 + n)
+                acked = [0] * clients
+
+                def client(index):
+                    connection = connect(18100 + index % relays)
+                    for path, body, n in bodies[index::clients]:
+                        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                        response = connection.getresponse()
+                        response.read()
+                        if response.status == 200:
+                            acked[index] += n
+
+                begun = time.monotonic()
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                answered = time.monotonic() - begun
+                deadline = time.monotonic() + 120
+                while fake.events < sum(acked) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                delivered = (fake.last or time.monotonic()) - begun
+                results.append((name, sum(acked), answered, fake.events, delivered))
+            finally:
+                for process in processes:
+                    process.send_signal(15)
+                for process in processes:
+                    process.wait(timeout=60)
+                fake.shutdown()
+                fake.server_close()
+    finally:
+        pg.stop()
+    print(f"events: {len(events)} in requests of {batch} from {clients} clients, delivered to a fake OpenAI")
+    for name, acked, answered, delivered_events, delivered in results:
+        print(f"{name:<30} acknowledged {acked / answered:>8.0f} events/s   delivered {delivered_events:>7} "
+              f"({delivered_events / delivered:>8.0f} events/s)")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "fleet":
+        args = [int(a) for a in sys.argv[2:]]
+        count, clients, batch = (args + [20000, 8, 100][len(args):])[:3]
+        return fleet(count, clients, batch)
     if len(sys.argv) > 1 and sys.argv[1] == "deliver":
         args = [int(a) for a in sys.argv[2:]]
         rate, seconds, clients, batch = (args + [20000, 10, 8, 100][len(args):])[:4]

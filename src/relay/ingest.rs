@@ -813,6 +813,20 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             entries.clear();
             outcomes.clear();
             verdicts.clear();
+            if shared.store.shared() {
+                // The visitors of the whole group, read in one round trip rather than one per event.
+                let mut keys = Vec::new();
+                for event in group.iter().flat_map(|job| &job.events) {
+                    for (field, kind) in [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")] {
+                        if let Some(id) = event.get(field).and_then(Value::as_str).filter(|id| !id.is_empty()) {
+                            for (pixel, _) in &pixels {
+                                keys.push(format!("{}/{kind}{id}", pixel.name));
+                            }
+                        }
+                    }
+                }
+                tx.prefetch(&keys);
+            }
             let mut index = 0;
             let mut rejections_explained = 0;
             for job in &group {

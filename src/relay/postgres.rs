@@ -236,6 +236,8 @@ struct PgIngest<'s> {
     now_ms: i64,
     queued: Vec<(u64, String, String)>,
     profiles: Vec<(String, String)>,
+    /// Profiles read from the database in this transaction (`None`: the visitor has none).
+    read: std::collections::HashMap<String, Option<String>>,
     failure: Option<StoreError>,
 }
 
@@ -245,17 +247,24 @@ impl IdentityStore for PgIngest<'_> {
         if let Some((_, profile)) = self.profiles.iter().rev().find(|(k, _)| k == key) {
             return serde_json::from_str(profile).ok();
         }
+        // A visitor read before in this transaction (often: one visitor's events come together) is not asked again.
+        if let Some(text) = self.read.get(key) {
+            return text.as_deref().and_then(|t| serde_json::from_str(t).ok());
+        }
         let client = self.client.clone();
-        let key = key.to_string();
+        let owned = key.to_string();
         let loaded = self.store.run(async move {
-            let row = client
-                .query_opt("SELECT profile FROM engine_identity WHERE key = $1", &[&key])
-                .await
-                .map_err(failed)?;
+            let statement =
+                client.prepare_cached("SELECT profile FROM engine_identity WHERE key = $1").await.map_err(failed)?;
+            let row = client.query_opt(&statement, &[&owned]).await.map_err(failed)?;
             Ok(row.map(|r| r.get::<_, String>(0)))
         });
         match loaded {
-            Ok(text) => text.and_then(|t| serde_json::from_str(&t).ok()),
+            Ok(text) => {
+                let profile = text.as_deref().and_then(|t| serde_json::from_str(t).ok());
+                self.read.insert(key.to_string(), text);
+                profile
+            }
             Err(error) => {
                 self.failure.get_or_insert(error);
                 None
@@ -274,6 +283,37 @@ impl IdentityStore for PgIngest<'_> {
 }
 
 impl IngestTx for PgIngest<'_> {
+    fn prefetch(&mut self, keys: &[String]) {
+        let wanted: Vec<String> = keys.iter().filter(|k| !self.read.contains_key(*k)).cloned().collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let client = self.client.clone();
+        let asked = wanted.clone();
+        let found = self.store.run(async move {
+            let statement = client
+                .prepare_cached("SELECT key, profile FROM engine_identity WHERE key = ANY($1)")
+                .await
+                .map_err(failed)?;
+            let rows = client.query(&statement, &[&asked]).await.map_err(failed)?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
+        });
+        match found {
+            Ok(found) => {
+                // What was asked and not found is known to be absent: no second round trip for it.
+                for key in wanted {
+                    self.read.entry(key).or_insert(None);
+                }
+                for (key, profile) in found {
+                    self.read.insert(key, Some(profile));
+                }
+            }
+            Err(error) => {
+                self.failure.get_or_insert(error);
+            }
+        }
+    }
+
     fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError> {
         let seq = self.store.next_seqs(1)?[0];
         let text = serde_json::to_string(pending).map_err(unreadable)?;
@@ -297,6 +337,7 @@ impl Store for PostgresStore {
             now_ms,
             queued: Vec::new(),
             profiles: Vec::new(),
+            read: std::collections::HashMap::new(),
             failure: None,
         };
         let outcome = work(&mut ingest).and_then(|()| ingest.failure.take().map_or(Ok(()), Err));
@@ -315,14 +356,14 @@ impl Store for PostgresStore {
                     let pixels: Vec<&str> = queued.iter().map(|(_, pixel, _)| pixel.as_str()).collect();
                     let texts: Vec<&str> = queued.iter().map(|(_, _, text)| text.as_str()).collect();
                     added += texts.iter().map(|t| t.len() as i64).sum::<i64>();
-                    client
-                        .execute(
+                    let insert = client
+                        .prepare_cached(
                             "INSERT INTO engine_queue (seq, pixel, pending, bytes)
                              SELECT s, p, t, octet_length(t) FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(s, p, t)",
-                            &[&seqs, &pixels, &texts],
                         )
                         .await
                         .map_err(failed)?;
+                    client.execute(&insert, &[&seqs, &pixels, &texts]).await.map_err(failed)?;
                 }
                 // The last write of each visitor in this transaction wins.
                 let mut latest: Vec<(&str, &str)> = Vec::new();

@@ -81,6 +81,8 @@ fn fail(error: impl Into<redb::Error>) -> StoreError {
 pub trait IngestTx: IdentityStore {
     /// Queues a mapped event for `pixel`; returns its sequence number.
     fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError>;
+    /// Visitor keys the transaction is about to load: a store across a network reads them in one round trip.
+    fn prefetch(&mut self, _keys: &[String]) {}
 }
 
 /// The relay's storage. One interface so that a shared backend for a fleet of relays can replace the embedded one.
