@@ -2,9 +2,12 @@
 //! its pipeline made of the value; why every other rule produced nothing; which rule or check dropped or rejected
 //! the event. `engine explain` renders it and the relay's debugger reuses it. Synchronous and free of I/O.
 
+use std::fmt;
 use std::fmt::Write as _;
+use std::ops::Deref;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
 use crate::eval::withhold_personal;
@@ -65,12 +68,12 @@ pub enum Origin {
 #[derive(Clone, Debug, Serialize)]
 pub struct RuleTrace {
     /// `file:line:col` of the rule.
-    pub rule: String,
+    pub rule: Text,
     /// The output field it writes (`data.contents[*].id` for element rules).
-    pub target: String,
+    pub target: Text,
     /// The `when` block the rule sits in.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub scope: Option<Text>,
     pub steps: Vec<TraceStep>,
     /// Why the rule contributed nothing; `None` when it produced the field's value.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,16 +84,22 @@ pub struct RuleTrace {
 }
 
 impl RuleTrace {
-    /// A rule's trace before its steps are evaluated.
-    fn start(location: &str, target: &str, scope: &Option<String>, personal: bool) -> RuleTrace {
+    /// A rule's trace before its steps are evaluated, with room for every step it can take.
+    fn start(text: &RuleText, scope: Option<&Arc<str>>, personal: bool) -> RuleTrace {
         RuleTrace {
-            rule: location.to_string(),
-            target: target.to_string(),
-            scope: scope.clone(),
-            steps: Vec::new(),
+            rule: Text::shared(&text.location),
+            target: Text::shared(&text.target),
+            scope: scope.map(Text::shared),
+            steps: Vec::with_capacity(text.term_steps.len() + text.pipe_steps.len()),
             why: None,
             personal,
         }
+    }
+
+    /// The value of a rule that produced one: its last step's, since evaluation stops at the term that gave a
+    /// value and each pipe's value is the next one's input.
+    fn value(&self) -> Value {
+        self.steps.last().and_then(|step| step.value.clone()).unwrap_or(Value::Null)
     }
 }
 
@@ -98,10 +107,10 @@ impl RuleTrace {
 #[derive(Clone, Debug, Serialize)]
 pub struct TraceStep {
     /// As written, canonically: `revenue`, `to_unix_ms(timestamp)`, `| minor_units(currency)`.
-    pub expression: String,
+    pub expression: Text,
     /// The event path it read, when that says more than the expression (`properties.revenue`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub read: Option<String>,
+    pub read: Option<Text>,
     /// `None`: nothing (a missing path, or a function that gave nothing).
     pub value: Option<Value>,
     /// The note of a function that gave up.
@@ -119,6 +128,131 @@ pub struct TraceStep {
 /// The key under which the relay notes, in an event, the values it added and how (`{"context.ip": "the
 /// connection's address"}`); explanations show each such value as set by the relay.
 pub const RELAY_NOTES: &str = "_relay";
+
+/// Text in an explanation: shared with the plan when the plan holds it (a rule's location, a step as written, the
+/// path it read), owned when the event made it. Explaining an event then copies none of the plan's text. Reads,
+/// compares, prints and serialises as a `str`.
+#[derive(Clone)]
+pub struct Text(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl Text {
+    fn shared(text: &Arc<str>) -> Text {
+        Text(Repr::Shared(Arc::clone(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Shared(text) => text,
+            Repr::Owned(text) => text,
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text(Repr::Owned(String::new()))
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text(Repr::Owned(text))
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Text {
+        Text(Repr::Owned(text.to_string()))
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, other: &Text) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 /// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
 pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
@@ -186,12 +320,12 @@ fn explain_input<'v>(
                 if route.rules.contains(&rule_index) {
                     continue;
                 }
-                let scope = rule.text.scope.clone().unwrap_or_default();
+                let scope = rule.text.scope.as_deref().unwrap_or_default();
                 explanation.silent.push(RuleTrace {
-                    rule: rule.location.clone(),
-                    target: rule.target_name.clone(),
+                    rule: Text::shared(&rule.text.location),
+                    target: Text::shared(&rule.text.target),
                     why: Some(format!("out of scope: `{scope}` does not select {}", route.label)),
-                    scope: rule.text.scope.clone(),
+                    scope: rule.text.scope.as_ref().map(Text::shared),
                     steps: Vec::new(),
                     personal: false,
                 });
@@ -246,17 +380,18 @@ impl Sent<'_> {
     }
 }
 
-/// What the rules of the event's route produced, per output slot: the last rule with a value wins.
-struct Produced {
-    slots: Vec<Option<(RuleTrace, Value)>>,
-    /// Per array slot: the block's trace, its array value and the traces of each element's fields.
-    elements: Vec<Option<BlockTrace>>,
+/// What the rules of the event's route produced, per output slot: the last rule with a value wins. A trace here
+/// ends with the value its rule produced.
+struct Produced<'p> {
+    slots: Vec<Option<RuleTrace>>,
+    /// Per array slot: the block's trace and the traces of each element's fields.
+    elements: Vec<Option<BlockTrace<'p>>>,
 }
 
-struct BlockTrace {
+struct BlockTrace<'p> {
     trace: RuleTrace,
     /// Per output element: (element field name, field trace).
-    elements: Vec<Vec<(String, RuleTrace, Value)>>,
+    elements: Vec<Vec<(&'p str, RuleTrace)>>,
 }
 
 struct Tracer<'p> {
@@ -277,31 +412,29 @@ struct Current<'p> {
 }
 
 /// An element block being built: its trace, the finished elements and the fields of the element in progress.
-struct Block {
+struct Block<'p> {
     trace: RuleTrace,
-    scope: Option<String>,
+    scope: Option<&'p Arc<str>>,
     /// The source was usable element by element.
     usable: bool,
-    elements: Vec<Vec<(String, RuleTrace, Value)>>,
+    elements: Vec<Vec<(&'p str, RuleTrace)>>,
     element: usize,
-    fields: Vec<(String, RuleTrace, Value)>,
+    fields: Vec<(&'p str, RuleTrace)>,
 }
 
 /// Records what the runtime reports while it applies the plan: each rule's steps, which rule's value each output
 /// slot kept (the last rule with a value wins, as in the runtime), and the rules that produced nothing and why.
 struct Recorder<'p> {
-    plan: &'p Plan,
-    produced: Produced,
+    produced: Produced<'p>,
     silent: Vec<RuleTrace>,
     current: Option<Current<'p>>,
-    block: Option<Block>,
+    block: Option<Block<'p>>,
 }
 
 impl<'p> Recorder<'p> {
     fn new(plan: &'p Plan) -> Recorder<'p> {
         let slots = plan.slot_count;
         Recorder {
-            plan,
             produced: Produced {
                 slots: (0..slots).map(|_| None).collect(),
                 elements: (0..slots).map(|_| None).collect(),
@@ -316,26 +449,26 @@ impl<'p> Recorder<'p> {
         self.current = Some(Current { trace, expr, pipes, text, personal, tainted: personal, source_steps: 0 });
     }
 
-    /// Ends the current rule: its trace, and its value when it produced one (else the trace says why).
-    fn finish(&mut self, result: Result<Option<&Val<'_>>, &str>) -> Option<(RuleTrace, Option<Value>)> {
+    /// Ends the current rule: its trace, and whether it produced a value (else the trace says why).
+    fn finish(&mut self, result: Result<Option<&Val<'_>>, &str>) -> Option<(RuleTrace, bool)> {
         let Current { mut trace, source_steps, .. } = self.current.take()?;
-        let value = match result {
-            Ok(Some(value)) if !value.is_null() => Some(value.to_json()),
+        let produced = match result {
+            Ok(Some(value)) if !value.is_null() => true,
             Ok(value) => {
                 let (source, pipes) = trace.steps.split_at(source_steps);
                 trace.why = Some(why_nothing(source, pipes, value.is_some()));
-                None
+                false
             }
             Err(note) => {
                 trace.why = Some(note.to_string());
-                None
+                false
             }
         };
-        Some((trace, value))
+        Some((trace, produced))
     }
 
     /// Closes the element in progress of the current block.
-    fn close_element(block: &mut Block) {
+    fn close_element(block: &mut Block<'p>) {
         let fields = std::mem::take(&mut block.fields);
         if !fields.is_empty() {
             block.elements.push(fields);
@@ -347,22 +480,29 @@ impl<'p> Observer<'p> for Recorder<'p> {
     const TRACING: bool = true;
 
     fn rule_start(&mut self, rule: &'p PlanRule) {
-        let trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
+        let trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
         self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
     }
 
     fn term(&mut self, index: usize, result: Result<Option<&Val<'_>>, &str>) {
-        let plan = self.plan;
         let Some(current) = self.current.as_mut() else { return };
         let term = match current.expr {
             Expr::Coalesce(terms) => &terms[index],
             single => single,
         };
         let (value, note) = match result {
-            Ok(value) => (value, None),
+            Ok(value) => (value.map(Val::to_json), None),
             Err(note) => (None, Some(note.to_string())),
         };
-        current.trace.steps.push(source_step(plan, current.text.terms.get(index), term, value, note, current.personal));
+        let text = current.text.term_steps.get(index);
+        current.trace.steps.push(TraceStep {
+            expression: text.map(|text| Text::shared(&text.expression)).unwrap_or_default(),
+            read: text.and_then(|text| text.read.as_ref()).map(Text::shared),
+            value,
+            note,
+            personal: current.personal && !matches!(term, Expr::Const(_)),
+            set_by_relay: None,
+        });
         current.source_steps = current.trace.steps.len();
     }
 
@@ -372,7 +512,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         if matches!(pipe.function.pii, Pii::Hashes) {
             current.tainted = false;
         }
-        let expression = format!("| {}", current.text.pipes.get(index).map_or(pipe.function.name, String::as_str));
+        let expression = current.text.pipe_steps.get(index).map(Text::shared).unwrap_or_default();
         let (value, note) = match result {
             Ok(value) => (value.map(Val::to_json), None),
             Err(note) => (None, Some(note.to_string())),
@@ -388,28 +528,29 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 
     fn rule_end(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
-        let Some((trace, value)) = self.finish(result) else { return };
+        let Some((trace, produced)) = self.finish(result) else { return };
         let RuleTarget::Slot(slot) = &rule.target else { return };
-        match value {
-            Some(value) => {
-                if let Some((mut replaced, _)) = self.produced.slots[*slot].replace((trace, value)) {
+        match produced {
+            true => {
+                if let Some(mut replaced) = self.produced.slots[*slot].replace(trace) {
                     replaced.why = Some(format!("replaced by the rule at {}", rule.location));
                     self.silent.push(replaced);
                 }
             }
-            None => self.silent.push(trace),
+            false => self.silent.push(trace),
         }
     }
 
     fn block_source(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
-        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
+        let mut trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
         let mut usable = false;
         match result {
             Err(note) => trace.why = Some(note.to_string()),
             Ok(value) => {
+                let text = &rule.text.source_step;
                 trace.steps.push(TraceStep {
-                    expression: rule.text.terms.join(" ?? "),
-                    read: read_path(self.plan, &rule.expr),
+                    expression: Text::shared(&text.expression),
+                    read: text.read.as_ref().map(Text::shared),
                     value: value.map(Val::to_json),
                     note: None,
                     personal: rule.personal,
@@ -422,7 +563,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
                 }
             }
         }
-        let scope = rule.text.scope.clone();
+        let scope = rule.text.scope.as_ref();
         self.block = Some(Block { trace, scope, usable, elements: Vec::new(), element: 0, fields: Vec::new() });
     }
 
@@ -439,24 +580,24 @@ impl<'p> Observer<'p> for Recorder<'p> {
             Self::close_element(block);
             block.element = element;
         }
-        let trace = RuleTrace::start(&rule.location, &rule.target_name, &block.scope, rule.personal);
+        let trace = RuleTrace::start(&rule.text, block.scope, rule.personal);
         self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
     }
 
     fn element_rule_end(&mut self, element: usize, rule: &'p ElementRule, result: Result<Option<&Val<'_>>, &str>) {
-        let Some((mut trace, value)) = self.finish(result) else { return };
+        let Some((mut trace, produced)) = self.finish(result) else { return };
         let Some(block) = self.block.as_mut() else { return };
-        let name = rule.target_name.rsplit('.').next().unwrap_or_default().to_string();
-        match value {
-            Some(value) => {
-                if let Some(position) = block.fields.iter().position(|(n, _, _)| *n == name) {
-                    let (_, mut replaced, _) = block.fields.remove(position);
+        let name = rule.target_name.rsplit('.').next().unwrap_or_default();
+        match produced {
+            true => {
+                if let Some(position) = block.fields.iter().position(|(n, _)| *n == name) {
+                    let (_, mut replaced) = block.fields.remove(position);
                     replaced.why = Some(format!("replaced by the rule at {}", rule.location));
                     self.silent.push(replaced);
                 }
-                block.fields.push((name, trace, value));
+                block.fields.push((name, trace));
             }
-            None => {
+            false => {
                 trace.why = trace.why.map(|why| format!("element {element}: {why}"));
                 self.silent.push(trace);
             }
@@ -480,46 +621,13 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 }
 
-/// A step for one term of a source: the expression as written, the event path it read, its value or note.
-fn source_step(
-    plan: &Plan,
-    text: Option<&String>,
-    term: &Expr,
-    value: Option<&Val<'_>>,
-    note: Option<String>,
-    personal: bool,
-) -> TraceStep {
-    let expression = text.cloned().unwrap_or_default();
-    let read = read_path(plan, term).filter(|path| !expression.contains(path.as_str()));
-    let personal = personal && !matches!(term, Expr::Const(_));
-    TraceStep { expression, read, value: value.map(Val::to_json), note, personal, set_by_relay: None }
-}
-
-/// The event path an expression reads, directly or as the input of a function called as a source.
-fn read_path(plan: &Plan, expr: &Expr) -> Option<String> {
-    match expr {
-        Expr::Input { slot, rest } => {
-            let mut path = plan.input.path_of(*slot)?.to_string();
-            push_steps(&mut path, rest);
-            Some(path)
-        }
-        Expr::Element { rest } => {
-            let mut path = "@".to_string();
-            push_steps(&mut path, rest);
-            Some(path)
-        }
-        Expr::Call { input, .. } => read_path(plan, input),
-        Expr::Const(_) | Expr::Coalesce(_) => None,
-    }
-}
-
 /// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
 /// `null_result`: the rule ended with null rather than with nothing.
 fn why_nothing(source: &[TraceStep], pipes: &[TraceStep], null_result: bool) -> String {
     let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
     if !source_gave {
         let paths: Vec<String> =
-            source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(&s.expression))).collect();
+            source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(s.expression.as_str()))).collect();
         let null = source.last().is_some_and(|s| s.value.is_some());
         return match (paths.len(), null) {
             (0, _) => "the source gave nothing".to_string(),
@@ -545,7 +653,7 @@ impl Tracer<'_> {
     /// field the rules produced but the output lacks is reported as left out. Takes the traces out of `produced`.
     fn fields(
         &self,
-        mut produced: Produced,
+        mut produced: Produced<'_>,
         route: Option<&PlanRoute>,
         sent: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
@@ -573,7 +681,7 @@ impl Tracer<'_> {
     fn collect(
         &self,
         nodes: &[LayoutNode],
-        produced: &mut Produced,
+        produced: &mut Produced<'_>,
         route: Option<&PlanRoute>,
         sent_event: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
@@ -593,13 +701,13 @@ impl Tracer<'_> {
                         continue;
                     }
                     match (produced.slots[*slot].take(), sent) {
-                        (Some((mut trace, _)), None) if output.is_some() => {
+                        (Some(mut trace), None) if output.is_some() => {
                             trace.why = sent_event.map(|s| s.left_out(path));
                             silent.push(trace);
                         }
-                        (Some((trace, value)), sent) => fields.push(FieldTrace {
+                        (Some(trace), sent) => fields.push(FieldTrace {
                             field: path.clone(),
-                            value: sent.cloned().unwrap_or(value),
+                            value: sent.cloned().unwrap_or_else(|| trace.value()),
                             origin: Origin::Rule(trace),
                         }),
                         (None, Some(value)) => fields.push(FieldTrace {
@@ -629,7 +737,7 @@ impl Tracer<'_> {
                                 .iter()
                                 .map(|element| {
                                     Value::Object(
-                                        element.iter().map(|(name, _, v)| (name.clone(), v.clone())).collect(),
+                                        element.iter().map(|(name, trace)| (name.to_string(), trace.value())).collect(),
                                     )
                                 })
                                 .collect(),
@@ -637,11 +745,11 @@ impl Tracer<'_> {
                     };
                     let mut element_fields = Vec::new();
                     for (index, element) in block.elements.into_iter().enumerate() {
-                        for (name, trace, value) in element {
-                            let sent = array.get(index).and_then(|e| e.get(&name));
+                        for (name, trace) in element {
+                            let sent = array.get(index).and_then(|e| e.get(name));
                             element_fields.push(FieldTrace {
                                 field: format!("{path}[{index}].{name}"),
-                                value: sent.cloned().unwrap_or(value),
+                                value: sent.cloned().unwrap_or_else(|| trace.value()),
                                 origin: Origin::Rule(trace),
                             });
                         }
@@ -649,20 +757,6 @@ impl Tracer<'_> {
                     fields.push(FieldTrace { field: path.clone(), value: array, origin: Origin::Rule(block.trace) });
                     fields.extend(element_fields);
                 }
-            }
-        }
-    }
-}
-
-fn push_steps(path: &mut String, steps: &[Step]) {
-    for step in steps {
-        match step {
-            Step::Key(key) => {
-                path.push('.');
-                path.push_str(&crate::input::keys_text(&[key]));
-            }
-            Step::Index(index) => {
-                let _ = write!(path, "[{index}]");
             }
         }
     }
@@ -716,7 +810,7 @@ impl Explanation {
     pub fn rule_for(&self, field: &str) -> Option<&str> {
         if let Some(trace) = self.field(field) {
             return match &trace.origin {
-                Origin::Rule(rule) => Some(&rule.rule),
+                Origin::Rule(rule) => Some(rule.rule.as_str()),
                 Origin::Route | Origin::Memory => None,
             };
         }
@@ -885,7 +979,7 @@ impl Explanation {
 fn rule_label(rule: &RuleTrace) -> String {
     match &rule.scope {
         Some(scope) => format!("{} ({scope})", rule.rule),
-        None => rule.rule.clone(),
+        None => rule.rule.to_string(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! lists them, and each route knows exactly which rules apply to it. Nothing here refers back to the syntax tree.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -96,15 +98,73 @@ pub(crate) struct PlanRule {
     pub text: RuleText,
 }
 
-/// A rule as the analyst wrote it, for explanations: nothing on the hot path reads it.
+/// A rule as the analyst wrote it, for explanations: nothing on the hot path reads it. Each text an explanation
+/// shows is made once, when the plan is finished ([`RuleText::finish`]), and shared: explaining an event copies
+/// none of it.
 #[derive(Debug, Default)]
 pub(crate) struct RuleText {
     /// Each `??` term of the source, in the canonical form; one entry for a source without `??`.
-    pub terms: Vec<String>,
+    pub terms: Vec<Arc<str>>,
     /// Each pipe call, canonical: `minor_units(currency)`.
     pub pipes: Vec<String>,
     /// The `when` block the rule sits in (`when order_created, "Lead Generated"`), if any.
-    pub scope: Option<String>,
+    pub scope: Option<Arc<str>>,
+    /// `file:line:col`.
+    pub location: Arc<str>,
+    /// The output field, as the rule names it.
+    pub target: Arc<str>,
+    /// One step per term of the compiled source (a source without `??` is one term).
+    pub term_steps: Vec<StepText>,
+    /// One step per bound pipe: `| minor_units(currency)`.
+    pub pipe_steps: Vec<Arc<str>>,
+    /// The whole source as one step, as an element block shows its source.
+    pub source_step: StepText,
+}
+
+/// A step of a rule as an explanation shows it.
+#[derive(Debug, Default)]
+pub(crate) struct StepText {
+    /// As written: `revenue`, `to_unix_ms(timestamp)`.
+    pub expression: Arc<str>,
+    /// The event path it reads, when that says more than the expression (`properties.revenue`).
+    pub read: Option<Arc<str>>,
+}
+
+impl RuleText {
+    /// Makes the texts explanations show, once the source's paths are resolved to input slots.
+    pub(crate) fn finish(
+        &mut self,
+        location: &str,
+        target: &str,
+        expr: &Expr,
+        pipes: &[BoundCall],
+        input: &InputLayout,
+    ) {
+        self.location = location.into();
+        self.target = target.into();
+        let terms: &[Expr] = match expr {
+            Expr::Coalesce(terms) => terms,
+            single => std::slice::from_ref(single),
+        };
+        self.term_steps = terms
+            .iter()
+            .enumerate()
+            .map(|(index, term)| {
+                let expression = self.terms.get(index).cloned().unwrap_or_default();
+                let read = term.read_path(input).filter(|path| !expression.contains(path.as_str())).map(Arc::from);
+                StepText { expression, read }
+            })
+            .collect();
+        self.pipe_steps = pipes
+            .iter()
+            .enumerate()
+            .map(|(index, pipe)| {
+                format!("| {}", self.pipes.get(index).map_or(pipe.function.name, String::as_str)).into()
+            })
+            .collect();
+        let whole = self.terms.iter().map(|term| &**term).collect::<Vec<_>>().join(" ?? ");
+        self.source_step = StepText { expression: whole.into(), read: expr.read_path(input).map(Arc::from) };
+    }
 }
 
 #[derive(Debug)]
@@ -171,6 +231,24 @@ pub(crate) enum LayoutNode {
 }
 
 impl Expr {
+    /// The event path an expression reads, directly or as the input of a function called as a source.
+    pub(crate) fn read_path(&self, input: &InputLayout) -> Option<String> {
+        match self {
+            Expr::Input { slot, rest } => {
+                let mut path = input.path_of(*slot)?.to_string();
+                push_steps(&mut path, rest);
+                Some(path)
+            }
+            Expr::Element { rest } => {
+                let mut path = "@".to_string();
+                push_steps(&mut path, rest);
+                Some(path)
+            }
+            Expr::Call { input: source, .. } => source.read_path(input),
+            Expr::Const(_) | Expr::Coalesce(_) => None,
+        }
+    }
+
     /// Adds the input slots the expression reads to `slots`.
     pub(crate) fn input_slots(&self, slots: &mut Vec<usize>) {
         match self {
@@ -181,6 +259,20 @@ impl Expr {
                 args_slots(args, slots);
             }
             Expr::Coalesce(terms) => terms.iter().for_each(|term| term.input_slots(slots)),
+        }
+    }
+}
+
+fn push_steps(path: &mut String, steps: &[Step]) {
+    for step in steps {
+        match step {
+            Step::Key(key) => {
+                path.push('.');
+                path.push_str(&crate::input::keys_text(&[key]));
+            }
+            Step::Index(index) => {
+                let _ = write!(path, "[{index}]");
+            }
         }
     }
 }

@@ -175,6 +175,12 @@ impl Compiler<'_> {
         let mut rules = std::mem::take(&mut self.rules);
         for rule in &mut rules {
             resolve_rule_paths(rule, &resolved);
+            rule.text.finish(&rule.location, &rule.target_name, &rule.expr, &rule.pipes, &input);
+            if let RuleTarget::Elements { rules, .. } = &mut rule.target {
+                for element in rules {
+                    element.text.finish(&element.location, &element.target_name, &element.expr, &element.pipes, &input);
+                }
+            }
         }
         let mut router = Router::default();
         let mut routes = Vec::new();
