@@ -15,7 +15,7 @@ use crate::functions::{Pii, Val};
 use crate::observe::Observer;
 use crate::personal::mask;
 use crate::plan::*;
-use crate::run::{invalid_input, Context, DropReason, Outcome, RejectReason, Routing, Warning};
+use crate::run::{invalid_input, Context, DropReason, Out, Outcome, RejectReason, Routing, Warning};
 
 /// Why one event came out as it did, field by field.
 #[derive(Clone, Debug)]
@@ -128,6 +128,9 @@ pub struct TraceStep {
 /// The key under which the relay notes, in an event, the values it added and how (`{"context.ip": "the
 /// connection's address"}`); explanations show each such value as set by the relay.
 pub const RELAY_NOTES: &str = "_relay";
+
+/// [`RELAY_NOTES`] as a key in an event's text.
+const QUOTED_RELAY_NOTES: &str = "\"_relay\"";
 
 /// Text in an explanation: shared with the plan when the plan holds it (a rule's location, a step as written, the
 /// path it read), owned when the event made it. Explaining an event then copies none of the plan's text. Reads,
@@ -258,10 +261,10 @@ impl Serialize for Text {
 pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
     match plan.input.read_str(event) {
         Ok(mut input) => {
-            input.build_all();
+            plan.build_read_whole(&plan.routing(&input.values), &mut input);
             // Only an event the relay enriched carries notes; the text is parsed again just for those.
             let notes = event
-                .contains(&format!("\"{RELAY_NOTES}\""))
+                .contains(QUOTED_RELAY_NOTES)
                 .then(|| serde_json::from_str::<Value>(event).ok())
                 .flatten()
                 .and_then(|mut event| event.get_mut(RELAY_NOTES).map(Value::take));
@@ -276,7 +279,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
 pub fn explain_value(plan: &Plan, event: &Value, context: &mut Context<'_>) -> Explanation {
     match plan.input.read_value(event) {
         Ok(mut input) => {
-            input.build_all();
+            plan.build_read_whole(&plan.routing(&input.values), &mut input);
             let notes = event.get(RELAY_NOTES).and_then(Value::as_object);
             explain_input(plan, &input.values, context, notes)
         }
@@ -293,7 +296,7 @@ fn explain_input<'v>(
     // One evaluation: the runtime applies the plan and reports each step to the recorder.
     let mut recorder = Recorder::new(plan);
     let outcome = plan.apply_input(input, context, &mut recorder);
-    let Recorder { produced, silent, .. } = recorder;
+    let Recorder { produced, silent, sent, .. } = recorder;
     let mut explanation = Explanation { silent, ..Explanation::unexplained(plan, outcome) };
     let tracer = Tracer { plan };
     match plan.routing(input) {
@@ -309,13 +312,11 @@ fn explain_input<'v>(
                 event_type: route.event_type.clone(),
                 shape: route.shape.clone(),
             });
-            let sent = match &explanation.outcome {
-                Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json)
-                    .ok()
-                    .map(|output| Sent { output, warnings: &mapped.warnings }),
+            let mut sent = match (&explanation.outcome, sent) {
+                (Outcome::Mapped(mapped), Some(values)) => Some(Sent { values, warnings: &mapped.warnings }),
                 _ => None,
             };
-            explanation.fields = tracer.fields(produced, Some(route), sent.as_ref(), &mut explanation.silent);
+            explanation.fields = tracer.fields(produced, Some(route), sent.as_mut(), &mut explanation.silent);
             for (rule_index, rule) in plan.rules.iter().enumerate() {
                 if route.rules.contains(&rule_index) {
                     continue;
@@ -367,11 +368,44 @@ fn note_relay_additions(explanation: &mut Explanation, notes: &serde_json::Map<S
 /// The event as it was sent, and the runtime's warnings about it: a field the rules produced but the output lacks
 /// was left out, and its warning says why.
 struct Sent<'o> {
-    output: Value,
+    /// Per output slot, the value written out: what reading the event's JSON back would give, without writing
+    /// and reading it.
+    values: Vec<Option<Value>>,
     warnings: &'o [Warning],
 }
 
 impl Sent<'_> {
+    /// The output slots of a mapped event as JSON values, read through the layout as the runtime writes them.
+    fn values(plan: &Plan, out: &[Option<Out<'_>>]) -> Vec<Option<Value>> {
+        fn visit(nodes: &[LayoutNode], out: &[Option<Out<'_>>], values: &mut [Option<Value>]) {
+            for node in nodes {
+                match node {
+                    LayoutNode::Object { children, .. } => visit(children, out, values),
+                    LayoutNode::Leaf { slot, .. } => {
+                        if let Some(Out::Value(value)) = &out[*slot] {
+                            values[*slot] = Some(value.to_json());
+                        }
+                    }
+                    LayoutNode::Elements { slot, items, .. } => {
+                        if let Some(Out::Elements(elements)) = &out[*slot] {
+                            let element = |fields: &Vec<Option<Val<'_>>>| {
+                                let present =
+                                    fields.iter().zip(items).filter_map(|(value, item)| Some((item, value.as_ref()?)));
+                                Value::Object(
+                                    present.map(|(item, value)| (item.name.clone(), value.to_json())).collect(),
+                                )
+                            };
+                            values[*slot] = Some(Value::Array(elements.iter().map(element).collect()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut values: Vec<Option<Value>> = (0..out.len()).map(|_| None).collect();
+        visit(&plan.output, out, &mut values);
+        values
+    }
+
     fn left_out(&self, field: &str) -> String {
         match self.warnings.iter().find(|w| w.field == field) {
             Some(warning) => format!("left out of the output: {}", warning.message),
@@ -425,23 +459,29 @@ struct Block<'p> {
 /// Records what the runtime reports while it applies the plan: each rule's steps, which rule's value each output
 /// slot kept (the last rule with a value wins, as in the runtime), and the rules that produced nothing and why.
 struct Recorder<'p> {
+    plan: &'p Plan,
     produced: Produced<'p>,
     silent: Vec<RuleTrace>,
     current: Option<Current<'p>>,
     block: Option<Block<'p>>,
+    /// The values sent, per output slot, when the event is mapped.
+    sent: Option<Vec<Option<Value>>>,
 }
 
 impl<'p> Recorder<'p> {
     fn new(plan: &'p Plan) -> Recorder<'p> {
         let slots = plan.slot_count;
         Recorder {
+            plan,
             produced: Produced {
                 slots: (0..slots).map(|_| None).collect(),
                 elements: (0..slots).map(|_| None).collect(),
             },
-            silent: Vec::new(),
+            // Most rules end up here: those of the route that produced nothing and those of other routes.
+            silent: Vec::with_capacity(plan.rules.len()),
             current: None,
             block: None,
+            sent: None,
         }
     }
 
@@ -619,6 +659,10 @@ impl<'p> Observer<'p> for Recorder<'p> {
             self.silent.push(replaced.trace);
         }
     }
+
+    fn sent(&mut self, out: &[Option<Out<'_>>]) {
+        self.sent = Some(Sent::values(self.plan, out));
+    }
 }
 
 /// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
@@ -626,14 +670,27 @@ impl<'p> Observer<'p> for Recorder<'p> {
 fn why_nothing(source: &[TraceStep], pipes: &[TraceStep], null_result: bool) -> String {
     let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
     if !source_gave {
-        let paths: Vec<String> =
-            source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(s.expression.as_str()))).collect();
+        fn path(step: &TraceStep) -> &str {
+            step.read.as_deref().unwrap_or(step.expression.as_str())
+        }
         let null = source.last().is_some_and(|s| s.value.is_some());
-        return match (paths.len(), null) {
-            (0, _) => "the source gave nothing".to_string(),
-            (1, true) => format!("{} is null", paths[0]),
-            (1, false) => format!("{} is not in the event", paths[0]),
-            _ => format!("none of {} has a value", paths.join(", ")),
+        return match (source, null) {
+            ([], _) => "the source gave nothing".to_string(),
+            ([only], true) => format!("`{}` is null", path(only)),
+            ([only], false) => format!("`{}` is not in the event", path(only)),
+            _ => {
+                let mut why = String::from("none of ");
+                for (index, step) in source.iter().enumerate() {
+                    if index > 0 {
+                        why.push_str(", ");
+                    }
+                    why.push('`');
+                    why.push_str(path(step));
+                    why.push('`');
+                }
+                why.push_str(" has a value");
+                why
+            }
         };
     }
     let gave_nothing = pipes.iter().find(|p| p.value.as_ref().is_none_or(Value::is_null));
@@ -655,74 +712,73 @@ impl Tracer<'_> {
         &self,
         mut produced: Produced<'_>,
         route: Option<&PlanRoute>,
-        sent: Option<&Sent<'_>>,
+        sent: Option<&mut Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
     ) -> Vec<FieldTrace> {
-        let mut fields = Vec::new();
+        let mut fields = Vec::with_capacity(self.plan.slot_count);
         self.collect(&self.plan.output, &mut produced, route, sent, silent, &mut fields);
         fields
     }
 
     /// What the route writes into `slot`, if it is one of the route's own slots.
-    fn route_value(&self, route: Option<&PlanRoute>, slot: usize) -> Option<Value> {
+    fn route_value<'r>(&self, route: Option<&'r PlanRoute>, slot: usize) -> Option<&'r str> {
         let route = route?;
         let special = &self.plan.slots;
         if slot == special.event_type {
-            Some(Value::from(route.event_type.as_str()))
+            Some(&route.event_type)
         } else if slot == special.data_type {
-            Some(Value::from(route.shape.as_str()))
+            Some(&route.shape)
         } else if Some(slot) == special.custom_event_name {
-            route.custom_event_name.as_deref().map(Value::from)
+            route.custom_event_name.as_deref()
         } else {
             None
         }
     }
 
+    /// Takes the values sent out of `sent`: each slot is read once.
     fn collect(
         &self,
         nodes: &[LayoutNode],
         produced: &mut Produced<'_>,
         route: Option<&PlanRoute>,
-        sent_event: Option<&Sent<'_>>,
+        mut sent_event: Option<&mut Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
         fields: &mut Vec<FieldTrace>,
     ) {
-        let output = sent_event.map(|s| &s.output);
+        let mapped = sent_event.is_some();
         for node in nodes {
             match node {
                 LayoutNode::Object { children, .. } => {
-                    self.collect(children, produced, route, sent_event, silent, fields)
+                    self.collect(children, produced, route, sent_event.as_deref_mut(), silent, fields)
                 }
                 LayoutNode::Leaf { path, slot, .. } => {
-                    let sent = output.and_then(|o| at_path(o, path));
+                    let sent = sent_event.as_deref_mut().and_then(|s| s.values[*slot].take());
                     if let Some(value) = self.route_value(route, *slot) {
-                        let value = sent.cloned().unwrap_or(value);
+                        let value = sent.unwrap_or_else(|| Value::from(value));
                         fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Route });
                         continue;
                     }
                     match (produced.slots[*slot].take(), sent) {
-                        (Some(mut trace), None) if output.is_some() => {
-                            trace.why = sent_event.map(|s| s.left_out(path));
+                        (Some(mut trace), None) if mapped => {
+                            trace.why = sent_event.as_deref().map(|s| s.left_out(path));
                             silent.push(trace);
                         }
                         (Some(trace), sent) => fields.push(FieldTrace {
                             field: path.clone(),
-                            value: sent.cloned().unwrap_or_else(|| trace.value()),
+                            value: sent.unwrap_or_else(|| trace.value()),
                             origin: Origin::Rule(trace),
                         }),
-                        (None, Some(value)) => fields.push(FieldTrace {
-                            field: path.clone(),
-                            value: value.clone(),
-                            origin: Origin::Memory,
-                        }),
+                        (None, Some(value)) => {
+                            fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Memory })
+                        }
                         (None, None) => {}
                     }
                 }
                 LayoutNode::Elements { path, slot, .. } => {
                     let Some(block) = produced.elements[*slot].take() else { continue };
-                    let sent = output.and_then(|o| at_path(o, path));
+                    let sent = sent_event.as_deref_mut().and_then(|s| s.values[*slot].take());
                     if sent.is_none() {
-                        if let Some(event) = sent_event {
+                        if let Some(event) = sent_event.as_deref() {
                             let mut trace = block.trace;
                             trace.why = Some(event.left_out(path));
                             silent.push(trace);
@@ -730,7 +786,7 @@ impl Tracer<'_> {
                         }
                     }
                     let array = match sent {
-                        Some(sent) => sent.clone(),
+                        Some(sent) => sent,
                         None => Value::Array(
                             block
                                 .elements
@@ -760,10 +816,6 @@ impl Tracer<'_> {
             }
         }
     }
-}
-
-fn at_path<'v>(value: &'v Value, dotted: &str) -> Option<&'v Value> {
-    dotted.split('.').try_fold(value, |v, key| v.get(key))
 }
 
 /// `data.contents[3].id` → `data.contents[*].id`, the form element rules are named by.

@@ -132,7 +132,7 @@ struct Memory {
 }
 
 /// What a rule produced for an output slot. Values borrow from the plan and the event (`'v`).
-enum Out<'v> {
+pub(crate) enum Out<'v> {
     Value(Val<'v>),
     Elements(Vec<Vec<Option<Val<'v>>>>),
 }
@@ -171,7 +171,7 @@ impl Plan {
     }
 
     /// Builds the objects the event's route reads whole that the reader only took apart.
-    fn build_read_whole(&self, routing: &Routing, input: &mut Captured<'_>) {
+    pub(crate) fn build_read_whole(&self, routing: &Routing, input: &mut Captured<'_>) {
         match routing {
             Routing::Route(index) => input.build(&self.routes[*index].containers),
             Routing::Identify => input.build(&self.identity_containers),
@@ -231,6 +231,9 @@ impl Plan {
         }
         if let Some(rejected) = rejected {
             return Outcome::Rejected(rejected);
+        }
+        if O::TRACING {
+            observer.sent(&state.out);
         }
         let mut json = String::with_capacity(1024);
         write_object(&self.output, &state.out, &mut json);
