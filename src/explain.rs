@@ -25,7 +25,7 @@ pub struct Explanation {
     /// The route the event took; `None` for identify events and events no route takes.
     pub route: Option<RouteTrace>,
     /// `file:line:col` of the route table, named when it routes the event nowhere.
-    pub routes_table: Option<String>,
+    pub routes_table: Option<Text>,
     /// The output fields in the schema's order, each with where its value came from. For a rejected event:
     /// what the rules produced before the check that rejected it.
     pub fields: Vec<FieldTrace>,
@@ -37,18 +37,18 @@ pub struct Explanation {
 #[derive(Clone, Debug, Serialize)]
 pub struct RouteTrace {
     /// `"Order Completed" -> order_created (contents)`.
-    pub route: String,
+    pub route: Text,
     /// `file:line:col` of the route's line in the route table.
-    pub location: String,
-    pub event_type: String,
-    pub shape: String,
+    pub location: Text,
+    pub event_type: Text,
+    pub shape: Text,
 }
 
 /// One output field and where its value came from.
 #[derive(Clone, Debug, Serialize)]
 pub struct FieldTrace {
     /// The field's path in the output: `data.amount`, `data.contents[0].id`.
-    pub field: String,
+    pub field: Text,
     pub value: Value,
     pub origin: Origin,
 }
@@ -307,10 +307,10 @@ fn explain_input<'v>(
         Routing::Route(index) => {
             let route = &plan.routes[index];
             explanation.route = Some(RouteTrace {
-                route: route.label.clone(),
-                location: route.location.clone(),
-                event_type: route.event_type.clone(),
-                shape: route.shape.clone(),
+                route: Text::shared(&route.label),
+                location: Text::shared(&route.location),
+                event_type: Text::shared(&route.event_type),
+                shape: Text::shared(&route.shape),
             });
             let mut sent = match (&explanation.outcome, sent) {
                 (Outcome::Mapped(mapped), Some(values)) => Some(Sent { values, warnings: &mapped.warnings }),
@@ -755,7 +755,7 @@ impl Tracer<'_> {
                     let sent = sent_event.as_deref_mut().and_then(|s| s.values[*slot].take());
                     if let Some(value) = self.route_value(route, *slot) {
                         let value = sent.unwrap_or_else(|| Value::from(value));
-                        fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Route });
+                        fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Route });
                         continue;
                     }
                     match (produced.slots[*slot].take(), sent) {
@@ -764,12 +764,12 @@ impl Tracer<'_> {
                             silent.push(trace);
                         }
                         (Some(trace), sent) => fields.push(FieldTrace {
-                            field: path.clone(),
+                            field: Text::shared(path),
                             value: sent.unwrap_or_else(|| trace.value()),
                             origin: Origin::Rule(trace),
                         }),
                         (None, Some(value)) => {
-                            fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Memory })
+                            fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Memory })
                         }
                         (None, None) => {}
                     }
@@ -804,13 +804,17 @@ impl Tracer<'_> {
                         for (name, trace) in element {
                             let sent = array.get(index).and_then(|e| e.get(name));
                             element_fields.push(FieldTrace {
-                                field: format!("{path}[{index}].{name}"),
+                                field: format!("{path}[{index}].{name}").into(),
                                 value: sent.cloned().unwrap_or_else(|| trace.value()),
                                 origin: Origin::Rule(trace),
                             });
                         }
                     }
-                    fields.push(FieldTrace { field: path.clone(), value: array, origin: Origin::Rule(block.trace) });
+                    fields.push(FieldTrace {
+                        field: Text::shared(path),
+                        value: array,
+                        origin: Origin::Rule(block.trace),
+                    });
                     fields.extend(element_fields);
                 }
             }
@@ -845,7 +849,7 @@ impl Explanation {
         Explanation {
             outcome,
             route: None,
-            routes_table: plan.routes_location.clone(),
+            routes_table: plan.routes_location.as_ref().map(Text::shared),
             fields: Vec::new(),
             silent: Vec::new(),
         }

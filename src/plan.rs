@@ -28,7 +28,7 @@ pub struct Plan {
     pub(crate) remembered: Vec<Remembered>,
     pub(crate) output: Vec<LayoutNode>,
     /// `file:line:col` of the route table, to name it when it routes an event nowhere.
-    pub(crate) routes_location: Option<String>,
+    pub(crate) routes_location: Option<Arc<str>>,
     pub(crate) slot_count: usize,
     pub(crate) slots: SpecialSlots,
 }
@@ -55,12 +55,13 @@ pub(crate) struct Router {
 
 #[derive(Debug)]
 pub(crate) struct PlanRoute {
+    // The texts are shared with every explanation of an event the route takes.
     /// `"Order Completed" -> order_created`, for reports.
-    pub label: String,
+    pub label: Arc<str>,
     /// `file:line:col` of the route's own line in the route table.
-    pub location: String,
-    pub event_type: String,
-    pub shape: String,
+    pub location: Arc<str>,
+    pub event_type: Arc<str>,
+    pub shape: Arc<str>,
     pub custom_event_name: Option<String>,
     /// Rules that apply, in file order; a later rule's value replaces an earlier one's.
     pub rules: Vec<usize>,
@@ -225,9 +226,10 @@ pub(crate) struct BoundCall {
 /// The shape of the output event, in the schema's field order.
 #[derive(Debug)]
 pub(crate) enum LayoutNode {
-    Leaf { key: String, path: String, slot: usize, def: FieldDef },
+    // A path is shared with every explanation that names the field.
+    Leaf { key: String, path: Arc<str>, slot: usize, def: FieldDef },
     Object { key: String, children: Vec<LayoutNode> },
-    Elements { key: String, path: String, slot: usize, def: FieldDef, items: Vec<FieldDef> },
+    Elements { key: String, path: Arc<str>, slot: usize, def: FieldDef, items: Vec<FieldDef> },
 }
 
 impl Expr {
@@ -307,6 +309,6 @@ impl Plan {
 
     /// The OpenAI event types this plan can produce, with the Signal events routed to each.
     pub fn routes(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| r.label.as_str())
+        self.routes.iter().map(|r| &*r.label)
     }
 }

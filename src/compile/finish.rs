@@ -208,10 +208,10 @@ impl Compiler<'_> {
                 }
             }
             routes.push(PlanRoute {
-                label: info.label.clone(),
-                location: self.sources.location(info.span),
-                event_type: info.event_type.clone(),
-                shape: info.shape.clone(),
+                label: info.label.as_str().into(),
+                location: self.sources.location(info.span).into(),
+                event_type: info.event_type.as_str().into(),
+                shape: info.shape.as_str().into(),
                 custom_event_name: info.custom_event_name.clone(),
                 rules: info.rules.clone(),
                 required,
@@ -237,7 +237,7 @@ impl Compiler<'_> {
             identity_containers,
             remembered,
             output,
-            routes_location: self.routes_location.clone(),
+            routes_location: self.routes_location.as_deref().map(Into::into),
             slot_count: self.slot_count,
             slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, id },
         })
