@@ -77,7 +77,7 @@ pub struct RuleTrace {
     pub steps: Vec<TraceStep>,
     /// Why the rule contributed nothing; `None` when it produced the field's value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub why: Option<String>,
+    pub why: Option<Text>,
     /// Personal data flows through the rule: its values and notes are masked unless asked for.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub personal: bool,
@@ -133,13 +133,14 @@ pub const RELAY_NOTES: &str = "_relay";
 const QUOTED_RELAY_NOTES: &str = "\"_relay\"";
 
 /// Text in an explanation: shared with the plan when the plan holds it (a rule's location, a step as written, the
-/// path it read), owned when the event made it. Explaining an event then copies none of the plan's text. Reads,
-/// compares, prints and serialises as a `str`.
+/// path it read, why a rule produced nothing), owned when the event made it. Explaining an event then copies none
+/// of the plan's text. Reads, compares, prints and serialises as a `str`.
 #[derive(Clone)]
 pub struct Text(Repr);
 
 #[derive(Clone)]
 enum Repr {
+    Static(&'static str),
     Shared(Arc<str>),
     Owned(String),
 }
@@ -149,8 +150,13 @@ impl Text {
         Text(Repr::Shared(Arc::clone(text)))
     }
 
+    const fn fixed(text: &'static str) -> Text {
+        Text(Repr::Static(text))
+    }
+
     pub fn as_str(&self) -> &str {
         match &self.0 {
+            Repr::Static(text) => text,
             Repr::Shared(text) => text,
             Repr::Owned(text) => text,
         }
@@ -317,15 +323,12 @@ fn explain_input<'v>(
                 _ => None,
             };
             explanation.fields = tracer.fields(produced, Some(route), sent.as_mut(), &mut explanation.silent);
-            for (rule_index, rule) in plan.rules.iter().enumerate() {
-                if route.rules.contains(&rule_index) {
-                    continue;
-                }
-                let scope = rule.text.scope.as_deref().unwrap_or_default();
+            for (rule_index, why) in &route.unselected {
+                let rule = &plan.rules[*rule_index];
                 explanation.silent.push(RuleTrace {
                     rule: Text::shared(&rule.text.location),
                     target: Text::shared(&rule.text.target),
-                    why: Some(format!("out of scope: `{scope}` does not select {}", route.label)),
+                    why: Some(Text::shared(why)),
                     scope: rule.text.scope.as_ref().map(Text::shared),
                     steps: Vec::new(),
                     personal: false,
@@ -406,10 +409,10 @@ impl Sent<'_> {
         values
     }
 
-    fn left_out(&self, field: &str) -> String {
+    fn left_out(&self, field: &str) -> Text {
         match self.warnings.iter().find(|w| w.field == field) {
-            Some(warning) => format!("left out of the output: {}", warning.message),
-            None => "left out of the output".to_string(),
+            Some(warning) => format!("left out of the output: {}", warning.message).into(),
+            None => Text::fixed("left out of the output"),
         }
     }
 }
@@ -491,16 +494,16 @@ impl<'p> Recorder<'p> {
 
     /// Ends the current rule: its trace, and whether it produced a value (else the trace says why).
     fn finish(&mut self, result: Result<Option<&Val<'_>>, &str>) -> Option<(RuleTrace, bool)> {
-        let Current { mut trace, source_steps, .. } = self.current.take()?;
+        let Current { mut trace, source_steps, text, .. } = self.current.take()?;
         let produced = match result {
             Ok(Some(value)) if !value.is_null() => true,
             Ok(value) => {
                 let (source, pipes) = trace.steps.split_at(source_steps);
-                trace.why = Some(why_nothing(source, pipes, value.is_some()));
+                trace.why = Some(why_nothing(&text.source_why, &text.pipe_whys, source, pipes, value.is_some()));
                 false
             }
             Err(note) => {
-                trace.why = Some(note.to_string());
+                trace.why = Some(note.to_string().into());
                 false
             }
         };
@@ -573,7 +576,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         match produced {
             true => {
                 if let Some(mut replaced) = self.produced.slots[*slot].replace(trace) {
-                    replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+                    replaced.why = Some(format!("replaced by the rule at {}", rule.location).into());
                     self.silent.push(replaced);
                 }
             }
@@ -585,7 +588,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         let mut trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
         let mut usable = false;
         match result {
-            Err(note) => trace.why = Some(note.to_string()),
+            Err(note) => trace.why = Some(note.to_string().into()),
             Ok(value) => {
                 let text = &rule.text.source_step;
                 trace.steps.push(TraceStep {
@@ -597,7 +600,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
                     set_by_relay: None,
                 });
                 if value.is_none_or(Val::is_null) {
-                    trace.why = Some(why_nothing(&trace.steps, &[], false));
+                    trace.why = Some(why_nothing(&rule.text.block_why, &[], &trace.steps, &[], false));
                 } else {
                     usable = true;
                 }
@@ -609,7 +612,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
 
     fn block_unusable(&mut self, why: &str) {
         if let Some(block) = self.block.as_mut() {
-            block.trace.why = Some(why.to_string());
+            block.trace.why = Some(why.to_string().into());
             block.usable = false;
         }
     }
@@ -632,13 +635,13 @@ impl<'p> Observer<'p> for Recorder<'p> {
             true => {
                 if let Some(position) = block.fields.iter().position(|(n, _)| *n == name) {
                     let (_, mut replaced) = block.fields.remove(position);
-                    replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+                    replaced.why = Some(format!("replaced by the rule at {}", rule.location).into());
                     self.silent.push(replaced);
                 }
                 block.fields.push((name, trace));
             }
             false => {
-                trace.why = trace.why.map(|why| format!("element {element}: {why}"));
+                trace.why = trace.why.map(|why| format!("element {element}: {why}").into());
                 self.silent.push(trace);
             }
         }
@@ -648,14 +651,14 @@ impl<'p> Observer<'p> for Recorder<'p> {
         let Some(mut block) = self.block.take() else { return };
         Self::close_element(&mut block);
         if block.usable && block.elements.is_empty() {
-            block.trace.why = Some("no element produced a field".to_string());
+            block.trace.why = Some(Text::fixed("no element produced a field"));
         }
         let RuleTarget::Elements { slot, .. } = &rule.target else { return };
         let built = BlockTrace { trace: block.trace, elements: block.elements };
         if built.elements.is_empty() {
             self.silent.push(built.trace);
         } else if let Some(mut replaced) = self.produced.elements[*slot].replace(built) {
-            replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location));
+            replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location).into());
             self.silent.push(replaced.trace);
         }
     }
@@ -666,42 +669,29 @@ impl<'p> Observer<'p> for Recorder<'p> {
 }
 
 /// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
-/// `null_result`: the rule ended with null rather than with nothing.
-fn why_nothing(source: &[TraceStep], pipes: &[TraceStep], null_result: bool) -> String {
+/// `null_result`: the rule ended with null rather than with nothing. The reasons were made with the plan: `source`
+/// holds every term of the source when none gave a value, as evaluation tries each in turn.
+fn why_nothing(
+    source_why: &Why,
+    pipe_whys: &[Why],
+    source: &[TraceStep],
+    pipes: &[TraceStep],
+    null_result: bool,
+) -> Text {
     let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
     if !source_gave {
-        fn path(step: &TraceStep) -> &str {
-            step.read.as_deref().unwrap_or(step.expression.as_str())
-        }
         let null = source.last().is_some_and(|s| s.value.is_some());
-        return match (source, null) {
-            ([], _) => "the source gave nothing".to_string(),
-            ([only], true) => format!("`{}` is null", path(only)),
-            ([only], false) => format!("`{}` is not in the event", path(only)),
-            _ => {
-                let mut why = String::from("none of ");
-                for (index, step) in source.iter().enumerate() {
-                    if index > 0 {
-                        why.push_str(", ");
-                    }
-                    why.push('`');
-                    why.push_str(path(step));
-                    why.push('`');
-                }
-                why.push_str(" has a value");
-                why
-            }
+        return match (source.is_empty(), null) {
+            (true, _) => Text::fixed("the source gave nothing"),
+            (false, true) => Text::shared(&source_why.null),
+            (false, false) => Text::shared(&source_why.nothing),
         };
     }
-    let gave_nothing = pipes.iter().find(|p| p.value.as_ref().is_none_or(Value::is_null));
-    match gave_nothing {
-        Some(pipe) => {
-            let name = pipe.expression.trim_start_matches("| ");
-            let name = name.split('(').next().unwrap_or(name);
-            let what = if null_result { "null" } else { "nothing" };
-            format!("`{name}` gave {what}")
-        }
-        None => "it produced nothing".to_string(),
+    let gave_nothing = pipes.iter().position(|p| p.value.as_ref().is_none_or(Value::is_null));
+    match gave_nothing.and_then(|index| pipe_whys.get(index)) {
+        Some(why) if null_result => Text::shared(&why.null),
+        Some(why) => Text::shared(&why.nothing),
+        None => Text::fixed("it produced nothing"),
     }
 }
 
@@ -890,7 +880,11 @@ impl Explanation {
                 }
             }
             if rule.personal {
-                rule.why = rule.why.take().map(|why| withhold_personal(why, true));
+                // `withhold_personal` keeps a reason without quotes as it is: only the others are rewritten.
+                rule.why = rule.why.take().map(|why| match why.contains('"') {
+                    true => withhold_personal(why.to_string(), true).into(),
+                    false => why,
+                });
             }
         };
         for field in &mut masked.fields {

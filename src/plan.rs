@@ -69,6 +69,8 @@ pub(crate) struct PlanRoute {
     pub required: Vec<Requirement>,
     /// Input slots the route's rules read whole that the fast reader may leave unbuilt.
     pub containers: Vec<usize>,
+    /// The rules of other routes, each with why an explanation says this route leaves it out.
+    pub unselected: Vec<(usize, Arc<str>)>,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,44 @@ pub(crate) struct RuleText {
     pub pipe_steps: Vec<Arc<str>>,
     /// The whole source as one step, as an element block shows its source.
     pub source_step: StepText,
+    /// Why the rule produced nothing when its source gave nothing (or null).
+    pub source_why: Why,
+    /// The same for an element block, whose source is one step.
+    pub block_why: Why,
+    /// Per bound pipe, why the rule produced nothing when that pipe was the first to give nothing (or null).
+    pub pipe_whys: Vec<Why>,
+}
+
+/// Why a rule produced nothing, one way, as an explanation says it: when the value was missing, and when it was
+/// null.
+#[derive(Debug, Default)]
+pub(crate) struct Why {
+    pub nothing: Arc<str>,
+    pub null: Arc<str>,
+}
+
+impl Why {
+    /// Of a source whose steps (a term or the whole source) read these paths, or are these expressions.
+    fn source(paths: &[&str]) -> Why {
+        match paths {
+            [path] => Why {
+                nothing: format!("`{path}` is not in the event").into(),
+                null: format!("`{path}` is null").into(),
+            },
+            _ => {
+                let quoted: Vec<String> = paths.iter().map(|path| format!("`{path}`")).collect();
+                let none = Arc::<str>::from(format!("none of {} has a value", quoted.join(", ")));
+                Why { nothing: none.clone(), null: none }
+            }
+        }
+    }
+
+    /// Of a pipe step (`| minor_units(currency)`).
+    fn pipe(step: &str) -> Why {
+        let name = step.trim_start_matches("| ");
+        let name = name.split('(').next().unwrap_or(name);
+        Why { nothing: format!("`{name}` gave nothing").into(), null: format!("`{name}` gave null").into() }
+    }
 }
 
 /// A step of a rule as an explanation shows it.
@@ -129,6 +169,13 @@ pub(crate) struct StepText {
     pub expression: Arc<str>,
     /// The event path it reads, when that says more than the expression (`properties.revenue`).
     pub read: Option<Arc<str>>,
+}
+
+impl StepText {
+    /// What the step read, as a reason names it.
+    fn path(&self) -> &str {
+        self.read.as_deref().unwrap_or(&self.expression)
+    }
 }
 
 impl RuleText {
@@ -165,6 +212,10 @@ impl RuleText {
             .collect();
         let whole = self.terms.iter().map(|term| &**term).collect::<Vec<_>>().join(" ?? ");
         self.source_step = StepText { expression: whole.into(), read: expr.read_path(input).map(Arc::from) };
+        let paths: Vec<&str> = self.term_steps.iter().map(StepText::path).collect();
+        self.source_why = Why::source(&paths);
+        self.block_why = Why::source(&[self.source_step.path()]);
+        self.pipe_whys = self.pipe_steps.iter().map(|step| Why::pipe(step)).collect();
     }
 }
 

@@ -1,6 +1,8 @@
 //! The final checks across rules (required fields per route, fields written twice, remembered fields) and the plan
 //! they produce: input paths resolved to slots.
 
+use std::sync::Arc;
+
 use super::*;
 
 impl Compiler<'_> {
@@ -216,6 +218,7 @@ impl Compiler<'_> {
                 rules: info.rules.clone(),
                 required,
                 containers: containers_read(&input, &rules, &info.rules),
+                unselected: unselected(&rules, &info.rules, &info.label),
             });
         }
         let identity_rules: Vec<usize> = self
@@ -242,6 +245,17 @@ impl Compiler<'_> {
             slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, id },
         })
     }
+}
+
+/// The rules a route leaves out, with why, as explanations of its events say it.
+fn unselected(rules: &[PlanRule], selected: &[usize], label: &str) -> Vec<(usize, Arc<str>)> {
+    let left_out = rules.iter().enumerate().filter(|(index, _)| !selected.contains(index));
+    left_out
+        .map(|(index, rule)| {
+            let scope = rule.text.scope.as_deref().unwrap_or_default();
+            (index, format!("out of scope: `{scope}` does not select {label}").into())
+        })
+        .collect()
 }
 
 /// The input slots `rules` read that the fast reader may leave unbuilt, and the runtime's own (routing, visitor
