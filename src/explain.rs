@@ -302,7 +302,7 @@ fn explain_input<'v>(
     // One evaluation: the runtime applies the plan and reports each step to the recorder.
     let mut recorder = Recorder::new(plan);
     let outcome = plan.apply_input(input, context, &mut recorder);
-    let Recorder { produced, silent, sent, .. } = recorder;
+    let Recorder { produced, silent, .. } = recorder;
     let mut explanation = Explanation { silent, ..Explanation::unexplained(plan, outcome) };
     let tracer = Tracer { plan };
     match plan.routing(input) {
@@ -318,11 +318,11 @@ fn explain_input<'v>(
                 event_type: Text::shared(&route.event_type),
                 shape: Text::shared(&route.shape),
             });
-            let mut sent = match (&explanation.outcome, sent) {
-                (Outcome::Mapped(mapped), Some(values)) => Some(Sent { values, warnings: &mapped.warnings }),
+            let sent = match &explanation.outcome {
+                Outcome::Mapped(mapped) => Some(Sent { warnings: &mapped.warnings }),
                 _ => None,
             };
-            explanation.fields = tracer.fields(produced, Some(route), sent.as_mut(), &mut explanation.silent);
+            explanation.fields = tracer.fields(produced, Some(route), sent.as_ref(), &mut explanation.silent);
             for (rule_index, why) in &route.unselected {
                 let rule = &plan.rules[*rule_index];
                 explanation.silent.push(RuleTrace {
@@ -368,47 +368,13 @@ fn note_relay_additions(explanation: &mut Explanation, notes: &serde_json::Map<S
     }
 }
 
-/// The event as it was sent, and the runtime's warnings about it: a field the rules produced but the output lacks
-/// was left out, and its warning says why.
+/// The runtime's warnings about an event it sent: a field the rules produced but the output lacks was left out,
+/// and its warning says why.
 struct Sent<'o> {
-    /// Per output slot, the value written out: what reading the event's JSON back would give, without writing
-    /// and reading it.
-    values: Vec<Option<Value>>,
     warnings: &'o [Warning],
 }
 
 impl Sent<'_> {
-    /// The output slots of a mapped event as JSON values, read through the layout as the runtime writes them.
-    fn values(plan: &Plan, out: &[Option<Out<'_>>]) -> Vec<Option<Value>> {
-        fn visit(nodes: &[LayoutNode], out: &[Option<Out<'_>>], values: &mut [Option<Value>]) {
-            for node in nodes {
-                match node {
-                    LayoutNode::Object { children, .. } => visit(children, out, values),
-                    LayoutNode::Leaf { slot, .. } => {
-                        if let Some(Out::Value(value)) = &out[*slot] {
-                            values[*slot] = Some(value.to_json());
-                        }
-                    }
-                    LayoutNode::Elements { slot, items, .. } => {
-                        if let Some(Out::Elements(elements)) = &out[*slot] {
-                            let element = |fields: &Vec<Option<Val<'_>>>| {
-                                let present =
-                                    fields.iter().zip(items).filter_map(|(value, item)| Some((item, value.as_ref()?)));
-                                Value::Object(
-                                    present.map(|(item, value)| (item.name.clone(), value.to_json())).collect(),
-                                )
-                            };
-                            values[*slot] = Some(Value::Array(elements.iter().map(element).collect()));
-                        }
-                    }
-                }
-            }
-        }
-        let mut values: Vec<Option<Value>> = (0..out.len()).map(|_| None).collect();
-        visit(&plan.output, out, &mut values);
-        values
-    }
-
     fn left_out(&self, field: &str) -> Text {
         match self.warnings.iter().find(|w| w.field == field) {
             Some(warning) => format!("left out of the output: {}", warning.message).into(),
@@ -417,12 +383,47 @@ impl Sent<'_> {
     }
 }
 
-/// What the rules of the event's route produced, per output slot: the last rule with a value wins. A trace here
-/// ends with the value its rule produced.
+/// What the rules of the event's route produced, and what was sent, per output slot.
 struct Produced<'p> {
-    slots: Vec<Option<RuleTrace>>,
-    /// Per array slot: the block's trace and the traces of each element's fields.
-    elements: Vec<Option<BlockTrace<'p>>>,
+    slots: Vec<Slot>,
+    /// Per array slot a block wrote: its trace and the traces of each element's fields.
+    blocks: Vec<(usize, BlockTrace<'p>)>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The trace of the rule whose value the slot kept (the last rule with a value wins); it ends with the value.
+    trace: Option<RuleTrace>,
+    /// The value written out, when the event was mapped: what reading the event's JSON back would give, without
+    /// writing and reading it.
+    sent: Option<Value>,
+}
+
+impl Produced<'_> {
+    /// Keeps the output slots of a mapped event as JSON values, read through the layout as the runtime writes
+    /// them.
+    fn keep_sent(&mut self, nodes: &[LayoutNode], out: &[Option<Out<'_>>]) {
+        for node in nodes {
+            match node {
+                LayoutNode::Object { children, .. } => self.keep_sent(children, out),
+                LayoutNode::Leaf { slot, .. } => {
+                    if let Some(Out::Value(value)) = &out[*slot] {
+                        self.slots[*slot].sent = Some(value.to_json());
+                    }
+                }
+                LayoutNode::Elements { slot, items, .. } => {
+                    if let Some(Out::Elements(elements)) = &out[*slot] {
+                        let element = |fields: &Vec<Option<Val<'_>>>| {
+                            let present =
+                                fields.iter().zip(items).filter_map(|(value, item)| Some((item, value.as_ref()?)));
+                            Value::Object(present.map(|(item, value)| (item.name.clone(), value.to_json())).collect())
+                        };
+                        self.slots[*slot].sent = Some(Value::Array(elements.iter().map(element).collect()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct BlockTrace<'p> {
@@ -467,8 +468,6 @@ struct Recorder<'p> {
     silent: Vec<RuleTrace>,
     current: Option<Current<'p>>,
     block: Option<Block<'p>>,
-    /// The values sent, per output slot, when the event is mapped.
-    sent: Option<Vec<Option<Value>>>,
 }
 
 impl<'p> Recorder<'p> {
@@ -476,15 +475,11 @@ impl<'p> Recorder<'p> {
         let slots = plan.slot_count;
         Recorder {
             plan,
-            produced: Produced {
-                slots: (0..slots).map(|_| None).collect(),
-                elements: (0..slots).map(|_| None).collect(),
-            },
+            produced: Produced { slots: (0..slots).map(|_| Slot::default()).collect(), blocks: Vec::new() },
             // Most rules end up here: those of the route that produced nothing and those of other routes.
             silent: Vec::with_capacity(plan.rules.len()),
             current: None,
             block: None,
-            sent: None,
         }
     }
 
@@ -575,7 +570,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         let RuleTarget::Slot(slot) = &rule.target else { return };
         match produced {
             true => {
-                if let Some(mut replaced) = self.produced.slots[*slot].replace(trace) {
+                if let Some(mut replaced) = self.produced.slots[*slot].trace.replace(trace) {
                     replaced.why = Some(format!("replaced by the rule at {}", rule.location).into());
                     self.silent.push(replaced);
                 }
@@ -657,14 +652,17 @@ impl<'p> Observer<'p> for Recorder<'p> {
         let built = BlockTrace { trace: block.trace, elements: block.elements };
         if built.elements.is_empty() {
             self.silent.push(built.trace);
-        } else if let Some(mut replaced) = self.produced.elements[*slot].replace(built) {
+        } else if let Some((_, kept)) = self.produced.blocks.iter_mut().find(|(s, _)| s == slot) {
+            let mut replaced = std::mem::replace(kept, built);
             replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location).into());
             self.silent.push(replaced.trace);
+        } else {
+            self.produced.blocks.push((*slot, built));
         }
     }
 
     fn sent(&mut self, out: &[Option<Out<'_>>]) {
-        self.sent = Some(Sent::values(self.plan, out));
+        self.produced.keep_sent(&self.plan.output, out);
     }
 }
 
@@ -702,7 +700,7 @@ impl Tracer<'_> {
         &self,
         mut produced: Produced<'_>,
         route: Option<&PlanRoute>,
-        sent: Option<&mut Sent<'_>>,
+        sent: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
     ) -> Vec<FieldTrace> {
         let mut fields = Vec::with_capacity(self.plan.slot_count);
@@ -725,13 +723,13 @@ impl Tracer<'_> {
         }
     }
 
-    /// Takes the values sent out of `sent`: each slot is read once.
+    /// Takes the traces and values sent out of `produced`: each slot is read once.
     fn collect(
         &self,
         nodes: &[LayoutNode],
         produced: &mut Produced<'_>,
         route: Option<&PlanRoute>,
-        mut sent_event: Option<&mut Sent<'_>>,
+        sent_event: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
         fields: &mut Vec<FieldTrace>,
     ) {
@@ -739,18 +737,18 @@ impl Tracer<'_> {
         for node in nodes {
             match node {
                 LayoutNode::Object { children, .. } => {
-                    self.collect(children, produced, route, sent_event.as_deref_mut(), silent, fields)
+                    self.collect(children, produced, route, sent_event, silent, fields)
                 }
                 LayoutNode::Leaf { path, slot, .. } => {
-                    let sent = sent_event.as_deref_mut().and_then(|s| s.values[*slot].take());
+                    let Slot { trace, sent } = std::mem::take(&mut produced.slots[*slot]);
                     if let Some(value) = self.route_value(route, *slot) {
                         let value = sent.unwrap_or_else(|| Value::from(value));
                         fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Route });
                         continue;
                     }
-                    match (produced.slots[*slot].take(), sent) {
+                    match (trace, sent) {
                         (Some(mut trace), None) if mapped => {
-                            trace.why = sent_event.as_deref().map(|s| s.left_out(path));
+                            trace.why = sent_event.map(|s| s.left_out(path));
                             silent.push(trace);
                         }
                         (Some(trace), sent) => fields.push(FieldTrace {
@@ -765,10 +763,11 @@ impl Tracer<'_> {
                     }
                 }
                 LayoutNode::Elements { path, slot, .. } => {
-                    let Some(block) = produced.elements[*slot].take() else { continue };
-                    let sent = sent_event.as_deref_mut().and_then(|s| s.values[*slot].take());
+                    let Some(index) = produced.blocks.iter().position(|(s, _)| s == slot) else { continue };
+                    let (_, block) = produced.blocks.swap_remove(index);
+                    let sent = produced.slots[*slot].sent.take();
                     if sent.is_none() {
-                        if let Some(event) = sent_event.as_deref() {
+                        if let Some(event) = sent_event {
                             let mut trace = block.trace;
                             trace.why = Some(event.left_out(path));
                             silent.push(trace);
