@@ -2,9 +2,12 @@
 //! its pipeline made of the value; why every other rule produced nothing; which rule or check dropped or rejected
 //! the event. `engine explain` renders it and the relay's debugger reuses it. Synchronous and free of I/O.
 
+use std::fmt;
 use std::fmt::Write as _;
+use std::ops::Deref;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
 use crate::eval::withhold_personal;
@@ -12,7 +15,7 @@ use crate::functions::{Pii, Val};
 use crate::observe::Observer;
 use crate::personal::mask;
 use crate::plan::*;
-use crate::run::{invalid_input, Context, DropReason, Outcome, RejectReason, Routing, Warning};
+use crate::run::{invalid_input, Context, DropReason, Out, Outcome, RejectReason, Routing, Warning};
 
 /// Why one event came out as it did, field by field.
 #[derive(Clone, Debug)]
@@ -22,7 +25,7 @@ pub struct Explanation {
     /// The route the event took; `None` for identify events and events no route takes.
     pub route: Option<RouteTrace>,
     /// `file:line:col` of the route table, named when it routes the event nowhere.
-    pub routes_table: Option<String>,
+    pub routes_table: Option<Text>,
     /// The output fields in the schema's order, each with where its value came from. For a rejected event:
     /// what the rules produced before the check that rejected it.
     pub fields: Vec<FieldTrace>,
@@ -34,18 +37,18 @@ pub struct Explanation {
 #[derive(Clone, Debug, Serialize)]
 pub struct RouteTrace {
     /// `"Order Completed" -> order_created (contents)`.
-    pub route: String,
+    pub route: Text,
     /// `file:line:col` of the route's line in the route table.
-    pub location: String,
-    pub event_type: String,
-    pub shape: String,
+    pub location: Text,
+    pub event_type: Text,
+    pub shape: Text,
 }
 
 /// One output field and where its value came from.
 #[derive(Clone, Debug, Serialize)]
 pub struct FieldTrace {
     /// The field's path in the output: `data.amount`, `data.contents[0].id`.
-    pub field: String,
+    pub field: Text,
     pub value: Value,
     pub origin: Origin,
 }
@@ -65,32 +68,38 @@ pub enum Origin {
 #[derive(Clone, Debug, Serialize)]
 pub struct RuleTrace {
     /// `file:line:col` of the rule.
-    pub rule: String,
+    pub rule: Text,
     /// The output field it writes (`data.contents[*].id` for element rules).
-    pub target: String,
+    pub target: Text,
     /// The `when` block the rule sits in.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub scope: Option<Text>,
     pub steps: Vec<TraceStep>,
     /// Why the rule contributed nothing; `None` when it produced the field's value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub why: Option<String>,
+    pub why: Option<Text>,
     /// Personal data flows through the rule: its values and notes are masked unless asked for.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub personal: bool,
 }
 
 impl RuleTrace {
-    /// A rule's trace before its steps are evaluated.
-    fn start(location: &str, target: &str, scope: &Option<String>, personal: bool) -> RuleTrace {
+    /// A rule's trace before its steps are evaluated, with room for every step it can take.
+    fn start(text: &RuleText, scope: Option<&Arc<str>>, personal: bool) -> RuleTrace {
         RuleTrace {
-            rule: location.to_string(),
-            target: target.to_string(),
-            scope: scope.clone(),
-            steps: Vec::new(),
+            rule: Text::shared(&text.location),
+            target: Text::shared(&text.target),
+            scope: scope.map(Text::shared),
+            steps: Vec::with_capacity(text.term_steps.len() + text.pipe_steps.len()),
             why: None,
             personal,
         }
+    }
+
+    /// The value of a rule that produced one: its last step's, since evaluation stops at the term that gave a
+    /// value and each pipe's value is the next one's input.
+    fn value(&self) -> Value {
+        self.steps.last().and_then(|step| step.value.clone()).unwrap_or(Value::Null)
     }
 }
 
@@ -98,10 +107,10 @@ impl RuleTrace {
 #[derive(Clone, Debug, Serialize)]
 pub struct TraceStep {
     /// As written, canonically: `revenue`, `to_unix_ms(timestamp)`, `| minor_units(currency)`.
-    pub expression: String,
+    pub expression: Text,
     /// The event path it read, when that says more than the expression (`properties.revenue`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub read: Option<String>,
+    pub read: Option<Text>,
     /// `None`: nothing (a missing path, or a function that gave nothing).
     pub value: Option<Value>,
     /// The note of a function that gave up.
@@ -120,14 +129,148 @@ pub struct TraceStep {
 /// connection's address"}`); explanations show each such value as set by the relay.
 pub const RELAY_NOTES: &str = "_relay";
 
+/// [`RELAY_NOTES`] as a key in an event's text.
+const QUOTED_RELAY_NOTES: &str = "\"_relay\"";
+
+/// Text in an explanation: shared with the plan when the plan holds it (a rule's location, a step as written, the
+/// path it read, why a rule produced nothing), owned when the event made it. Explaining an event then copies none
+/// of the plan's text. Reads, compares, prints and serialises as a `str`.
+#[derive(Clone)]
+pub struct Text(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl Text {
+    fn shared(text: &Arc<str>) -> Text {
+        Text(Repr::Shared(Arc::clone(text)))
+    }
+
+    const fn fixed(text: &'static str) -> Text {
+        Text(Repr::Static(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Static(text) => text,
+            Repr::Shared(text) => text,
+            Repr::Owned(text) => text,
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text(Repr::Owned(String::new()))
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text(Repr::Owned(text))
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Text {
+        Text(Repr::Owned(text.to_string()))
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, other: &Text) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// Applies `plan` to `event` exactly as [`Plan::apply_str`] does (identity memory included) and explains the result.
 pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanation {
     match plan.input.read_str(event) {
         Ok(mut input) => {
-            input.build_all();
+            plan.build_read_whole(&plan.routing(&input.values), &mut input);
             // Only an event the relay enriched carries notes; the text is parsed again just for those.
             let notes = event
-                .contains(&format!("\"{RELAY_NOTES}\""))
+                .contains(QUOTED_RELAY_NOTES)
                 .then(|| serde_json::from_str::<Value>(event).ok())
                 .flatten()
                 .and_then(|mut event| event.get_mut(RELAY_NOTES).map(Value::take));
@@ -142,7 +285,7 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
 pub fn explain_value(plan: &Plan, event: &Value, context: &mut Context<'_>) -> Explanation {
     match plan.input.read_value(event) {
         Ok(mut input) => {
-            input.build_all();
+            plan.build_read_whole(&plan.routing(&input.values), &mut input);
             let notes = event.get(RELAY_NOTES).and_then(Value::as_object);
             explain_input(plan, &input.values, context, notes)
         }
@@ -170,28 +313,23 @@ fn explain_input<'v>(
         Routing::Route(index) => {
             let route = &plan.routes[index];
             explanation.route = Some(RouteTrace {
-                route: route.label.clone(),
-                location: route.location.clone(),
-                event_type: route.event_type.clone(),
-                shape: route.shape.clone(),
+                route: Text::shared(&route.label),
+                location: Text::shared(&route.location),
+                event_type: Text::shared(&route.event_type),
+                shape: Text::shared(&route.shape),
             });
             let sent = match &explanation.outcome {
-                Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json)
-                    .ok()
-                    .map(|output| Sent { output, warnings: &mapped.warnings }),
+                Outcome::Mapped(mapped) => Some(Sent { warnings: &mapped.warnings }),
                 _ => None,
             };
             explanation.fields = tracer.fields(produced, Some(route), sent.as_ref(), &mut explanation.silent);
-            for (rule_index, rule) in plan.rules.iter().enumerate() {
-                if route.rules.contains(&rule_index) {
-                    continue;
-                }
-                let scope = rule.text.scope.clone().unwrap_or_default();
+            for (rule_index, why) in &route.unselected {
+                let rule = &plan.rules[*rule_index];
                 explanation.silent.push(RuleTrace {
-                    rule: rule.location.clone(),
-                    target: rule.target_name.clone(),
-                    why: Some(format!("out of scope: `{scope}` does not select {}", route.label)),
-                    scope: rule.text.scope.clone(),
+                    rule: Text::shared(&rule.text.location),
+                    target: Text::shared(&rule.text.target),
+                    why: Some(Text::shared(why)),
+                    scope: rule.text.scope.as_ref().map(Text::shared),
                     steps: Vec::new(),
                     personal: false,
                 });
@@ -230,33 +368,68 @@ fn note_relay_additions(explanation: &mut Explanation, notes: &serde_json::Map<S
     }
 }
 
-/// The event as it was sent, and the runtime's warnings about it: a field the rules produced but the output lacks
-/// was left out, and its warning says why.
+/// The runtime's warnings about an event it sent: a field the rules produced but the output lacks was left out,
+/// and its warning says why.
 struct Sent<'o> {
-    output: Value,
     warnings: &'o [Warning],
 }
 
 impl Sent<'_> {
-    fn left_out(&self, field: &str) -> String {
+    fn left_out(&self, field: &str) -> Text {
         match self.warnings.iter().find(|w| w.field == field) {
-            Some(warning) => format!("left out of the output: {}", warning.message),
-            None => "left out of the output".to_string(),
+            Some(warning) => format!("left out of the output: {}", warning.message).into(),
+            None => Text::fixed("left out of the output"),
         }
     }
 }
 
-/// What the rules of the event's route produced, per output slot: the last rule with a value wins.
-struct Produced {
-    slots: Vec<Option<(RuleTrace, Value)>>,
-    /// Per array slot: the block's trace, its array value and the traces of each element's fields.
-    elements: Vec<Option<BlockTrace>>,
+/// What the rules of the event's route produced, and what was sent, per output slot.
+struct Produced<'p> {
+    slots: Vec<Slot>,
+    /// Per array slot a block wrote: its trace and the traces of each element's fields.
+    blocks: Vec<(usize, BlockTrace<'p>)>,
 }
 
-struct BlockTrace {
+#[derive(Default)]
+struct Slot {
+    /// The trace of the rule whose value the slot kept (the last rule with a value wins); it ends with the value.
+    trace: Option<RuleTrace>,
+    /// The value written out, when the event was mapped: what reading the event's JSON back would give, without
+    /// writing and reading it.
+    sent: Option<Value>,
+}
+
+impl Produced<'_> {
+    /// Keeps the output slots of a mapped event as JSON values, read through the layout as the runtime writes
+    /// them.
+    fn keep_sent(&mut self, nodes: &[LayoutNode], out: &[Option<Out<'_>>]) {
+        for node in nodes {
+            match node {
+                LayoutNode::Object { children, .. } => self.keep_sent(children, out),
+                LayoutNode::Leaf { slot, .. } => {
+                    if let Some(Out::Value(value)) = &out[*slot] {
+                        self.slots[*slot].sent = Some(value.to_json());
+                    }
+                }
+                LayoutNode::Elements { slot, items, .. } => {
+                    if let Some(Out::Elements(elements)) = &out[*slot] {
+                        let element = |fields: &Vec<Option<Val<'_>>>| {
+                            let present =
+                                fields.iter().zip(items).filter_map(|(value, item)| Some((item, value.as_ref()?)));
+                            Value::Object(present.map(|(item, value)| (item.name.clone(), value.to_json())).collect())
+                        };
+                        self.slots[*slot].sent = Some(Value::Array(elements.iter().map(element).collect()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct BlockTrace<'p> {
     trace: RuleTrace,
     /// Per output element: (element field name, field trace).
-    elements: Vec<Vec<(String, RuleTrace, Value)>>,
+    elements: Vec<Vec<(&'p str, RuleTrace)>>,
 }
 
 struct Tracer<'p> {
@@ -277,24 +450,24 @@ struct Current<'p> {
 }
 
 /// An element block being built: its trace, the finished elements and the fields of the element in progress.
-struct Block {
+struct Block<'p> {
     trace: RuleTrace,
-    scope: Option<String>,
+    scope: Option<&'p Arc<str>>,
     /// The source was usable element by element.
     usable: bool,
-    elements: Vec<Vec<(String, RuleTrace, Value)>>,
+    elements: Vec<Vec<(&'p str, RuleTrace)>>,
     element: usize,
-    fields: Vec<(String, RuleTrace, Value)>,
+    fields: Vec<(&'p str, RuleTrace)>,
 }
 
 /// Records what the runtime reports while it applies the plan: each rule's steps, which rule's value each output
 /// slot kept (the last rule with a value wins, as in the runtime), and the rules that produced nothing and why.
 struct Recorder<'p> {
     plan: &'p Plan,
-    produced: Produced,
+    produced: Produced<'p>,
     silent: Vec<RuleTrace>,
     current: Option<Current<'p>>,
-    block: Option<Block>,
+    block: Option<Block<'p>>,
 }
 
 impl<'p> Recorder<'p> {
@@ -302,11 +475,9 @@ impl<'p> Recorder<'p> {
         let slots = plan.slot_count;
         Recorder {
             plan,
-            produced: Produced {
-                slots: (0..slots).map(|_| None).collect(),
-                elements: (0..slots).map(|_| None).collect(),
-            },
-            silent: Vec::new(),
+            produced: Produced { slots: (0..slots).map(|_| Slot::default()).collect(), blocks: Vec::new() },
+            // Most rules end up here: those of the route that produced nothing and those of other routes.
+            silent: Vec::with_capacity(plan.rules.len()),
             current: None,
             block: None,
         }
@@ -316,26 +487,26 @@ impl<'p> Recorder<'p> {
         self.current = Some(Current { trace, expr, pipes, text, personal, tainted: personal, source_steps: 0 });
     }
 
-    /// Ends the current rule: its trace, and its value when it produced one (else the trace says why).
-    fn finish(&mut self, result: Result<Option<&Val<'_>>, &str>) -> Option<(RuleTrace, Option<Value>)> {
-        let Current { mut trace, source_steps, .. } = self.current.take()?;
-        let value = match result {
-            Ok(Some(value)) if !value.is_null() => Some(value.to_json()),
+    /// Ends the current rule: its trace, and whether it produced a value (else the trace says why).
+    fn finish(&mut self, result: Result<Option<&Val<'_>>, &str>) -> Option<(RuleTrace, bool)> {
+        let Current { mut trace, source_steps, text, .. } = self.current.take()?;
+        let produced = match result {
+            Ok(Some(value)) if !value.is_null() => true,
             Ok(value) => {
                 let (source, pipes) = trace.steps.split_at(source_steps);
-                trace.why = Some(why_nothing(source, pipes, value.is_some()));
-                None
+                trace.why = Some(why_nothing(&text.source_why, &text.pipe_whys, source, pipes, value.is_some()));
+                false
             }
             Err(note) => {
-                trace.why = Some(note.to_string());
-                None
+                trace.why = Some(note.to_string().into());
+                false
             }
         };
-        Some((trace, value))
+        Some((trace, produced))
     }
 
     /// Closes the element in progress of the current block.
-    fn close_element(block: &mut Block) {
+    fn close_element(block: &mut Block<'p>) {
         let fields = std::mem::take(&mut block.fields);
         if !fields.is_empty() {
             block.elements.push(fields);
@@ -347,22 +518,29 @@ impl<'p> Observer<'p> for Recorder<'p> {
     const TRACING: bool = true;
 
     fn rule_start(&mut self, rule: &'p PlanRule) {
-        let trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
+        let trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
         self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
     }
 
     fn term(&mut self, index: usize, result: Result<Option<&Val<'_>>, &str>) {
-        let plan = self.plan;
         let Some(current) = self.current.as_mut() else { return };
         let term = match current.expr {
             Expr::Coalesce(terms) => &terms[index],
             single => single,
         };
         let (value, note) = match result {
-            Ok(value) => (value, None),
+            Ok(value) => (value.map(Val::to_json), None),
             Err(note) => (None, Some(note.to_string())),
         };
-        current.trace.steps.push(source_step(plan, current.text.terms.get(index), term, value, note, current.personal));
+        let text = current.text.term_steps.get(index);
+        current.trace.steps.push(TraceStep {
+            expression: text.map(|text| Text::shared(&text.expression)).unwrap_or_default(),
+            read: text.and_then(|text| text.read.as_ref()).map(Text::shared),
+            value,
+            note,
+            personal: current.personal && !matches!(term, Expr::Const(_)),
+            set_by_relay: None,
+        });
         current.source_steps = current.trace.steps.len();
     }
 
@@ -372,7 +550,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         if matches!(pipe.function.pii, Pii::Hashes) {
             current.tainted = false;
         }
-        let expression = format!("| {}", current.text.pipes.get(index).map_or(pipe.function.name, String::as_str));
+        let expression = current.text.pipe_steps.get(index).map(Text::shared).unwrap_or_default();
         let (value, note) = match result {
             Ok(value) => (value.map(Val::to_json), None),
             Err(note) => (None, Some(note.to_string())),
@@ -388,47 +566,48 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 
     fn rule_end(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
-        let Some((trace, value)) = self.finish(result) else { return };
+        let Some((trace, produced)) = self.finish(result) else { return };
         let RuleTarget::Slot(slot) = &rule.target else { return };
-        match value {
-            Some(value) => {
-                if let Some((mut replaced, _)) = self.produced.slots[*slot].replace((trace, value)) {
-                    replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+        match produced {
+            true => {
+                if let Some(mut replaced) = self.produced.slots[*slot].trace.replace(trace) {
+                    replaced.why = Some(format!("replaced by the rule at {}", rule.location).into());
                     self.silent.push(replaced);
                 }
             }
-            None => self.silent.push(trace),
+            false => self.silent.push(trace),
         }
     }
 
     fn block_source(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
-        let mut trace = RuleTrace::start(&rule.location, &rule.target_name, &rule.text.scope, rule.personal);
+        let mut trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
         let mut usable = false;
         match result {
-            Err(note) => trace.why = Some(note.to_string()),
+            Err(note) => trace.why = Some(note.to_string().into()),
             Ok(value) => {
+                let text = &rule.text.source_step;
                 trace.steps.push(TraceStep {
-                    expression: rule.text.terms.join(" ?? "),
-                    read: read_path(self.plan, &rule.expr),
+                    expression: Text::shared(&text.expression),
+                    read: text.read.as_ref().map(Text::shared),
                     value: value.map(Val::to_json),
                     note: None,
                     personal: rule.personal,
                     set_by_relay: None,
                 });
                 if value.is_none_or(Val::is_null) {
-                    trace.why = Some(why_nothing(&trace.steps, &[], false));
+                    trace.why = Some(why_nothing(&rule.text.block_why, &[], &trace.steps, &[], false));
                 } else {
                     usable = true;
                 }
             }
         }
-        let scope = rule.text.scope.clone();
+        let scope = rule.text.scope.as_ref();
         self.block = Some(Block { trace, scope, usable, elements: Vec::new(), element: 0, fields: Vec::new() });
     }
 
     fn block_unusable(&mut self, why: &str) {
         if let Some(block) = self.block.as_mut() {
-            block.trace.why = Some(why.to_string());
+            block.trace.why = Some(why.to_string().into());
             block.usable = false;
         }
     }
@@ -439,25 +618,25 @@ impl<'p> Observer<'p> for Recorder<'p> {
             Self::close_element(block);
             block.element = element;
         }
-        let trace = RuleTrace::start(&rule.location, &rule.target_name, &block.scope, rule.personal);
+        let trace = RuleTrace::start(&rule.text, block.scope, rule.personal);
         self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
     }
 
     fn element_rule_end(&mut self, element: usize, rule: &'p ElementRule, result: Result<Option<&Val<'_>>, &str>) {
-        let Some((mut trace, value)) = self.finish(result) else { return };
+        let Some((mut trace, produced)) = self.finish(result) else { return };
         let Some(block) = self.block.as_mut() else { return };
-        let name = rule.target_name.rsplit('.').next().unwrap_or_default().to_string();
-        match value {
-            Some(value) => {
-                if let Some(position) = block.fields.iter().position(|(n, _, _)| *n == name) {
-                    let (_, mut replaced, _) = block.fields.remove(position);
-                    replaced.why = Some(format!("replaced by the rule at {}", rule.location));
+        let name = rule.target_name.rsplit('.').next().unwrap_or_default();
+        match produced {
+            true => {
+                if let Some(position) = block.fields.iter().position(|(n, _)| *n == name) {
+                    let (_, mut replaced) = block.fields.remove(position);
+                    replaced.why = Some(format!("replaced by the rule at {}", rule.location).into());
                     self.silent.push(replaced);
                 }
-                block.fields.push((name, trace, value));
+                block.fields.push((name, trace));
             }
-            None => {
-                trace.why = trace.why.map(|why| format!("element {element}: {why}"));
+            false => {
+                trace.why = trace.why.map(|why| format!("element {element}: {why}").into());
                 self.silent.push(trace);
             }
         }
@@ -467,76 +646,50 @@ impl<'p> Observer<'p> for Recorder<'p> {
         let Some(mut block) = self.block.take() else { return };
         Self::close_element(&mut block);
         if block.usable && block.elements.is_empty() {
-            block.trace.why = Some("no element produced a field".to_string());
+            block.trace.why = Some(Text::fixed("no element produced a field"));
         }
         let RuleTarget::Elements { slot, .. } = &rule.target else { return };
         let built = BlockTrace { trace: block.trace, elements: block.elements };
         if built.elements.is_empty() {
             self.silent.push(built.trace);
-        } else if let Some(mut replaced) = self.produced.elements[*slot].replace(built) {
-            replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location));
+        } else if let Some((_, kept)) = self.produced.blocks.iter_mut().find(|(s, _)| s == slot) {
+            let mut replaced = std::mem::replace(kept, built);
+            replaced.trace.why = Some(format!("replaced by the rule at {}", rule.location).into());
             self.silent.push(replaced.trace);
+        } else {
+            self.produced.blocks.push((*slot, built));
         }
     }
-}
 
-/// A step for one term of a source: the expression as written, the event path it read, its value or note.
-fn source_step(
-    plan: &Plan,
-    text: Option<&String>,
-    term: &Expr,
-    value: Option<&Val<'_>>,
-    note: Option<String>,
-    personal: bool,
-) -> TraceStep {
-    let expression = text.cloned().unwrap_or_default();
-    let read = read_path(plan, term).filter(|path| !expression.contains(path.as_str()));
-    let personal = personal && !matches!(term, Expr::Const(_));
-    TraceStep { expression, read, value: value.map(Val::to_json), note, personal, set_by_relay: None }
-}
-
-/// The event path an expression reads, directly or as the input of a function called as a source.
-fn read_path(plan: &Plan, expr: &Expr) -> Option<String> {
-    match expr {
-        Expr::Input { slot, rest } => {
-            let mut path = plan.input.path_of(*slot)?.to_string();
-            push_steps(&mut path, rest);
-            Some(path)
-        }
-        Expr::Element { rest } => {
-            let mut path = "@".to_string();
-            push_steps(&mut path, rest);
-            Some(path)
-        }
-        Expr::Call { input, .. } => read_path(plan, input),
-        Expr::Const(_) | Expr::Coalesce(_) => None,
+    fn sent(&mut self, out: &[Option<Out<'_>>]) {
+        self.produced.keep_sent(&self.plan.output, out);
     }
 }
 
 /// Why a rule produced nothing: its source had no value, or the first pipe that turned a value into nothing.
-/// `null_result`: the rule ended with null rather than with nothing.
-fn why_nothing(source: &[TraceStep], pipes: &[TraceStep], null_result: bool) -> String {
+/// `null_result`: the rule ended with null rather than with nothing. The reasons were made with the plan: `source`
+/// holds every term of the source when none gave a value, as evaluation tries each in turn.
+fn why_nothing(
+    source_why: &Why,
+    pipe_whys: &[Why],
+    source: &[TraceStep],
+    pipes: &[TraceStep],
+    null_result: bool,
+) -> Text {
     let source_gave = source.last().is_some_and(|s| s.value.as_ref().is_some_and(|v| !v.is_null()));
     if !source_gave {
-        let paths: Vec<String> =
-            source.iter().map(|s| format!("`{}`", s.read.as_deref().unwrap_or(&s.expression))).collect();
         let null = source.last().is_some_and(|s| s.value.is_some());
-        return match (paths.len(), null) {
-            (0, _) => "the source gave nothing".to_string(),
-            (1, true) => format!("{} is null", paths[0]),
-            (1, false) => format!("{} is not in the event", paths[0]),
-            _ => format!("none of {} has a value", paths.join(", ")),
+        return match (source.is_empty(), null) {
+            (true, _) => Text::fixed("the source gave nothing"),
+            (false, true) => Text::shared(&source_why.null),
+            (false, false) => Text::shared(&source_why.nothing),
         };
     }
-    let gave_nothing = pipes.iter().find(|p| p.value.as_ref().is_none_or(Value::is_null));
-    match gave_nothing {
-        Some(pipe) => {
-            let name = pipe.expression.trim_start_matches("| ");
-            let name = name.split('(').next().unwrap_or(name);
-            let what = if null_result { "null" } else { "nothing" };
-            format!("`{name}` gave {what}")
-        }
-        None => "it produced nothing".to_string(),
+    let gave_nothing = pipes.iter().position(|p| p.value.as_ref().is_none_or(Value::is_null));
+    match gave_nothing.and_then(|index| pipe_whys.get(index)) {
+        Some(why) if null_result => Text::shared(&why.null),
+        Some(why) => Text::shared(&why.nothing),
+        None => Text::fixed("it produced nothing"),
     }
 }
 
@@ -545,74 +698,74 @@ impl Tracer<'_> {
     /// field the rules produced but the output lacks is reported as left out. Takes the traces out of `produced`.
     fn fields(
         &self,
-        mut produced: Produced,
+        mut produced: Produced<'_>,
         route: Option<&PlanRoute>,
         sent: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
     ) -> Vec<FieldTrace> {
-        let mut fields = Vec::new();
+        let mut fields = Vec::with_capacity(self.plan.slot_count);
         self.collect(&self.plan.output, &mut produced, route, sent, silent, &mut fields);
         fields
     }
 
     /// What the route writes into `slot`, if it is one of the route's own slots.
-    fn route_value(&self, route: Option<&PlanRoute>, slot: usize) -> Option<Value> {
+    fn route_value<'r>(&self, route: Option<&'r PlanRoute>, slot: usize) -> Option<&'r str> {
         let route = route?;
         let special = &self.plan.slots;
         if slot == special.event_type {
-            Some(Value::from(route.event_type.as_str()))
+            Some(&route.event_type)
         } else if slot == special.data_type {
-            Some(Value::from(route.shape.as_str()))
+            Some(&route.shape)
         } else if Some(slot) == special.custom_event_name {
-            route.custom_event_name.as_deref().map(Value::from)
+            route.custom_event_name.as_deref()
         } else {
             None
         }
     }
 
+    /// Takes the traces and values sent out of `produced`: each slot is read once.
     fn collect(
         &self,
         nodes: &[LayoutNode],
-        produced: &mut Produced,
+        produced: &mut Produced<'_>,
         route: Option<&PlanRoute>,
         sent_event: Option<&Sent<'_>>,
         silent: &mut Vec<RuleTrace>,
         fields: &mut Vec<FieldTrace>,
     ) {
-        let output = sent_event.map(|s| &s.output);
+        let mapped = sent_event.is_some();
         for node in nodes {
             match node {
                 LayoutNode::Object { children, .. } => {
                     self.collect(children, produced, route, sent_event, silent, fields)
                 }
                 LayoutNode::Leaf { path, slot, .. } => {
-                    let sent = output.and_then(|o| at_path(o, path));
+                    let Slot { trace, sent } = std::mem::take(&mut produced.slots[*slot]);
                     if let Some(value) = self.route_value(route, *slot) {
-                        let value = sent.cloned().unwrap_or(value);
-                        fields.push(FieldTrace { field: path.clone(), value, origin: Origin::Route });
+                        let value = sent.unwrap_or_else(|| Value::from(value));
+                        fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Route });
                         continue;
                     }
-                    match (produced.slots[*slot].take(), sent) {
-                        (Some((mut trace, _)), None) if output.is_some() => {
+                    match (trace, sent) {
+                        (Some(mut trace), None) if mapped => {
                             trace.why = sent_event.map(|s| s.left_out(path));
                             silent.push(trace);
                         }
-                        (Some((trace, value)), sent) => fields.push(FieldTrace {
-                            field: path.clone(),
-                            value: sent.cloned().unwrap_or(value),
+                        (Some(trace), sent) => fields.push(FieldTrace {
+                            field: Text::shared(path),
+                            value: sent.unwrap_or_else(|| trace.value()),
                             origin: Origin::Rule(trace),
                         }),
-                        (None, Some(value)) => fields.push(FieldTrace {
-                            field: path.clone(),
-                            value: value.clone(),
-                            origin: Origin::Memory,
-                        }),
+                        (None, Some(value)) => {
+                            fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Memory })
+                        }
                         (None, None) => {}
                     }
                 }
                 LayoutNode::Elements { path, slot, .. } => {
-                    let Some(block) = produced.elements[*slot].take() else { continue };
-                    let sent = output.and_then(|o| at_path(o, path));
+                    let Some(index) = produced.blocks.iter().position(|(s, _)| s == slot) else { continue };
+                    let (_, block) = produced.blocks.swap_remove(index);
+                    let sent = produced.slots[*slot].sent.take();
                     if sent.is_none() {
                         if let Some(event) = sent_event {
                             let mut trace = block.trace;
@@ -622,14 +775,14 @@ impl Tracer<'_> {
                         }
                     }
                     let array = match sent {
-                        Some(sent) => sent.clone(),
+                        Some(sent) => sent,
                         None => Value::Array(
                             block
                                 .elements
                                 .iter()
                                 .map(|element| {
                                     Value::Object(
-                                        element.iter().map(|(name, _, v)| (name.clone(), v.clone())).collect(),
+                                        element.iter().map(|(name, trace)| (name.to_string(), trace.value())).collect(),
                                     )
                                 })
                                 .collect(),
@@ -637,39 +790,25 @@ impl Tracer<'_> {
                     };
                     let mut element_fields = Vec::new();
                     for (index, element) in block.elements.into_iter().enumerate() {
-                        for (name, trace, value) in element {
-                            let sent = array.get(index).and_then(|e| e.get(&name));
+                        for (name, trace) in element {
+                            let sent = array.get(index).and_then(|e| e.get(name));
                             element_fields.push(FieldTrace {
-                                field: format!("{path}[{index}].{name}"),
-                                value: sent.cloned().unwrap_or(value),
+                                field: format!("{path}[{index}].{name}").into(),
+                                value: sent.cloned().unwrap_or_else(|| trace.value()),
                                 origin: Origin::Rule(trace),
                             });
                         }
                     }
-                    fields.push(FieldTrace { field: path.clone(), value: array, origin: Origin::Rule(block.trace) });
+                    fields.push(FieldTrace {
+                        field: Text::shared(path),
+                        value: array,
+                        origin: Origin::Rule(block.trace),
+                    });
                     fields.extend(element_fields);
                 }
             }
         }
     }
-}
-
-fn push_steps(path: &mut String, steps: &[Step]) {
-    for step in steps {
-        match step {
-            Step::Key(key) => {
-                path.push('.');
-                path.push_str(&crate::input::keys_text(&[key]));
-            }
-            Step::Index(index) => {
-                let _ = write!(path, "[{index}]");
-            }
-        }
-    }
-}
-
-fn at_path<'v>(value: &'v Value, dotted: &str) -> Option<&'v Value> {
-    dotted.split('.').try_fold(value, |v, key| v.get(key))
 }
 
 /// `data.contents[3].id` → `data.contents[*].id`, the form element rules are named by.
@@ -699,7 +838,7 @@ impl Explanation {
         Explanation {
             outcome,
             route: None,
-            routes_table: plan.routes_location.clone(),
+            routes_table: plan.routes_location.as_ref().map(Text::shared),
             fields: Vec::new(),
             silent: Vec::new(),
         }
@@ -716,7 +855,7 @@ impl Explanation {
     pub fn rule_for(&self, field: &str) -> Option<&str> {
         if let Some(trace) = self.field(field) {
             return match &trace.origin {
-                Origin::Rule(rule) => Some(&rule.rule),
+                Origin::Rule(rule) => Some(rule.rule.as_str()),
                 Origin::Route | Origin::Memory => None,
             };
         }
@@ -740,7 +879,11 @@ impl Explanation {
                 }
             }
             if rule.personal {
-                rule.why = rule.why.take().map(|why| withhold_personal(why, true));
+                // `withhold_personal` keeps a reason without quotes as it is: only the others are rewritten.
+                rule.why = rule.why.take().map(|why| match why.contains('"') {
+                    true => withhold_personal(why.to_string(), true).into(),
+                    false => why,
+                });
             }
         };
         for field in &mut masked.fields {
@@ -885,7 +1028,7 @@ impl Explanation {
 fn rule_label(rule: &RuleTrace) -> String {
     match &rule.scope {
         Some(scope) => format!("{} ({scope})", rule.rule),
-        None => rule.rule.clone(),
+        None => rule.rule.to_string(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::functions::Val;
 use crate::plan::{ElementRule, PlanRule};
+use crate::run::Out;
 
 /// The steps of one evaluation, in order. A scalar rule reports `rule_start`, one `term` per term of its source
 /// that was evaluated (a `??` stops at the first with a value), one `pipe` per function applied, and `rule_end`.
@@ -27,6 +28,8 @@ pub(crate) trait Observer<'p> {
     fn element_rule_start(&mut self, _element: usize, _rule: &'p ElementRule) {}
     fn element_rule_end(&mut self, _element: usize, _rule: &'p ElementRule, _result: Result<Option<&Val<'_>>, &str>) {}
     fn block_end(&mut self, _rule: &'p PlanRule) {}
+    /// The output slots of an event about to be sent, exactly as they are written out.
+    fn sent(&mut self, _out: &[Option<Out<'_>>]) {}
 }
 
 /// Watches nothing: the runtime as `apply` runs it.

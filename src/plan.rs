@@ -3,6 +3,8 @@
 //! lists them, and each route knows exactly which rules apply to it. Nothing here refers back to the syntax tree.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -26,7 +28,7 @@ pub struct Plan {
     pub(crate) remembered: Vec<Remembered>,
     pub(crate) output: Vec<LayoutNode>,
     /// `file:line:col` of the route table, to name it when it routes an event nowhere.
-    pub(crate) routes_location: Option<String>,
+    pub(crate) routes_location: Option<Arc<str>>,
     pub(crate) slot_count: usize,
     pub(crate) slots: SpecialSlots,
 }
@@ -53,12 +55,13 @@ pub(crate) struct Router {
 
 #[derive(Debug)]
 pub(crate) struct PlanRoute {
+    // The texts are shared with every explanation of an event the route takes.
     /// `"Order Completed" -> order_created`, for reports.
-    pub label: String,
+    pub label: Arc<str>,
     /// `file:line:col` of the route's own line in the route table.
-    pub location: String,
-    pub event_type: String,
-    pub shape: String,
+    pub location: Arc<str>,
+    pub event_type: Arc<str>,
+    pub shape: Arc<str>,
     pub custom_event_name: Option<String>,
     /// Rules that apply, in file order; a later rule's value replaces an earlier one's.
     pub rules: Vec<usize>,
@@ -66,6 +69,8 @@ pub(crate) struct PlanRoute {
     pub required: Vec<Requirement>,
     /// Input slots the route's rules read whole that the fast reader may leave unbuilt.
     pub containers: Vec<usize>,
+    /// The rules of other routes, each with why an explanation says this route leaves it out.
+    pub unselected: Vec<(usize, Arc<str>)>,
 }
 
 #[derive(Debug)]
@@ -96,15 +101,122 @@ pub(crate) struct PlanRule {
     pub text: RuleText,
 }
 
-/// A rule as the analyst wrote it, for explanations: nothing on the hot path reads it.
+/// A rule as the analyst wrote it, for explanations: nothing on the hot path reads it. Each text an explanation
+/// shows is made once, when the plan is finished ([`RuleText::finish`]), and shared: explaining an event copies
+/// none of it.
 #[derive(Debug, Default)]
 pub(crate) struct RuleText {
     /// Each `??` term of the source, in the canonical form; one entry for a source without `??`.
-    pub terms: Vec<String>,
+    pub terms: Vec<Arc<str>>,
     /// Each pipe call, canonical: `minor_units(currency)`.
     pub pipes: Vec<String>,
     /// The `when` block the rule sits in (`when order_created, "Lead Generated"`), if any.
-    pub scope: Option<String>,
+    pub scope: Option<Arc<str>>,
+    /// `file:line:col`.
+    pub location: Arc<str>,
+    /// The output field, as the rule names it.
+    pub target: Arc<str>,
+    /// One step per term of the compiled source (a source without `??` is one term).
+    pub term_steps: Vec<StepText>,
+    /// One step per bound pipe: `| minor_units(currency)`.
+    pub pipe_steps: Vec<Arc<str>>,
+    /// The whole source as one step, as an element block shows its source.
+    pub source_step: StepText,
+    /// Why the rule produced nothing when its source gave nothing (or null).
+    pub source_why: Why,
+    /// The same for an element block, whose source is one step.
+    pub block_why: Why,
+    /// Per bound pipe, why the rule produced nothing when that pipe was the first to give nothing (or null).
+    pub pipe_whys: Vec<Why>,
+}
+
+/// Why a rule produced nothing, one way, as an explanation says it: when the value was missing, and when it was
+/// null.
+#[derive(Debug, Default)]
+pub(crate) struct Why {
+    pub nothing: Arc<str>,
+    pub null: Arc<str>,
+}
+
+impl Why {
+    /// Of a source whose steps (a term or the whole source) read these paths, or are these expressions.
+    fn source(paths: &[&str]) -> Why {
+        match paths {
+            [path] => Why {
+                nothing: format!("`{path}` is not in the event").into(),
+                null: format!("`{path}` is null").into(),
+            },
+            _ => {
+                let quoted: Vec<String> = paths.iter().map(|path| format!("`{path}`")).collect();
+                let none = Arc::<str>::from(format!("none of {} has a value", quoted.join(", ")));
+                Why { nothing: none.clone(), null: none }
+            }
+        }
+    }
+
+    /// Of a pipe step (`| minor_units(currency)`).
+    fn pipe(step: &str) -> Why {
+        let name = step.trim_start_matches("| ");
+        let name = name.split('(').next().unwrap_or(name);
+        Why { nothing: format!("`{name}` gave nothing").into(), null: format!("`{name}` gave null").into() }
+    }
+}
+
+/// A step of a rule as an explanation shows it.
+#[derive(Debug, Default)]
+pub(crate) struct StepText {
+    /// As written: `revenue`, `to_unix_ms(timestamp)`.
+    pub expression: Arc<str>,
+    /// The event path it reads, when that says more than the expression (`properties.revenue`).
+    pub read: Option<Arc<str>>,
+}
+
+impl StepText {
+    /// What the step read, as a reason names it.
+    fn path(&self) -> &str {
+        self.read.as_deref().unwrap_or(&self.expression)
+    }
+}
+
+impl RuleText {
+    /// Makes the texts explanations show, once the source's paths are resolved to input slots.
+    pub(crate) fn finish(
+        &mut self,
+        location: &str,
+        target: &str,
+        expr: &Expr,
+        pipes: &[BoundCall],
+        input: &InputLayout,
+    ) {
+        self.location = location.into();
+        self.target = target.into();
+        let terms: &[Expr] = match expr {
+            Expr::Coalesce(terms) => terms,
+            single => std::slice::from_ref(single),
+        };
+        self.term_steps = terms
+            .iter()
+            .enumerate()
+            .map(|(index, term)| {
+                let expression = self.terms.get(index).cloned().unwrap_or_default();
+                let read = term.read_path(input).filter(|path| !expression.contains(path.as_str())).map(Arc::from);
+                StepText { expression, read }
+            })
+            .collect();
+        self.pipe_steps = pipes
+            .iter()
+            .enumerate()
+            .map(|(index, pipe)| {
+                format!("| {}", self.pipes.get(index).map_or(pipe.function.name, String::as_str)).into()
+            })
+            .collect();
+        let whole = self.terms.iter().map(|term| &**term).collect::<Vec<_>>().join(" ?? ");
+        self.source_step = StepText { expression: whole.into(), read: expr.read_path(input).map(Arc::from) };
+        let paths: Vec<&str> = self.term_steps.iter().map(StepText::path).collect();
+        self.source_why = Why::source(&paths);
+        self.block_why = Why::source(&[self.source_step.path()]);
+        self.pipe_whys = self.pipe_steps.iter().map(|step| Why::pipe(step)).collect();
+    }
 }
 
 #[derive(Debug)]
@@ -165,12 +277,31 @@ pub(crate) struct BoundCall {
 /// The shape of the output event, in the schema's field order.
 #[derive(Debug)]
 pub(crate) enum LayoutNode {
-    Leaf { key: String, path: String, slot: usize, def: FieldDef },
+    // A path is shared with every explanation that names the field.
+    Leaf { key: String, path: Arc<str>, slot: usize, def: FieldDef },
     Object { key: String, children: Vec<LayoutNode> },
-    Elements { key: String, path: String, slot: usize, def: FieldDef, items: Vec<FieldDef> },
+    Elements { key: String, path: Arc<str>, slot: usize, def: FieldDef, items: Vec<FieldDef> },
 }
 
 impl Expr {
+    /// The event path an expression reads, directly or as the input of a function called as a source.
+    pub(crate) fn read_path(&self, input: &InputLayout) -> Option<String> {
+        match self {
+            Expr::Input { slot, rest } => {
+                let mut path = input.path_of(*slot)?.to_string();
+                push_steps(&mut path, rest);
+                Some(path)
+            }
+            Expr::Element { rest } => {
+                let mut path = "@".to_string();
+                push_steps(&mut path, rest);
+                Some(path)
+            }
+            Expr::Call { input: source, .. } => source.read_path(input),
+            Expr::Const(_) | Expr::Coalesce(_) => None,
+        }
+    }
+
     /// Adds the input slots the expression reads to `slots`.
     pub(crate) fn input_slots(&self, slots: &mut Vec<usize>) {
         match self {
@@ -181,6 +312,20 @@ impl Expr {
                 args_slots(args, slots);
             }
             Expr::Coalesce(terms) => terms.iter().for_each(|term| term.input_slots(slots)),
+        }
+    }
+}
+
+fn push_steps(path: &mut String, steps: &[Step]) {
+    for step in steps {
+        match step {
+            Step::Key(key) => {
+                path.push('.');
+                path.push_str(&crate::input::keys_text(&[key]));
+            }
+            Step::Index(index) => {
+                let _ = write!(path, "[{index}]");
+            }
         }
     }
 }
@@ -215,6 +360,6 @@ impl Plan {
 
     /// The OpenAI event types this plan can produce, with the Signal events routed to each.
     pub fn routes(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| r.label.as_str())
+        self.routes.iter().map(|r| &*r.label)
     }
 }

@@ -132,7 +132,7 @@ struct Memory {
 }
 
 /// What a rule produced for an output slot. Values borrow from the plan and the event (`'v`).
-enum Out<'v> {
+pub(crate) enum Out<'v> {
     Value(Val<'v>),
     Elements(Vec<Vec<Option<Val<'v>>>>),
 }
@@ -171,7 +171,7 @@ impl Plan {
     }
 
     /// Builds the objects the event's route reads whole that the reader only took apart.
-    fn build_read_whole(&self, routing: &Routing, input: &mut Captured<'_>) {
+    pub(crate) fn build_read_whole(&self, routing: &Routing, input: &mut Captured<'_>) {
         match routing {
             Routing::Route(index) => input.build(&self.routes[*index].containers),
             Routing::Identify => input.build(&self.identity_containers),
@@ -215,8 +215,8 @@ impl Plan {
         for &rule in &route.rules {
             self.run_rule(&self.rules[rule], &mut state, observer);
         }
-        self.set(&mut state, self.slots.event_type, Val::from(route.event_type.as_str()));
-        self.set(&mut state, self.slots.data_type, Val::from(route.shape.as_str()));
+        self.set(&mut state, self.slots.event_type, Val::from(&*route.event_type));
+        self.set(&mut state, self.slots.data_type, Val::from(&*route.shape));
         if let (Some(slot), Some(name)) = (self.slots.custom_event_name, &route.custom_event_name) {
             self.set(&mut state, slot, Val::from(name.as_str()));
         }
@@ -232,6 +232,9 @@ impl Plan {
         if let Some(rejected) = rejected {
             return Outcome::Rejected(rejected);
         }
+        if O::TRACING {
+            observer.sent(&state.out);
+        }
         let mut json = String::with_capacity(1024);
         write_object(&self.output, &state.out, &mut json);
         let read = |slot: Option<usize>| match slot.and_then(|slot| state.out[slot].as_ref()) {
@@ -241,7 +244,7 @@ impl Plan {
         let id = read(self.slots.id).and_then(|v| v.as_str().map(str::to_string));
         let timestamp_ms = read(self.slots.timestamp_ms).and_then(Val::as_i64);
         Outcome::Mapped(Mapped {
-            event_type: route.event_type.clone(),
+            event_type: route.event_type.to_string(),
             id,
             timestamp_ms,
             json,
@@ -656,7 +659,7 @@ fn omit_blank_optionals(nodes: &[LayoutNode], state: &mut State<'_>) {
                 if matches!(&state.out[*slot], Some(Out::Value(Val::Str(text))) if text.trim().is_empty()) {
                     state.out[*slot] = None;
                     state.warnings.push(Warning {
-                        field: path.clone(),
+                        field: path.to_string(),
                         rule: state.writer[*slot].unwrap_or_default().to_string(),
                         message: "blank value left out".to_string(),
                     });

@@ -1,6 +1,8 @@
 //! The final checks across rules (required fields per route, fields written twice, remembered fields) and the plan
 //! they produce: input paths resolved to slots.
 
+use std::sync::Arc;
+
 use super::*;
 
 impl Compiler<'_> {
@@ -175,6 +177,12 @@ impl Compiler<'_> {
         let mut rules = std::mem::take(&mut self.rules);
         for rule in &mut rules {
             resolve_rule_paths(rule, &resolved);
+            rule.text.finish(&rule.location, &rule.target_name, &rule.expr, &rule.pipes, &input);
+            if let RuleTarget::Elements { rules, .. } = &mut rule.target {
+                for element in rules {
+                    element.text.finish(&element.location, &element.target_name, &element.expr, &element.pipes, &input);
+                }
+            }
         }
         let mut router = Router::default();
         let mut routes = Vec::new();
@@ -202,14 +210,15 @@ impl Compiler<'_> {
                 }
             }
             routes.push(PlanRoute {
-                label: info.label.clone(),
-                location: self.sources.location(info.span),
-                event_type: info.event_type.clone(),
-                shape: info.shape.clone(),
+                label: info.label.as_str().into(),
+                location: self.sources.location(info.span).into(),
+                event_type: info.event_type.as_str().into(),
+                shape: info.shape.as_str().into(),
                 custom_event_name: info.custom_event_name.clone(),
                 rules: info.rules.clone(),
                 required,
                 containers: containers_read(&input, &rules, &info.rules),
+                unselected: unselected(&rules, &info.rules, &info.label),
             });
         }
         let identity_rules: Vec<usize> = self
@@ -231,11 +240,22 @@ impl Compiler<'_> {
             identity_containers,
             remembered,
             output,
-            routes_location: self.routes_location.clone(),
+            routes_location: self.routes_location.as_deref().map(Into::into),
             slot_count: self.slot_count,
             slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, id },
         })
     }
+}
+
+/// The rules a route leaves out, with why, as explanations of its events say it.
+fn unselected(rules: &[PlanRule], selected: &[usize], label: &str) -> Vec<(usize, Arc<str>)> {
+    let left_out = rules.iter().enumerate().filter(|(index, _)| !selected.contains(index));
+    left_out
+        .map(|(index, rule)| {
+            let scope = rule.text.scope.as_deref().unwrap_or_default();
+            (index, format!("out of scope: `{scope}` does not select {label}").into())
+        })
+        .collect()
 }
 
 /// The input slots `rules` read that the fast reader may leave unbuilt, and the runtime's own (routing, visitor

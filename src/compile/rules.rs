@@ -538,9 +538,10 @@ impl Compiler<'_> {
 
 pub(super) fn rule_text(rule: &ast::Rule, scope: &Scope) -> RuleText {
     RuleText {
-        terms: rule.source.terms.iter().map(term_text).collect(),
+        terms: rule.source.terms.iter().map(|term| term_text(term).into()).collect(),
         pipes: rule.pipes.iter().map(ToString::to_string).collect(),
-        scope: scope.label.clone(),
+        scope: scope.label.as_deref().map(Into::into),
+        ..RuleText::default()
     }
 }
 

@@ -148,13 +148,13 @@ impl Compiler<'_> {
         if def.ty == Ty::ARRAY {
             return Some(LayoutNode::Elements {
                 key: def.name.clone(),
-                path: dotted.to_string(),
+                path: dotted.into(),
                 slot,
                 def: def.clone(),
                 items: def.items.clone().unwrap_or_default(),
             });
         }
-        Some(LayoutNode::Leaf { key: def.name.clone(), path: dotted.to_string(), slot, def: def.clone() })
+        Some(LayoutNode::Leaf { key: def.name.clone(), path: dotted.into(), slot, def: def.clone() })
     }
 }
 

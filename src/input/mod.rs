@@ -181,7 +181,8 @@ impl<'a> Captured<'a> {
         }
     }
 
-    /// Builds every object that was only taken apart (explanations show any input).
+    /// Builds every object that was only taken apart.
+    #[cfg(test)]
     pub fn build_all(&mut self) {
         let slots: Vec<usize> = (0..self.unbuilt.len()).collect();
         self.build(&slots);
