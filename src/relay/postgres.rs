@@ -414,15 +414,15 @@ impl Store for PostgresStore {
         let pixel = pixel.to_string();
         self.run(async move {
             let client = client.await?;
-            let rows = client
-                .query(
+            let peek = client
+                .prepare_cached(
                     "SELECT seq, pending FROM engine_queue
                      WHERE pixel = $1 AND (lease_until IS NULL OR lease_until < now())
                      ORDER BY seq LIMIT $2",
-                    &[&pixel, &(limit as i64)],
                 )
                 .await
                 .map_err(failed)?;
+            let rows = client.query(&peek, &[&pixel, &(limit as i64)]).await.map_err(failed)?;
             rows.iter()
                 .map(|row| {
                     let pending: Pending = serde_json::from_str(row.get::<_, &str>(1)).map_err(unreadable)?;
@@ -437,8 +437,8 @@ impl Store for PostgresStore {
         let (pixel, owner, lease_ms) = (pixel.to_string(), self.owner.clone(), self.lease.as_millis() as f64);
         self.run(async move {
             let client = client.await?;
-            let rows = client
-                .query(
+            let claim = client
+                .prepare_cached(
                     "UPDATE engine_queue SET lease_owner = $3, lease_until = now() + $4 * interval '1 millisecond'
                      WHERE seq IN (
                          SELECT seq FROM engine_queue
@@ -446,10 +446,10 @@ impl Store for PostgresStore {
                          ORDER BY seq LIMIT $2
                          FOR UPDATE SKIP LOCKED)
                      RETURNING seq, pending",
-                    &[&pixel, &(limit as i64), &owner, &lease_ms],
                 )
                 .await
                 .map_err(failed)?;
+            let rows = client.query(&claim, &[&pixel, &(limit as i64), &owner, &lease_ms]).await.map_err(failed)?;
             let mut out: Vec<(u64, Pending)> = rows
                 .iter()
                 .map(|row| {
@@ -507,15 +507,14 @@ impl Store for PostgresStore {
             let mut client = client.await?;
             let txn = client.transaction().await.map_err(failed)?;
             // Only what this relay still holds the lease of: what another relay took over is its to settle.
-            let removed: i64 = txn
-                .query_one(
+            let delete = txn
+                .prepare_cached(
                     "WITH gone AS (DELETE FROM engine_queue WHERE seq = ANY($1) AND lease_owner = $2 RETURNING bytes)
                      SELECT coalesce(sum(bytes), 0)::bigint FROM gone",
-                    &[&seqs, &owner],
                 )
                 .await
-                .map_err(failed)?
-                .get(0);
+                .map_err(failed)?;
+            let removed: i64 = txn.query_one(&delete, &[&seqs, &owner]).await.map_err(failed)?.get(0);
             count_bytes(&txn, shard, 0, removed).await?;
             txn.commit().await.map_err(failed)
         })

@@ -378,3 +378,33 @@ async fn dead_letters_of_the_fleet_are_replayed_from_engine_dlq_and_the_console_
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_one_relay_was_given_holds_back_every_relay() {
+    use crate::relay::fake_openai::Scripted;
+    let Some(pg) = Postgres::start("retry-after") else { return };
+    let url = pg.database("fleet");
+    let fake = FakeOpenAi::start(API_KEY, &[PIXEL]).await;
+    fake.script([Scripted::Status(429, Some(2))]);
+    let (a_dir, b_dir) = (data_dir("fleet-429-a"), data_dir("fleet-429-b"));
+    let extra = "retry: {max_backoff_ms: 5000}";
+    let a = fleet_relay(&a_dir, &fake, &url, extra).await;
+    let b = fleet_relay(&b_dir, &fake, &url, extra).await;
+    assert_eq!(post(&a, "/v1/t", &order_of("r-a", "v-a")).await.0, 200);
+    eventually("OpenAI asked to wait", Duration::from_secs(10), || async { !fake.requests().is_empty() }).await;
+    let throttled = fake.requests()[0].at;
+    // The other relay gets an event of its own while the pixel is held back.
+    assert_eq!(post(&b, "/v1/t", &order_of("r-b", "v-b")).await.0, 200);
+    fake.wait_for(2, Duration::from_secs(20)).await;
+    let requests = fake.requests();
+    assert_eq!(requests[0].status, 429);
+    for later in &requests[1..] {
+        let waited = later.at - throttled;
+        assert!(
+            waited >= Duration::from_millis(1800),
+            "a relay sent {waited:?} after a Retry-After of 2 s: {requests:?}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
