@@ -72,8 +72,25 @@ pub struct PostgresStore {
     shard: AtomicU64,
 }
 
-fn failed(error: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("PostgreSQL: {error}"))
+/// A driver error with its causes: tokio-postgres says only "db error" and keeps the server's message beneath.
+fn failed(error: impl std::error::Error) -> StoreError {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    StoreError(format!("PostgreSQL: {text}"))
+}
+
+/// Whether a transaction failed only because it ran into another (a deadlock or a serialization failure), so
+/// that running it again succeeds.
+fn collided(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error
+        .code()
+        .is_some_and(|code| *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 fn unreadable(error: serde_json::Error) -> StoreError {
@@ -84,7 +101,8 @@ impl PostgresStore {
     /// Connects, creates or migrates the schema, and checks the database answers. `url` is a libpq-style
     /// connection string or URL (`postgres://user:password@host:port/database`).
     pub fn open(url: &str, pool_size: usize, lease: Duration) -> Result<PostgresStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| failed(format!("the connection URL: {e}")))?;
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError(format!("PostgreSQL: the connection URL: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("relay-postgres")
@@ -162,7 +180,9 @@ impl PostgresStore {
                         continue;
                     }
                     let txn = client.transaction().await.map_err(failed)?;
-                    txn.batch_execute(sql).await.map_err(|e| failed(format!("migration {version}: {e}")))?;
+                    txn.batch_execute(sql)
+                        .await
+                        .map_err(|e| StoreError(format!("PostgreSQL: migration {version}: {}", failed(e).0)))?;
                     txn.execute("INSERT INTO engine_migrations (version) VALUES ($1)", &[version])
                         .await
                         .map_err(failed)?;
@@ -322,6 +342,55 @@ impl IngestTx for PgIngest<'_> {
     }
 }
 
+/// Writes a group's queued events and profiles and commits them.
+async fn write_group(
+    client: &deadpool_postgres::Object,
+    queued: &[(u64, String, String)],
+    latest: &[(&str, &str)],
+    now_ms: i64,
+    shard: i32,
+) -> Result<(), tokio_postgres::Error> {
+    let mut added: i64 = 0;
+    if !queued.is_empty() {
+        let seqs: Vec<i64> = queued.iter().map(|(seq, _, _)| *seq as i64).collect();
+        let pixels: Vec<&str> = queued.iter().map(|(_, pixel, _)| pixel.as_str()).collect();
+        let texts: Vec<&str> = queued.iter().map(|(_, _, text)| text.as_str()).collect();
+        added += texts.iter().map(|t| t.len() as i64).sum::<i64>();
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO engine_queue (seq, pixel, pending, bytes)
+                 SELECT s, p, t, octet_length(t) FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(s, p, t)",
+            )
+            .await?;
+        client.execute(&insert, &[&seqs, &pixels, &texts]).await?;
+    }
+    let mut removed: i64 = 0;
+    if !latest.is_empty() {
+        let keys: Vec<&str> = latest.iter().map(|(k, _)| *k).collect();
+        let texts: Vec<&str> = latest.iter().map(|(_, t)| *t).collect();
+        removed += client
+            .query_one("SELECT coalesce(sum(bytes), 0)::bigint FROM engine_identity WHERE key = ANY($1)", &[&keys])
+            .await?
+            .get::<_, i64>(0);
+        added += texts.iter().map(|t| t.len() as i64).sum::<i64>();
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO engine_identity (key, profile, touched_ms, bytes)
+                 SELECT k, t, $3, octet_length(t) FROM unnest($1::text[], $2::text[]) AS u(k, t)
+                 ON CONFLICT (key) DO UPDATE
+                 SET profile = excluded.profile, touched_ms = excluded.touched_ms, bytes = excluded.bytes",
+            )
+            .await?;
+        client.execute(&upsert, &[&keys, &texts, &now_ms]).await?;
+    }
+    if added != removed {
+        client
+            .execute("UPDATE engine_bytes SET bytes = bytes + $1 WHERE shard = $2", &[&(added - removed), &shard])
+            .await?;
+    }
+    client.batch_execute("COMMIT").await
+}
+
 impl Store for PostgresStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let client = self.client();
@@ -349,62 +418,32 @@ impl Store for PostgresStore {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Ok(());
             }
-            let written = async {
-                let mut added: i64 = 0;
-                if !queued.is_empty() {
-                    let seqs: Vec<i64> = queued.iter().map(|(seq, _, _)| *seq as i64).collect();
-                    let pixels: Vec<&str> = queued.iter().map(|(_, pixel, _)| pixel.as_str()).collect();
-                    let texts: Vec<&str> = queued.iter().map(|(_, _, text)| text.as_str()).collect();
-                    added += texts.iter().map(|t| t.len() as i64).sum::<i64>();
-                    let insert = client
-                        .prepare_cached(
-                            "INSERT INTO engine_queue (seq, pixel, pending, bytes)
-                             SELECT s, p, t, octet_length(t) FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(s, p, t)",
-                        )
-                        .await
-                        .map_err(failed)?;
-                    client.execute(&insert, &[&seqs, &pixels, &texts]).await.map_err(failed)?;
+            // The last write of each visitor in this transaction wins; keys in order, so that relays committing
+            // overlapping visitors lock them in the same order.
+            let mut latest: Vec<(&str, &str)> = Vec::new();
+            for (key, text) in profiles.iter().rev() {
+                if !latest.iter().any(|(k, _)| k == key) {
+                    latest.push((key, text));
                 }
-                // The last write of each visitor in this transaction wins.
-                let mut latest: Vec<(&str, &str)> = Vec::new();
-                for (key, text) in profiles.iter().rev() {
-                    if !latest.iter().any(|(k, _)| k == key) {
-                        latest.push((key, text));
+            }
+            latest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match write_group(&client, &queued, &latest, now_ms, shard).await {
+                    Ok(()) => return Ok(()),
+                    // Another relay's transaction ran into this one: what this one read still holds (last writer
+                    // wins for a profile), so its writes are made again in a fresh transaction.
+                    Err(error) if collided(&error) && attempt < 4 => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        client.batch_execute("BEGIN").await.map_err(failed)?;
+                    }
+                    Err(error) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(failed(error));
                     }
                 }
-                let mut removed: i64 = 0;
-                if !latest.is_empty() {
-                    let keys: Vec<&str> = latest.iter().map(|(k, _)| *k).collect();
-                    let texts: Vec<&str> = latest.iter().map(|(_, t)| *t).collect();
-                    let old: i64 = client
-                        .query_one(
-                            "SELECT coalesce(sum(bytes), 0)::bigint FROM engine_identity WHERE key = ANY($1)",
-                            &[&keys],
-                        )
-                        .await
-                        .map_err(failed)?
-                        .get(0);
-                    removed += old;
-                    added += texts.iter().map(|t| t.len() as i64).sum::<i64>();
-                    client
-                        .execute(
-                            "INSERT INTO engine_identity (key, profile, touched_ms, bytes)
-                             SELECT k, t, $3, octet_length(t) FROM unnest($1::text[], $2::text[]) AS u(k, t)
-                             ON CONFLICT (key) DO UPDATE
-                             SET profile = excluded.profile, touched_ms = excluded.touched_ms, bytes = excluded.bytes",
-                            &[&keys, &texts, &now_ms],
-                        )
-                        .await
-                        .map_err(failed)?;
-                }
-                count_bytes(&*client, shard, added, removed).await?;
-                client.batch_execute("COMMIT").await.map_err(failed)
             }
-            .await;
-            if written.is_err() {
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
-            written
         })?;
         outcome
     }
