@@ -84,6 +84,9 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
     let idle_poll = if fleet { Duration::from_millis(250) } else { Duration::from_secs(3600) };
     let mut failures: u32 = 0;
     let mut probe = false;
+    // On a shared store, the next batch is claimed while OpenAI answers this one (pipelined claims): under load the
+    // relay goes from one request to the next without waiting for the database in between.
+    let mut ahead: Option<Vec<(u64, Pending)>> = None;
     loop {
         if pixel.is_removed() {
             tracing::info!(pixel = %pixel.name, "the pixel was removed: its delivery ends");
@@ -91,6 +94,7 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
         }
         // A disabled pixel sends nothing; its queue waits until it is enabled again (which wakes this task).
         if pixel.setup().disabled {
+            deliverer.release(ahead.take()).await;
             if shutdown.borrow().is_some() {
                 break;
             }
@@ -106,92 +110,97 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
         if draining.is_some_and(|deadline| Instant::now() >= deadline) {
             break;
         }
-        if fleet && !std::mem::take(&mut probe) {
-            match deliverer.store(|store, name| store.hold(name)).await {
-                // Another relay was told to wait (Retry-After): so is this one.
-                Ok(Hold { until_ms: Some(until), .. }) if until > now_ms() && draining.is_none() => {
-                    pause(&mut shutdown, Duration::from_millis((until - now_ms()) as u64)).await;
-                    continue;
-                }
-                // Another relay found the key refused: this one pauses too, and probes as it would have.
-                Ok(Hold { paused_why: Some(why), .. }) => {
-                    if !pixel.set_paused(Some(why.clone())) {
-                        tracing::warn!(pixel = %pixel.name, %why, "paused: another relay found the API key refused");
+        let batch = if let Some(batch) = ahead.take() {
+            batch
+        } else {
+            if fleet && !std::mem::take(&mut probe) {
+                match deliverer.store(|store, name| store.hold(name)).await {
+                    // Another relay was told to wait (Retry-After): so is this one.
+                    Ok(Hold { until_ms: Some(until), .. }) if until > now_ms() && draining.is_none() => {
+                        pause(&mut shutdown, Duration::from_millis((until - now_ms()) as u64)).await;
+                        continue;
                     }
-                    if draining.is_some() {
-                        break;
+                    // Another relay found the key refused: this one pauses too, and probes as it would have.
+                    Ok(Hold { paused_why: Some(why), .. }) => {
+                        if !pixel.set_paused(Some(why.clone())) {
+                            tracing::warn!(pixel = %pixel.name, %why, "paused: another relay found the API key refused");
+                        }
+                        if draining.is_some() {
+                            break;
+                        }
+                        pause(&mut shutdown, shared.config.retry.auth_probe).await;
+                        probe = true;
+                        continue;
                     }
-                    pause(&mut shutdown, shared.config.retry.auth_probe).await;
-                    probe = true;
-                    continue;
-                }
-                Ok(_) => {
-                    // Another relay's probe found the key working and lifted the hold.
-                    if pixel.set_paused(None) {
-                        tracing::info!(pixel = %pixel.name, "the API key works again: delivery resumed");
+                    Ok(_) => {
+                        // Another relay's probe found the key working and lifted the hold.
+                        if pixel.set_paused(None) {
+                            tracing::info!(pixel = %pixel.name, "the API key works again: delivery resumed");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(pixel = %pixel.name, %error, "cannot read the pixel's hold");
+                        if draining.is_some() {
+                            break;
+                        }
+                        pause(&mut shutdown, Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
+            }
+            let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
+                Ok(batch) => batch,
                 Err(error) => {
-                    tracing::error!(pixel = %pixel.name, %error, "cannot read the pixel's hold");
+                    tracing::error!(pixel = %pixel.name, %error, "cannot read the queue");
                     if draining.is_some() {
                         break;
                     }
                     pause(&mut shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
-            }
-        }
-        let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(pixel = %pixel.name, %error, "cannot read the queue");
+            };
+            if batch.is_empty() {
                 if draining.is_some() {
                     break;
                 }
-                pause(&mut shutdown, Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            if draining.is_some() {
-                break;
-            }
-            tokio::select! {
-                _ = pixel.queued.notified() => {}
-                _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(idle_poll) => {}
-            }
-            continue;
-        }
-        if batch.len() < batching.max_events && draining.is_none() {
-            let waited = now_ms() - batch[0].1.received_ms;
-            let linger = batching.linger.as_millis() as i64;
-            if waited < linger {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis((linger - waited) as u64)) => {}
                     _ = pixel.queued.notified() => {}
                     _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(idle_poll) => {}
                 }
                 continue;
             }
-        }
-        // What was looked at is taken now: on a shared store another relay may have taken some of it meanwhile.
-        let batch = if fleet {
-            match deliverer.store(move |store, name| store.claim(name, batching.max_events)).await {
-                Ok(claimed) if claimed.is_empty() => continue,
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::error!(pixel = %pixel.name, %error, "cannot claim a batch");
-                    if draining.is_some() {
-                        break;
+            if batch.len() < batching.max_events && draining.is_none() {
+                let waited = now_ms() - batch[0].1.received_ms;
+                let linger = batching.linger.as_millis() as i64;
+                if waited < linger {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis((linger - waited) as u64)) => {}
+                        _ = pixel.queued.notified() => {}
+                        _ = shutdown.changed() => {}
                     }
-                    pause(&mut shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
             }
-        } else {
-            batch
+            // What was looked at is taken now: on a shared store another relay may have taken some of it meanwhile.
+            if fleet {
+                match deliverer.store(move |store, name| store.claim(name, batching.max_events)).await {
+                    Ok(claimed) if claimed.is_empty() => continue,
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::error!(pixel = %pixel.name, %error, "cannot claim a batch");
+                        if draining.is_some() {
+                            break;
+                        }
+                        pause(&mut shutdown, Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            } else {
+                batch
+            }
         };
+        let claimed = batch.len();
         let live = match deliverer.expire(batch).await {
             Ok(live) => live,
             Err(error) => {
@@ -206,13 +215,26 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
         if live.is_empty() {
             continue;
         }
-        let round = deliverer.round(&live, &mut shutdown).await;
+        // A full batch says more is waiting: claim the next one while this one is sent.
+        let claim_ahead = async {
+            if fleet && claimed >= batching.max_events {
+                deliverer.store(move |store, name| store.claim(name, batching.max_events)).await.ok()
+            } else {
+                None
+            }
+        };
+        let (round, next) = tokio::join!(deliverer.round(&live, &mut shutdown), claim_ahead);
         let stopping = shutdown.borrow().is_some();
+        let next = next.filter(|batch| !batch.is_empty());
         if fleet && !matches!(round, Round::Done) {
             // What is not settled goes back to the shared queue now, not when the lease runs out.
-            let seqs: Vec<u64> = live.iter().map(|(seq, _)| *seq).collect();
-            if let Err(error) = deliverer.store(move |store, name| store.release(name, &seqs)).await {
-                tracing::warn!(pixel = %pixel.name, %error, "cannot release a batch; its lease runs out by itself");
+            deliverer.release(Some(live.clone())).await;
+            deliverer.release(next).await;
+        } else {
+            // Only a full batch goes at once; a partial one is handed back and waits for the linger as usual.
+            match next {
+                Some(batch) if batch.len() >= batching.max_events => ahead = Some(batch),
+                partial => deliverer.release(partial).await,
             }
         }
         match round {
@@ -280,6 +302,8 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
             }
         }
     }
+    // A batch claimed ahead and never sent goes back to the shared queue for the next relay or start.
+    deliverer.release(ahead.take()).await;
 }
 
 /// Sleeps, or returns early when the relay starts stopping.
@@ -436,6 +460,15 @@ impl Deliverer {
             }
         }
         Round::Done
+    }
+
+    /// Gives a batch this relay will not send now back to the shared queue.
+    async fn release(&self, batch: Option<Vec<(u64, Pending)>>) {
+        let Some(batch) = batch.filter(|b| !b.is_empty() && self.shared.store.shared()) else { return };
+        let seqs: Vec<u64> = batch.iter().map(|(seq, _)| *seq).collect();
+        if let Err(error) = self.store(move |store, name| store.release(name, &seqs)).await {
+            tracing::warn!(pixel = %self.pixel.name, %error, "cannot release a batch; its lease runs out by itself");
+        }
     }
 
     /// Runs `work` (a request to OpenAI) while extending this relay's lease on `batch` every few seconds, so that a
