@@ -101,8 +101,10 @@ impl PostgresStore {
     /// Connects, creates or migrates the schema, and checks the database answers. `url` is a libpq-style
     /// connection string or URL (`postgres://user:password@host:port/database`).
     pub fn open(url: &str, pool_size: usize, lease: Duration) -> Result<PostgresStore, StoreError> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError(format!("PostgreSQL: the connection URL: {e}")))?;
+        // An acknowledged event must survive the server's crash, whatever the server's own default says.
+        config.options("-c synchronous_commit=on");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("relay-postgres")
