@@ -73,8 +73,7 @@ impl Tallies {
         // A tally counts when its minute or hour ends inside the window: the window is as wide as said, to the
         // width of one tally.
         let width = if window == Window::Hour { MINUTE_MS } else { HOUR_MS };
-        for (start, quality) in series.iter().filter(|(start, _)| start + width > since) {
-            let _ = start;
+        for (_, quality) in series.iter().filter(|(start, _)| start + width > since) {
             total.merge(quality);
         }
         total.report()

@@ -214,10 +214,7 @@ impl Console {
         }
         if let Some(session) = cookie(headers, SESSION_COOKIE) {
             let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((csrf, since)) =
-                sessions.get(session).filter(|(_, since)| since.elapsed() < ui::SESSION_LIFETIME)
-            {
-                let _ = since;
+            if let Some((csrf, _)) = sessions.get(session).filter(|(_, since)| since.elapsed() < ui::SESSION_LIFETIME) {
                 return Ok((Caller::Ambient, csrf.clone()));
             }
             return Err(unauthorized("the session has ended: log in again"));
