@@ -278,9 +278,35 @@ pub(crate) struct BoundCall {
 #[derive(Debug)]
 pub(crate) enum LayoutNode {
     // A path is shared with every explanation that names the field.
-    Leaf { key: String, path: Arc<str>, slot: usize, def: FieldDef },
-    Object { key: String, children: Vec<LayoutNode> },
-    Elements { key: String, path: Arc<str>, slot: usize, def: FieldDef, items: Vec<FieldDef> },
+    // `quoted` is the key as written in the output (`"key":`), made once rather than escaped for every event.
+    Leaf {
+        key: String,
+        quoted: Box<str>,
+        path: Arc<str>,
+        slot: usize,
+        def: FieldDef,
+    },
+    Object {
+        quoted: Box<str>,
+        children: Vec<LayoutNode>,
+    },
+    Elements {
+        quoted: Box<str>,
+        path: Arc<str>,
+        slot: usize,
+        def: FieldDef,
+        items: Vec<FieldDef>,
+        /// Each item field's `"name":`.
+        item_keys: Vec<Box<str>>,
+    },
+}
+
+/// A key as the output writes it: the JSON string and its colon.
+pub(crate) fn quoted_key(name: &str) -> Box<str> {
+    let mut text = String::with_capacity(name.len() + 3);
+    crate::functions::write_json_string(name, &mut text);
+    text.push(':');
+    text.into_boxed_str()
 }
 
 impl Expr {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::eval::{eval_ref, evaluate, withhold_personal, Got};
-use crate::functions::{write_json, write_json_string, Ty, Val};
+use crate::functions::{write_json, Ty, Val};
 use crate::identity::{IdentityStore, Profile};
 use crate::input::Captured;
 use crate::observe::{Observer, Untraced};
@@ -656,7 +656,7 @@ fn omit_blank_optionals(nodes: &[LayoutNode], state: &mut State<'_>) {
         match node {
             LayoutNode::Object { children, .. } => omit_blank_optionals(children, state),
             LayoutNode::Leaf { path, slot, def, .. } if !def.required && def.required_when.is_none() => {
-                if matches!(&state.out[*slot], Some(Out::Value(Val::Str(text))) if text.trim().is_empty()) {
+                if matches!(&state.out[*slot], Some(Out::Value(Val::Str(text))) if is_blank(text)) {
                     state.out[*slot] = None;
                     state.warnings.push(Warning {
                         field: path.to_string(),
@@ -667,6 +667,15 @@ fn omit_blank_optionals(nodes: &[LayoutNode], state: &mut State<'_>) {
             }
             _ => {}
         }
+    }
+}
+
+/// Empty or only whitespace; most text starts with a visible character and is decided by it.
+fn is_blank(text: &str) -> bool {
+    match text.as_bytes().first() {
+        None => true,
+        Some(byte) if byte.is_ascii_graphic() => false,
+        Some(_) => text.trim().is_empty(),
     }
 }
 
@@ -719,7 +728,7 @@ fn check_value(
     }
     if let Val::Str(text) = value {
         let text: &str = text;
-        if def.non_empty && text.trim().is_empty() {
+        if def.non_empty && is_blank(text) {
             return invalid(format!("`{}` must not be empty", path));
         }
         // No text has more characters than bytes: only long text needs counting.
@@ -783,6 +792,28 @@ fn is_sha256(text: &str) -> bool {
 }
 
 fn is_url(text: &str) -> bool {
+    plainly_http_url(text) || parsed_http_url(text)
+}
+
+/// The common case decided without the full parser: `http(s)://` and a lowercase host name, then anything without
+/// whitespace. Every text it accepts the parser accepts too (WHATWG's path, query and fragment states never fail;
+/// such a host needs no IDNA mapping and does not end in a number, so it is not read as IPv4); anything else goes to
+/// [`parsed_http_url`].
+fn plainly_http_url(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")) else { return false };
+    let host_end = rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(host_end);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && !label.starts_with("xn--")
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    host.split('.').all(label_ok)
+        && host.rsplit('.').next().is_some_and(|last| last.as_bytes()[0].is_ascii_lowercase())
+        && !tail.contains(char::is_whitespace)
+}
+
+fn parsed_http_url(text: &str) -> bool {
     // Read as browsers and OpenAI read it (WHATWG's parser, the `url` crate): an http(s) address with a host and
     // no credentials. Whitespace anywhere is refused, though the parser would trim or encode it.
     !text.contains(char::is_whitespace)
@@ -870,26 +901,29 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out<'_>>], json: &mut String
     json.push('{');
     let mut first = true;
     for node in nodes {
-        let key = match node {
-            LayoutNode::Leaf { key, .. } | LayoutNode::Object { key, .. } | LayoutNode::Elements { key, .. } => key,
-        };
         let mark = json.len();
-        if !first {
-            json.push(',');
-        }
-        write_json_string(key, json);
-        json.push(':');
+        let separate = |json: &mut String, quoted: &str| {
+            if !first {
+                json.push(',');
+            }
+            json.push_str(quoted);
+        };
         let wrote = match node {
-            LayoutNode::Leaf { slot, .. } => match &out[*slot] {
+            LayoutNode::Leaf { slot, quoted, .. } => match &out[*slot] {
                 Some(Out::Value(value)) => {
+                    separate(json, quoted);
                     write_json(value, json);
                     true
                 }
                 _ => false,
             },
-            LayoutNode::Object { children, .. } => write_object(children, out, json),
-            LayoutNode::Elements { slot, items, .. } => match &out[*slot] {
+            LayoutNode::Object { children, quoted, .. } => {
+                separate(json, quoted);
+                write_object(children, out, json)
+            }
+            LayoutNode::Elements { slot, item_keys, quoted, .. } => match &out[*slot] {
                 Some(Out::Elements(elements)) => {
+                    separate(json, quoted);
                     json.push('[');
                     for (i, element) in elements.iter().enumerate() {
                         if i > 0 {
@@ -897,14 +931,13 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out<'_>>], json: &mut String
                         }
                         json.push('{');
                         let mut first_field = true;
-                        for (field, value) in element.iter().enumerate() {
-                            let (Some(value), Some(item)) = (value, items.get(field)) else { continue };
+                        for (value, key) in element.iter().zip(item_keys) {
+                            let Some(value) = value else { continue };
                             if !first_field {
                                 json.push(',');
                             }
                             first_field = false;
-                            write_json_string(&item.name, json);
-                            json.push(':');
+                            json.push_str(key);
                             write_json(value, json);
                         }
                         json.push('}');
@@ -931,7 +964,21 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out<'_>>], json: &mut String
 
 #[cfg(test)]
 mod tests {
-    use super::is_url;
+    use super::{is_url, parsed_http_url, plainly_http_url};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        /// The shortcut accepts nothing the parser refuses.
+        #[test]
+        fn plain_urls_are_urls_to_the_parser(
+            text in "(https?://)?[a-z0-9.x-]{0,12}(:[0-9]{0,6})?([/?#@\\\\ \t%:a-zA-Z0-9é\u{1}.-]{0,16})?"
+        ) {
+            if plainly_http_url(&text) {
+                proptest::prop_assert!(parsed_http_url(&text), "{text:?}");
+            }
+        }
+    }
 
     #[test]
     fn a_url_is_an_http_address_with_a_host_and_no_credentials() {
@@ -949,6 +996,9 @@ mod tests {
             "https://[::1/",
         ] {
             assert!(!is_url(not), "{not}");
+        }
+        for common in ["https://shop.example.com/thanks?oppref=x#top", "http://a-b.example/", "https://example.com"] {
+            assert!(plainly_http_url(common), "{common}");
         }
     }
 }

@@ -130,7 +130,7 @@ impl Compiler<'_> {
                         }
                     }
                 }
-                nodes.push(LayoutNode::Object { key: "data".to_string(), children });
+                nodes.push(LayoutNode::Object { quoted: quoted_key("data"), children });
             } else if let Some(node) = self.leaf(def, &def.name) {
                 nodes.push(node);
             }
@@ -142,19 +142,27 @@ impl Compiler<'_> {
         if def.ty == Ty::OBJECT {
             let children: Vec<LayoutNode> =
                 def.fields.iter().filter_map(|f| self.leaf(f, &format!("{dotted}.{}", f.name))).collect();
-            return (!children.is_empty()).then(|| LayoutNode::Object { key: def.name.clone(), children });
+            return (!children.is_empty()).then(|| LayoutNode::Object { quoted: quoted_key(&def.name), children });
         }
         let slot = *self.out_slots.get(dotted)?;
         if def.ty == Ty::ARRAY {
+            let items = def.items.clone().unwrap_or_default();
             return Some(LayoutNode::Elements {
-                key: def.name.clone(),
+                quoted: quoted_key(&def.name),
                 path: dotted.into(),
                 slot,
                 def: def.clone(),
-                items: def.items.clone().unwrap_or_default(),
+                item_keys: items.iter().map(|item| quoted_key(&item.name)).collect(),
+                items,
             });
         }
-        Some(LayoutNode::Leaf { key: def.name.clone(), path: dotted.into(), slot, def: def.clone() })
+        Some(LayoutNode::Leaf {
+            key: def.name.clone(),
+            quoted: quoted_key(&def.name),
+            path: dotted.into(),
+            slot,
+            def: def.clone(),
+        })
     }
 }
 
