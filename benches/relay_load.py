@@ -321,8 +321,11 @@ def main():
     events = [line for line in rebased.stdout.splitlines() if line.strip()]
 
     started = time.monotonic()
+    before = os.times()
     subprocess.run([ENGINE, "run", "--stateless"], input=rebased.stdout, capture_output=True, text=True, check=True)
     baseline = len(events) / (time.monotonic() - started)
+    after = os.times()
+    baseline_cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
 
     work = tempfile.mkdtemp(prefix="relay-load-")
     config = os.path.join(work, "relay.yaml")
@@ -358,12 +361,14 @@ def main():
                     refused[index] += n
 
         started = time.monotonic()
+        cpu_before = cpu_seconds(relay.pid)
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
+        relay_cpu = cpu_seconds(relay.pid) - cpu_before
     finally:
         relay.send_signal(2 if wrapper else 15)
         relay.wait(timeout=60)
@@ -374,6 +379,17 @@ def main():
     print(f"baseline  engine run --stateless (file in, no disk) : {baseline:>9.0f} events/s")
     print(f"relay     acknowledged (mapped, stored, fsynced)    : {rate:>9.0f} events/s  "
           f"({rate / baseline:.2f}x baseline), {sum(refused)} refused")
+    # CPU time is steadier than wall time on a shared machine: what each event costs the relay (all its threads,
+    # delivery included) against what mapping it costs `engine run`.
+    print(f"CPU per event: engine run {baseline_cpu / len(events) * 1e6:.1f} us, relay {relay_cpu / sum(acked) * 1e6:.1f} us "
+          f"({baseline_cpu / len(events) / (relay_cpu / sum(acked)):.2f}x)")
+
+
+def cpu_seconds(pid):
+    """User and system time a process (all its threads) has taken so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,51 @@ fn is_sha256(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
+/// What one OpenAI event says about its match quality.
+pub struct Observation<'e> {
+    event_type: &'e str,
+    signals: [bool; SIGNALS.len()],
+    hashed: u64,
+    well_formed: u64,
+    opted_out: bool,
+    consent_sent: bool,
+    /// The measures its type should carry, and which of them it does (bit `i` for `measures[i]`).
+    measures: &'static [Measure],
+    holds: u8,
+    age_ms: Option<i64>,
+}
+
+impl<'e> Observation<'e> {
+    /// Reads `event`; `consent_sent` and `age_ms` as [`Quality::observe_mapped`] takes them.
+    pub fn of(event_type: &'e str, event: &Value, consent_sent: bool, age_ms: Option<i64>) -> Observation<'e> {
+        let mut signals = [false; SIGNALS.len()];
+        for (present_here, (_, fields, _)) in signals.iter_mut().zip(SIGNALS.iter()) {
+            *present_here = fields.iter().any(|f| present(at(event, f)));
+        }
+        let (mut hashed, mut well_formed) = (0, 0);
+        for field in HASHED {
+            let value = at(event, field);
+            if present(value) {
+                hashed += 1;
+                well_formed += u64::from(is_sha256(value));
+            }
+        }
+        let measures = CONVERSIONS.iter().find(|(name, _)| *name == event_type).map_or(&[][..], |(_, m)| *m);
+        let holds = measures.iter().enumerate().fold(0u8, |bits, (i, m)| bits | (u8::from(m.holds(event)) << i));
+        Observation {
+            event_type,
+            signals,
+            hashed,
+            well_formed,
+            opted_out: event["opt_out"] == Value::Bool(true),
+            consent_sent,
+            measures,
+            holds,
+            age_ms,
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 struct Tally {
     events: u64,
@@ -212,33 +257,29 @@ impl Quality {
     /// Counts one OpenAI event: `consent_sent` tells whether its input carried any consent state, and `age_ms` is
     /// how old it was when mapped (offline) or delivered (the relay).
     pub fn observe_mapped(&mut self, event_type: &str, event: &Value, consent_sent: bool, age_ms: Option<i64>) {
-        let tally = match self.types.get_mut(event_type) {
+        self.record(&Observation::of(event_type, event, consent_sent, age_ms));
+    }
+
+    /// Counts an event read before: one reading serves every tally it goes into.
+    pub fn record(&mut self, seen: &Observation<'_>) {
+        let tally = match self.types.get_mut(seen.event_type) {
             Some(tally) => tally,
-            None => self.types.entry(event_type.to_string()).or_default(),
+            None => self.types.entry(seen.event_type.to_string()).or_default(),
         };
         tally.events += 1;
-        for (index, (_, fields, _)) in SIGNALS.iter().enumerate() {
-            if fields.iter().any(|f| present(at(event, f))) {
-                tally.signals[index] += 1;
-            }
+        for (count, present) in tally.signals.iter_mut().zip(seen.signals) {
+            *count += u64::from(present);
         }
-        for field in HASHED {
-            let value = at(event, field);
-            if present(value) {
-                tally.hashed += 1;
-                tally.well_formed += u64::from(is_sha256(value));
-            }
-        }
-        if event["opt_out"] == Value::Bool(true) {
+        tally.hashed += seen.hashed;
+        tally.well_formed += seen.well_formed;
+        if seen.opted_out {
             tally.opted_out += 1;
-            tally.opted_out_without_consent += u64::from(!consent_sent);
+            tally.opted_out_without_consent += u64::from(!seen.consent_sent);
         }
-        if let Some((_, measures)) = CONVERSIONS.iter().find(|(name, _)| *name == event_type) {
-            for measure in *measures {
-                *tally.measures.entry(*measure).or_default() += u64::from(measure.holds(event));
-            }
+        for (index, measure) in seen.measures.iter().enumerate() {
+            *tally.measures.entry(*measure).or_default() += u64::from(seen.holds & (1 << index) != 0);
         }
-        if let Some(age) = age_ms {
+        if let Some(age) = seen.age_ms {
             tally.ages.record(age);
         }
     }

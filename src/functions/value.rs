@@ -488,6 +488,21 @@ pub fn write_json_string(text: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The length of `text` written as a JSON string by [`write_json_string`] (and serde_json), quotes included.
+pub(crate) fn json_string_len(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut len = bytes.len() + 2;
+    let mut from = 0;
+    while let Some(i) = next_escape(bytes, from) {
+        len += match bytes[i] {
+            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 1,
+            _ => 5,
+        };
+        from = i + 1;
+    }
+    len
+}
+
 /// The index of the first byte from `from` on that a JSON string must escape: a control character, `"` or `\`.
 /// Eight bytes are tested at a time while none of them needs it, as most text does not.
 fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {

@@ -25,8 +25,10 @@ pub(super) struct Entry {
     pub seq: u64,
     pub pixel: String,
     pub received_ms: i64,
-    /// The Signal event with personal values masked.
-    pub input: Value,
+    /// The event as received, kept in memory only: shown with personal values masked, and kept whole so that the
+    /// console can preview a draft mapping on it (masked values would not map as the real ones do).
+    #[serde(rename = "input", serialize_with = "masked_input")]
+    pub raw: Arc<Value>,
     /// `mapped`, `dropped` or `rejected`.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,16 +39,30 @@ pub(super) struct Entry {
     /// The Signal event's `messageId`, for every event: dropped and rejected ones are found by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
-    /// `explain`'s account, personal values masked: the payload and where each field came from.
-    pub explanation: Value,
+    /// `explain`'s account, shown with personal values masked: the payload and where each field came from. Kept as
+    /// it was recorded and written out only when someone looks, since most entries are pushed out unseen.
+    #[serde(serialize_with = "masked_explanation")]
+    pub explanation: Arc<Explanation>,
     /// `queued`, `delivered`, `validated` (sent with `validate_only`: checked, not recorded), `dead_lettered`,
     /// `dry_run` (mapped, not sent: the relay runs dry), or the outcome for events that are not sent.
     pub state: String,
     pub attempts: Vec<Attempt>,
-    /// The event as received, kept in memory only (never shown, never stored) so that the console can preview a
-    /// draft mapping on it: masked values would not map as the real ones do.
-    #[serde(skip)]
-    pub raw: Arc<Value>,
+}
+
+fn masked_input<S: serde::Serializer>(raw: &Arc<Value>, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut input = (**raw).clone();
+    crate::personal::mask_personal_keys(&mut input);
+    input.serialize(serializer)
+}
+
+fn masked_explanation<S: serde::Serializer>(explanation: &Arc<Explanation>, serializer: S) -> Result<S::Ok, S::Error> {
+    explanation.to_json(false).serialize(serializer)
+}
+
+/// The value at `path` in an event as the debugger shows it: `None` where a key on the way names personal data.
+fn shown<'v>(event: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    let input = crate::schema::input();
+    path.iter().try_fold(event, |value, key| if input.is_pii_key(key) { None } else { value.get(key) })
 }
 
 /// One request that carried the event to OpenAI.
@@ -65,33 +81,29 @@ impl Entry {
     pub fn received(
         pixel: &str,
         input: &Value,
-        explanation: &Explanation,
+        explanation: Explanation,
         event_id: Option<String>,
         now_ms: i64,
     ) -> Entry {
         let (outcome, reason) = describe(&explanation.outcome);
         let state = if outcome == "mapped" { "queued" } else { outcome }.to_string();
-        let raw = Arc::new(input.clone());
-        let message_id = input.get("messageId").and_then(|m| match m {
+        let message_id = shown(input, &["messageId"]).and_then(|m| match m {
             Value::String(text) => Some(text.clone()),
             Value::Number(number) => Some(number.to_string()),
             _ => None,
         });
-        let mut input = input.clone();
-        crate::personal::mask_personal_keys(&mut input);
         Entry {
             seq: 0,
             pixel: pixel.to_string(),
             received_ms: now_ms,
-            input,
+            raw: Arc::new(input.clone()),
             outcome,
             reason,
             event_id,
             message_id,
-            explanation: explanation.to_json(false),
+            explanation: Arc::new(explanation),
             state,
             attempts: Vec::new(),
-            raw,
         }
     }
 }
@@ -229,8 +241,13 @@ impl Search {
             return false;
         }
         if let Some(kind) = &self.event_type {
-            let mapped = entry.explanation["outcome"]["event_type"].as_str();
-            let names = [entry.input["event"].as_str(), entry.input["type"].as_str(), mapped];
+            let mapped = match &entry.explanation.outcome {
+                Outcome::Mapped(mapped) => Some(mapped.event_type.as_str()),
+                _ => None,
+            };
+            let event = &entry.raw;
+            let names = [shown(event, &["event"]), shown(event, &["type"])].map(|v| v.and_then(Value::as_str));
+            let names = [names[0], names[1], mapped];
             if !names.iter().flatten().any(|name| name.eq_ignore_ascii_case(kind)) {
                 return false;
             }
@@ -239,9 +256,9 @@ impl Search {
         let ids = [
             entry.message_id.clone(),
             entry.event_id.clone(),
-            text(&entry.input["properties"]["order_id"]),
-            text(&entry.input["anonymousId"]),
-            text(&entry.input["userId"]),
+            shown(&entry.raw, &["properties", "order_id"]).and_then(text),
+            shown(&entry.raw, &["anonymousId"]).and_then(text),
+            shown(&entry.raw, &["userId"]).and_then(text),
         ];
         ids.iter().flatten().any(|id| id.contains(query))
     }

@@ -893,7 +893,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                 }
                             }
                         }
-                        if let Some(explanation) = &explanation {
+                        if let Some(explanation) = explanation {
                             entries.push(debug::Entry::received(&pixel.name, event, explanation, event_id, now));
                         }
                     }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use serde_json::Value;
 
 use super::store::Pending;
-use crate::quality::{Quality, QualityReport};
+use crate::quality::{Observation, Quality, QualityReport};
 use crate::schema::TargetSchema;
 
 const MINUTE_MS: i64 = 60_000;
@@ -99,13 +99,19 @@ impl Board {
 
     /// Events OpenAI took, with their age at delivery.
     pub fn delivered(&self, pixel: &str, target: &'static TargetSchema, events: &[&Pending], now_ms: i64) {
-        let parsed: Vec<(&Pending, Value)> =
-            events.iter().filter_map(|p| Some((*p, serde_json::from_str::<Value>(&p.event).ok()?))).collect();
-        self.count(pixel, target, now_ms, |quality| {
-            for (pending, event) in &parsed {
+        // Each event is read once, outside the lock, and counted into its minute and its hour.
+        let seen: Vec<Observation<'_>> = events
+            .iter()
+            .filter_map(|pending| {
+                let event = serde_json::from_str::<Value>(&pending.event).ok()?;
                 let age = pending.timestamp_ms.map(|t| now_ms - t);
                 // An event queued before the relay noted consent is taken to have had some: no advice blames it.
-                quality.observe_mapped(&pending.event_type, event, pending.consent_sent.unwrap_or(true), age);
+                Some(Observation::of(&pending.event_type, &event, pending.consent_sent.unwrap_or(true), age))
+            })
+            .collect();
+        self.count(pixel, target, now_ms, |quality| {
+            for observation in &seen {
+                quality.record(observation);
             }
         });
     }

@@ -6,6 +6,7 @@
 //! console is the one secret the store holds (in its own table, never in the queue, the dead letters or a log), as
 //! a configuration file with `api_key` would.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
@@ -292,10 +293,43 @@ struct RedbIngest<'t> {
     next_seq: Option<u64>,
     bytes_added: u64,
     bytes_removed: u64,
+    /// The profiles this transaction read or wrote, the written ones marked: a visitor's events in one group read
+    /// its profile from the table once and write it once, when the group commits ([`RedbIngest::write_profiles`]).
+    profiles: BTreeMap<String, (Option<Profile>, bool)>,
+}
+
+impl RedbIngest<'_> {
+    /// Writes the profiles the transaction changed.
+    fn write_profiles(&mut self) -> Result<(), StoreError> {
+        let written = std::mem::take(&mut self.profiles).into_iter().filter(|(_, (_, written))| *written);
+        let mut written = written.filter_map(|(key, (profile, _))| Some((key, profile?))).peekable();
+        if written.peek().is_none() {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
+        let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+        for (key, profile) in written {
+            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(unreadable)?;
+            let mut removed = 0;
+            if let Some(old) = table.insert(key.as_str(), bytes.as_slice()).map_err(fail)? {
+                removed = old.value().len() as u64;
+                if let Ok(previous) = serde_json::from_slice::<Remembered>(old.value()) {
+                    touched.remove((previous.touched_ms, key.as_str())).map_err(fail)?;
+                }
+            }
+            touched.insert((self.now_ms, key.as_str()), ()).map_err(fail)?;
+            self.bytes_added += bytes.len() as u64;
+            self.bytes_removed += removed;
+        }
+        Ok(())
+    }
 }
 
 impl IdentityStore for RedbIngest<'_> {
     fn load(&mut self, key: &str) -> Option<Profile> {
+        if let Some((profile, _)) = self.profiles.get(key) {
+            return profile.clone();
+        }
         let table = match self.txn.open_table(IDENTITY) {
             Ok(table) => table,
             Err(error) => {
@@ -303,30 +337,18 @@ impl IdentityStore for RedbIngest<'_> {
                 return None;
             }
         };
-        let bytes = table.get(key).ok().flatten()?;
-        serde_json::from_slice::<Remembered>(bytes.value()).ok().map(|r| r.profile)
+        let profile = table
+            .get(key)
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<Remembered>(bytes.value()).ok())
+            .map(|r| r.profile);
+        self.profiles.insert(key.to_string(), (profile.clone(), false));
+        profile
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
-        let result = (|| {
-            let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
-            let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
-            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(unreadable)?;
-            let mut removed = 0;
-            if let Some(old) = table.insert(key, bytes.as_slice()).map_err(fail)? {
-                removed = old.value().len() as u64;
-                if let Ok(previous) = serde_json::from_slice::<Remembered>(old.value()) {
-                    touched.remove((previous.touched_ms, key)).map_err(fail)?;
-                }
-            }
-            touched.insert((self.now_ms, key), ()).map_err(fail)?;
-            self.bytes_added += bytes.len() as u64;
-            self.bytes_removed += removed;
-            Ok::<(), StoreError>(())
-        })();
-        if let Err(error) = result {
-            self.failure.get_or_insert(error);
-        }
+        self.profiles.insert(key.to_string(), (Some(profile), true));
     }
 }
 
@@ -349,9 +371,17 @@ impl Store for RedbStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         self.write(|txn| {
-            let mut ingest =
-                RedbIngest { txn, now_ms, failure: None, next_seq: None, bytes_added: 0, bytes_removed: 0 };
+            let mut ingest = RedbIngest {
+                txn,
+                now_ms,
+                failure: None,
+                next_seq: None,
+                bytes_added: 0,
+                bytes_removed: 0,
+                profiles: BTreeMap::new(),
+            };
             work(&mut ingest)?;
+            ingest.write_profiles()?;
             if let Some(error) = ingest.failure {
                 return Err(error);
             }
@@ -620,6 +650,43 @@ mod tests {
         assert_eq!(store.forget_visitors(later).unwrap(), 1);
         assert_eq!(store.identity_keys().unwrap(), 0);
         assert_eq!(store.stored_bytes().unwrap(), 0, "the byte count returns to zero when everything is delivered");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_profile_written_in_a_group_is_read_back_in_it_and_written_once_with_it() {
+        let dir = temp_dir("profiles");
+        let store = RedbStore::open(&dir).unwrap();
+        let profile = |key: &str, value: &str| Profile {
+            fields: vec![crate::identity::RememberedField {
+                field: "oppref".into(),
+                value: value.into(),
+                seen_ms: 1,
+                expires_ms: None,
+            }],
+            keys: vec![key.into()],
+        };
+        store
+            .ingest(&mut |tx| {
+                assert_eq!(tx.load("anon:1"), None);
+                tx.store("anon:1", profile("anon:1", "first"));
+                assert_eq!(tx.load("anon:1"), Some(profile("anon:1", "first")), "the group's own write is read back");
+                tx.store("anon:1", profile("anon:1", "second"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.identity_keys().unwrap(), 1);
+        let one_profile = store.stored_bytes().unwrap();
+        store
+            .ingest(&mut |tx| {
+                assert_eq!(tx.load("anon:1"), Some(profile("anon:1", "second")), "the last write of a group is kept");
+                tx.store("anon:2", profile("anon:2", "lost"));
+                Err(StoreError("the request failed".into()))
+            })
+            .unwrap_err();
+        assert_eq!(store.identity_keys().unwrap(), 1, "a failed group writes no profile");
+        assert_eq!(store.stored_bytes().unwrap(), one_profile, "and counts none");
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
