@@ -4,10 +4,13 @@
 //! merge, so that the relay keeps one per minute and per hour and reports the last hour, day or week from them.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::functions::Val;
+use crate::input::{InputLayout, InputPaths, Step};
 use crate::run::{Outcome, RejectReason};
 use crate::schema::TargetSchema;
 
@@ -56,31 +59,92 @@ impl Measure {
         }
     }
 
-    fn holds(self, event: &Value) -> bool {
-        let data = &event["data"];
+    fn holds<'v>(self, field: &impl Fn(&str) -> Seen<'v>) -> bool {
         match self {
-            Measure::AmountAndCurrency => data["amount"].is_number() && data["currency"].is_string(),
-            Measure::OrderId => present(&data["order_id"]),
-            Measure::Contents => data["contents"].as_array().is_some_and(|c| !c.is_empty()),
-            Measure::PlanId => present(&data["plan_id"]),
+            Measure::AmountAndCurrency => {
+                matches!(field("data.amount"), Seen::Number) && matches!(field("data.currency"), Seen::Str(_))
+            }
+            Measure::OrderId => field("data.order_id").present(),
+            Measure::Contents => matches!(field("data.contents"), Seen::Array(len) if len > 0),
+            Measure::PlanId => field("data.plan_id").present(),
         }
     }
 }
 
-fn present(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::String(s) => !s.is_empty(),
-        _ => true,
+/// The output fields match quality reads.
+const READ: [&str; 14] = [
+    "oppref",
+    "user.email",
+    "user.email_sha256",
+    "user.phone_number",
+    "user.external_id",
+    "user.external_id_sha256",
+    "user.ip_address",
+    "user.user_agent",
+    "opt_out",
+    "data.amount",
+    "data.currency",
+    "data.order_id",
+    "data.contents",
+    "data.plan_id",
+];
+
+/// What an output field holds, as far as match quality asks.
+#[derive(Clone, Copy)]
+enum Seen<'a> {
+    Nothing,
+    Bool(bool),
+    Number,
+    Str(&'a str),
+    Array(usize),
+    Object,
+}
+
+impl<'a> Seen<'a> {
+    fn of_json(value: &'a Value) -> Seen<'a> {
+        match value {
+            Value::Null => Seen::Nothing,
+            Value::Bool(b) => Seen::Bool(*b),
+            Value::Number(_) => Seen::Number,
+            Value::String(s) => Seen::Str(s),
+            Value::Array(items) => Seen::Array(items.len()),
+            Value::Object(_) => Seen::Object,
+        }
+    }
+
+    fn of_val(value: Option<&'a Val<'a>>) -> Seen<'a> {
+        match value {
+            None | Some(Val::Null) => Seen::Nothing,
+            Some(Val::Bool(b)) => Seen::Bool(*b),
+            Some(Val::Number(_)) => Seen::Number,
+            Some(Val::Str(s)) => Seen::Str(s),
+            Some(Val::Array(items)) => Seen::Array(items.len()),
+            Some(Val::Object(_)) => Seen::Object,
+        }
+    }
+
+    fn present(self) -> bool {
+        match self {
+            Seen::Nothing => false,
+            Seen::Str(s) => !s.is_empty(),
+            _ => true,
+        }
+    }
+
+    fn is_sha256(self) -> bool {
+        matches!(self, Seen::Str(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
     }
 }
 
-fn at<'v>(event: &'v Value, dotted: &str) -> &'v Value {
-    dotted.split('.').fold(event, |value, key| &value[key])
-}
-
-fn is_sha256(value: &Value) -> bool {
-    value.as_str().is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+/// The reader of [`READ`] from an event's text, and the slot of each field.
+fn text_reader() -> &'static (InputLayout, [usize; READ.len()]) {
+    static READER: OnceLock<(InputLayout, [usize; READ.len()])> = OnceLock::new();
+    READER.get_or_init(|| {
+        let mut paths = InputPaths::default();
+        let ids = READ.map(|field| paths.add(field.split('.').map(|key| Step::Key(key.to_string())).collect()));
+        let (layout, resolved) = paths.build();
+        (layout, ids.map(|id| resolved[id].0))
+    })
 }
 
 /// What one OpenAI event says about its match quality.
@@ -100,26 +164,54 @@ pub struct Observation<'e> {
 impl<'e> Observation<'e> {
     /// Reads `event`; `consent_sent` and `age_ms` as [`Quality::observe_mapped`] takes them.
     pub fn of(event_type: &'e str, event: &Value, consent_sent: bool, age_ms: Option<i64>) -> Observation<'e> {
+        let field = |dotted: &str| Seen::of_json(dotted.split('.').fold(event, |value, key| &value[key]));
+        Self::read(event_type, field, consent_sent, age_ms)
+    }
+
+    /// Reads an OpenAI event from its JSON text, taking only the fields it needs from it (as the engine reads an
+    /// event): the relay counts every event it delivers, and building each whole cost more than the rest of
+    /// delivery. `None` for text that is not a JSON object.
+    pub fn of_text(
+        event_type: &'e str,
+        text: &str,
+        consent_sent: bool,
+        age_ms: Option<i64>,
+    ) -> Option<Observation<'e>> {
+        let (reader, slots) = text_reader();
+        let captured = reader.read_str(text).ok()?;
+        let field = |dotted: &str| {
+            let index = READ.iter().position(|f| *f == dotted);
+            Seen::of_val(index.and_then(|i| captured.values[slots[i]].as_ref()))
+        };
+        Some(Self::read(event_type, field, consent_sent, age_ms))
+    }
+
+    fn read<'v>(
+        event_type: &'e str,
+        field: impl Fn(&str) -> Seen<'v>,
+        consent_sent: bool,
+        age_ms: Option<i64>,
+    ) -> Observation<'e> {
         let mut signals = [false; SIGNALS.len()];
         for (present_here, (_, fields, _)) in signals.iter_mut().zip(SIGNALS.iter()) {
-            *present_here = fields.iter().any(|f| present(at(event, f)));
+            *present_here = fields.iter().any(|f| field(f).present());
         }
         let (mut hashed, mut well_formed) = (0, 0);
-        for field in HASHED {
-            let value = at(event, field);
-            if present(value) {
+        for name in HASHED {
+            let value = field(name);
+            if value.present() {
                 hashed += 1;
-                well_formed += u64::from(is_sha256(value));
+                well_formed += u64::from(value.is_sha256());
             }
         }
         let measures = CONVERSIONS.iter().find(|(name, _)| *name == event_type).map_or(&[][..], |(_, m)| *m);
-        let holds = measures.iter().enumerate().fold(0u8, |bits, (i, m)| bits | (u8::from(m.holds(event)) << i));
+        let holds = measures.iter().enumerate().fold(0u8, |bits, (i, m)| bits | (u8::from(m.holds(&field)) << i));
         Observation {
             event_type,
             signals,
             hashed,
             well_formed,
-            opted_out: event["opt_out"] == Value::Bool(true),
+            opted_out: matches!(field("opt_out"), Seen::Bool(true)),
             consent_sent,
             measures,
             holds,
@@ -587,6 +679,47 @@ mod tests {
 
     const ORDER_WITH_EVERYTHING: &str = r#"{"type":"track","event":"Order Completed","messageId":"m1","anonymousId":"a1","timestamp":"2026-11-20T11:00:00Z","properties":{"order_id":"o1","revenue":10,"currency":"EUR","products":[{"product_id":"p","price":10,"quantity":1}]},"context":{"ip":"203.0.113.1","userAgent":"UA","page":{"url":"https://shop.example/t?oppref=c1"},"traits":{"email":"a@b.example","phone":"+447700900123"},"consent":{"marketing":true}}}"#;
     const BARE_ORDER: &str = r#"{"type":"track","event":"Order Completed","messageId":"m2","anonymousId":"a2","timestamp":"2026-11-20T11:00:00Z","properties":{"order_id":"o2"},"context":{"page":{"url":"https://shop.example/t"}}}"#;
+
+    #[test]
+    fn reading_an_event_from_its_text_counts_what_reading_it_whole_does() {
+        let plan = crate::presets::OPENAI_ADS.compile(&Default::default()).plan.expect("the preset compiles");
+        let now = 1_795_176_000_000;
+        let target = crate::schema::target(crate::schema::DEFAULT_TARGET).expect("target");
+        let mut events: Vec<(String, String)> = Vec::new();
+        for input in [ORDER_WITH_EVERYTHING, BARE_ORDER] {
+            if let Outcome::Mapped(mapped) = plan.apply_str(input, &mut Context::stateless(now)) {
+                events.push((mapped.event_type, mapped.json));
+            }
+        }
+        let hash = "a".repeat(64);
+        for (event_type, json) in [
+            (
+                "order_created",
+                r#"{"opt_out":false,"user":{"email":"not-a-hash","phone_number":"","external_id":null},"data":{"amount":"12","currency":5,"order_id":"","contents":[]}}"#.to_string(),
+            ),
+            (
+                "subscription_created",
+                format!(
+                    r#"{{"opt_out":true,"oppref":"x","user":{{"email_sha256":"{hash}","external_id_sha256":"ABC"}},"data":{{"amount":1.5,"currency":"EUR","plan_id":0,"contents":{{"a":1}}}}}}"#
+                ),
+            ),
+            ("items_added", r#"{"data":{"contents":[{"id":"p"}]},"user":"not an object","opt_out":"true"}"#.to_string()),
+        ] {
+            events.push((event_type.to_string(), json));
+        }
+        let (mut whole, mut text) = (Quality::new(target, now), Quality::new(target, now));
+        for (index, (event_type, json)) in events.iter().enumerate() {
+            let (consent, age) = (index % 2 == 0, Some(index as i64 * 1000));
+            let event: Value = serde_json::from_str(json).expect("JSON");
+            whole.record(&Observation::of(event_type, &event, consent, age));
+            text.record(&Observation::of_text(event_type, json, consent, age).expect("an object"));
+        }
+        let (whole, text) =
+            (serde_json::to_value(whole.report()).unwrap(), serde_json::to_value(text.report()).unwrap());
+        assert_eq!(whole, text);
+        assert_eq!(whole["mapped"], 5, "{whole}");
+        assert!(Observation::of_text("order_created", "[1]", true, None).is_none());
+    }
 
     #[test]
     fn age_percentiles_come_within_a_buckets_width_and_tallies_merge_to_the_whole() {

@@ -6,8 +6,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use serde_json::Value;
-
 use super::store::Pending;
 use crate::quality::{Observation, Quality, QualityReport};
 use crate::schema::TargetSchema;
@@ -103,10 +101,9 @@ impl Board {
         let seen: Vec<Observation<'_>> = events
             .iter()
             .filter_map(|pending| {
-                let event = serde_json::from_str::<Value>(&pending.event).ok()?;
                 let age = pending.timestamp_ms.map(|t| now_ms - t);
                 // An event queued before the relay noted consent is taken to have had some: no advice blames it.
-                Some(Observation::of(&pending.event_type, &event, pending.consent_sent.unwrap_or(true), age))
+                Observation::of_text(&pending.event_type, &pending.event, pending.consent_sent.unwrap_or(true), age)
             })
             .collect();
         self.count(pixel, target, now_ms, |quality| {
