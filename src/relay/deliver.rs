@@ -227,6 +227,22 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
         let stopping = shutdown.borrow().is_some();
         let next = next.filter(|batch| !batch.is_empty());
         if fleet && !matches!(round, Round::Done) {
+            // OpenAI's Retry-After or refusal of the key holds back every relay sending to this pixel, not only this
+            // one; the hold is in place before the events go back, or another relay could take and send them first.
+            let hold = match &round {
+                Round::Later { after: Some(after), .. } => {
+                    Some(Hold { paused_why: None, until_ms: Some(now_ms() + after.as_millis() as i64) })
+                }
+                Round::Unauthorized { status, body } => {
+                    Some(Hold { paused_why: Some(unauthorized_why(*status, body)), until_ms: None })
+                }
+                _ => None,
+            };
+            if let Some(hold) = hold {
+                if let Err(error) = deliverer.store(move |store, name| store.set_hold(name, &hold)).await {
+                    tracing::error!(pixel = %pixel.name, %error, "cannot hold the pixel back for the fleet");
+                }
+            }
             // What is not settled goes back to the shared queue now, not when the lease runs out.
             deliverer.release(Some(live.clone())).await;
             deliverer.release(next).await;
@@ -268,24 +284,11 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                     break;
                 }
                 let delay = backoff(&shared.config.retry, failures).max(after.unwrap_or_default());
-                if let (true, Some(after)) = (fleet, after) {
-                    // OpenAI's Retry-After holds back every relay sending to this pixel, not only this one.
-                    let hold = Hold { paused_why: None, until_ms: Some(now_ms() + after.as_millis() as i64) };
-                    if let Err(error) = deliverer.store(move |store, name| store.set_hold(name, &hold)).await {
-                        tracing::error!(pixel = %pixel.name, %error, "cannot hold the pixel back for the fleet");
-                    }
-                }
                 tracing::warn!(pixel = %pixel.name, %why, retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
                 pause(&mut shutdown, delay).await;
             }
             Round::Unauthorized { status, body } => {
-                let why = format!("OpenAI refused the API key (HTTP {status}): {}", cut(&body, 300));
-                if fleet {
-                    let hold = Hold { paused_why: Some(why.clone()), until_ms: None };
-                    if let Err(error) = deliverer.store(move |store, name| store.set_hold(name, &hold)).await {
-                        tracing::error!(pixel = %pixel.name, %error, "cannot pause the pixel for the fleet");
-                    }
-                }
+                let why = unauthorized_why(status, &body);
                 if !pixel.set_paused(Some(why)) {
                     tracing::error!(
                         pixel = %pixel.name,
@@ -321,6 +324,11 @@ fn backoff(retry: &super::config::Retry, failures: u32) -> Duration {
     let ceiling = retry.initial_backoff.saturating_mul(1 << exponent).min(retry.max_backoff);
     let unit = (RandomState::new().hash_one(failures) % 1000) as f64 / 1000.0;
     ceiling.mul_f64(0.5 + unit / 2.0)
+}
+
+/// Why delivery pauses when OpenAI refuses the API key, as the pixel's state and the fleet's hold say it.
+fn unauthorized_why(status: u16, body: &str) -> String {
+    format!("OpenAI refused the API key (HTTP {status}): {}", cut(body, 300))
 }
 
 /// `Retry-After` in seconds or as an HTTP date (any of the three forms HTTP allows), never longer than `ceiling`

@@ -476,21 +476,26 @@ impl Store for PostgresStore {
     fn claim(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
         let client = self.client();
         let (pixel, owner, lease_ms) = (pixel.to_string(), self.owner.clone(), self.lease.as_millis() as f64);
+        let now = super::now_ms();
         self.run(async move {
             let client = client.await?;
+            // Nothing is claimed while a Retry-After holds the pixel back: a relay that looked at the hold just before
+            // another relay set it would otherwise take the events that relay handed back and send them at once.
             let claim = client
                 .prepare_cached(
                     "UPDATE engine_queue SET lease_owner = $3, lease_until = now() + $4 * interval '1 millisecond'
                      WHERE seq IN (
                          SELECT seq FROM engine_queue
                          WHERE pixel = $1 AND (lease_until IS NULL OR lease_until < now())
+                           AND NOT EXISTS (SELECT 1 FROM engine_holds h WHERE h.pixel = $1 AND h.until_ms > $5)
                          ORDER BY seq LIMIT $2
                          FOR UPDATE SKIP LOCKED)
                      RETURNING seq, pending",
                 )
                 .await
                 .map_err(failed)?;
-            let rows = client.query(&claim, &[&pixel, &(limit as i64), &owner, &lease_ms]).await.map_err(failed)?;
+            let rows =
+                client.query(&claim, &[&pixel, &(limit as i64), &owner, &lease_ms, &now]).await.map_err(failed)?;
             let mut out: Vec<(u64, Pending)> = rows
                 .iter()
                 .map(|row| {

@@ -296,6 +296,9 @@ struct RedbIngest<'t> {
     /// The profiles this transaction read or wrote, the written ones marked: a visitor's events in one group read
     /// its profile from the table once and write it once, when the group commits ([`RedbIngest::write_profiles`]).
     profiles: BTreeMap<String, (Option<Profile>, bool)>,
+    /// The queue table, opened at the first event and kept open for the rest of the transaction: opening a table
+    /// cost about as much as inserting into it.
+    queue: Option<redb::Table<'t, (&'static str, u64), &'static [u8]>>,
 }
 
 impl RedbIngest<'_> {
@@ -359,8 +362,13 @@ impl IngestTx for RedbIngest<'_> {
             None => counter(self.txn, "next_seq")?,
         };
         self.next_seq = Some(seq + 1);
-        let bytes = serde_json::to_vec(pending).map_err(unreadable)?;
-        let mut table = self.txn.open_table(QUEUE).map_err(fail)?;
+        // Room for the event and the fields around it, so that writing it does not grow the buffer step by step.
+        let mut bytes = Vec::with_capacity(pending.event.len() + pending.id.len() + pending.event_type.len() + 160);
+        serde_json::to_writer(&mut bytes, pending).map_err(unreadable)?;
+        let table = match &mut self.queue {
+            Some(table) => table,
+            queue => queue.insert(self.txn.open_table(QUEUE).map_err(fail)?),
+        };
         table.insert((pixel, seq), bytes.as_slice()).map_err(fail)?;
         self.bytes_added += bytes.len() as u64;
         Ok(seq)
@@ -379,8 +387,10 @@ impl Store for RedbStore {
                 bytes_added: 0,
                 bytes_removed: 0,
                 profiles: BTreeMap::new(),
+                queue: None,
             };
             work(&mut ingest)?;
+            ingest.queue = None;
             ingest.write_profiles()?;
             if let Some(error) = ingest.failure {
                 return Err(error);
