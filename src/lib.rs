@@ -24,6 +24,8 @@ pub mod run;
 pub mod schema;
 pub mod source;
 pub mod syntax;
+#[cfg(test)]
+mod testing;
 pub mod yaml;
 
 pub use compile::{compile, CompileOptions, Compiled};
