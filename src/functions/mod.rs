@@ -16,7 +16,9 @@ mod value;
 pub use docs::{reference_json, reference_markdown, reference_text};
 pub(crate) use numeric::currency;
 pub use time::timestamp_ms;
-pub(crate) use value::{json_string_len, lookup, write_json, write_json_string};
+#[cfg(feature = "relay")]
+pub(crate) use value::json_string_len;
+pub(crate) use value::{lookup, write_json, write_json_string};
 pub use value::{Slice, Val};
 
 /// A set of JSON value kinds, used for static type checking. Numbers are split into integers and numbers

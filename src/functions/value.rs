@@ -489,6 +489,7 @@ pub fn write_json_string(text: &str, out: &mut String) {
 }
 
 /// The length of `text` written as a JSON string by [`write_json_string`] (and serde_json), quotes included.
+#[cfg(feature = "relay")]
 pub(crate) fn json_string_len(text: &str) -> usize {
     let bytes = text.as_bytes();
     let mut len = bytes.len() + 2;
