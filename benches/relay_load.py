@@ -152,11 +152,7 @@ def deliver(rate, seconds, clients, batch):
     fake = FakeOpenAI(18090, token)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     work = tempfile.mkdtemp(prefix="relay-deliver-")
-    config = os.path.join(work, "relay.yaml")
-    with open(config, "w") as f:
-        f.write(f"listen: 127.0.0.1:18089\ndata_dir: data\npixel_id: load\napi_key: {token}\n"
-                "endpoint: http://127.0.0.1:18090\ningestion: {rate_limit: 1000000}\n"
-                "batch: {max_events: 1000, linger_ms: 100}\n")
+    config = delivering_config(work, 18089, token)
     wrapper = os.environ.get("RELAY_WRAPPER", "").split()
     relay = subprocess.Popen(wrapper + [ENGINE, "serve", "--config", config], cwd=work, stderr=subprocess.DEVNULL)
     try:
@@ -177,6 +173,17 @@ def deliver(rate, seconds, clients, batch):
           f"max {latencies[-1] * 1000:.1f} ms")
     print(f"delivered    {fake.events:>9} events to the fake OpenAI in {delivered_in:.2f} s: "
           f"{fake.events / delivered_in:>9.0f} events/s")
+
+
+def delivering_config(work, port, token, extra=""):
+    """Writes the relay.yaml of a relay on `port` that delivers for real to the fake OpenAI on port 18090, in batches
+    of up to 1,000 events; returns its path."""
+    config = os.path.join(work, "relay.yaml")
+    with open(config, "w") as f:
+        f.write(f"listen: 127.0.0.1:{port}\ndata_dir: data\npixel_id: load\napi_key: {token}\n"
+                "endpoint: http://127.0.0.1:18090\ningestion: {rate_limit: 1000000}\n"
+                "batch: {max_events: 1000, linger_ms: 100}\n" + extra)
+    return config
 
 
 def connect(port):
@@ -247,13 +254,8 @@ def fleet(count, clients, batch):
             try:
                 for n in range(relays):
                     work = tempfile.mkdtemp(prefix="relay-fleet-")
-                    config = os.path.join(work, "relay.yaml")
-                    with open(config, "w") as f:
-                        f.write(f"listen: 127.0.0.1:{18100 + n}\ndata_dir: data\npixel_id: load\napi_key: {token}\n"
-                                "endpoint: http://127.0.0.1:18090\ningestion: {rate_limit: 1000000}\n"
-                                "batch: {max_events: 1000, linger_ms: 100}\nadmin: {enabled: false}\n")
-                        if url:
-                            f.write("store: {kind: postgres, url_env: BENCH_DATABASE_URL}\n")
+                    shared = "store: {kind: postgres, url_env: BENCH_DATABASE_URL}\n" if url else ""
+                    config = delivering_config(work, 18100 + n, token, "admin: {enabled: false}\n" + shared)
                     env = dict(os.environ, BENCH_DATABASE_URL=url or "")
                     processes.append(subprocess.Popen([ENGINE, "serve", "--config", config], cwd=work, env=env,
                                                       stderr=subprocess.DEVNULL))

@@ -139,11 +139,17 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                         }
                     }
                     Err(error) => {
-                        tracing::error!(pixel = %pixel.name, %error, "cannot read the pixel's hold");
-                        if draining.is_some() {
+                        if store_failed(
+                            &pixel.name,
+                            "cannot read the pixel's hold",
+                            &error,
+                            draining.is_some(),
+                            &mut shutdown,
+                        )
+                        .await
+                        {
                             break;
                         }
-                        pause(&mut shutdown, Duration::from_secs(1)).await;
                         continue;
                     }
                 }
@@ -151,11 +157,11 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
             let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
                 Ok(batch) => batch,
                 Err(error) => {
-                    tracing::error!(pixel = %pixel.name, %error, "cannot read the queue");
-                    if draining.is_some() {
+                    if store_failed(&pixel.name, "cannot read the queue", &error, draining.is_some(), &mut shutdown)
+                        .await
+                    {
                         break;
                     }
-                    pause(&mut shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
             };
@@ -188,11 +194,11 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                     Ok(claimed) if claimed.is_empty() => continue,
                     Ok(claimed) => claimed,
                     Err(error) => {
-                        tracing::error!(pixel = %pixel.name, %error, "cannot claim a batch");
-                        if draining.is_some() {
+                        if store_failed(&pixel.name, "cannot claim a batch", &error, draining.is_some(), &mut shutdown)
+                            .await
+                        {
                             break;
                         }
-                        pause(&mut shutdown, Duration::from_secs(1)).await;
                         continue;
                     }
                 }
@@ -310,6 +316,16 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
 }
 
 /// Sleeps, or returns early when the relay starts stopping.
+/// After a call to the store failed: logs it and, unless delivery is draining to stop (then `true`: stop now), waits a
+/// second before the loop tries again.
+async fn store_failed(pixel: &str, what: &str, error: &StoreError, draining: bool, shutdown: &mut Stop) -> bool {
+    tracing::error!(pixel, %error, "{what}");
+    if !draining {
+        pause(shutdown, Duration::from_secs(1)).await;
+    }
+    draining
+}
+
 async fn pause(shutdown: &mut Stop, delay: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}

@@ -304,9 +304,14 @@ struct RedbIngest<'t> {
 impl RedbIngest<'_> {
     /// Writes the profiles the transaction changed.
     fn write_profiles(&mut self) -> Result<(), StoreError> {
-        let written = std::mem::take(&mut self.profiles).into_iter().filter(|(_, (_, written))| *written);
-        let mut written = written.filter_map(|(key, (profile, _))| Some((key, profile?))).peekable();
-        if written.peek().is_none() {
+        let written: Vec<(String, Profile)> = std::mem::take(&mut self.profiles)
+            .into_iter()
+            .filter_map(|(key, entry)| match entry {
+                (Some(profile), true) => Some((key, profile)),
+                _ => None,
+            })
+            .collect();
+        if written.is_empty() {
             return Ok(());
         }
         let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
