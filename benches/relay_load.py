@@ -29,6 +29,7 @@ import http.client
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def deliver(rate, seconds, clients, batch):
         relay.send_signal(2 if wrapper else 15)
         relay.wait(timeout=60)
         fake.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     delivered_in = (fake.last or ended) - begun
     print(f"offered  {rate:>9} events/s for {seconds} s: {len(events)} events in {len(bodies)} requests of "
           f"{batch} from {clients} clients")
@@ -235,6 +237,7 @@ class PrivatePostgres:
 
     def stop(self):
         self.run("pg_ctl", "-D", self.data(), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def fleet(count, clients, batch):
@@ -250,10 +253,11 @@ def fleet(count, clients, batch):
             fake = FakeOpenAI(18090, token)
             threading.Thread(target=fake.serve_forever, daemon=True).start()
             url = pg.database(f"fleet_{len(results)}") if store == "postgres" else None
-            processes = []
+            processes, works = [], []
             try:
                 for n in range(relays):
                     work = tempfile.mkdtemp(prefix="relay-fleet-")
+                    works.append(work)
                     shared = "store: {kind: postgres, url_env: BENCH_DATABASE_URL}\n" if url else ""
                     config = delivering_config(work, 18100 + n, token, "admin: {enabled: false}\n" + shared)
                     env = dict(os.environ, BENCH_DATABASE_URL=url or "")
@@ -295,6 +299,8 @@ def fleet(count, clients, batch):
                     process.wait(timeout=60)
                 fake.shutdown()
                 fake.server_close()
+                for work in works:
+                    shutil.rmtree(work, ignore_errors=True)
     finally:
         pg.stop()
     print(f"events: {len(events)} in requests of {batch} from {clients} clients, delivered to a fake OpenAI")
@@ -374,6 +380,7 @@ def main():
     finally:
         relay.send_signal(2 if wrapper else 15)
         relay.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
     if sum(acked) + sum(refused) != len(events):
         sys.exit(f"only {sum(acked) + sum(refused)} of {len(events)} events were answered: a client failed")
     rate = sum(acked) / elapsed

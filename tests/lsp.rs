@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -183,11 +183,11 @@ fn position(uri: &str, line: u32, character: u32) -> Value {
     json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}})
 }
 
-/// A fresh directory holding `common.map` (a parameter) beside which the test's `main.map` lives.
-fn workspace(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("engine-lsp-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("common.map"), "# shared\nparam region: string = \"US\"\n").unwrap();
+/// A fresh directory holding `common.map` (a parameter) beside which the test's `main.map` lives; removed when the
+/// test ends, whether it passes or fails.
+fn workspace(test: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(&format!("engine-lsp-{test}-")).tempdir().unwrap();
+    std::fs::write(dir.path().join("common.map"), "# shared\nparam region: string = \"US\"\n").unwrap();
     dir
 }
 
@@ -236,7 +236,7 @@ fn initialize_announces_what_the_server_does() {
 #[test]
 fn diagnostics_follow_the_document_as_it_changes() {
     let dir = workspace("diagnostics");
-    let main = uri(&dir.join("main.map"));
+    let main = uri(&dir.path().join("main.map"));
     let (mut client, _) = Client::initialized();
 
     let broken = MAPPING.replace("| to_string", "| to_strin");
@@ -276,15 +276,14 @@ fn diagnostics_follow_the_document_as_it_changes() {
     client.notify("textDocument/didClose", json!({"textDocument": {"uri": main}}));
     assert_eq!(client.diagnostics(&main), Vec::<Value>::new(), "closing a document clears its diagnostics");
     assert_eq!(client.exit(true), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn diagnostics_in_an_included_file_are_published_for_that_file() {
     let dir = workspace("included");
-    std::fs::write(dir.join("common.map"), "param region: strng = \"US\"\n").unwrap();
-    let main = uri(&dir.join("main.map"));
-    let common = uri(&dir.join("common.map"));
+    std::fs::write(dir.path().join("common.map"), "param region: strng = \"US\"\n").unwrap();
+    let main = uri(&dir.path().join("main.map"));
+    let common = uri(&dir.path().join("common.map"));
     let (mut client, _) = Client::initialized();
     client.open(&main, MAPPING);
     let diagnostics = client.diagnostics(&common);
@@ -295,13 +294,12 @@ fn diagnostics_in_an_included_file_are_published_for_that_file() {
     client.open(&common, "param region: string = \"US\"\n");
     assert_eq!(client.diagnostics(&common), Vec::<Value>::new());
     assert_eq!(client.exit(true), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn hover_explains_functions_target_fields_signal_fields_and_parameters() {
     let dir = workspace("hover");
-    let main = uri(&dir.join("main.map"));
+    let main = uri(&dir.path().join("main.map"));
     let (mut client, _) = Client::initialized();
     client.open(&main, MAPPING);
 
@@ -332,13 +330,12 @@ fn hover_explains_functions_target_fields_signal_fields_and_parameters() {
     let missing = client.request("textDocument/hover", position(&main, 2, 0));
     assert_eq!(missing, Value::Null, "nothing to say on an empty line");
     assert_eq!(client.exit(true), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn completion_offers_functions_targets_parameters_and_signal_fields() {
     let dir = workspace("completion");
-    let main = uri(&dir.join("main.map"));
+    let main = uri(&dir.path().join("main.map"));
     let (mut client, _) = Client::initialized();
     // The line being typed does not parse, as when a user types it.
     let typing = format!("{MAPPING}traits.email -> user.email | \n");
@@ -367,14 +364,13 @@ fn completion_offers_functions_targets_parameters_and_signal_fields() {
     let source = client.completion_labels(&main, line, 0);
     assert!(source.contains(&"context.page.url".to_string()) && source.contains(&"to_unix_ms".to_string()));
     assert_eq!(client.exit(true), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn definition_leads_to_included_files_and_parameter_declarations() {
     let dir = workspace("definition");
-    let main = uri(&dir.join("main.map"));
-    let common = uri(&dir.join("common.map"));
+    let main = uri(&dir.path().join("main.map"));
+    let common = uri(&dir.path().join("common.map"));
     let (mut client, _) = Client::initialized();
     client.open(&main, MAPPING);
 
@@ -389,13 +385,12 @@ fn definition_leads_to_included_files_and_parameter_declarations() {
     assert_eq!(local["uri"], main.as_str());
     assert_eq!(local["range"]["start"], json!({"line": 1, "character": 6}));
     assert_eq!(client.exit(true), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn bad_requests_get_errors_and_the_server_carries_on() {
     let dir = workspace("errors");
-    let main = uri(&dir.join("main.map"));
+    let main = uri(&dir.path().join("main.map"));
     let (mut client, _) = Client::initialized();
     client.open(&main, MAPPING);
 
@@ -414,13 +409,12 @@ fn bad_requests_get_errors_and_the_server_carries_on() {
     let after = client.call("textDocument/hover", position(&main, 10, 58));
     assert_eq!(after["error"]["code"], -32600, "requests after shutdown are refused: {after}");
     assert_eq!(client.exit(false), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn initialization_options_give_parameter_values() {
     let dir = workspace("options");
-    let main = uri(&dir.join("main.map"));
+    let main = uri(&dir.path().join("main.map"));
     let text = MAPPING.replace("param consent_category: string = \"marketing\"", "param consent_category: string");
 
     let (mut client, _) = Client::initialized();
@@ -433,7 +427,6 @@ fn initialization_options_give_parameter_values() {
     client.open(&main, &text);
     assert_eq!(client.diagnostics(&main), Vec::<Value>::new());
     assert_eq!(client.exit(true), Some(0));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -445,7 +438,7 @@ fn exit_without_shutdown_exits_with_code_1() {
 #[test]
 fn formatting_gives_engine_fmt_layout_and_nothing_for_broken_text() {
     let dir = workspace("formatting");
-    let main = uri(&dir.join("main.map"));
+    let main = uri(&dir.path().join("main.map"));
     let (mut client, capabilities) = Client::initialized();
     assert_eq!(capabilities["capabilities"]["documentFormattingProvider"], true);
     let messy = "routes { page -> page_viewed }\nmessageId    ->   id # the id\n\"web\" -> action_source\n";

@@ -149,15 +149,18 @@ impl Drop for Postgres {
 }
 
 /// One server for the whole test process, for running the relay suite on PostgreSQL (`ENGINE_TEST_STORE=postgres`):
-/// started on first use, stopped when the process exits.
+/// started on first use, stopped and removed when the process exits.
 pub fn shared() -> Option<&'static Postgres> {
     static SHARED: std::sync::OnceLock<Option<Postgres>> = std::sync::OnceLock::new();
     SHARED
         .get_or_init(|| {
             let server = Postgres::start("shared")?;
+            // A static is never dropped, so the server's directory (some hundred megabytes once the suite has
+            // made its databases) is removed here too.
             extern "C" fn stop_at_exit() {
                 if let Some(Some(server)) = SHARED.get() {
                     server.down();
+                    let _ = std::fs::remove_dir_all(&*server.dir);
                 }
             }
             extern "C" {
