@@ -131,17 +131,77 @@ pub trait IdentityStore {
         linked.extend(stored.keys);
         true
     }
+
+    /// Everything remembered about the visitor known by `keys`: what each key holds, following the links between
+    /// keys, so that what a visitor's anonymous id learned after an identify reaches its user id on another device,
+    /// and back. At most [`Profile::MAX_KEYS`] keys are read.
+    fn recall_visitor(&mut self, keys: &[String]) -> Profile {
+        let mut profile = Profile::default();
+        let mut loaded: Vec<String> = Vec::with_capacity(keys.len());
+        let mut pending = keys.to_vec();
+        let mut linked = Vec::new();
+        while let Some(key) = pending.pop() {
+            if loaded.contains(&key) || loaded.len() >= Profile::MAX_KEYS {
+                continue;
+            }
+            if self.merge_into(&key, &mut profile, &mut linked) {
+                pending.extend(linked.drain(..).filter(|k| !loaded.contains(k)));
+            }
+            loaded.push(key);
+        }
+        profile
+    }
+
+    /// Gives back the profile [`IdentityStore::recall_visitor`] gave, which every recall is followed by; when
+    /// `changed`, it is kept under every one of its keys.
+    fn keep_visitor(&mut self, profile: Profile, changed: bool) {
+        if !changed {
+            return;
+        }
+        let keys = profile.keys.clone();
+        if let Some((last, others)) = keys.split_last() {
+            for key in others {
+                self.store(key, profile.clone());
+            }
+            self.store(last, profile);
+        }
+    }
 }
 
 /// Identity memory for one process, bounded twice: by a number of visitor keys and by a memory budget in bytes.
 /// Past either, the least recently seen key is forgotten, so memory stays within the budget however long the
 /// stream and however many visitors it has.
+///
+/// A visitor's keys share one profile: keeping a visitor writes its profile once, not once per key, and recalling
+/// it reads one profile however many keys point to it. A visitor whose keys all point to one profile (the usual
+/// case) is lent out by [`IdentityStore::recall_visitor`] rather than copied, and put back in its place by
+/// [`IdentityStore::keep_visitor`] without looking its keys up again.
 pub struct MemoryStore {
-    profiles: lru::LruCache<String, Profile>,
+    /// Each key and the profile it points to in `profiles`, least recently seen first out.
+    keys: lru::LruCache<String, usize>,
+    /// Profiles, each with how many keys point to it; a profile no key points to is dropped and its place reused.
+    profiles: Vec<Shared>,
+    free: Vec<usize>,
+    /// The place of the profile the last recall lent out, and the keys it was asked for that point there.
+    lent: Option<Lent>,
     capacity: usize,
     budget: usize,
     /// The estimated heap taken by the keys and profiles held, kept within `budget`.
     used: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    profile: Profile,
+    holders: usize,
+    /// [`MemoryStore::profile_footprint`] of `profile`, counted in `used`.
+    footprint: usize,
+}
+
+struct Lent {
+    index: usize,
+    /// The recalled keys found pointing to `index`; they were seen at the recall.
+    keys: Vec<String>,
 }
 
 impl MemoryStore {
@@ -156,15 +216,24 @@ impl MemoryStore {
 
     /// At most `capacity` visitor keys, taking at most about `budget` bytes.
     pub fn bounded(capacity: usize, budget: usize) -> Self {
-        MemoryStore { profiles: lru::LruCache::unbounded(), capacity: capacity.max(1), budget, used: 0 }
+        MemoryStore {
+            keys: lru::LruCache::unbounded(),
+            profiles: Vec::new(),
+            free: Vec::new(),
+            lent: None,
+            capacity: capacity.max(1),
+            budget,
+            used: 0,
+        }
     }
 
+    /// How many visitor keys are remembered.
     pub fn len(&self) -> usize {
-        self.profiles.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.profiles.is_empty()
+        self.keys.is_empty()
     }
 
     /// The estimated bytes held, which [`MemoryStore::bounded`]'s budget limits.
@@ -172,11 +241,19 @@ impl MemoryStore {
         self.used
     }
 
-    /// The heap one key and its profile take, estimated from their lengths: each string's allocation with the
-    /// allocator's overhead, each field's and key's fixed part, and the cache's own entry (hash slot, list links).
-    /// Measured against peak RSS on a million distinct visitors (benches/README.md).
-    fn footprint(key: &str, profile: &Profile) -> usize {
-        const ENTRY: usize = 256;
+    /// The heap one key takes, estimated from its length: the string's allocation with the allocator's overhead
+    /// and the cache's own entry (hash slot, list links). Measured against peak RSS on a million distinct visitors
+    /// (benches/README.md), with [`MemoryStore::profile_footprint`].
+    fn key_footprint(key: &str) -> usize {
+        const ENTRY: usize = 128;
+        const STRING: usize = 56;
+        ENTRY + STRING + key.len()
+    }
+
+    /// The heap one profile takes: its place in the list of profiles, each field's fixed part, each string's
+    /// allocation with the allocator's overhead.
+    fn profile_footprint(profile: &Profile) -> usize {
+        const SLOT: usize = 128;
         const STRING: usize = 56;
         const FIELD: usize = 96;
         let value = |value: &Value| match value {
@@ -185,14 +262,109 @@ impl MemoryStore {
         };
         let fields: usize = profile.fields.iter().map(|f| FIELD + STRING + f.field.len() + value(&f.value)).sum();
         let keys: usize = profile.keys.iter().map(|k| STRING + k.len()).sum();
-        ENTRY + STRING + key.len() + fields + keys
+        SLOT + fields + keys
+    }
+
+    /// A place for `profile`, held by no key yet.
+    fn add_profile(&mut self, profile: Profile) -> usize {
+        let footprint = Self::profile_footprint(&profile);
+        self.used += footprint;
+        let shared = Shared { profile, holders: 0, footprint };
+        match self.free.pop() {
+            Some(index) => {
+                self.profiles[index] = shared;
+                index
+            }
+            None => {
+                self.profiles.push(shared);
+                self.profiles.len() - 1
+            }
+        }
+    }
+
+    /// Replaces the profile at `index`, accounting for the one it replaces.
+    fn replace_profile(&mut self, index: usize, profile: Profile) {
+        let footprint = Self::profile_footprint(&profile);
+        let shared = &mut self.profiles[index];
+        self.used = self.used.saturating_sub(shared.footprint) + footprint;
+        shared.profile = profile;
+        shared.footprint = footprint;
+    }
+
+    /// One key fewer points to the profile at `index`; the last one takes it along.
+    fn release(&mut self, index: usize) {
+        let shared = &mut self.profiles[index];
+        shared.holders -= 1;
+        if shared.holders == 0 {
+            let Shared { footprint, .. } = std::mem::take(shared);
+            self.used = self.used.saturating_sub(footprint);
+            self.free.push(index);
+        }
+    }
+
+    /// Points `key` at the profile at `index`, seen now.
+    fn point(&mut self, key: &str, index: usize) {
+        match self.keys.get_mut(key) {
+            Some(held) if *held == index => return,
+            Some(held) => {
+                let before = std::mem::replace(held, index);
+                self.profiles[index].holders += 1;
+                self.release(before);
+                return;
+            }
+            None => {}
+        }
+        self.profiles[index].holders += 1;
+        self.used += Self::key_footprint(key);
+        self.keys.put(key.to_string(), index);
     }
 
     fn forget_beyond_bounds(&mut self) {
-        while self.used > self.budget || self.profiles.len() > self.capacity {
-            let Some((key, profile)) = self.profiles.pop_lru() else { break };
-            self.used = self.used.saturating_sub(Self::footprint(&key, &profile));
+        while self.used > self.budget || self.keys.len() > self.capacity {
+            let Some((key, index)) = self.keys.pop_lru() else { break };
+            self.used = self.used.saturating_sub(Self::key_footprint(&key));
+            self.release(index);
         }
+    }
+
+    /// A profile lent out and not given back can only be lost: every recall is followed by a keep.
+    fn settle_loan(&mut self) {
+        debug_assert!(self.lent.is_none(), "a recalled visitor was not given back");
+        self.lent = None;
+    }
+
+    /// The profiles `keys` point to, following the links between keys as the trait's recall does, each once.
+    fn profiles_of(&mut self, keys: &[String]) -> Vec<usize> {
+        let mut found: Vec<usize> = Vec::with_capacity(1);
+        let mut linked: Vec<String> = Vec::new();
+        let mut done: Vec<String> = Vec::new();
+        let mut read = 0;
+        let mut visit = |store: &mut MemoryStore, key: &str, linked: &mut Vec<String>, done: &[String]| {
+            let Some(&index) = store.keys.get(key) else { return };
+            if found.contains(&index) {
+                return;
+            }
+            found.push(index);
+            for other in &store.profiles[index].profile.keys {
+                let known = other == key || keys.contains(other) || done.contains(other);
+                if !known && !linked.contains(other) {
+                    linked.push(other.clone());
+                }
+            }
+        };
+        for key in keys.iter().rev().take(Profile::MAX_KEYS) {
+            read += 1;
+            visit(self, key, &mut linked, &done);
+        }
+        while let Some(key) = linked.pop() {
+            if read >= Profile::MAX_KEYS {
+                break;
+            }
+            read += 1;
+            visit(self, &key, &mut linked, &done);
+            done.push(key);
+        }
+        found
     }
 }
 
@@ -204,30 +376,93 @@ impl Default for MemoryStore {
 
 impl IdentityStore for MemoryStore {
     fn load(&mut self, key: &str) -> Option<Profile> {
-        self.profiles.get(key).cloned()
+        let index = *self.keys.get(key)?;
+        Some(self.profiles[index].profile.clone())
     }
 
+    /// `key` gets a profile of its own, whatever other keys it was shared with.
     fn store(&mut self, key: &str, profile: Profile) {
-        let added = Self::footprint(key, &profile);
-        match self.profiles.get_mut(key) {
-            Some(kept) => {
-                let removed = Self::footprint(key, kept);
-                *kept = profile;
-                self.used = self.used.saturating_sub(removed);
+        self.settle_loan();
+        match self.keys.peek(key).copied() {
+            Some(index) if self.profiles[index].holders == 1 => {
+                self.keys.promote(key);
+                self.replace_profile(index, profile);
             }
-            None => {
-                self.profiles.put(key.to_string(), profile);
+            _ => {
+                let index = self.add_profile(profile);
+                self.point(key, index);
             }
         }
-        self.used += added;
         self.forget_beyond_bounds();
     }
 
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        let Some(stored) = self.profiles.get(key) else { return false };
+        let Some(&index) = self.keys.get(key) else { return false };
+        let stored = &self.profiles[index].profile;
         profile.merge(stored);
         linked.extend(stored.keys.iter().cloned());
         true
+    }
+
+    /// As the trait does, but a profile several keys share is read once, and a visitor with one profile is lent.
+    fn recall_visitor(&mut self, keys: &[String]) -> Profile {
+        self.settle_loan();
+        match self.profiles_of(keys)[..] {
+            [] => Profile::default(),
+            [index] => {
+                let keys = keys.iter().filter(|key| self.keys.peek(key.as_str()) == Some(&index)).cloned().collect();
+                self.lent = Some(Lent { index, keys });
+                std::mem::take(&mut self.profiles[index].profile)
+            }
+            ref several => {
+                let mut profile = Profile::default();
+                for &index in several {
+                    profile.merge(&self.profiles[index].profile);
+                }
+                profile
+            }
+        }
+    }
+
+    /// Puts a lent profile back in its place; writes a changed one once and points every one of its keys at it.
+    fn keep_visitor(&mut self, profile: Profile, changed: bool) {
+        let lent = self.lent.take();
+        if !changed {
+            if let Some(Lent { index, .. }) = lent {
+                self.profiles[index].profile = profile;
+            }
+            return;
+        }
+        let (index, seen) = match lent {
+            Some(Lent { index, keys }) => {
+                self.replace_profile(index, profile);
+                (index, keys)
+            }
+            None => {
+                let held = profile.keys.iter().rev().find_map(|key| self.keys.peek(key.as_str()).copied());
+                match held {
+                    Some(index) => {
+                        self.replace_profile(index, profile);
+                        (index, Vec::new())
+                    }
+                    None => (self.add_profile(profile), Vec::new()),
+                }
+            }
+        };
+        for position in 0..self.profiles[index].profile.keys.len() {
+            let key = &self.profiles[index].profile.keys[position];
+            // A key the recall found pointing here was seen just now: it needs no second lookup.
+            if !seen.contains(key) {
+                let key = key.clone();
+                self.point(&key, index);
+            }
+        }
+        if self.profiles[index].holders == 0 {
+            // A profile without keys: nothing points to it, so it is not kept.
+            self.profiles[index].holders = 1;
+            self.release(index);
+        }
+        self.forget_beyond_bounds();
     }
 }
 
@@ -255,7 +490,7 @@ mod tests {
             fields: vec![field("user.email", &format!("{n:064x}"), 1, None)],
             keys: vec![format!("anon:{n:03}")],
         };
-        let one = MemoryStore::footprint("anon:000", &profile(0));
+        let one = MemoryStore::key_footprint("anon:000") + MemoryStore::profile_footprint(&profile(0));
         let mut store = MemoryStore::bounded(usize::MAX, one * 10);
         for n in 0..100 {
             store.store(&format!("anon:{n:03}"), profile(n));
@@ -268,6 +503,89 @@ mod tests {
             store.store("anon:099", profile(99));
         }
         assert_eq!(store.used(), one * 10);
+    }
+
+    fn visitor(keys: &[&str], email: &str, seen: i64) -> Profile {
+        Profile {
+            fields: vec![field("user.email", email, seen, None)],
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn a_visitors_keys_share_one_profile_counted_once() {
+        let mut store = MemoryStore::default();
+        let profile = visitor(&["anon:a", "user:u"], "e1", 1);
+        store.keep_visitor(profile.clone(), true);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.load("anon:a"), Some(profile.clone()));
+        assert_eq!(store.load("user:u"), Some(profile.clone()));
+        let expected = MemoryStore::profile_footprint(&profile)
+            + MemoryStore::key_footprint("anon:a")
+            + MemoryStore::key_footprint("user:u");
+        assert_eq!(store.used(), expected);
+
+        // Recalled by either key, changed and kept: both keys see the change, and the accounting follows it.
+        let mut recalled = store.recall_visitor(&keys(&["user:u"]));
+        assert_eq!(recalled, profile);
+        recalled.set(field("user.phone_number", "p1", 2, None));
+        store.keep_visitor(recalled.clone(), true);
+        assert_eq!(store.load("anon:a"), Some(recalled.clone()));
+        let expected = MemoryStore::profile_footprint(&recalled)
+            + MemoryStore::key_footprint("anon:a")
+            + MemoryStore::key_footprint("user:u");
+        assert_eq!(store.used(), expected);
+
+        // Recalled and given back unchanged: nothing moves.
+        let again = store.recall_visitor(&keys(&["anon:a", "user:u"]));
+        assert_eq!(again, recalled);
+        store.keep_visitor(again, false);
+        assert_eq!(store.load("user:u"), Some(recalled));
+        assert_eq!(store.used(), expected);
+    }
+
+    #[test]
+    fn linking_two_visitors_merges_them_and_frees_what_no_key_points_to() {
+        let mut store = MemoryStore::default();
+        store.keep_visitor(visitor(&["anon:a"], "old", 1), true);
+        store.keep_visitor(visitor(&["anon:b", "user:u"], "new", 2), true);
+        let before = store.used();
+
+        // An event of anon:a as user:u: the two visitors are one; the freshest email wins.
+        let mut merged = store.recall_visitor(&keys(&["anon:a", "user:u"]));
+        assert_eq!(merged.get("user.email", 3).map(|f| f.value.clone()), Some(Value::from("new")));
+        assert!(merged.keys.iter().any(|k| k == "anon:b"), "the link through user:u is followed: {merged:?}");
+        merged.link("anon:a");
+        merged.link("user:u");
+        store.keep_visitor(merged.clone(), true);
+        for key in ["anon:a", "anon:b", "user:u"] {
+            assert_eq!(store.load(key), Some(merged.clone()), "{key}");
+        }
+        // One profile is left: the one only anon:a pointed to went with its last key.
+        let expected = MemoryStore::profile_footprint(&merged)
+            + ["anon:a", "anon:b", "user:u"].iter().map(|k| MemoryStore::key_footprint(k)).sum::<usize>();
+        assert_eq!(store.used(), expected);
+        assert!(store.used() < before + MemoryStore::profile_footprint(&merged));
+    }
+
+    #[test]
+    fn forgetting_one_key_of_a_visitor_keeps_its_profile_for_the_others() {
+        let profile = visitor(&["anon:a", "user:u"], "e1", 1);
+        let two = MemoryStore::key_footprint("anon:a") * 2 + MemoryStore::profile_footprint(&profile);
+        let mut store = MemoryStore::bounded(2, usize::MAX);
+        store.keep_visitor(profile.clone(), true);
+        store.store("anon:z", Profile::default());
+        assert_eq!(store.len(), 2);
+        assert!(store.load("anon:a").is_none(), "the least recently seen key goes first");
+        assert_eq!(store.load("user:u"), Some(profile));
+        assert!(
+            store.used()
+                < two + MemoryStore::key_footprint("anon:z") + MemoryStore::profile_footprint(&Profile::default())
+        );
     }
 
     #[test]

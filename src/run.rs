@@ -369,21 +369,7 @@ impl Plan {
         if keys.is_empty() {
             return None;
         }
-        // Follow the links between the visitor's keys, so that what its anonymous id learned after an identify
-        // reaches its user id on another device, and back.
-        let mut profile = Profile::default();
-        let mut loaded: Vec<String> = Vec::with_capacity(keys.len());
-        let mut pending = keys.clone();
-        let mut linked = Vec::new();
-        while let Some(key) = pending.pop() {
-            if loaded.contains(&key) || loaded.len() >= Profile::MAX_KEYS {
-                continue;
-            }
-            if store.merge_into(&key, &mut profile, &mut linked) {
-                pending.extend(linked.drain(..).filter(|k| !loaded.contains(k)));
-            }
-            loaded.push(key);
-        }
+        let mut profile = store.recall_visitor(&keys);
         // Linking moves each key to the end in turn: nothing changes when they end the list in that order already.
         let changed = !profile.keys.ends_with(&keys);
         if changed {
@@ -429,15 +415,7 @@ impl Plan {
         // taught nothing has nothing to remember: most visitors never identify nor land from an ad, and memory
         // stays free of them.
         let nothing_to_keep = memory.profile.fields.is_empty() && memory.profile.keys.len() < 2;
-        if memory.changed && !nothing_to_keep {
-            let keys = memory.profile.keys.clone();
-            if let Some((last, others)) = keys.split_last() {
-                for key in others {
-                    store.store(key, memory.profile.clone());
-                }
-                store.store(last, memory.profile);
-            }
-        }
+        store.keep_visitor(memory.profile, memory.changed && !nothing_to_keep);
         learned
     }
 
