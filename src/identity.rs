@@ -178,7 +178,7 @@ pub trait IdentityStore {
 /// [`IdentityStore::keep_visitor`] without looking its keys up again.
 pub struct MemoryStore {
     /// Each key and the profile it points to in `profiles`, least recently seen first out.
-    keys: lru::LruCache<String, usize>,
+    keys: KeyTable,
     /// Profiles, each with how many keys point to it; a profile no key points to is dropped and its place reused.
     profiles: Vec<Shared>,
     free: Vec<usize>,
@@ -217,7 +217,7 @@ impl MemoryStore {
     /// At most `capacity` visitor keys, taking at most about `budget` bytes.
     pub fn bounded(capacity: usize, budget: usize) -> Self {
         MemoryStore {
-            keys: lru::LruCache::unbounded(),
+            keys: KeyTable::default(),
             profiles: Vec::new(),
             free: Vec::new(),
             lent: None,
@@ -233,7 +233,7 @@ impl MemoryStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.len() == 0
     }
 
     /// The estimated bytes held, which [`MemoryStore::bounded`]'s budget limits.
@@ -304,24 +304,22 @@ impl MemoryStore {
 
     /// Points `key` at the profile at `index`, seen now.
     fn point(&mut self, key: &str, index: usize) {
-        match self.keys.get_mut(key) {
-            Some(held) if *held == index => return,
-            Some(held) => {
-                let before = std::mem::replace(held, index);
+        match self.keys.set(key, index) {
+            Some(before) if before == index => {}
+            Some(before) => {
                 self.profiles[index].holders += 1;
                 self.release(before);
-                return;
             }
-            None => {}
+            None => {
+                self.profiles[index].holders += 1;
+                self.used += Self::key_footprint(key);
+            }
         }
-        self.profiles[index].holders += 1;
-        self.used += Self::key_footprint(key);
-        self.keys.put(key.to_string(), index);
     }
 
     fn forget_beyond_bounds(&mut self) {
         while self.used > self.budget || self.keys.len() > self.capacity {
-            let Some((key, index)) = self.keys.pop_lru() else { break };
+            let Some((key, index)) = self.keys.pop_oldest() else { break };
             self.used = self.used.saturating_sub(Self::key_footprint(&key));
             self.release(index);
         }
@@ -340,7 +338,7 @@ impl MemoryStore {
         let mut done: Vec<String> = Vec::new();
         let mut read = 0;
         let mut visit = |store: &mut MemoryStore, key: &str, linked: &mut Vec<String>, done: &[String]| {
-            let Some(&index) = store.keys.get(key) else { return };
+            let Some(index) = store.keys.get(key) else { return };
             if found.contains(&index) {
                 return;
             }
@@ -368,6 +366,100 @@ impl MemoryStore {
     }
 }
 
+/// Visitor keys, each pointing to a profile, forgotten least recently seen first. A key's text, its profile and
+/// when it was last seen sit together in the hash table's slot, so finding a key reads its slot and its text and
+/// nothing else (a linked-list LRU also reads and relinks its neighbours on every look-up, each a cache miss on a
+/// table of tens of thousands of visitors). The order of use is a queue of (hash, seen) marks, one per look-up; a
+/// mark whose key was seen again since is stale and skipped, and the queue is rebuilt from the table when stale
+/// marks outnumber the keys.
+#[derive(Default)]
+struct KeyTable {
+    table: hashbrown::HashTable<KeyEntry>,
+    hasher: hashbrown::DefaultHashBuilder,
+    order: std::collections::VecDeque<(u64, u64)>,
+    clock: u64,
+}
+
+struct KeyEntry {
+    hash: u64,
+    /// The mark of the last look-up: unique, increasing.
+    seen: u64,
+    profile: usize,
+    key: Box<str>,
+}
+
+impl KeyTable {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    /// The profile `key` points to, seen now.
+    fn get(&mut self, key: &str) -> Option<usize> {
+        let hash = self.hash(key);
+        let entry = self.table.find_mut(hash, |entry| &*entry.key == key)?;
+        self.clock += 1;
+        entry.seen = self.clock;
+        let profile = entry.profile;
+        self.order.push_back((hash, self.clock));
+        self.compact();
+        Some(profile)
+    }
+
+    /// The profile `key` points to, without counting as seen.
+    fn peek(&self, key: &str) -> Option<usize> {
+        let hash = self.hash(key);
+        self.table.find(hash, |entry| &*entry.key == key).map(|entry| entry.profile)
+    }
+
+    /// Points `key` at `profile`, seen now; what it pointed to before, `None` for a new key.
+    fn set(&mut self, key: &str, profile: usize) -> Option<usize> {
+        let hash = self.hash(key);
+        self.clock += 1;
+        let seen = self.clock;
+        let before = match self.table.find_mut(hash, |entry| &*entry.key == key) {
+            Some(entry) => {
+                entry.seen = seen;
+                Some(std::mem::replace(&mut entry.profile, profile))
+            }
+            None => {
+                let entry = KeyEntry { hash, seen, profile, key: key.into() };
+                self.table.insert_unique(hash, entry, |entry| entry.hash);
+                None
+            }
+        };
+        self.order.push_back((hash, seen));
+        self.compact();
+        before
+    }
+
+    /// Forgets the least recently seen key: its text and the profile it pointed to.
+    fn pop_oldest(&mut self) -> Option<(Box<str>, usize)> {
+        while let Some((hash, seen)) = self.order.pop_front() {
+            if let Ok(entry) = self.table.find_entry(hash, |entry| entry.seen == seen) {
+                let (KeyEntry { key, profile, .. }, _) = entry.remove();
+                return Some((key, profile));
+            }
+        }
+        None
+    }
+
+    /// Rebuilds the queue from the table once stale marks outnumber the keys, keeping it within twice the keys.
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.table.len() + 64 {
+            return;
+        }
+        let mut live: Vec<(u64, u64)> = self.table.iter().map(|entry| (entry.seen, entry.hash)).collect();
+        live.sort_unstable();
+        self.order.clear();
+        self.order.extend(live.into_iter().map(|(seen, hash)| (hash, seen)));
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::new(Self::DEFAULT_CAPACITY)
@@ -376,16 +468,16 @@ impl Default for MemoryStore {
 
 impl IdentityStore for MemoryStore {
     fn load(&mut self, key: &str) -> Option<Profile> {
-        let index = *self.keys.get(key)?;
+        let index = self.keys.get(key)?;
         Some(self.profiles[index].profile.clone())
     }
 
     /// `key` gets a profile of its own, whatever other keys it was shared with.
     fn store(&mut self, key: &str, profile: Profile) {
         self.settle_loan();
-        match self.keys.peek(key).copied() {
+        match self.keys.peek(key) {
             Some(index) if self.profiles[index].holders == 1 => {
-                self.keys.promote(key);
+                self.keys.get(key);
                 self.replace_profile(index, profile);
             }
             _ => {
@@ -397,7 +489,7 @@ impl IdentityStore for MemoryStore {
     }
 
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        let Some(&index) = self.keys.get(key) else { return false };
+        let Some(index) = self.keys.get(key) else { return false };
         let stored = &self.profiles[index].profile;
         profile.merge(stored);
         linked.extend(stored.keys.iter().cloned());
@@ -410,7 +502,7 @@ impl IdentityStore for MemoryStore {
         match self.profiles_of(keys)[..] {
             [] => Profile::default(),
             [index] => {
-                let keys = keys.iter().filter(|key| self.keys.peek(key.as_str()) == Some(&index)).cloned().collect();
+                let keys = keys.iter().filter(|key| self.keys.peek(key) == Some(index)).cloned().collect();
                 self.lent = Some(Lent { index, keys });
                 std::mem::take(&mut self.profiles[index].profile)
             }
@@ -439,7 +531,7 @@ impl IdentityStore for MemoryStore {
                 (index, keys)
             }
             None => {
-                let held = profile.keys.iter().rev().find_map(|key| self.keys.peek(key.as_str()).copied());
+                let held = profile.keys.iter().rev().find_map(|key| self.keys.peek(key));
                 match held {
                     Some(index) => {
                         self.replace_profile(index, profile);
@@ -586,6 +678,59 @@ mod tests {
             store.used()
                 < two + MemoryStore::key_footprint("anon:z") + MemoryStore::profile_footprint(&Profile::default())
         );
+    }
+
+    /// What [`KeyTable`] does, the plain way: keys in order of use, most recent last.
+    #[derive(Default)]
+    struct Model(Vec<(String, usize)>);
+
+    impl Model {
+        fn get(&mut self, key: &str) -> Option<usize> {
+            let position = self.0.iter().position(|(k, _)| k == key)?;
+            let entry = self.0.remove(position);
+            self.0.push(entry);
+            self.0.last().map(|(_, profile)| *profile)
+        }
+
+        fn set(&mut self, key: &str, profile: usize) -> Option<usize> {
+            let before = self.get(key);
+            match before {
+                Some(_) => self.0.last_mut().expect("just used").1 = profile,
+                None => self.0.push((key.to_string(), profile)),
+            }
+            before
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Looked up, set and forgotten in any order, over few keys so that they are seen again and again (and the
+        /// queue of marks is rebuilt many times), the table forgets keys in exactly least-recently-seen order.
+        #[test]
+        fn the_key_table_forgets_the_least_recently_seen_key_first(
+            ops in proptest::collection::vec((0u8..16, 0usize..12, 0usize..5), 1..1500)
+        ) {
+            let (mut table, mut model) = (KeyTable::default(), Model::default());
+            for (op, key, profile) in ops {
+                let key = format!("anon:{key}");
+                // Forgetting is rare, as it is in use, so that stale marks pile up and the queue is rebuilt.
+                match op {
+                    0..=6 => proptest::prop_assert_eq!(table.get(&key), model.get(&key)),
+                    7..=13 => proptest::prop_assert_eq!(table.set(&key, profile), model.set(&key, profile)),
+                    14 => {
+                        let expected = (!model.0.is_empty()).then(|| model.0.remove(0));
+                        let popped = table.pop_oldest().map(|(k, p)| (k.to_string(), p));
+                        proptest::prop_assert_eq!(popped, expected);
+                    }
+                    _ => {
+                        let expected = model.0.iter().find(|(k, _)| *k == key).map(|(_, p)| *p);
+                        proptest::prop_assert_eq!(table.peek(&key), expected);
+                    }
+                }
+                proptest::prop_assert_eq!(table.len(), model.0.len());
+                proptest::prop_assert!(table.order.len() <= 2 * table.len() + 65, "the queue of marks stays bounded");
+            }
+        }
     }
 
     #[test]
