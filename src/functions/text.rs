@@ -490,34 +490,55 @@ fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
     // A number written with its country code needs no region: only numbers without `+` use it.
     let region = if text.starts_with('+') { None } else { region };
     // The note never quotes the number: it is personal data.
-    let normalised = E164_MEMO.with(|memo| {
-        let mut memo = memo.borrow_mut();
-        if let Some((known_region, known)) = memo.get(text) {
-            if *known_region == region {
-                return known.clone();
-            }
-        }
-        let normalised = parse_e164(region, text);
-        memo.put(text.to_string(), (region, normalised.clone()));
-        normalised
-    });
+    let normalised = E164_MEMO.with(|memo| memo.borrow_mut().normalised(region, text));
     Ok(Some(Val::from(normalised.ok_or_else(|| "not a phone number".to_string())?)))
 }
 
-/// A number's region (`None` when written with its country code) and its E.164 form, `None` if not a number.
-type Remembered = (Option<Region>, Option<String>);
-
-/// How many recent numbers [`E164_MEMO`] keeps per thread.
-const E164_MEMO_CAPACITY: usize = 16 * 1024;
+/// How many numbers [`E164_MEMO`] has room for per thread.
+const E164_MEMO_SLOTS: usize = 16 * 1024;
 
 thread_local! {
     /// Recent numbers and their E.164 form. Parsing a number costs regex matches (microseconds), while a visitor's
     /// number comes back on every identify and with every event that carries its traits. Kept in memory only,
     /// bounded, per thread.
-    static E164_MEMO: std::cell::RefCell<lru::LruCache<String, Remembered>> =
-        std::cell::RefCell::new(lru::LruCache::new(
-            std::num::NonZeroUsize::new(E164_MEMO_CAPACITY).expect("a positive capacity"),
-        ));
+    static E164_MEMO: std::cell::RefCell<E164Memo> = std::cell::RefCell::new(E164Memo::default());
+}
+
+/// A direct-mapped cache: each number has one slot, chosen by its hash, and takes it over from whatever number was
+/// there. A look-up reads one slot and the number's text; an LRU list would also read and relink two neighbours
+/// per hit, cache misses that cost more than the rare number pushed out early.
+#[derive(Default)]
+struct E164Memo {
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Filled on first use.
+    slots: Vec<Option<MemoEntry>>,
+}
+
+struct MemoEntry {
+    text: Box<str>,
+    /// `None` for a number written with its country code.
+    region: Option<Region>,
+    /// `None`: not a phone number.
+    normalised: Option<String>,
+}
+
+impl E164Memo {
+    /// The E.164 form of `text`, parsed unless it was recently.
+    fn normalised(&mut self, region: Option<Region>, text: &str) -> Option<String> {
+        use std::hash::BuildHasher;
+        if self.slots.is_empty() {
+            self.slots.resize_with(E164_MEMO_SLOTS, || None);
+        }
+        let slot = &mut self.slots[self.hasher.hash_one(text) as usize % E164_MEMO_SLOTS];
+        match slot {
+            Some(entry) if entry.region == region && &*entry.text == text => entry.normalised.clone(),
+            _ => {
+                let normalised = parse_e164(region, text);
+                *slot = Some(MemoEntry { text: text.into(), region, normalised: normalised.clone() });
+                normalised
+            }
+        }
+    }
 }
 
 fn parse_e164(region: Option<Region>, text: &str) -> Option<String> {
@@ -615,6 +636,22 @@ mod tests {
         assert_eq!(text(&E164, json!("0612345678"), &[json!("FR")]), "+33612345678");
         assert_eq!(text(&E164, json!("0612345678"), &[json!("DE")]), "+49612345678");
         assert_eq!(text(&E164, json!("0612345678"), &[json!("FR")]), "+33612345678");
+    }
+
+    #[test]
+    fn more_numbers_than_the_memo_has_room_for_are_each_answered_as_a_fresh_parse_would() {
+        let mut memo = E164Memo::default();
+        let us = region("US");
+        let number = |n: usize| format!("(415) 555-{:04}", n % 10_000) + &" ".repeat(n / 10_000);
+        for n in 0..E164_MEMO_SLOTS + 500 {
+            let text = number(n);
+            assert_eq!(memo.normalised(us, &text), parse_e164(us, &text), "{text}");
+        }
+        // Numbers pushed out of their slot by later ones, and numbers still held, are answered alike.
+        for n in (0..E164_MEMO_SLOTS + 500).step_by(97) {
+            let text = number(n);
+            assert_eq!(memo.normalised(us, &text), parse_e164(us, &text), "{text}");
+        }
     }
 
     #[test]
