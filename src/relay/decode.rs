@@ -91,8 +91,14 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Malformed("the body is empty: send a JSON event".to_string()));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| BodyError::Malformed(format!("malformed JSON: {e}")))?;
+    // The body's UTF-8 is checked once, whole, rather than string by string as the parser would from bytes.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        BodyError::Malformed(format!(
+            "malformed JSON: the body is not UTF-8 (invalid bytes at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| BodyError::Malformed(format!("malformed JSON: {e}")))?;
     let Value::Object(mut object) = value else {
         let expected = match shape {
             Shape::Single(_) => "an event must be a JSON object",
@@ -367,8 +373,9 @@ mod tests {
 
     #[test]
     fn whole_bodies_that_cannot_be_read_are_refused() {
-        let cases: [(&[u8], Shape, &str); 6] = [
+        let cases: [(&[u8], Shape, &str); 7] = [
             (b"{\"type\": ", Shape::Single(None), "malformed JSON"),
+            (b"{\"type\": \"page\", \"name\": \"\xff\"}", Shape::Single(None), "not UTF-8 (invalid bytes at byte 26)"),
             (b"", Shape::Single(None), "empty"),
             (b"[1]", Shape::Single(None), "must be a JSON object"),
             (b"{\"events\": []}", Shape::Batch, "`batch` is missing"),
