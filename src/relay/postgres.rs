@@ -17,7 +17,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::store::{DeadLetter, Hold, IngestTx, Pending, Store, StoreError};
+use super::store::{unreadable_row, DeadLetter, Hold, IngestTx, Pending, Store, StoreError};
 use crate::identity::{IdentityStore, Profile};
 
 /// The migrations, in order; each runs once, in a transaction, and is recorded in `engine_migrations`.
@@ -338,7 +338,7 @@ impl IngestTx for PgIngest<'_> {
 
     fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError> {
         let seq = self.store.next_seqs(1)?[0];
-        let text = serde_json::to_string(pending).map_err(unreadable)?;
+        let text = pending.to_row_text();
         self.queued.push((seq, pixel.to_string(), text));
         Ok(seq)
     }
@@ -466,7 +466,7 @@ impl Store for PostgresStore {
             let rows = client.query(&peek, &[&pixel, &(limit as i64)]).await.map_err(failed)?;
             rows.iter()
                 .map(|row| {
-                    let pending: Pending = serde_json::from_str(row.get::<_, &str>(1)).map_err(unreadable)?;
+                    let pending = Pending::from_row(row.get::<_, &str>(1).as_bytes()).map_err(unreadable_row)?;
                     Ok((row.get::<_, i64>(0) as u64, pending))
                 })
                 .collect()
@@ -499,7 +499,7 @@ impl Store for PostgresStore {
             let mut out: Vec<(u64, Pending)> = rows
                 .iter()
                 .map(|row| {
-                    let pending: Pending = serde_json::from_str(row.get::<_, &str>(1)).map_err(unreadable)?;
+                    let pending = Pending::from_row(row.get::<_, &str>(1).as_bytes()).map_err(unreadable_row)?;
                     Ok((row.get::<_, i64>(0) as u64, pending))
                 })
                 .collect::<Result<_, StoreError>>()?;
@@ -586,7 +586,7 @@ impl Store for PostgresStore {
                     .map_err(failed)?;
                 let Some(row) = row else { continue };
                 removed += row.get::<_, i32>(1) as i64;
-                let pending: Pending = serde_json::from_str(row.get::<_, &str>(0)).map_err(unreadable)?;
+                let pending = Pending::from_row(row.get::<_, &str>(0).as_bytes()).map_err(unreadable_row)?;
                 let letter = DeadLetter { pixel: pixel.clone(), seq, pending, reason, detail, dead_ms: now_ms };
                 let text = serde_json::to_string(&letter).map_err(unreadable)?;
                 added += text.len() as i64;
@@ -636,7 +636,7 @@ impl Store for PostgresStore {
             for row in &rows {
                 removed += row.get::<_, i32>(1) as i64;
                 let letter: DeadLetter = serde_json::from_str(row.get::<_, &str>(0)).map_err(unreadable)?;
-                let text = serde_json::to_string(&letter.pending).map_err(unreadable)?;
+                let text = letter.pending.to_row_text();
                 added += text.len() as i64;
                 txn.execute(
                     "INSERT INTO engine_queue (seq, pixel, pending, bytes) VALUES ($1, $2, $3, octet_length($3))

@@ -33,6 +33,64 @@ pub struct Pending {
     pub consent_sent: Option<bool>,
 }
 
+/// The fields of a [`Pending`] around its event, as a queue row's first line.
+#[derive(Serialize, Deserialize)]
+struct RowHead<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    timestamp_ms: Option<i64>,
+    received_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consent_sent: Option<bool>,
+}
+
+impl Pending {
+    /// The event as a queue row: the fields around it as a JSON object on the first line, then the event's JSON as
+    /// it is. Embedding the event in the object as a string would escape every quote of it on the way in and
+    /// unescape it on every read, the largest cost of queueing an event.
+    pub fn to_row(&self) -> Vec<u8> {
+        let head = RowHead {
+            id: self.id.as_str().into(),
+            event_type: self.event_type.as_str().into(),
+            timestamp_ms: self.timestamp_ms,
+            received_ms: self.received_ms,
+            consent_sent: self.consent_sent,
+        };
+        let mut row = Vec::with_capacity(self.event.len() + self.id.len() + self.event_type.len() + 100);
+        // Writing to a Vec fails only on a serialiser error, which these plain fields cannot give.
+        let _ = serde_json::to_writer(&mut row, &head);
+        row.push(b'\n');
+        row.extend_from_slice(self.event.as_bytes());
+        row
+    }
+
+    /// [`Pending::to_row`] as text, for a store that keeps rows in a text column.
+    pub fn to_row_text(&self) -> String {
+        // serde_json writes UTF-8 and the event is a `String`: the row is text.
+        String::from_utf8(self.to_row()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// Reads a queue row written by [`Pending::to_row`], or one written before, when the whole row was the
+    /// pending event as one JSON object (it has no line break: JSON text as serde_json writes it has none).
+    pub fn from_row(row: &[u8]) -> Result<Pending, String> {
+        let Some(line_end) = row.iter().position(|&b| b == b'\n') else {
+            return serde_json::from_slice(row).map_err(|e| e.to_string());
+        };
+        let head: RowHead<'_> = serde_json::from_slice(&row[..line_end]).map_err(|e| e.to_string())?;
+        let event = std::str::from_utf8(&row[line_end + 1..]).map_err(|e| format!("the event is not UTF-8: {e}"))?;
+        Ok(Pending {
+            id: head.id.into_owned(),
+            event_type: head.event_type.into_owned(),
+            timestamp_ms: head.timestamp_ms,
+            received_ms: head.received_ms,
+            event: event.to_string(),
+            consent_sent: head.consent_sent,
+        })
+    }
+}
+
 /// An event OpenAI will never accept, kept for an operator to inspect, replay or purge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -67,6 +125,11 @@ const IO_FAILURE: &str = "I/O error";
 /// A record that does not (de)serialise: a damaged record, reported, never a reason to reopen.
 fn unreadable(error: serde_json::Error) -> StoreError {
     StoreError(format!("a stored record cannot be read: {error}"))
+}
+
+/// A queued event that cannot be read back.
+pub(super) fn unreadable_row(error: String) -> StoreError {
+    StoreError(format!("a queued event cannot be read: {error}"))
 }
 
 fn fail(error: impl Into<redb::Error>) -> StoreError {
@@ -367,9 +430,7 @@ impl IngestTx for RedbIngest<'_> {
             None => counter(self.txn, "next_seq")?,
         };
         self.next_seq = Some(seq + 1);
-        // Room for the event and the fields around it, so that writing it does not grow the buffer step by step.
-        let mut bytes = Vec::with_capacity(pending.event.len() + pending.id.len() + pending.event_type.len() + 160);
-        serde_json::to_writer(&mut bytes, pending).map_err(unreadable)?;
+        let bytes = pending.to_row();
         let table = match &mut self.queue {
             Some(table) => table,
             queue => queue.insert(self.txn.open_table(QUEUE).map_err(fail)?),
@@ -413,7 +474,7 @@ impl Store for RedbStore {
             let mut out = Vec::new();
             for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
                 let (key, value) = entry.map_err(fail)?;
-                let pending: Pending = serde_json::from_slice(value.value()).map_err(unreadable)?;
+                let pending = Pending::from_row(value.value()).map_err(unreadable_row)?;
                 out.push((key.value().1, pending));
                 if out.len() >= limit {
                     break;
@@ -445,7 +506,7 @@ impl Store for RedbStore {
             for (seq, reason, detail) in dead {
                 let Some(old) = queue.remove((pixel, *seq)).map_err(fail)? else { continue };
                 removed += old.value().len() as u64;
-                let pending: Pending = serde_json::from_slice(old.value()).map_err(unreadable)?;
+                let pending = Pending::from_row(old.value()).map_err(unreadable_row)?;
                 drop(old);
                 let letter = DeadLetter {
                     pixel: pixel.to_string(),
@@ -490,7 +551,7 @@ impl Store for RedbStore {
                 if let Some(old) = dead.remove((letter.pixel.as_str(), letter.seq)).map_err(fail)? {
                     removed += old.value().len() as u64;
                 }
-                let bytes = serde_json::to_vec(&letter.pending).map_err(unreadable)?;
+                let bytes = letter.pending.to_row();
                 added += bytes.len() as u64;
                 queue.insert((letter.pixel.as_str(), letter.seq), bytes.as_slice()).map_err(fail)?;
             }
@@ -618,6 +679,34 @@ mod tests {
             event: format!(r#"{{"id":"{id}"}}"#),
             consent_sent: None,
         }
+    }
+
+    proptest::proptest! {
+        /// Whatever its text (quotes, line breaks, non-ASCII, an event that is not even JSON), a queued event reads
+        /// back as it was written, and so does a row in the format before (the whole event as one JSON object).
+        #[test]
+        fn a_queue_row_reads_back_as_the_event_it_was_written_from(
+            id in "\\PC{0,12}", event_type in "[a-z_\n\"]{0,12}", event in "\\PC{0,60}|\\{\"a\":\"[^\"]{0,20}\"\\}",
+            timestamp_ms in proptest::option::of(proptest::num::i64::ANY), received_ms in proptest::num::i64::ANY,
+            consent_sent in proptest::option::of(proptest::bool::ANY),
+        ) {
+            let pending = Pending { id, event_type, timestamp_ms, received_ms, event, consent_sent };
+            proptest::prop_assert_eq!(Pending::from_row(&pending.to_row()), Ok(pending.clone()));
+            proptest::prop_assert_eq!(Pending::from_row(pending.to_row_text().as_bytes()), Ok(pending.clone()));
+            let before = serde_json::to_vec(&pending).expect("serialisable");
+            proptest::prop_assert_eq!(Pending::from_row(&before), Ok(pending));
+        }
+    }
+
+    #[test]
+    fn a_queue_row_keeps_the_event_as_it_is_and_a_damaged_row_is_an_error() {
+        let row = pending("m-1").to_row();
+        assert!(row.ends_with(br#"{"id":"m-1"}"#), "the event is not escaped: {}", String::from_utf8_lossy(&row));
+        assert!(Pending::from_row(b"{\"id\":\"m-1\"\n{}").is_err(), "a head cut short");
+        assert!(Pending::from_row(b"not json").is_err());
+        let mut not_text = pending("m-2").to_row();
+        not_text.push(0xff);
+        assert!(Pending::from_row(&not_text).unwrap_err().contains("not UTF-8"));
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
