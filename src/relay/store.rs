@@ -362,6 +362,9 @@ struct RedbIngest<'t> {
     /// The queue table, opened at the first event and kept open for the rest of the transaction: opening a table
     /// cost about as much as inserting into it.
     queue: Option<redb::Table<'t, (&'static str, u64), &'static [u8]>>,
+    /// The identity table, opened at the first profile read and kept open likewise; closed before the profiles
+    /// are written, which opens it again.
+    identity: Option<redb::Table<'t, &'static str, &'static [u8]>>,
 }
 
 impl RedbIngest<'_> {
@@ -377,6 +380,7 @@ impl RedbIngest<'_> {
         if written.is_empty() {
             return Ok(());
         }
+        self.identity = None;
         let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
         let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
         for (key, profile) in written {
@@ -401,12 +405,15 @@ impl IdentityStore for RedbIngest<'_> {
         if let Some((profile, _)) = self.profiles.get(key) {
             return profile.clone();
         }
-        let table = match self.txn.open_table(IDENTITY) {
-            Ok(table) => table,
-            Err(error) => {
-                self.failure.get_or_insert(fail(error));
-                return None;
-            }
+        let table = match &mut self.identity {
+            Some(table) => table,
+            identity => match self.txn.open_table(IDENTITY) {
+                Ok(table) => identity.insert(table),
+                Err(error) => {
+                    self.failure.get_or_insert(fail(error));
+                    return None;
+                }
+            },
         };
         let profile = table
             .get(key)
@@ -454,9 +461,11 @@ impl Store for RedbStore {
                 bytes_removed: 0,
                 profiles: BTreeMap::new(),
                 queue: None,
+                identity: None,
             };
             work(&mut ingest)?;
             ingest.queue = None;
+            ingest.identity = None;
             ingest.write_profiles()?;
             if let Some(error) = ingest.failure {
                 return Err(error);
