@@ -173,10 +173,13 @@ impl DebugLog {
 
     /// Records a delivery attempt on the entries of these events, and their new state when it is final.
     pub fn attempt(&self, pixel: &str, event_ids: &[&str], attempt: &Attempt, state: Option<&str>) {
+        // A batch has up to 1,000 events and the log as many entries: each entry looks its id up in a set rather
+        // than through the list.
+        let ids: std::collections::HashSet<&str> = event_ids.iter().copied().collect();
         let mut entries = self.lock();
         for entry in entries.iter_mut().rev() {
             let Some(id) = entry.event_id.as_deref() else { continue };
-            if entry.pixel == pixel && event_ids.contains(&id) {
+            if entry.pixel == pixel && ids.contains(id) {
                 entry.attempts.push(attempt.clone());
                 if let Some(state) = state {
                     entry.state = state.to_string();
