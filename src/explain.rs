@@ -814,22 +814,10 @@ impl Tracer<'_> {
 /// `data.contents[3].id`: a field of one output element. Written by hand, as `format!` costs about ten times as
 /// much and every element field of every explained event is named.
 fn element_field(array: &str, index: usize, name: &str) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = index;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let digits = std::str::from_utf8(&digits[at..]).unwrap_or_default();
-    let mut field = String::with_capacity(array.len() + digits.len() + name.len() + 3);
+    let mut field = String::with_capacity(array.len() + name.len() + 24);
     field.push_str(array);
     field.push('[');
-    field.push_str(digits);
+    crate::functions::write_u64(index as u64, &mut field);
     field.push_str("].");
     field.push_str(name);
     field

@@ -440,7 +440,7 @@ pub fn write_number(n: &Number, out: &mut String) {
     }
 }
 
-fn write_u64(mut u: u64, out: &mut String) {
+pub(crate) fn write_u64(mut u: u64, out: &mut String) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {
