@@ -245,7 +245,7 @@ impl MemoryStore {
     /// and the cache's own entry (hash slot, list links). Measured against peak RSS on a million distinct visitors
     /// (benches/README.md), with [`MemoryStore::profile_footprint`].
     fn key_footprint(key: &str) -> usize {
-        const ENTRY: usize = 128;
+        const ENTRY: usize = 176;
         const STRING: usize = 56;
         ENTRY + STRING + key.len()
     }
@@ -253,7 +253,7 @@ impl MemoryStore {
     /// The heap one profile takes: its place in the list of profiles, each field's fixed part, each string's
     /// allocation with the allocator's overhead.
     fn profile_footprint(profile: &Profile) -> usize {
-        const SLOT: usize = 128;
+        const SLOT: usize = 176;
         const STRING: usize = 56;
         const FIELD: usize = 96;
         let value = |value: &Value| match value {
