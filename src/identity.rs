@@ -124,7 +124,7 @@ pub trait IdentityStore {
     fn store(&mut self, key: &str, profile: Profile);
 
     /// Folds what is remembered under `key` into `profile` and adds the keys linked to it there to `linked`; false
-    /// when nothing is. A store that keeps profiles in memory merges without copying one out first.
+    /// when nothing is.
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
         let Some(stored) = self.load(key) else { return false };
         profile.merge(&stored);
@@ -242,7 +242,7 @@ impl MemoryStore {
     }
 
     /// The heap one key takes, estimated from its length: the string's allocation with the allocator's overhead
-    /// and the cache's own entry (hash slot, list links). Measured against peak RSS on a million distinct visitors
+    /// and the key table's own (its slot, its marks in the order of use). Measured against peak RSS on a million distinct visitors
     /// (benches/README.md), with [`MemoryStore::profile_footprint`].
     fn key_footprint(key: &str) -> usize {
         const ENTRY: usize = 176;
@@ -331,16 +331,18 @@ impl MemoryStore {
         self.lent = None;
     }
 
-    /// The profiles `keys` point to, following the links between keys as the trait's recall does, each once.
-    fn profiles_of(&mut self, keys: &[String]) -> Vec<usize> {
+    /// The profiles `keys` point to, following the links between keys as the trait's recall does, each once; and
+    /// which of `keys` the store holds.
+    fn profiles_of<'k>(&mut self, keys: &'k [String]) -> (Vec<usize>, Vec<&'k String>) {
         let mut found: Vec<usize> = Vec::with_capacity(1);
+        let mut held: Vec<&String> = Vec::with_capacity(keys.len());
         let mut linked: Vec<String> = Vec::new();
         let mut done: Vec<String> = Vec::new();
         let mut read = 0;
         let mut visit = |store: &mut MemoryStore, key: &str, linked: &mut Vec<String>, done: &[String]| {
-            let Some(index) = store.keys.get(key) else { return };
+            let Some(index) = store.keys.get(key) else { return false };
             if found.contains(&index) {
-                return;
+                return true;
             }
             found.push(index);
             for other in &store.profiles[index].profile.keys {
@@ -349,10 +351,13 @@ impl MemoryStore {
                     linked.push(other.clone());
                 }
             }
+            true
         };
         for key in keys.iter().rev().take(Profile::MAX_KEYS) {
             read += 1;
-            visit(self, key, &mut linked, &done);
+            if visit(self, key, &mut linked, &done) {
+                held.push(key);
+            }
         }
         while let Some(key) = linked.pop() {
             if read >= Profile::MAX_KEYS {
@@ -362,7 +367,7 @@ impl MemoryStore {
             visit(self, &key, &mut linked, &done);
             done.push(key);
         }
-        found
+        (found, held)
     }
 }
 
@@ -488,21 +493,15 @@ impl IdentityStore for MemoryStore {
         self.forget_beyond_bounds();
     }
 
-    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        let Some(index) = self.keys.get(key) else { return false };
-        let stored = &self.profiles[index].profile;
-        profile.merge(stored);
-        linked.extend(stored.keys.iter().cloned());
-        true
-    }
-
     /// As the trait does, but a profile several keys share is read once, and a visitor with one profile is lent.
     fn recall_visitor(&mut self, keys: &[String]) -> Profile {
         self.settle_loan();
-        match self.profiles_of(keys)[..] {
+        let (found, held) = self.profiles_of(keys);
+        match found[..] {
             [] => Profile::default(),
             [index] => {
-                let keys = keys.iter().filter(|key| self.keys.peek(key) == Some(index)).cloned().collect();
+                // With one profile found, every key the store holds points to it.
+                let keys = held.into_iter().cloned().collect();
                 self.lent = Some(Lent { index, keys });
                 std::mem::take(&mut self.profiles[index].profile)
             }
