@@ -495,7 +495,7 @@ fn e164<'a>(input: Option<Val<'a>>, args: &[Arg<'a>]) -> Outcome<'a> {
 }
 
 /// How many numbers [`E164_MEMO`] has room for per thread.
-const E164_MEMO_SLOTS: usize = 16 * 1024;
+const E164_MEMO_SLOTS: usize = 64 * 1024;
 
 thread_local! {
     /// Recent numbers and their E.164 form. Parsing a number costs regex matches (microseconds), while a visitor's
