@@ -27,6 +27,9 @@ pub struct Plan {
     pub(crate) identity_containers: Vec<usize>,
     pub(crate) remembered: Vec<Remembered>,
     pub(crate) output: Vec<LayoutNode>,
+    /// The optional scalar fields of `output`, in its order, as (slot, path): blank text in them is left out. Read
+    /// for every event, so kept apart from the layout's large nodes, which it would otherwise walk.
+    pub(crate) optional_leaves: Vec<(usize, Arc<str>)>,
     /// `file:line:col` of the route table, to name it when it routes an event nowhere.
     pub(crate) routes_location: Option<Arc<str>>,
     pub(crate) slot_count: usize,
@@ -86,6 +89,8 @@ pub(crate) struct Remembered {
     pub slot: usize,
     pub field: String,
     pub lifetime_ms: Option<i64>,
+    /// The output field's definition, which a value must pass to be remembered; set once the layout is made.
+    pub def: Option<FieldDef>,
 }
 
 #[derive(Debug)]
@@ -98,7 +103,9 @@ pub(crate) struct PlanRule {
     pub location: String,
     /// Personal data flows through the rule: its warnings name the function, never the value.
     pub personal: bool,
-    pub text: RuleText,
+    /// Boxed: applying never reads it, and the rules stay small enough that the ones an event runs share fewer
+    /// cache lines.
+    pub text: Box<RuleText>,
 }
 
 /// A rule as the analyst wrote it, for explanations: nothing on the hot path reads it. Each text an explanation
@@ -237,7 +244,8 @@ pub(crate) struct ElementRule {
     pub location: String,
     /// Personal data flows through the rule: its warnings name the function, never the value.
     pub personal: bool,
-    pub text: RuleText,
+    /// Boxed, as [`PlanRule::text`] is.
+    pub text: Box<RuleText>,
 }
 
 #[derive(Debug)]
@@ -299,6 +307,28 @@ pub(crate) enum LayoutNode {
         /// Each item field's `"name":`.
         item_keys: Vec<Box<str>>,
     },
+}
+
+/// The optional scalar fields of a layout, in its order, as [`Plan::optional_leaves`] holds them.
+pub(crate) fn optional_leaves(nodes: &[LayoutNode], found: &mut Vec<(usize, Arc<str>)>) {
+    for node in nodes {
+        match node {
+            LayoutNode::Object { children, .. } => optional_leaves(children, found),
+            LayoutNode::Leaf { path, slot, def, .. } if !def.required && def.required_when.is_none() => {
+                found.push((*slot, Arc::clone(path)))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The definition of the scalar field the layout writes from `slot`.
+pub(crate) fn leaf_def(nodes: &[LayoutNode], slot: usize) -> Option<&FieldDef> {
+    nodes.iter().find_map(|node| match node {
+        LayoutNode::Leaf { slot: s, def, .. } if *s == slot => Some(def),
+        LayoutNode::Object { children, .. } => leaf_def(children, slot),
+        _ => None,
+    })
 }
 
 /// A key as the output writes it: the JSON string and its colon.

@@ -47,6 +47,7 @@ impl Compiler<'_> {
                     slot,
                     field: dotted,
                     lifetime_ms: line.lifetime.as_ref().map(|d| d.millis),
+                    def: None,
                 });
             }
         }
@@ -156,7 +157,7 @@ impl Compiler<'_> {
         }
     }
 
-    pub(super) fn finish(&mut self, remembered: Vec<Remembered>) -> Option<Plan> {
+    pub(super) fn finish(&mut self, mut remembered: Vec<Remembered>) -> Option<Plan> {
         if self.diagnostics.iter().any(Diagnostic::is_error) {
             return None;
         }
@@ -230,6 +231,11 @@ impl Compiler<'_> {
             .collect();
         let identity_containers = containers_read(&input, &rules, &identity_rules);
         let output = self.layout();
+        let mut optional_leaves = Vec::new();
+        crate::plan::optional_leaves(&output, &mut optional_leaves);
+        for remembered in &mut remembered {
+            remembered.def = crate::plan::leaf_def(&output, remembered.slot).cloned();
+        }
         Some(Plan {
             target: self.target,
             input,
@@ -240,6 +246,7 @@ impl Compiler<'_> {
             identity_containers,
             remembered,
             output,
+            optional_leaves,
             routes_location: self.routes_location.as_deref().map(Into::into),
             slot_count: self.slot_count,
             slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, id },

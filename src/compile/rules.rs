@@ -536,13 +536,13 @@ impl Compiler<'_> {
     }
 }
 
-pub(super) fn rule_text(rule: &ast::Rule, scope: &Scope) -> RuleText {
-    RuleText {
+pub(super) fn rule_text(rule: &ast::Rule, scope: &Scope) -> Box<RuleText> {
+    Box::new(RuleText {
         terms: rule.source.terms.iter().map(|term| term_text(term).into()).collect(),
         pipes: rule.pipes.iter().map(ToString::to_string).collect(),
         scope: scope.label.as_deref().map(Into::into),
         ..RuleText::default()
-    }
+    })
 }
 
 pub(super) fn term_text(term: &Term) -> String {
