@@ -874,15 +874,16 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                         let (name, reason) = debug::describe(&outcome);
                         outcomes.push((&pixel.name, setup.plan.target_schema(), name, reason.clone()));
                         let mut event_id = None;
-                        match &outcome {
+                        // Taken apart: the mapped event's text moves into the queue's row without a copy.
+                        match outcome {
                             Outcome::Mapped(mapped) => {
-                                let id = mapped.id.clone().unwrap_or_default();
+                                let id = mapped.id.unwrap_or_default();
                                 let pending = Pending {
                                     id: id.clone(),
-                                    event_type: mapped.event_type.clone(),
+                                    event_type: mapped.event_type,
                                     timestamp_ms: mapped.timestamp_ms,
                                     received_ms: now,
-                                    event: mapped.json.clone(),
+                                    event: mapped.json,
                                     consent_sent: Some(crate::quality::consent_in(event)),
                                 };
                                 tx.enqueue(&pixel.name, &pending)?;
@@ -901,8 +902,8 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                 if !matches!(verdict, Some(Verdict::Queued | Verdict::Refused { .. })) {
                                     verdict = Some(Verdict::Refused {
                                         reason: reason.unwrap_or_default(),
-                                        message: rejected.message.clone(),
-                                        field: rejected.field.clone(),
+                                        message: rejected.message,
+                                        field: rejected.field,
                                     });
                                 }
                             }
