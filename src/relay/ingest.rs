@@ -785,6 +785,11 @@ impl IdentityStore for PixelMemory<'_> {
     fn store(&mut self, key: &str, profile: Profile) {
         self.tx.store(&format!("{}/{key}", self.prefix), profile);
     }
+
+    /// The transaction's own, which can merge a profile it holds without copying it first.
+    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
+        self.tx.merge_into(&format!("{}/{key}", self.prefix), profile, linked)
+    }
 }
 
 /// The writer thread: takes requests as they come, maps their events for every pixel and commits each group of

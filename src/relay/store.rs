@@ -402,9 +402,34 @@ impl RedbIngest<'_> {
 
 impl IdentityStore for RedbIngest<'_> {
     fn load(&mut self, key: &str) -> Option<Profile> {
-        if let Some((profile, _)) = self.profiles.get(key) {
-            return profile.clone();
+        self.cached(key).clone()
+    }
+
+    fn store(&mut self, key: &str, profile: Profile) {
+        self.profiles.insert(key.to_string(), (Some(profile), true));
+    }
+
+    /// Merges the transaction's own copy of the profile rather than a copy of it, which is what the trait's default
+    /// (through [`IdentityStore::load`]) merges: every event recalls its visitor this way.
+    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
+        let Some(stored) = self.cached(key) else { return false };
+        profile.merge(stored);
+        linked.extend(stored.keys.iter().cloned());
+        true
+    }
+}
+
+impl RedbIngest<'_> {
+    /// The profile stored under `key`, read from the table the first time this transaction asks for it.
+    fn cached(&mut self, key: &str) -> &Option<Profile> {
+        if !self.profiles.contains_key(key) {
+            let profile = self.read_profile(key);
+            self.profiles.insert(key.to_string(), (profile, false));
         }
+        &self.profiles[key].0
+    }
+
+    fn read_profile(&mut self, key: &str) -> Option<Profile> {
         let table = match &mut self.identity {
             Some(table) => table,
             identity => match self.txn.open_table(IDENTITY) {
@@ -415,18 +440,12 @@ impl IdentityStore for RedbIngest<'_> {
                 }
             },
         };
-        let profile = table
+        table
             .get(key)
             .ok()
             .flatten()
             .and_then(|bytes| serde_json::from_slice::<Remembered>(bytes.value()).ok())
-            .map(|r| r.profile);
-        self.profiles.insert(key.to_string(), (profile.clone(), false));
-        profile
-    }
-
-    fn store(&mut self, key: &str, profile: Profile) {
-        self.profiles.insert(key.to_string(), (Some(profile), true));
+            .map(|r| r.profile)
     }
 }
 
