@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::eval::withhold_personal;
 use crate::functions::{Pii, Val};
@@ -883,6 +884,12 @@ impl Explanation {
     /// The explanation with personal values and notes masked, as every report outside a debugging session shows it.
     pub fn masked(&self) -> Explanation {
         let mut masked = self.clone();
+        masked.mask();
+        masked
+    }
+
+    /// Masks personal values and notes in place: [`Explanation::masked`] for an explanation the caller owns.
+    pub fn mask(&mut self) {
         let mask_rule = |rule: &mut RuleTrace| {
             for step in &mut rule.steps {
                 if step.personal {
@@ -898,48 +905,29 @@ impl Explanation {
                 });
             }
         };
-        for field in &mut masked.fields {
+        for field in &mut self.fields {
             if let Origin::Rule(rule) = &mut field.origin {
                 mask_rule(rule);
             }
         }
-        masked.silent.iter_mut().for_each(mask_rule);
-        masked
+        self.silent.iter_mut().for_each(mask_rule);
     }
 
     /// The explanation for tools: one JSON object.
     pub fn to_json(&self, show_pii: bool) -> Value {
-        let explanation = if show_pii { self.clone() } else { self.masked() };
-        let outcome = match &explanation.outcome {
-            Outcome::Mapped(mapped) => json!({
-                "outcome": "mapped",
-                "event_type": mapped.event_type,
-                "event": serde_json::from_str::<Value>(&mapped.json).unwrap_or(Value::Null),
-                "warnings": mapped.warnings,
-            }),
-            Outcome::Dropped(dropped) => json!({
-                "outcome": "dropped",
-                "reason": dropped.reason,
-                "message": dropped.message,
-            }),
-            Outcome::Rejected(rejected) => {
-                let mut value = serde_json::to_value(rejected).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut value {
-                    map.insert("outcome".to_string(), json!("rejected"));
-                }
-                value
-            }
-        };
-        let mut value = json!({
-            "outcome": outcome,
-            "route": explanation.route,
-            "fields": explanation.fields,
-            "silent": explanation.silent,
-        });
-        if self.unmapped() {
-            value["decided_by"] = json!(explanation.routes_table);
+        let to_value = |explanation: &Explanation| serde_json::to_value(explanation.json(None)).unwrap_or_default();
+        if show_pii {
+            to_value(self)
+        } else {
+            to_value(&self.masked())
         }
-        value
+    }
+
+    /// [`Explanation::to_json`]'s object as it stands (unmasked: see [`Explanation::mask`]), serialised without
+    /// being built, and numbered `event` when given. Its members come in the order of their names, as in
+    /// `to_json`'s.
+    pub fn json(&self, event: Option<usize>) -> impl Serialize + '_ {
+        ExplanationJson { explanation: self, event }
     }
 
     fn unmapped(&self) -> bool {
@@ -948,9 +936,11 @@ impl Explanation {
 
     /// The explanation for people: a tree, personal values masked unless `show_pii`.
     pub fn render_text(&self, show_pii: bool) -> String {
-        let explanation = if show_pii { self.clone() } else { self.masked() };
         let mut out = String::new();
-        let _ = explanation.write_text(&mut out);
+        let _ = match show_pii {
+            true => self.write_text(&mut out),
+            false => self.masked().write_text(&mut out),
+        };
         out
     }
 
@@ -1034,6 +1024,68 @@ impl Explanation {
             }
         }
         Ok(())
+    }
+}
+
+struct ExplanationJson<'e> {
+    explanation: &'e Explanation,
+    event: Option<usize>,
+}
+
+impl Serialize for ExplanationJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let explanation = self.explanation;
+        let mut map = serializer.serialize_map(None)?;
+        if explanation.unmapped() {
+            map.serialize_entry("decided_by", &explanation.routes_table)?;
+        }
+        if let Some(event) = self.event {
+            map.serialize_entry("event", &event)?;
+        }
+        map.serialize_entry("fields", &explanation.fields)?;
+        map.serialize_entry("outcome", &OutcomeJson(&explanation.outcome))?;
+        map.serialize_entry("route", &explanation.route)?;
+        map.serialize_entry("silent", &explanation.silent)?;
+        map.end()
+    }
+}
+
+/// An outcome in an explanation's JSON: what [`Plan::apply_str`] gave, with the event sent as an object.
+struct OutcomeJson<'e>(&'e Outcome);
+
+impl Serialize for OutcomeJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self.0 {
+            Outcome::Mapped(mapped) => {
+                // The runtime wrote this text: it is JSON, shown as it was sent.
+                let event: Option<&serde_json::value::RawValue> = serde_json::from_str(&mapped.json).ok();
+                map.serialize_entry("event", &event)?;
+                map.serialize_entry("event_type", &mapped.event_type)?;
+                map.serialize_entry("outcome", "mapped")?;
+                map.serialize_entry("warnings", &mapped.warnings)?;
+            }
+            Outcome::Dropped(dropped) => {
+                map.serialize_entry("message", &dropped.message)?;
+                map.serialize_entry("outcome", "dropped")?;
+                map.serialize_entry("reason", &dropped.reason)?;
+            }
+            Outcome::Rejected(rejected) => {
+                if let Some(field) = &rejected.field {
+                    map.serialize_entry("field", field)?;
+                }
+                map.serialize_entry("message", &rejected.message)?;
+                map.serialize_entry("outcome", "rejected")?;
+                map.serialize_entry("reason", &rejected.reason)?;
+                if let Some(rule) = &rejected.rule {
+                    map.serialize_entry("rule", rule)?;
+                }
+                if !rejected.warnings.is_empty() {
+                    map.serialize_entry("warnings", &rejected.warnings)?;
+                }
+            }
+        }
+        map.end()
     }
 }
 

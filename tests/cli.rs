@@ -180,6 +180,50 @@ fn explain_reads_a_stream_with_identity_memory_and_writes_trees_or_json() {
     assert!(!text(&stateless.stdout).contains("← identity memory"), "{}", text(&stateless.stdout));
 }
 
+/// The command writes each explanation straight out from the event's own text; what it writes is the library's
+/// explanation of that event, masked unless asked not to, numbered in stream order across documents and arrays.
+#[test]
+fn explain_json_is_the_librarys_explanation_of_each_event_in_order() {
+    let identify = r#"{"type":"identify","anonymousId":"anon_1","timestamp":"2026-11-19T09:00:00Z","traits":{"email":"Jane@Example.com","phone":"+1 (415) 555-0100"}}"#;
+    let unrouted = r#"{"type":"track","event":"Button Clicked","anonymousId":"anon_1"}"#;
+    let stale = order("stale").replace("2026-11-19T10:00:00Z", "2020-01-01T00:00:00Z");
+    let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(identify).unwrap()).unwrap();
+    let stdin = format!("{pretty}\n[{}, {unrouted}]\n{stale}\n", order("m-1"));
+    let events = [identify.to_string(), order("m-1"), unrouted.to_string(), stale];
+    for show_pii in [false, true] {
+        let mut args = vec!["explain", "--now", NOW, "--format", "json"];
+        args.extend(show_pii.then_some("--show-pii"));
+        let output = engine(&args, &stdin);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let written: Vec<Value> = text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+
+        let plan = crate::support::preset_plan(&signal_engine::presets::OPENAI_ADS);
+        let mut memory = signal_engine::identity::MemoryStore::default();
+        let now = NOW.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        let expected: Vec<Value> = events
+            .iter()
+            .enumerate()
+            .map(|(index, event)| {
+                let mut context = signal_engine::Context::with_identity(now, &mut memory);
+                let mut explained = signal_engine::explain::explain(&plan, event, &mut context).to_json(show_pii);
+                explained["event"] = (index + 1).into();
+                explained
+            })
+            .collect();
+        assert_eq!(written, expected, "show_pii: {show_pii}");
+        assert_eq!(text(&output.stdout).contains("Jane@Example.com"), show_pii);
+    }
+    let outcomes: Vec<&str> = ["dropped", "mapped", "dropped", "rejected"].to_vec();
+    let output = engine(&["explain", "--now", NOW, "--format", "json"], &stdin);
+    let written: Vec<Value> = text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(written.iter().map(|e| e["outcome"]["outcome"].as_str().unwrap()).collect::<Vec<_>>(), outcomes);
+
+    // Every input is checked before anything is explained: a broken document later on writes nothing.
+    let broken = engine(&["explain", "--now", NOW, "--format", "json"], &format!("{}\n{{\"type\": ", order("m-2")));
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(broken.stdout.is_empty(), "{}", text(&broken.stdout));
+}
+
 #[test]
 fn explain_exit_codes() {
     let malformed = engine(&["explain"], "{\"type\": ");
