@@ -12,9 +12,10 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::eval::withhold_personal;
+use crate::functions::{write_json, write_json_string};
 use crate::functions::{Pii, Val};
 use crate::observe::Observer;
-use crate::personal::mask;
+use crate::personal::{masked_text, MASKED};
 use crate::plan::*;
 use crate::run::{invalid_input, Context, DropReason, Out, Outcome, RejectReason, Routing, Warning};
 
@@ -50,7 +51,7 @@ pub struct RouteTrace {
 pub struct FieldTrace {
     /// The field's path in the output: `data.amount`, `data.contents[0].id`.
     pub field: Text,
-    pub value: Value,
+    pub value: TraceValue,
     pub origin: Origin,
 }
 
@@ -99,8 +100,8 @@ impl RuleTrace {
 
     /// The value of a rule that produced one: its last step's, since evaluation stops at the term that gave a
     /// value and each pipe's value is the next one's input.
-    fn value(&self) -> Value {
-        self.steps.last().and_then(|step| step.value.clone()).unwrap_or(Value::Null)
+    fn value(&self) -> TraceValue {
+        self.steps.last().and_then(|step| step.value.clone()).unwrap_or(TraceValue(ValueRepr::Null))
     }
 }
 
@@ -113,7 +114,7 @@ pub struct TraceStep {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read: Option<Text>,
     /// `None`: nothing (a missing path, or a function that gave nothing).
-    pub value: Option<Value>,
+    pub value: Option<TraceValue>,
     /// The note of a function that gave up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -132,6 +133,168 @@ pub const RELAY_NOTES: &str = "_relay";
 
 /// [`RELAY_NOTES`] as a key in an event's text.
 const QUOTED_RELAY_NOTES: &str = "\"_relay\"";
+
+/// A value in an explanation: what a step read or made, the value of a field. Text read from the event shares the
+/// explanation's one copy of the event instead of being copied for each step that shows it, and an object or an
+/// array is kept as its JSON, not as a tree: recording values was most of what explaining cost over applying.
+/// [`TraceValue::to_json`] gives it as serde_json's value; it serialises and prints as that value does.
+#[derive(Clone)]
+pub struct TraceValue(ValueRepr);
+
+#[derive(Clone)]
+enum ValueRepr {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    Text(String),
+    /// A string as it stands in the event's text (without escapes), by its place there.
+    InEvent(Arc<str>, std::ops::Range<usize>),
+    /// An array or an object: compact JSON, keys in order.
+    Json(Box<str>),
+}
+
+impl TraceValue {
+    fn text(text: String) -> TraceValue {
+        TraceValue(ValueRepr::Text(text))
+    }
+
+    /// The value as serde_json's.
+    pub fn to_json(&self) -> Value {
+        match &self.0 {
+            ValueRepr::Null => Value::Null,
+            ValueRepr::Bool(b) => Value::Bool(*b),
+            ValueRepr::Number(n) => Value::Number(n.clone()),
+            ValueRepr::Text(_) | ValueRepr::InEvent(..) => Value::String(self.as_str().unwrap_or_default().to_string()),
+            ValueRepr::Json(json) => serde_json::from_str(json).unwrap_or(Value::Null),
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.0, ValueRepr::Null)
+    }
+
+    /// The text of a string value.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.0 {
+            ValueRepr::Text(text) => Some(text),
+            ValueRepr::InEvent(event, range) => event.get(range.clone()),
+            _ => None,
+        }
+    }
+
+    /// How many elements an array value has.
+    pub fn array_len(&self) -> Option<usize> {
+        match &self.0 {
+            ValueRepr::Json(json) if json.starts_with('[') => self.to_json().as_array().map(Vec::len),
+            _ => None,
+        }
+    }
+
+    /// The value with its content withheld, as personal data is shown: see [`crate::personal::mask`].
+    fn masked(&self) -> TraceValue {
+        match (&self.0, self.as_str()) {
+            (ValueRepr::Null, _) => TraceValue(ValueRepr::Null),
+            (_, Some(text)) => TraceValue::text(masked_text(text)),
+            _ => TraceValue::text(MASKED.to_string()),
+        }
+    }
+
+    /// Writes the value as compact JSON.
+    fn write_json(&self, out: &mut String) {
+        match &self.0 {
+            ValueRepr::Null => out.push_str("null"),
+            ValueRepr::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            ValueRepr::Number(n) => out.push_str(&n.to_string()),
+            ValueRepr::Text(_) | ValueRepr::InEvent(..) => write_json_string(self.as_str().unwrap_or_default(), out),
+            ValueRepr::Json(json) => out.push_str(json),
+        }
+    }
+}
+
+impl From<&str> for TraceValue {
+    fn from(text: &str) -> TraceValue {
+        TraceValue::text(text.to_string())
+    }
+}
+
+impl Serialize for TraceValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            ValueRepr::Null => serializer.serialize_unit(),
+            ValueRepr::Bool(b) => serializer.serialize_bool(*b),
+            ValueRepr::Number(n) => n.serialize(serializer),
+            ValueRepr::Text(_) | ValueRepr::InEvent(..) => serializer.serialize_str(self.as_str().unwrap_or_default()),
+            // Written from a value by `write_json`: it is JSON.
+            ValueRepr::Json(json) => match serde_json::from_str::<&serde_json::value::RawValue>(json) {
+                Ok(raw) => raw.serialize(serializer),
+                Err(_) => serializer.serialize_unit(),
+            },
+        }
+    }
+}
+
+/// Compact JSON, as serde_json prints the same value.
+impl fmt::Display for TraceValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut json = String::new();
+        self.write_json(&mut json);
+        f.write_str(&json)
+    }
+}
+
+impl fmt::Debug for TraceValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl PartialEq for TraceValue {
+    fn eq(&self, other: &TraceValue) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl PartialEq<Value> for TraceValue {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_json() == *other
+    }
+}
+
+/// Makes the explanation's values: a string borrowed from the event's text is recorded by its place in the
+/// explanation's copy of the event, anything else is copied.
+struct Values {
+    /// Where the event's text starts in memory, and the explanation's copy of it.
+    event: Option<(usize, Arc<str>)>,
+}
+
+impl Values {
+    fn of(&self, value: &Val<'_>) -> TraceValue {
+        TraceValue(match value {
+            Val::Null => ValueRepr::Null,
+            Val::Bool(b) => ValueRepr::Bool(*b),
+            Val::Number(n) => ValueRepr::Number(n.clone()),
+            Val::Str(text) => match self.place(text) {
+                Some((event, range)) => ValueRepr::InEvent(Arc::clone(event), range),
+                None => ValueRepr::Text(text.to_string()),
+            },
+            Val::Array(_) | Val::Object(_) => {
+                let mut json = String::new();
+                write_json(value, &mut json);
+                ValueRepr::Json(json.into())
+            }
+        })
+    }
+
+    /// Where `text` lies in the event's text, when it is a part of it: two live allocations never overlap, so a
+    /// string starting inside the event's text and ending within it is a slice of it.
+    fn place(&self, text: &str) -> Option<(&Arc<str>, std::ops::Range<usize>)> {
+        let (start_of_event, event) = self.event.as_ref()?;
+        let start = (text.as_ptr() as usize).checked_sub(*start_of_event)?;
+        let end = start.checked_add(text.len())?;
+        (end <= event.len() && event.is_char_boundary(start) && event.is_char_boundary(end))
+            .then_some((event, start..end))
+    }
+}
 
 /// Text in an explanation: shared with the plan when the plan holds it (a rule's location, a step as written, the
 /// path it read, why a rule produced nothing), owned when the event made it. Explaining an event then copies none
@@ -275,7 +438,8 @@ pub fn explain(plan: &Plan, event: &str, context: &mut Context<'_>) -> Explanati
                 .then(|| serde_json::from_str::<Value>(event).ok())
                 .flatten()
                 .and_then(|mut event| event.get_mut(RELAY_NOTES).map(Value::take));
-            explain_input(plan, &input.values, context, notes.as_ref().and_then(Value::as_object))
+            let values = Values { event: Some((event.as_ptr() as usize, Arc::from(event))) };
+            explain_input(plan, &input.values, context, notes.as_ref().and_then(Value::as_object), values)
         }
         Err(error) => Explanation::unexplained(plan, invalid_input(error.0)),
     }
@@ -288,7 +452,7 @@ pub fn explain_value(plan: &Plan, event: &Value, context: &mut Context<'_>) -> E
         Ok(mut input) => {
             plan.build_read_whole(&plan.routing(&input.values), &mut input);
             let notes = event.get(RELAY_NOTES).and_then(Value::as_object);
-            explain_input(plan, &input.values, context, notes)
+            explain_input(plan, &input.values, context, notes, Values { event: None })
         }
         Err(error) => Explanation::unexplained(plan, invalid_input(error.0)),
     }
@@ -299,9 +463,10 @@ fn explain_input<'v>(
     input: &'v [Option<Val<'v>>],
     context: &mut Context<'_>,
     notes: Option<&serde_json::Map<String, Value>>,
+    values: Values,
 ) -> Explanation {
     // One evaluation: the runtime applies the plan and reports each step to the recorder.
-    let mut recorder = Recorder::new(plan);
+    let mut recorder = Recorder::new(plan, values);
     let outcome = plan.apply_input(input, context, &mut recorder);
     let Recorder { produced, silent, .. } = recorder;
     let mut explanation = Explanation { silent, ..Explanation::unexplained(plan, outcome) };
@@ -386,45 +551,84 @@ impl Sent<'_> {
 
 /// What the rules of the event's route produced, and what was sent, per output slot.
 struct Produced<'p> {
-    slots: Vec<Slot>,
+    slots: Vec<Slot<'p>>,
     /// Per array slot a block wrote: its trace and the traces of each element's fields.
     blocks: Vec<(usize, BlockTrace<'p>)>,
 }
 
 #[derive(Default)]
-struct Slot {
+struct Slot<'p> {
     /// The trace of the rule whose value the slot kept (the last rule with a value wins); it ends with the value.
     trace: Option<RuleTrace>,
     /// The value written out, when the event was mapped: what reading the event's JSON back would give, without
     /// writing and reading it.
-    sent: Option<Value>,
+    sent: Option<SentValue<'p>>,
 }
 
-impl Produced<'_> {
-    /// Keeps the output slots of a mapped event as JSON values, read through the layout as the runtime writes
-    /// them.
-    fn keep_sent(&mut self, nodes: &[LayoutNode], out: &[Option<Out<'_>>]) {
+/// What a mapped event carried in one output slot.
+enum SentValue<'p> {
+    Leaf(TraceValue),
+    /// The array, and each element's fields by name.
+    Elements {
+        array: TraceValue,
+        fields: Vec<Vec<(&'p str, TraceValue)>>,
+    },
+}
+
+impl<'p> Produced<'p> {
+    /// Keeps the output slots of a mapped event as values, read through the layout as the runtime writes them.
+    fn keep_sent(&mut self, nodes: &'p [LayoutNode], out: &[Option<Out<'_>>], values: &Values) {
         for node in nodes {
             match node {
-                LayoutNode::Object { children, .. } => self.keep_sent(children, out),
+                LayoutNode::Object { children, .. } => self.keep_sent(children, out, values),
                 LayoutNode::Leaf { slot, .. } => {
                     if let Some(Out::Value(value)) = &out[*slot] {
-                        self.slots[*slot].sent = Some(value.to_json());
+                        self.slots[*slot].sent = Some(SentValue::Leaf(values.of(value)));
                     }
                 }
                 LayoutNode::Elements { slot, items, .. } => {
                     if let Some(Out::Elements(elements)) = &out[*slot] {
-                        let element = |fields: &Vec<Option<Val<'_>>>| {
-                            let present =
-                                fields.iter().zip(items).filter_map(|(value, item)| Some((item, value.as_ref()?)));
-                            Value::Object(present.map(|(item, value)| (item.name.clone(), value.to_json())).collect())
-                        };
-                        self.slots[*slot].sent = Some(Value::Array(elements.iter().map(element).collect()));
+                        let fields: Vec<Vec<(&'p str, TraceValue)>> = elements
+                            .iter()
+                            .map(|element| {
+                                let present = element
+                                    .iter()
+                                    .zip(items)
+                                    .filter_map(|(value, item)| Some((item.name.as_str(), values.of(value.as_ref()?))));
+                                present.collect()
+                            })
+                            .collect();
+                        let array = elements_json(&fields);
+                        self.slots[*slot].sent = Some(SentValue::Elements { array, fields });
                     }
                 }
             }
         }
     }
+}
+
+/// An array of objects made of named values, as JSON with each object's keys in order, as serde_json writes them.
+fn elements_json<N: AsRef<str>>(elements: &[Vec<(N, TraceValue)>]) -> TraceValue {
+    let mut json = String::from("[");
+    for (index, element) in elements.iter().enumerate() {
+        if index > 0 {
+            json.push(',');
+        }
+        let mut members: Vec<&(N, TraceValue)> = element.iter().collect();
+        members.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        json.push('{');
+        for (position, (name, value)) in members.into_iter().enumerate() {
+            if position > 0 {
+                json.push(',');
+            }
+            write_json_string(name.as_ref(), &mut json);
+            json.push(':');
+            value.write_json(&mut json);
+        }
+        json.push('}');
+    }
+    json.push(']');
+    TraceValue(ValueRepr::Json(json.into()))
 }
 
 struct BlockTrace<'p> {
@@ -465,6 +669,7 @@ struct Block<'p> {
 /// slot kept (the last rule with a value wins, as in the runtime), and the rules that produced nothing and why.
 struct Recorder<'p> {
     plan: &'p Plan,
+    values: Values,
     produced: Produced<'p>,
     silent: Vec<RuleTrace>,
     current: Option<Current<'p>>,
@@ -472,10 +677,11 @@ struct Recorder<'p> {
 }
 
 impl<'p> Recorder<'p> {
-    fn new(plan: &'p Plan) -> Recorder<'p> {
+    fn new(plan: &'p Plan, values: Values) -> Recorder<'p> {
         let slots = plan.slot_count;
         Recorder {
             plan,
+            values,
             produced: Produced { slots: (0..slots).map(|_| Slot::default()).collect(), blocks: Vec::new() },
             // Most rules end up here: those of the route that produced nothing and those of other routes.
             silent: Vec::with_capacity(plan.rules.len()),
@@ -524,13 +730,14 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 
     fn term(&mut self, index: usize, result: Result<Option<&Val<'_>>, &str>) {
+        let values = &self.values;
         let Some(current) = self.current.as_mut() else { return };
         let term = match current.expr {
             Expr::Coalesce(terms) => &terms[index],
             single => single,
         };
         let (value, note) = match result {
-            Ok(value) => (value.map(Val::to_json), None),
+            Ok(value) => (value.map(|value| values.of(value)), None),
             Err(note) => (None, Some(note.to_string())),
         };
         let text = current.text.term_steps.get(index);
@@ -546,6 +753,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 
     fn pipe(&mut self, index: usize, result: Result<Option<&Val<'_>>, &str>) {
+        let values = &self.values;
         let Some(current) = self.current.as_mut() else { return };
         let Some(pipe) = current.pipes.get(index) else { return };
         if matches!(pipe.function.pii, Pii::Hashes) {
@@ -553,7 +761,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         }
         let expression = current.text.pipe_steps.get(index).map(Text::shared).unwrap_or_default();
         let (value, note) = match result {
-            Ok(value) => (value.map(Val::to_json), None),
+            Ok(value) => (value.map(|value| values.of(value)), None),
             Err(note) => (None, Some(note.to_string())),
         };
         current.trace.steps.push(TraceStep {
@@ -590,7 +798,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
                 trace.steps.push(TraceStep {
                     expression: Text::shared(&text.expression),
                     read: text.read.as_ref().map(Text::shared),
-                    value: value.map(Val::to_json),
+                    value: value.map(|value| self.values.of(value)),
                     note: None,
                     personal: rule.personal,
                     set_by_relay: None,
@@ -663,7 +871,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 
     fn sent(&mut self, out: &[Option<Out<'_>>]) {
-        self.produced.keep_sent(&self.plan.output, out);
+        self.produced.keep_sent(&self.plan.output, out, &self.values);
     }
 }
 
@@ -686,7 +894,7 @@ fn why_nothing(
             (false, false) => Text::shared(&source_why.nothing),
         };
     }
-    let gave_nothing = pipes.iter().position(|p| p.value.as_ref().is_none_or(Value::is_null));
+    let gave_nothing = pipes.iter().position(|p| p.value.as_ref().is_none_or(TraceValue::is_null));
     match gave_nothing.and_then(|index| pipe_whys.get(index)) {
         Some(why) if null_result => Text::shared(&why.null),
         Some(why) => Text::shared(&why.nothing),
@@ -742,8 +950,12 @@ impl Tracer<'_> {
                 }
                 LayoutNode::Leaf { path, slot, .. } => {
                     let Slot { trace, sent } = std::mem::take(&mut produced.slots[*slot]);
+                    let sent = match sent {
+                        Some(SentValue::Leaf(value)) => Some(value),
+                        _ => None,
+                    };
                     if let Some(value) = self.route_value(route, *slot) {
-                        let value = sent.unwrap_or_else(|| Value::from(value));
+                        let value = sent.unwrap_or_else(|| TraceValue::from(value));
                         fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Route });
                         continue;
                     }
@@ -766,7 +978,10 @@ impl Tracer<'_> {
                 LayoutNode::Elements { path, slot, .. } => {
                     let Some(index) = produced.blocks.iter().position(|(s, _)| s == slot) else { continue };
                     let (_, block) = produced.blocks.swap_remove(index);
-                    let sent = produced.slots[*slot].sent.take();
+                    let sent = match produced.slots[*slot].sent.take() {
+                        Some(SentValue::Elements { array, fields }) => Some((array, fields)),
+                        _ => None,
+                    };
                     if sent.is_none() {
                         if let Some(event) = sent_event {
                             let mut trace = block.trace;
@@ -775,27 +990,24 @@ impl Tracer<'_> {
                             continue;
                         }
                     }
-                    let array = match sent {
-                        Some(sent) => sent,
-                        None => Value::Array(
-                            block
+                    let (array, sent_fields) = match sent {
+                        Some((array, fields)) => (array, fields),
+                        None => {
+                            let produced: Vec<Vec<(&str, TraceValue)>> = block
                                 .elements
                                 .iter()
-                                .map(|element| {
-                                    Value::Object(
-                                        element.iter().map(|(name, trace)| (name.to_string(), trace.value())).collect(),
-                                    )
-                                })
-                                .collect(),
-                        ),
+                                .map(|element| element.iter().map(|(name, trace)| (*name, trace.value())).collect())
+                                .collect();
+                            (elements_json(&produced), Vec::new())
+                        }
                     };
                     let mut element_fields = Vec::new();
                     for (index, element) in block.elements.into_iter().enumerate() {
                         for (name, trace) in element {
-                            let sent = array.get(index).and_then(|e| e.get(name));
+                            let sent = sent_fields.get(index).and_then(|e| e.iter().find(|(n, _)| *n == name));
                             element_fields.push(FieldTrace {
                                 field: element_field(path, index, name).into(),
-                                value: sent.cloned().unwrap_or_else(|| trace.value()),
+                                value: sent.map(|(_, value)| value.clone()).unwrap_or_else(|| trace.value()),
                                 origin: Origin::Rule(trace),
                             });
                         }
@@ -893,7 +1105,7 @@ impl Explanation {
         let mask_rule = |rule: &mut RuleTrace| {
             for step in &mut rule.steps {
                 if step.personal {
-                    step.value = step.value.as_ref().map(mask);
+                    step.value = step.value.as_ref().map(TraceValue::masked);
                     step.note = step.note.take().map(|note| withhold_personal(note, true));
                 }
             }
@@ -987,11 +1199,9 @@ impl Explanation {
             for (i, field) in self.fields.iter().enumerate() {
                 let last = i + 1 == count;
                 let (branch, indent) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
-                let value = if field.value.is_array() {
-                    let n = field.value.as_array().map_or(0, Vec::len);
-                    format!("{n} element{}", if n == 1 { "" } else { "s" })
-                } else {
-                    short(&field.value)
+                let value = match field.value.array_len() {
+                    Some(n) => format!("{n} element{}", if n == 1 { "" } else { "s" }),
+                    None => short(&field.value),
                 };
                 match &field.origin {
                     Origin::Route => writeln!(out, "{branch}{} = {value}  ← the route", field.field)?,
@@ -1113,7 +1323,7 @@ fn write_steps(out: &mut String, indent: &str, steps: &[TraceStep]) -> std::fmt:
 }
 
 /// A value on one line, cut short when long (the JSON output has it whole).
-fn short(value: &Value) -> String {
+fn short(value: &TraceValue) -> String {
     const MAX: usize = 100;
     let text = value.to_string();
     if text.chars().count() <= MAX {
@@ -1125,7 +1335,52 @@ fn short(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let keys = vec!["a", "b", "id", "name", "é", "quantity", "\"q\"", "k\u{1}"];
+        let key = prop::sample::select(keys).prop_map(str::to_string).boxed();
+        crate::testing::json_value(key, "[a-z\"\\\\/\u{0}-\u{1f}é😀]{0,6}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// However a value is kept (text, a place in the event, JSON), it reads, prints, serialises and masks as
+        /// serde_json's value does, which is what explanations showed before values were kept that way.
+        #[test]
+        fn a_trace_value_is_the_value_it_was_made_from(value in json_value()) {
+            let text = serde_json::to_string(&value).unwrap();
+            let read = crate::input::scan_value(&text).expect("the fast reader reads JSON it wrote");
+            let values = Values { event: Some((text.as_ptr() as usize, Arc::from(text.as_str()))) };
+            let kept = values.of(&read);
+            prop_assert_eq!(kept.to_json(), value.clone());
+            prop_assert_eq!(kept.to_string(), text.clone());
+            prop_assert_eq!(serde_json::to_string(&kept).unwrap(), text.clone());
+            prop_assert_eq!(serde_json::to_value(&kept).unwrap(), value.clone());
+            prop_assert_eq!(kept.masked().to_json(), crate::personal::mask(&value));
+            prop_assert_eq!(kept.array_len(), value.as_array().map(Vec::len));
+            // Outside the event: copied, the same value.
+            let apart = Values { event: None }.of(&Val::from_json(&value));
+            prop_assert_eq!(apart.to_json(), value);
+        }
+    }
+
+    #[test]
+    fn strings_of_the_event_are_kept_by_their_place_in_it() {
+        let event = r#"{"a":"plain","b":"esc\"aped"}"#;
+        let values = Values { event: Some((event.as_ptr() as usize, Arc::from(event))) };
+        let plain = values.of(&Val::Str(std::borrow::Cow::Borrowed(&event[6..11])));
+        assert!(matches!(&plain.0, ValueRepr::InEvent(_, range) if *range == (6..11)), "{plain:?}");
+        assert_eq!(plain.as_str(), Some("plain"));
+        // An unescaped string is the reader's own text, not a part of the event's.
+        let unescaped = values.of(&Val::Str(std::borrow::Cow::Owned("esc\"aped".to_string())));
+        assert!(matches!(&unescaped.0, ValueRepr::Text(text) if text == "esc\"aped"));
+        let elsewhere = values.of(&Val::Str(std::borrow::Cow::Borrowed("plain")));
+        assert!(matches!(&elsewhere.0, ValueRepr::Text(_)), "a string outside the event is copied");
+    }
 
     #[test]
     fn element_fields_are_named_as_format_names_them() {

@@ -10,10 +10,18 @@ use crate::schema;
 /// text. Null stays null: there is nothing to withhold.
 pub fn mask(value: &Value) -> Value {
     match value {
-        Value::String(s) => Value::String(format!("<personal: {} characters>", s.chars().count())),
+        Value::String(s) => Value::String(masked_text(s)),
         Value::Null => Value::Null,
-        _ => Value::String("<personal>".to_string()),
+        _ => Value::String(MASKED.to_string()),
     }
+}
+
+/// A personal value that is not text, masked.
+pub(crate) const MASKED: &str = "<personal>";
+
+/// Personal text, masked: its length only.
+pub(crate) fn masked_text(text: &str) -> String {
+    format!("<personal: {} characters>", text.chars().count())
 }
 
 /// Masks, wherever it is in `value`, every value under a key that names personal data (`email`, `phone`,

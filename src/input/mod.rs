@@ -499,6 +499,12 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
+/// The fast reader's value of a whole JSON text, for tests elsewhere that need values borrowed from a text.
+#[cfg(test)]
+pub(crate) fn scan_value(text: &str) -> Option<Val<'_>> {
+    scan::value(text)
+}
+
 /// The value at `steps` inside `value`.
 pub(crate) fn walk<'v, 'a>(mut value: &'v Val<'a>, steps: &[Step]) -> Option<&'v Val<'a>> {
     for step in steps {
