@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::eval::withhold_personal;
-use crate::functions::{write_json, write_json_string};
+use crate::functions::{write_json, write_json_string, write_number};
 use crate::functions::{Pii, Val};
 use crate::observe::Observer;
 use crate::personal::{masked_text, MASKED};
@@ -204,7 +204,7 @@ impl TraceValue {
         match &self.0 {
             ValueRepr::Null => out.push_str("null"),
             ValueRepr::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            ValueRepr::Number(n) => out.push_str(&n.to_string()),
+            ValueRepr::Number(n) => write_number(n, out),
             ValueRepr::Text(_) | ValueRepr::InEvent(..) => write_json_string(self.as_str().unwrap_or_default(), out),
             ValueRepr::Json(json) => out.push_str(json),
         }
