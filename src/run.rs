@@ -781,15 +781,29 @@ fn is_url(text: &str) -> bool {
 fn plainly_http_url(text: &str) -> bool {
     let Some(rest) = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")) else { return false };
     let host_end = rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
-    let (host, tail) = rest.split_at(host_end);
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && !label.starts_with("xn--")
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    host.split('.').all(label_ok)
-        && host.rsplit('.').next().is_some_and(|last| last.as_bytes()[0].is_ascii_lowercase())
-        && !tail.contains(char::is_whitespace)
+    let (host, tail) = rest.as_bytes().split_at(host_end);
+    // One pass over the host's bytes, label by label: every output URL of every event is checked.
+    let mut label_start = 0;
+    for (at, &byte) in host.iter().enumerate() {
+        if byte == b'.' {
+            if at == label_start || host[label_start..].starts_with(b"xn--") {
+                return false;
+            }
+            label_start = at + 1;
+        } else if !(byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-') {
+            return false;
+        }
+    }
+    let last = &host[label_start..];
+    if last.first().is_none_or(|first| !first.is_ascii_lowercase()) || last.starts_with(b"xn--") {
+        return false;
+    }
+    // `char::is_whitespace` on ASCII is these six; other text is decoded.
+    match std::str::from_utf8(tail) {
+        Ok(tail) if tail.is_ascii() => !tail.bytes().any(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')),
+        Ok(tail) => !tail.contains(char::is_whitespace),
+        Err(_) => false,
+    }
 }
 
 fn parsed_http_url(text: &str) -> bool {
@@ -945,8 +959,36 @@ fn write_object(nodes: &[LayoutNode], out: &[Option<Out<'_>>], json: &mut String
 mod tests {
     use super::{is_url, parsed_http_url, plainly_http_url};
 
+    /// The shortcut as first written, with `str`'s searches: the one-pass version must decide alike.
+    fn plainly_http_url_by_splitting(text: &str) -> bool {
+        let Some(rest) = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")) else { return false };
+        let host_end = rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        let (host, tail) = rest.split_at(host_end);
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && !label.starts_with("xn--")
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        host.split('.').all(label_ok)
+            && host.rsplit('.').next().is_some_and(|last| last.as_bytes()[0].is_ascii_lowercase())
+            && !tail.contains(char::is_whitespace)
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn the_one_pass_shortcut_decides_as_splitting_did(
+            scheme in proptest::sample::select(vec!["https://", "http://", "ftp://", ""]),
+            labels in proptest::collection::vec(
+                proptest::sample::select(vec!["xn--a", "shop", "b1", "1a", "a-", "-", "", "Ab", "é", "a_b"]),
+                0..4,
+            ),
+            tail in "(:[0-9]{0,3})?([/?#@ \t\u{b}\u{a0}\u{2028}%a-zA-Z0-9é.-]{0,12})?",
+        ) {
+            let text = format!("{scheme}{}{tail}", labels.join("."));
+            proptest::prop_assert_eq!(plainly_http_url(&text), plainly_http_url_by_splitting(&text), "{:?}", text);
+        }
 
         /// The shortcut accepts nothing the parser refuses.
         #[test]

@@ -170,7 +170,7 @@ fn strip_query<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
 /// without is kept byte for byte.
 fn without_credentials(text: Cow<'_, str>) -> Cow<'_, str> {
     // Credentials end at an `@`; without one there are none, and the parse can be skipped.
-    if !text.contains('@') {
+    if memchr::memchr(b'@', text.as_bytes()).is_none() {
         return text;
     }
     match url::Url::parse(&text) {
