@@ -781,7 +781,8 @@ fn is_url(text: &str) -> bool {
 fn plainly_http_url(text: &str) -> bool {
     let Some(rest) = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")) else { return false };
     let host_end = rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
-    let (host, tail) = rest.as_bytes().split_at(host_end);
+    let (host, tail) = rest.split_at(host_end);
+    let host = host.as_bytes();
     // One pass over the host's bytes, label by label: every output URL of every event is checked.
     let mut label_start = 0;
     for (at, &byte) in host.iter().enumerate() {
@@ -799,10 +800,10 @@ fn plainly_http_url(text: &str) -> bool {
         return false;
     }
     // `char::is_whitespace` on ASCII is these six; other text is decoded.
-    match std::str::from_utf8(tail) {
-        Ok(tail) if tail.is_ascii() => !tail.bytes().any(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')),
-        Ok(tail) => !tail.contains(char::is_whitespace),
-        Err(_) => false,
+    if tail.is_ascii() {
+        !tail.bytes().any(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r'))
+    } else {
+        !tail.contains(char::is_whitespace)
     }
 }
 
