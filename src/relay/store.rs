@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -170,7 +170,9 @@ pub trait Store: Send + Sync + 'static {
     fn depth(&self, pixel: &str) -> Result<u64, StoreError>;
     /// Bytes of queued events, dead letters and identity memory: what the disk cap is enforced on.
     fn stored_bytes(&self) -> Result<u64, StoreError>;
-    /// Forgets the visitors whose profile was last written before `before_ms`; returns how many.
+    /// Forgets the visitors whose profile was last written before `before_ms`; returns how many. A store may know
+    /// the time of the last write only to within a bound it documents ([`TOUCH_PRECISION_MS`] for redb's); it then
+    /// forgets a visitor only once sure, up to that much later.
     fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError>;
     /// Takes the oldest `limit` events of `pixel` for delivery. On a store several relays share, each event is
     /// taken by one relay at a time, for the store's lease, and events whose lease ran out (their relay died) are
@@ -214,12 +216,25 @@ const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 /// (last touched ms, visitor key): the order in which visitors not seen for a while are forgotten.
 const IDENTITY_TOUCHED: TableDefinition<(u64, &str), ()> = TableDefinition::new("identity_touched");
 
-/// A visitor's profile as stored, with when it was last written.
-#[derive(Serialize, Deserialize)]
+/// A visitor's profile as stored, with when it was last written (to within [`TOUCH_PRECISION_MS`]).
+#[derive(Deserialize)]
 struct Remembered {
     profile: Profile,
     touched_ms: u64,
 }
+
+/// [`Remembered`] as written, borrowing the profile.
+#[derive(Serialize)]
+struct RememberedRef<'a> {
+    profile: &'a Profile,
+    touched_ms: u64,
+}
+
+/// How stale the time a visitor was last written at may be. Most events of a known visitor change its profile
+/// (a field's last sighting moves), and moving the visitor in [`IDENTITY_TOUCHED`] at every write cost a removal
+/// and an insertion in a second table; the time is moved when it is an hour old instead, and forgetting allows
+/// for the hour, so a visitor is never forgotten before the time to live.
+pub const TOUCH_PRECISION_MS: u64 = 3_600_000;
 /// key → the console's settings (`pixel/<name>`, `secret/<name>`, …) as JSON.
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// counters: `next_seq`, `stored_bytes`.
@@ -232,6 +247,51 @@ pub struct RedbStore {
     path: PathBuf,
     /// `None` between a disk failure and the reopen after it.
     db: RwLock<Option<Database>>,
+    /// Profiles as last committed. Held by an ingestion for the whole of its transaction and its commit, and by
+    /// the forgetting of visitors for the whole of its, so that neither sees the cache out of step with the table.
+    profiles: Mutex<ProfileCache>,
+}
+
+/// What the identity table holds under a key, as last committed: kept in memory between transactions, so that
+/// a visitor's next events read their profile without a look-up in the table and a JSON decode (a tenth of the
+/// writer's time before). Only this process writes the file (redb locks it), so the cache is exact as long as
+/// every write of the table keeps it: ingestion puts back what it read and wrote once it has committed, and the
+/// forgetting of visitors empties it. Bounded to [`ProfileCache::KEYS`] keys in two generations: a key not used
+/// while the newer one filled up is dropped with the older one.
+#[derive(Default)]
+struct ProfileCache {
+    newer: hashbrown::HashMap<String, Known>,
+    older: hashbrown::HashMap<String, Known>,
+}
+
+/// A key's row: its profile (`None`: no row, or one that cannot be read) and when it was last written.
+#[derive(Default)]
+struct Known {
+    profile: Option<Profile>,
+    touched_ms: Option<u64>,
+}
+
+impl ProfileCache {
+    /// About 40 MB at most, for profiles of two keys and three fields; most keys (visitors that never identified
+    /// nor came from an ad) have no row and take a tenth of that.
+    const KEYS: usize = 65_536;
+
+    /// Takes `key`'s row out, for a transaction to use and give back once committed.
+    fn take(&mut self, key: &str) -> Option<Known> {
+        self.newer.remove(key).or_else(|| self.older.remove(key))
+    }
+
+    fn keep(&mut self, key: String, known: Known) {
+        if self.newer.len() >= Self::KEYS / 2 {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(key, known);
+    }
+
+    fn clear(&mut self) {
+        self.newer.clear();
+        self.older.clear();
+    }
 }
 
 impl RedbStore {
@@ -243,7 +303,17 @@ impl RedbStore {
             .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", data_dir.display())))?;
         let path = data_dir.join(Self::FILE);
         let db = open_database(&path)?;
-        Ok(RedbStore { path, db: RwLock::new(Some(db)) })
+        Ok(RedbStore { path, db: RwLock::new(Some(db)), profiles: Mutex::default() })
+    }
+
+    /// The profile cache; after a panic while it was held, emptied, since what it held may be half changed.
+    fn profile_cache(&self) -> MutexGuard<'_, ProfileCache> {
+        self.profiles.lock().unwrap_or_else(|poisoned| {
+            self.profiles.clear_poison();
+            let mut cache = poisoned.into_inner();
+            cache.clear();
+            cache
+        })
     }
 
     /// Runs `work` on the open database, reopening it first if a disk failure closed it, and closing it when
@@ -357,8 +427,10 @@ struct RedbIngest<'t> {
     bytes_added: u64,
     bytes_removed: u64,
     /// The profiles this transaction read or wrote, the written ones marked: a visitor's events in one group read
-    /// its profile from the table once and write it once, when the group commits ([`RedbIngest::write_profiles`]).
-    profiles: BTreeMap<String, (Option<Profile>, bool)>,
+    /// its profile once and write it once, when the group commits ([`RedbIngest::write_profiles`]).
+    profiles: BTreeMap<String, Visited>,
+    /// Where profiles are read from before the table; what is taken from it is given back after the commit.
+    cache: &'t mut ProfileCache,
     /// The queue table, opened at the first event and kept open for the rest of the transaction: opening a table
     /// cost about as much as inserting into it.
     queue: Option<redb::Table<'t, (&'static str, u64), &'static [u8]>>,
@@ -367,34 +439,41 @@ struct RedbIngest<'t> {
     identity: Option<redb::Table<'t, &'static str, &'static [u8]>>,
 }
 
+/// A profile a transaction read or wrote.
+struct Visited {
+    known: Known,
+    written: bool,
+}
+
 impl RedbIngest<'_> {
-    /// Writes the profiles the transaction changed.
+    /// Writes the profiles the transaction changed, and moves in [`IDENTITY_TOUCHED`] those last moved more than
+    /// [`TOUCH_PRECISION_MS`] ago.
     fn write_profiles(&mut self) -> Result<(), StoreError> {
-        let written: Vec<(String, Profile)> = std::mem::take(&mut self.profiles)
-            .into_iter()
-            .filter_map(|(key, entry)| match entry {
-                (Some(profile), true) => Some((key, profile)),
-                _ => None,
-            })
-            .collect();
-        if written.is_empty() {
+        if !self.profiles.values().any(|visited| visited.written) {
             return Ok(());
         }
         self.identity = None;
         let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
         let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
-        for (key, profile) in written {
-            let bytes = serde_json::to_vec(&Remembered { profile, touched_ms: self.now_ms }).map_err(unreadable)?;
-            let mut removed = 0;
+        for (key, visited) in self.profiles.iter_mut().filter(|(_, visited)| visited.written) {
+            let Some(profile) = &visited.known.profile else { continue };
+            let before = visited.known.touched_ms;
+            let touched_ms = match before {
+                Some(at) if self.now_ms.saturating_sub(at) < TOUCH_PRECISION_MS => at,
+                _ => self.now_ms,
+            };
+            let bytes = serde_json::to_vec(&RememberedRef { profile, touched_ms }).map_err(unreadable)?;
             if let Some(old) = table.insert(key.as_str(), bytes.as_slice()).map_err(fail)? {
-                removed = old.value().len() as u64;
-                if let Ok(previous) = serde_json::from_slice::<Remembered>(old.value()) {
-                    touched.remove((previous.touched_ms, key.as_str())).map_err(fail)?;
-                }
+                self.bytes_removed += old.value().len() as u64;
             }
-            touched.insert((self.now_ms, key.as_str()), ()).map_err(fail)?;
+            if before != Some(touched_ms) {
+                if let Some(at) = before {
+                    touched.remove((at, key.as_str())).map_err(fail)?;
+                }
+                touched.insert((touched_ms, key.as_str()), ()).map_err(fail)?;
+            }
+            visited.known.touched_ms = Some(touched_ms);
             self.bytes_added += bytes.len() as u64;
-            self.bytes_removed += removed;
         }
         Ok(())
     }
@@ -406,7 +485,21 @@ impl IdentityStore for RedbIngest<'_> {
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
-        self.profiles.insert(key.to_string(), (Some(profile), true));
+        match self.profiles.get_mut(key) {
+            Some(visited) => {
+                visited.known.profile = Some(profile);
+                visited.written = true;
+            }
+            None => {
+                // Stored without being read first: the row it replaces says when it was last written.
+                let touched_ms = match self.cache.take(key) {
+                    Some(known) => known.touched_ms,
+                    None => self.read_profile(key).touched_ms,
+                };
+                let known = Known { profile: Some(profile), touched_ms };
+                self.profiles.insert(key.to_string(), Visited { known, written: true });
+            }
+        }
     }
 
     /// Merges the transaction's own copy of the profile rather than a copy of it, which is what the trait's default
@@ -420,32 +513,41 @@ impl IdentityStore for RedbIngest<'_> {
 }
 
 impl RedbIngest<'_> {
-    /// The profile stored under `key`, read from the table the first time this transaction asks for it.
+    /// The profile stored under `key`, taken from the cache or read from the table the first time this
+    /// transaction asks for it.
     fn cached(&mut self, key: &str) -> &Option<Profile> {
         if !self.profiles.contains_key(key) {
-            let profile = self.read_profile(key);
-            self.profiles.insert(key.to_string(), (profile, false));
+            let known = match self.cache.take(key) {
+                Some(known) => known,
+                None => self.read_profile(key),
+            };
+            self.profiles.insert(key.to_string(), Visited { known, written: false });
         }
-        &self.profiles[key].0
+        &self.profiles[key].known.profile
     }
 
-    fn read_profile(&mut self, key: &str) -> Option<Profile> {
+    fn read_profile(&mut self, key: &str) -> Known {
         let table = match &mut self.identity {
             Some(table) => table,
             identity => match self.txn.open_table(IDENTITY) {
                 Ok(table) => identity.insert(table),
                 Err(error) => {
                     self.failure.get_or_insert(fail(error));
-                    return None;
+                    return Known::default();
                 }
             },
         };
-        table
-            .get(key)
-            .ok()
-            .flatten()
-            .and_then(|bytes| serde_json::from_slice::<Remembered>(bytes.value()).ok())
-            .map(|r| r.profile)
+        match table.get(key) {
+            Ok(Some(bytes)) => match serde_json::from_slice::<Remembered>(bytes.value()) {
+                Ok(row) => Known { profile: Some(row.profile), touched_ms: Some(row.touched_ms) },
+                Err(_) => Known::default(),
+            },
+            Ok(None) => Known::default(),
+            Err(error) => {
+                self.failure.get_or_insert(fail(error));
+                Known::default()
+            }
+        }
     }
 }
 
@@ -470,7 +572,9 @@ impl IngestTx for RedbIngest<'_> {
 impl Store for RedbStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
-        self.write(|txn| {
+        let mut cache = self.profile_cache();
+        let mut visited = BTreeMap::new();
+        let result = self.write(|txn| {
             let mut ingest = RedbIngest {
                 txn,
                 now_ms,
@@ -479,6 +583,7 @@ impl Store for RedbStore {
                 bytes_added: 0,
                 bytes_removed: 0,
                 profiles: BTreeMap::new(),
+                cache: &mut cache,
                 queue: None,
                 identity: None,
             };
@@ -492,8 +597,16 @@ impl Store for RedbStore {
             if let Some(next) = ingest.next_seq {
                 set_counter(txn, "next_seq", next)?;
             }
+            visited = std::mem::take(&mut ingest.profiles);
             adjust_bytes(txn, ingest.bytes_added, ingest.bytes_removed)
-        })
+        });
+        // Only what is committed goes back; what a failed transaction took is read from the table again.
+        if result.is_ok() {
+            for (key, Visited { known, .. }) in visited {
+                cache.keep(key, known);
+            }
+        }
+        result
     }
 
     fn peek(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
@@ -618,8 +731,11 @@ impl Store for RedbStore {
     }
 
     fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let cutoff = before_ms.max(0) as u64;
+        // A visitor's time may be up to the precision older than its last write.
+        let cutoff = (before_ms.max(0) as u64).saturating_sub(TOUCH_PRECISION_MS);
         let mut forgotten = 0;
+        let mut cache = self.profile_cache();
+        cache.clear();
         self.write(|txn| {
             let mut touched = txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
             let mut table = txn.open_table(IDENTITY).map_err(fail)?;
@@ -778,7 +894,7 @@ mod tests {
         let remembered = store.stored_bytes().unwrap();
         assert!(remembered > 0, "identity memory counts toward the disk cap");
         assert_eq!(store.forget_visitors(0).unwrap(), 0, "a visitor touched now is not forgotten for a past cutoff");
-        let later = jiff::Timestamp::now().as_millisecond() + 1000;
+        let later = jiff::Timestamp::now().as_millisecond() + TOUCH_PRECISION_MS as i64 + 1000;
         assert_eq!(store.forget_visitors(later).unwrap(), 1);
         assert_eq!(store.identity_keys().unwrap(), 0);
         assert_eq!(store.stored_bytes().unwrap(), 0, "the byte count returns to zero when everything is delivered");
@@ -818,6 +934,80 @@ mod tests {
             .unwrap_err();
         assert_eq!(store.identity_keys().unwrap(), 1, "a failed group writes no profile");
         assert_eq!(store.stored_bytes().unwrap(), one_profile, "and counts none");
+        store
+            .ingest(&mut |tx| {
+                assert_eq!(tx.load("anon:2"), None, "what a failed group stored is not remembered in memory either");
+                assert_eq!(tx.load("anon:1"), Some(profile("anon:1", "second")), "what it read is read again");
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The rows of the table visitors are forgotten by.
+    fn touched_rows(store: &RedbStore) -> Vec<(u64, String)> {
+        store
+            .read(|txn| {
+                let table = txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+                let rows = table.iter().map_err(fail)?;
+                rows.map(|row| row.map(|(key, _)| (key.value().0, key.value().1.to_string())).map_err(fail)).collect()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_visitor_written_again_within_the_hour_keeps_one_time_and_is_forgotten_only_once_surely_stale() {
+        let dir = temp_dir("touched");
+        let profile = |value: &str| Profile {
+            fields: vec![crate::identity::RememberedField {
+                field: "oppref".into(),
+                value: value.into(),
+                seen_ms: 1,
+                expires_ms: None,
+            }],
+            keys: vec!["anon:1".into()],
+        };
+        let store = RedbStore::open(&dir).unwrap();
+        store
+            .ingest(&mut |tx| {
+                tx.store("anon:1", profile("first"));
+                Ok(())
+            })
+            .unwrap();
+        let first = touched_rows(&store);
+        assert_eq!(first.len(), 1);
+        for value in ["second", "third"] {
+            store
+                .ingest(&mut |tx| {
+                    assert!(tx.load("anon:1").is_some());
+                    tx.store("anon:1", profile(value));
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert_eq!(touched_rows(&store), first, "written within the hour: its time stays and is not moved");
+        drop(store);
+        // A store opened again has nothing in memory: a profile written without being read first still replaces
+        // its one time, read from the row it overwrites.
+        let store = RedbStore::open(&dir).unwrap();
+        store
+            .ingest(&mut |tx| {
+                tx.store("anon:1", profile("fourth"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(touched_rows(&store), first);
+        let now = jiff::Timestamp::now().as_millisecond();
+        assert_eq!(store.forget_visitors(now + 1000).unwrap(), 0, "its time may be up to an hour old: kept");
+        assert_eq!(store.forget_visitors(now + TOUCH_PRECISION_MS as i64 + 1000).unwrap(), 1);
+        assert_eq!((touched_rows(&store), store.identity_keys().unwrap()), (vec![], 0));
+        store
+            .ingest(&mut |tx| {
+                assert_eq!(tx.load("anon:1"), None, "a forgotten visitor is not recalled from memory");
+                Ok(())
+            })
+            .unwrap();
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
