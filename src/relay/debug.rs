@@ -140,6 +140,34 @@ pub(super) struct Refused {
     pub index: Option<usize>,
 }
 
+/// How many events the writer may explain for the debugger: [`Sampler::PER_SECOND`] on average, in bursts of up
+/// to the log's capacity. An explanation costs about twice what applying does, and at a trickle every event is
+/// explained; under load a fixed number per second is, which keeps the log fresh (500 entries are ten seconds of
+/// samples) without explaining thousands of events a second that the next ones push out of it.
+pub(super) struct Sampler {
+    tokens: f64,
+    burst: f64,
+    last: std::time::Instant,
+}
+
+impl Sampler {
+    pub const PER_SECOND: f64 = 50.0;
+
+    pub fn new(burst: usize, now: std::time::Instant) -> Sampler {
+        Sampler { tokens: burst as f64, burst: burst as f64, last: now }
+    }
+
+    /// How many of `wanted` explanations may be made at `now`; those are spent.
+    pub fn take(&mut self, wanted: usize, now: std::time::Instant) -> usize {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * Self::PER_SECOND;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = self.last.max(now);
+        let granted = (self.tokens as usize).min(wanted);
+        self.tokens -= granted as f64;
+        granted
+    }
+}
+
 /// The latest entries, bounded.
 pub(super) struct DebugLog {
     entries: Mutex<VecDeque<Entry>>,
@@ -400,3 +428,27 @@ setInterval(refresh, 2000);
 </body>
 </html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Sampler;
+
+    #[test]
+    fn a_burst_is_sampled_whole_up_to_the_log_and_a_flood_at_the_rate_per_second() {
+        let start = Instant::now();
+        let mut sampler = Sampler::new(500, start);
+        let burst: usize = (0..40).map(|_| sampler.take(16, start)).sum();
+        assert_eq!(burst, 500, "a burst as large as the log is explained whole");
+        assert_eq!(sampler.take(16, start), 0, "then nothing more at once");
+        let mut flood = 0;
+        for tick in 1..=100 {
+            flood += sampler.take(16, start + Duration::from_millis(10 * tick));
+        }
+        assert!((49..=50).contains(&flood), "a second of groups every 10 ms: the rate per second, not {flood}");
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(sampler.take(1000, later), 500, "an idle hour earns one burst, not more");
+        assert_eq!(sampler.take(1, later - Duration::from_secs(1)), 0, "a clock that steps back earns nothing");
+    }
+}

@@ -796,6 +796,7 @@ impl IdentityStore for PixelMemory<'_> {
 /// requests in one transaction before answering them all. Ends when every sender is gone.
 pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
     const MAX_GROUP: usize = 256;
+    let mut sampler = debug::Sampler::new(shared.debug.capacity(), std::time::Instant::now());
     while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -827,12 +828,13 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
         let mut entries = Vec::new();
         let mut outcomes: Vec<(&str, &'static TargetSchema, &'static str, Option<String>)> = Vec::new();
         let mut verdicts: Vec<Vec<Verdict>> = Vec::new();
-        // An explanation costs several times what applying does, so under load the debugger samples: the newest
-        // events of each group are explained and kept, the others only applied. At a trickle, every event is; of
-        // the events the mapping rejects, up to as many again per group.
+        // An explanation costs about twice what applying does, so under load the debugger samples: the newest
+        // events of a group are explained and kept, as many as the sampler allows, the others only applied. At a
+        // trickle, every event is; of the events the mapping rejects, up to as many again per group.
         const EXPLAINED_PER_GROUP: usize = 16;
         let mapped_events = group.iter().map(|j| j.events.len()).sum::<usize>() * pixels.len();
-        let explain_from = mapped_events.saturating_sub(EXPLAINED_PER_GROUP.min(shared.debug.capacity()));
+        let sampled = sampler.take(EXPLAINED_PER_GROUP.min(mapped_events), std::time::Instant::now());
+        let explain_from = mapped_events - sampled;
         let result = shared.store.ingest(&mut |tx| {
             entries.clear();
             outcomes.clear();
