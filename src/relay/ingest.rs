@@ -775,20 +775,33 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 struct PixelMemory<'t> {
     tx: &'t mut dyn IngestTx,
     prefix: &'t str,
+    /// The namespaced key of the last call, its allocation reused by the next.
+    key: &'t mut String,
+}
+
+impl PixelMemory<'_> {
+    /// `key` in the pixel's namespace: `<pixel>/<key>`.
+    fn namespaced<'k>(buffer: &'k mut String, prefix: &str, key: &str) -> &'k str {
+        buffer.clear();
+        buffer.push_str(prefix);
+        buffer.push('/');
+        buffer.push_str(key);
+        buffer
+    }
 }
 
 impl IdentityStore for PixelMemory<'_> {
     fn load(&mut self, key: &str) -> Option<Profile> {
-        self.tx.load(&format!("{}/{key}", self.prefix))
+        self.tx.load(Self::namespaced(self.key, self.prefix, key))
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
-        self.tx.store(&format!("{}/{key}", self.prefix), profile);
+        self.tx.store(Self::namespaced(self.key, self.prefix, key), profile);
     }
 
     /// The transaction's own, which can merge a profile it holds without copying it first.
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        self.tx.merge_into(&format!("{}/{key}", self.prefix), profile, linked)
+        self.tx.merge_into(Self::namespaced(self.key, self.prefix, key), profile, linked)
     }
 }
 
@@ -855,12 +868,13 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             }
             let mut index = 0;
             let mut rejections_explained = 0;
+            let mut key = String::new();
             for job in &group {
                 let mut job_verdicts = Vec::with_capacity(job.events.len());
                 for event in &job.events {
                     let mut verdict: Option<Verdict> = None;
                     for (pixel, setup) in &pixels {
-                        let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.name };
+                        let mut memory = PixelMemory { tx: &mut *tx, prefix: &pixel.name, key: &mut key };
                         let mut context = Context::with_identity(now, &mut memory);
                         let sampled = index >= explain_from;
                         index += 1;

@@ -75,7 +75,7 @@ impl Pending {
     /// Reads a queue row written by [`Pending::to_row`], or one written before, when the whole row was the
     /// pending event as one JSON object (it has no line break: JSON text as serde_json writes it has none).
     pub fn from_row(row: &[u8]) -> Result<Pending, String> {
-        let Some(line_end) = row.iter().position(|&b| b == b'\n') else {
+        let Some(line_end) = memchr::memchr(b'\n', row) else {
             return serde_json::from_slice(row).map_err(|e| e.to_string());
         };
         let head: RowHead<'_> = serde_json::from_slice(&row[..line_end]).map_err(|e| e.to_string())?;
