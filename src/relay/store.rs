@@ -968,13 +968,17 @@ mod tests {
             }],
             keys: vec!["anon:1".into()],
         };
+        // Written without being read first.
+        let store_unread = |store: &RedbStore, value: &str| {
+            store
+                .ingest(&mut |tx| {
+                    tx.store("anon:1", profile(value));
+                    Ok(())
+                })
+                .unwrap()
+        };
         let store = RedbStore::open(&dir).unwrap();
-        store
-            .ingest(&mut |tx| {
-                tx.store("anon:1", profile("first"));
-                Ok(())
-            })
-            .unwrap();
+        store_unread(&store, "first");
         let first = touched_rows(&store);
         assert_eq!(first.len(), 1);
         for value in ["second", "third"] {
@@ -991,12 +995,7 @@ mod tests {
         // A store opened again has nothing in memory: a profile written without being read first still replaces
         // its one time, read from the row it overwrites.
         let store = RedbStore::open(&dir).unwrap();
-        store
-            .ingest(&mut |tx| {
-                tx.store("anon:1", profile("fourth"));
-                Ok(())
-            })
-            .unwrap();
+        store_unread(&store, "fourth");
         assert_eq!(touched_rows(&store), first);
         let now = jiff::Timestamp::now().as_millisecond();
         assert_eq!(store.forget_visitors(now + 1000).unwrap(), 0, "its time may be up to an hour old: kept");
