@@ -905,21 +905,16 @@ mod tests {
     fn a_profile_written_in_a_group_is_read_back_in_it_and_written_once_with_it() {
         let dir = temp_dir("profiles");
         let store = RedbStore::open(&dir).unwrap();
-        let profile = |key: &str, value: &str| Profile {
-            fields: vec![crate::identity::RememberedField {
-                field: "oppref".into(),
-                value: value.into(),
-                seen_ms: 1,
-                expires_ms: None,
-            }],
-            keys: vec![key.into()],
-        };
         store
             .ingest(&mut |tx| {
                 assert_eq!(tx.load("anon:1"), None);
-                tx.store("anon:1", profile("anon:1", "first"));
-                assert_eq!(tx.load("anon:1"), Some(profile("anon:1", "first")), "the group's own write is read back");
-                tx.store("anon:1", profile("anon:1", "second"));
+                tx.store("anon:1", oppref_profile("anon:1", "first"));
+                assert_eq!(
+                    tx.load("anon:1"),
+                    Some(oppref_profile("anon:1", "first")),
+                    "the group's own write is read back"
+                );
+                tx.store("anon:1", oppref_profile("anon:1", "second"));
                 Ok(())
             })
             .unwrap();
@@ -927,8 +922,12 @@ mod tests {
         let one_profile = store.stored_bytes().unwrap();
         store
             .ingest(&mut |tx| {
-                assert_eq!(tx.load("anon:1"), Some(profile("anon:1", "second")), "the last write of a group is kept");
-                tx.store("anon:2", profile("anon:2", "lost"));
+                assert_eq!(
+                    tx.load("anon:1"),
+                    Some(oppref_profile("anon:1", "second")),
+                    "the last write of a group is kept"
+                );
+                tx.store("anon:2", oppref_profile("anon:2", "lost"));
                 Err(StoreError("the request failed".into()))
             })
             .unwrap_err();
@@ -937,12 +936,25 @@ mod tests {
         store
             .ingest(&mut |tx| {
                 assert_eq!(tx.load("anon:2"), None, "what a failed group stored is not remembered in memory either");
-                assert_eq!(tx.load("anon:1"), Some(profile("anon:1", "second")), "what it read is read again");
+                assert_eq!(tx.load("anon:1"), Some(oppref_profile("anon:1", "second")), "what it read is read again");
                 Ok(())
             })
             .unwrap();
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A visitor known by `key` that remembers an `oppref`.
+    fn oppref_profile(key: &str, value: &str) -> Profile {
+        Profile {
+            fields: vec![crate::identity::RememberedField {
+                field: "oppref".into(),
+                value: value.into(),
+                seen_ms: 1,
+                expires_ms: None,
+            }],
+            keys: vec![key.into()],
+        }
     }
 
     /// The rows of the table visitors are forgotten by.
@@ -959,15 +971,7 @@ mod tests {
     #[test]
     fn a_visitor_written_again_within_the_hour_keeps_one_time_and_is_forgotten_only_once_surely_stale() {
         let dir = temp_dir("touched");
-        let profile = |value: &str| Profile {
-            fields: vec![crate::identity::RememberedField {
-                field: "oppref".into(),
-                value: value.into(),
-                seen_ms: 1,
-                expires_ms: None,
-            }],
-            keys: vec!["anon:1".into()],
-        };
+        let profile = |value: &str| oppref_profile("anon:1", value);
         // Written without being read first.
         let store_unread = |store: &RedbStore, value: &str| {
             store
