@@ -105,7 +105,7 @@ enum Command {
         /// Write drop, rejection and warning records to this file instead of stderr.
         #[arg(long)]
         rejects: Option<PathBuf>,
-        /// How many visitor keys identity memory holds before forgetting the least recently seen.
+        /// How many visitor keys identity memory holds before forgetting the least recently seen visitors.
         #[arg(long, default_value_t = MemoryStore::DEFAULT_CAPACITY)]
         identity_capacity: usize,
         /// How much memory (MiB) identity memory may take before forgetting the least recently seen visitors.

@@ -4,6 +4,8 @@
 //! with durable storage. Only values that already passed the mapping's checks are stored: hashed and normalised
 //! identifiers, never raw email or phone.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -169,21 +171,35 @@ pub trait IdentityStore {
 }
 
 /// Identity memory for one process, bounded twice: by a number of visitor keys and by a memory budget in bytes.
-/// Past either, the least recently seen key is forgotten, so memory stays within the budget however long the
-/// stream and however many visitors it has.
+/// Past either, the least recently seen visitor is forgotten with all its keys, so memory stays within the budget
+/// however long the stream and however many visitors it has.
 ///
 /// A visitor's keys share one profile: keeping a visitor writes its profile once, not once per key, and recalling
-/// it reads one profile however many keys point to it. A visitor whose keys all point to one profile (the usual
-/// case) is lent out by [`IdentityStore::recall_visitor`] rather than copied, and put back in its place by
-/// [`IdentityStore::keep_visitor`] without looking its keys up again.
+/// it reads one profile however many keys point to it. Each profile is held packed in one allocation
+/// ([`packed`]), not as a `Profile`'s dozen scattered strings, and when it was last seen is the profile's, not each
+/// key's: on tens of thousands of visitors every string read and every key looked up is a cache miss, and those
+/// were most of what identity memory cost. A recall unpacks the visitor into the `Profile` last given back, reusing
+/// its strings, and a visitor given back unchanged is not packed again.
 pub struct MemoryStore {
-    /// Each key and the profile it points to in `profiles`, least recently seen first out.
+    /// Each key and the profile it points to in `profiles`.
     keys: KeyTable,
     /// Profiles, each with how many keys point to it; a profile no key points to is dropped and its place reused.
     profiles: Vec<Shared>,
     free: Vec<usize>,
-    /// The place of the profile the last recall lent out, and the keys it was asked for that point there.
+    /// The order the profiles were seen in: a queue of (place, mark) pairs, one per sighting, least recent first. A
+    /// pair whose profile was seen again since, or whose place was freed, no longer matches the profile's own
+    /// mark and is skipped; the queue is rebuilt from the profiles when such pairs outnumber them.
+    order: VecDeque<(usize, u64)>,
+    /// The last mark given: unique, increasing, never 0 (the mark of a free place).
+    clock: u64,
+    /// The place of the profile the last recall lent out; the first `held` of `held_keys` are the keys it was
+    /// asked for that point there.
     lent: Option<Lent>,
+    held_keys: Vec<String>,
+    /// The profile last given back, kept for its allocations: the next recall unpacks into it.
+    spare: Profile,
+    /// Where a profile is packed before it is copied to its place.
+    packing: Vec<u8>,
     capacity: usize,
     budget: usize,
     /// The estimated heap taken by the keys and profiles held, kept within `budget`.
@@ -192,16 +208,22 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Shared {
-    profile: Profile,
+    /// The profile, [`packed`].
+    packed: Box<[u8]>,
     holders: usize,
-    /// [`MemoryStore::profile_footprint`] of `profile`, counted in `used`.
+    /// [`MemoryStore::packed_footprint`] of `packed`, counted in `used`.
     footprint: usize,
+    /// The mark of the last sighting; 0 for a free place.
+    seen: u64,
+    /// Every key the profile lists points to it, so following its links finds nothing new, and a key it lists
+    /// needs no look-up to be found.
+    closed: bool,
 }
 
 struct Lent {
     index: usize,
-    /// The recalled keys found pointing to `index`; they were seen at the recall.
-    keys: Vec<String>,
+    /// How many of `held_keys` the recall found pointing to `index`.
+    held: usize,
 }
 
 impl MemoryStore {
@@ -220,7 +242,12 @@ impl MemoryStore {
             keys: KeyTable::default(),
             profiles: Vec::new(),
             free: Vec::new(),
+            order: VecDeque::new(),
+            clock: 0,
             lent: None,
+            held_keys: Vec::new(),
+            spare: Profile::default(),
+            packing: Vec::new(),
             capacity: capacity.max(1),
             budget,
             used: 0,
@@ -242,35 +269,41 @@ impl MemoryStore {
     }
 
     /// The heap one key takes, estimated from its length: the string's allocation with the allocator's overhead
-    /// and the key table's own (its slot, its marks in the order of use). Measured against peak RSS on a million distinct visitors
-    /// (benches/README.md), with [`MemoryStore::profile_footprint`].
+    /// and the key table's slot. Measured against peak RSS on a million distinct visitors (benches/README.md), with
+    /// [`MemoryStore::packed_footprint`].
     fn key_footprint(key: &str) -> usize {
+        Self::key_footprint_of(key.len())
+    }
+
+    fn key_footprint_of(len: usize) -> usize {
         const ENTRY: usize = 176;
         const STRING: usize = 56;
-        ENTRY + STRING + key.len()
+        ENTRY + if len > KeyText::INLINE { STRING + len } else { 0 }
     }
 
-    /// The heap one profile takes: its place in the list of profiles, each field's fixed part, each string's
-    /// allocation with the allocator's overhead.
+    /// The heap one packed profile takes: its place in the list of profiles, its marks in the order of sightings,
+    /// and its allocation with the allocator's rounding to its size classes (up to an eighth).
+    fn packed_footprint(len: usize) -> usize {
+        const SLOT: usize = 160;
+        SLOT + len + len / 8
+    }
+
+    /// The heap `profile` takes once packed.
+    #[cfg(test)]
     fn profile_footprint(profile: &Profile) -> usize {
-        const SLOT: usize = 176;
-        const STRING: usize = 56;
-        const FIELD: usize = 96;
-        let value = |value: &Value| match value {
-            Value::String(text) => STRING + text.len(),
-            other => STRING + other.to_string().len(),
-        };
-        let fields: usize = profile.fields.iter().map(|f| FIELD + STRING + f.field.len() + value(&f.value)).sum();
-        let keys: usize = profile.keys.iter().map(|k| STRING + k.len()).sum();
-        SLOT + fields + keys
+        let mut bytes = Vec::new();
+        packed::pack(profile, &mut bytes);
+        Self::packed_footprint(bytes.len())
     }
 
-    /// A place for `profile`, held by no key yet.
-    fn add_profile(&mut self, profile: Profile) -> usize {
-        let footprint = Self::profile_footprint(&profile);
+    /// A place for `profile`, held by no key yet, seen now.
+    fn add_profile(&mut self, profile: &Profile) -> usize {
+        self.packing.clear();
+        packed::pack(profile, &mut self.packing);
+        let footprint = Self::packed_footprint(self.packing.len());
         self.used += footprint;
-        let shared = Shared { profile, holders: 0, footprint };
-        match self.free.pop() {
+        let shared = Shared { packed: self.packing.as_slice().into(), holders: 0, footprint, seen: 0, closed: false };
+        let index = match self.free.pop() {
             Some(index) => {
                 self.profiles[index] = shared;
                 index
@@ -279,16 +312,51 @@ impl MemoryStore {
                 self.profiles.push(shared);
                 self.profiles.len() - 1
             }
-        }
+        };
+        self.see(index);
+        index
     }
 
-    /// Replaces the profile at `index`, accounting for the one it replaces.
-    fn replace_profile(&mut self, index: usize, profile: Profile) {
-        let footprint = Self::profile_footprint(&profile);
+    /// Replaces the profile at `index`, accounting for the one it replaces. Whether its keys point to it is for the
+    /// caller to say.
+    fn replace_profile(&mut self, index: usize, profile: &Profile) {
+        self.packing.clear();
+        packed::pack(profile, &mut self.packing);
         let shared = &mut self.profiles[index];
+        shared.closed = false;
+        if shared.packed.len() == self.packing.len() {
+            // A visitor seen again mostly moves only its times: the same length, written over in place.
+            shared.packed.copy_from_slice(&self.packing);
+            return;
+        }
+        let footprint = Self::packed_footprint(self.packing.len());
         self.used = self.used.saturating_sub(shared.footprint) + footprint;
-        shared.profile = profile;
+        shared.packed = self.packing.as_slice().into();
         shared.footprint = footprint;
+    }
+
+    /// The profile at `index`, unpacked.
+    fn unpack(&self, index: usize) -> Profile {
+        let mut profile = Profile::default();
+        packed::unpack(&self.profiles[index].packed, &mut profile);
+        profile
+    }
+
+    /// The profile at `index` is seen now.
+    fn see(&mut self, index: usize) {
+        self.clock += 1;
+        self.profiles[index].seen = self.clock;
+        self.order.push_back((index, self.clock));
+        let live = self.profiles.len() - self.free.len();
+        if self.order.len() > 2 * live + 64 {
+            let mut marks: Vec<(u64, usize)> = (self.profiles.iter().enumerate())
+                .filter(|(_, shared)| shared.seen != 0)
+                .map(|(index, shared)| (shared.seen, index))
+                .collect();
+            marks.sort_unstable();
+            self.order.clear();
+            self.order.extend(marks.into_iter().map(|(seen, index)| (index, seen)));
+        }
     }
 
     /// One key fewer points to the profile at `index`; the last one takes it along.
@@ -302,12 +370,14 @@ impl MemoryStore {
         }
     }
 
-    /// Points `key` at the profile at `index`, seen now.
+    /// Points `key` at the profile at `index`.
     fn point(&mut self, key: &str, index: usize) {
         match self.keys.set(key, index) {
             Some(before) if before == index => {}
             Some(before) => {
                 self.profiles[index].holders += 1;
+                // The key may be one `before` lists, which now points elsewhere.
+                self.profiles[before].closed = false;
                 self.release(before);
             }
             None => {
@@ -319,9 +389,45 @@ impl MemoryStore {
 
     fn forget_beyond_bounds(&mut self) {
         while self.used > self.budget || self.keys.len() > self.capacity {
-            let Some((key, index)) = self.keys.pop_oldest() else { break };
-            self.used = self.used.saturating_sub(Self::key_footprint(&key));
-            self.release(index);
+            let Some(index) = self.least_recently_seen() else { break };
+            self.forget(index);
+        }
+    }
+
+    /// The place of the profile seen least recently, its mark taken from the queue.
+    fn least_recently_seen(&mut self) -> Option<usize> {
+        while let Some((index, seen)) = self.order.pop_front() {
+            if self.profiles[index].seen == seen {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Forgets the visitor at `index`: its profile and every key that points to it.
+    fn forget(&mut self, index: usize) {
+        let listed: Vec<String> = packed::keys(&self.profiles[index].packed).map(str::to_string).collect();
+        for key in &listed {
+            if self.keys.remove(key, index) {
+                self.used = self.used.saturating_sub(Self::key_footprint(key));
+                self.release(index);
+            }
+        }
+        if self.profiles[index].seen != 0 {
+            // Keys that point here without being listed (dropped from the list past `Profile::MAX_KEYS`, or stored
+            // under a key of their own): rare enough to look for in the whole table.
+            let mut forgotten = 0;
+            self.keys.table.retain(|entry| {
+                let keep = entry.profile != index;
+                if !keep {
+                    forgotten += Self::key_footprint_of(entry.key.len());
+                }
+                keep
+            });
+            self.used = self.used.saturating_sub(forgotten);
+            let Shared { footprint, .. } = std::mem::take(&mut self.profiles[index]);
+            self.used = self.used.saturating_sub(footprint);
+            self.free.push(index);
         }
     }
 
@@ -331,32 +437,26 @@ impl MemoryStore {
         self.lent = None;
     }
 
-    /// The profiles `keys` point to, following the links between keys as the trait's recall does, each once; and
-    /// which of `keys` the store holds.
-    fn profiles_of<'k>(&mut self, keys: &'k [String]) -> (Vec<usize>, Vec<&'k String>) {
+    /// The profiles `keys` point to, each once and each seen now, following the links between keys as the trait's
+    /// recall does; and which of `keys` point to them (their positions in `keys`).
+    fn profiles_of(&mut self, keys: &[String]) -> (Vec<usize>, Vec<usize>) {
         let mut found: Vec<usize> = Vec::with_capacity(1);
-        let mut held: Vec<&String> = Vec::with_capacity(keys.len());
+        let mut held: Vec<usize> = Vec::with_capacity(keys.len());
         let mut linked: Vec<String> = Vec::new();
         let mut done: Vec<String> = Vec::new();
         let mut read = 0;
-        let mut visit = |store: &mut MemoryStore, key: &str, linked: &mut Vec<String>, done: &[String]| {
-            let Some(index) = store.keys.get(key) else { return false };
-            if found.contains(&index) {
-                return true;
+        for (position, key) in keys.iter().enumerate().rev().take(Profile::MAX_KEYS) {
+            // A key that a closed profile found already lists points there: it needs no look-up.
+            let listed = |&index: &usize| {
+                self.profiles[index].closed && packed::keys(&self.profiles[index].packed).any(|k| k == key)
+            };
+            if found.iter().any(listed) {
+                held.push(position);
+                continue;
             }
-            found.push(index);
-            for other in &store.profiles[index].profile.keys {
-                let known = other == key || keys.contains(other) || done.contains(other);
-                if !known && !linked.contains(other) {
-                    linked.push(other.clone());
-                }
-            }
-            true
-        };
-        for key in keys.iter().rev().take(Profile::MAX_KEYS) {
             read += 1;
-            if visit(self, key, &mut linked, &done) {
-                held.push(key);
+            if self.visit(key, keys, &mut found, &mut linked, &done) {
+                held.push(position);
             }
         }
         while let Some(key) = linked.pop() {
@@ -364,33 +464,91 @@ impl MemoryStore {
                 break;
             }
             read += 1;
-            visit(self, &key, &mut linked, &done);
+            self.visit(&key, keys, &mut found, &mut linked, &done);
             done.push(key);
         }
         (found, held)
     }
+
+    /// Looks `key` up for [`MemoryStore::profiles_of`]: a profile not found before is seen now, and the keys it
+    /// links that are not known yet are added to `linked`. False when no profile is remembered under `key`.
+    fn visit(
+        &mut self,
+        key: &str,
+        asked: &[String],
+        found: &mut Vec<usize>,
+        linked: &mut Vec<String>,
+        done: &[String],
+    ) -> bool {
+        let Some(index) = self.keys.get(key) else { return false };
+        if found.contains(&index) {
+            return true;
+        }
+        found.push(index);
+        self.see(index);
+        if self.profiles[index].closed {
+            // Its keys all point back to it: nothing new to find through them.
+            return true;
+        }
+        for other in packed::keys(&self.profiles[index].packed) {
+            let known = other == key || asked.iter().any(|k| k == other) || done.iter().any(|k| k == other);
+            if !known && !linked.iter().any(|k| k == other) {
+                linked.push(other.to_string());
+            }
+        }
+        true
+    }
 }
 
-/// Visitor keys, each pointing to a profile, forgotten least recently seen first. A key's text, its profile and
-/// when it was last seen sit together in the hash table's slot, so finding a key reads its slot and its text and
-/// nothing else (a linked-list LRU also reads and relinks its neighbours on every look-up, each a cache miss on a
-/// table of tens of thousands of visitors). The order of use is a queue of (hash, seen) marks, one per look-up; a
-/// mark whose key was seen again since is stale and skipped, and the queue is rebuilt from the table when stale
-/// marks outnumber the keys.
+/// Visitor keys, each pointing to a profile. A key's text and its profile sit together in the hash table's slot, so
+/// that finding a key reads its slot and nothing else: a key kept as a string of its own was a second cache miss
+/// on every look-up, the costliest part of a visitor's recall.
 #[derive(Default)]
 struct KeyTable {
     table: hashbrown::HashTable<KeyEntry>,
     hasher: hashbrown::DefaultHashBuilder,
-    order: std::collections::VecDeque<(u64, u64)>,
-    clock: u64,
 }
 
 struct KeyEntry {
     hash: u64,
-    /// The mark of the last look-up: unique, increasing.
-    seen: u64,
     profile: usize,
-    key: Box<str>,
+    key: KeyText,
+}
+
+/// A key's text: in the slot when it is short (an anonymous id is a UUID: `anon:` and 36 characters).
+enum KeyText {
+    Inline(u8, [u8; KeyText::INLINE]),
+    Heap(Box<str>),
+}
+
+impl KeyText {
+    /// What fits in a slot of 64 bytes beside the hash and the profile.
+    const INLINE: usize = 46;
+
+    fn new(key: &str) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= Self::INLINE => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..key.len()].copy_from_slice(key.as_bytes());
+                KeyText::Inline(len, bytes)
+            }
+            _ => KeyText::Heap(key.into()),
+        }
+    }
+
+    fn is(&self, key: &str) -> bool {
+        match self {
+            KeyText::Inline(len, bytes) => &bytes[..usize::from(*len)] == key.as_bytes(),
+            KeyText::Heap(text) => &**text == key,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KeyText::Inline(len, _) => usize::from(*len),
+            KeyText::Heap(text) => text.len(),
+        }
+    }
 }
 
 impl KeyTable {
@@ -403,65 +561,35 @@ impl KeyTable {
         self.hasher.hash_one(key)
     }
 
-    /// The profile `key` points to, seen now.
-    fn get(&mut self, key: &str) -> Option<usize> {
+    /// The profile `key` points to.
+    fn get(&self, key: &str) -> Option<usize> {
         let hash = self.hash(key);
-        let entry = self.table.find_mut(hash, |entry| &*entry.key == key)?;
-        self.clock += 1;
-        entry.seen = self.clock;
-        let profile = entry.profile;
-        self.order.push_back((hash, self.clock));
-        self.compact();
-        Some(profile)
+        self.table.find(hash, |entry| entry.hash == hash && entry.key.is(key)).map(|entry| entry.profile)
     }
 
-    /// The profile `key` points to, without counting as seen.
-    fn peek(&self, key: &str) -> Option<usize> {
-        let hash = self.hash(key);
-        self.table.find(hash, |entry| &*entry.key == key).map(|entry| entry.profile)
-    }
-
-    /// Points `key` at `profile`, seen now; what it pointed to before, `None` for a new key.
+    /// Points `key` at `profile`; what it pointed to before, `None` for a new key.
     fn set(&mut self, key: &str, profile: usize) -> Option<usize> {
         let hash = self.hash(key);
-        self.clock += 1;
-        let seen = self.clock;
-        let before = match self.table.find_mut(hash, |entry| &*entry.key == key) {
-            Some(entry) => {
-                entry.seen = seen;
-                Some(std::mem::replace(&mut entry.profile, profile))
-            }
+        match self.table.find_mut(hash, |entry| entry.hash == hash && entry.key.is(key)) {
+            Some(entry) => Some(std::mem::replace(&mut entry.profile, profile)),
             None => {
-                let entry = KeyEntry { hash, seen, profile, key: key.into() };
+                let entry = KeyEntry { hash, profile, key: KeyText::new(key) };
                 self.table.insert_unique(hash, entry, |entry| entry.hash);
                 None
             }
-        };
-        self.order.push_back((hash, seen));
-        self.compact();
-        before
+        }
     }
 
-    /// Forgets the least recently seen key: its text and the profile it pointed to.
-    fn pop_oldest(&mut self) -> Option<(Box<str>, usize)> {
-        while let Some((hash, seen)) = self.order.pop_front() {
-            if let Ok(entry) = self.table.find_entry(hash, |entry| entry.seen == seen) {
-                let (KeyEntry { key, profile, .. }, _) = entry.remove();
-                return Some((key, profile));
+    /// Forgets `key` if it points to `profile`; true when it did.
+    fn remove(&mut self, key: &str, profile: usize) -> bool {
+        let hash = self.hash(key);
+        match self.table.find_entry(hash, |entry| entry.profile == profile && entry.key.is(key)) {
+            Ok(entry) => {
+                entry.remove();
+                true
             }
+            Err(_) => false,
         }
-        None
-    }
-
-    /// Rebuilds the queue from the table once stale marks outnumber the keys, keeping it within twice the keys.
-    fn compact(&mut self) {
-        if self.order.len() <= 2 * self.table.len() + 64 {
-            return;
-        }
-        let mut live: Vec<(u64, u64)> = self.table.iter().map(|entry| (entry.seen, entry.hash)).collect();
-        live.sort_unstable();
-        self.order.clear();
-        self.order.extend(live.into_iter().map(|(seen, hash)| (hash, seen)));
     }
 }
 
@@ -474,26 +602,31 @@ impl Default for MemoryStore {
 impl IdentityStore for MemoryStore {
     fn load(&mut self, key: &str) -> Option<Profile> {
         let index = self.keys.get(key)?;
-        Some(self.profiles[index].profile.clone())
+        self.see(index);
+        Some(self.unpack(index))
     }
 
     /// `key` gets a profile of its own, whatever other keys it was shared with.
     fn store(&mut self, key: &str, profile: Profile) {
         self.settle_loan();
-        match self.keys.peek(key) {
+        let index = match self.keys.get(key) {
             Some(index) if self.profiles[index].holders == 1 => {
-                self.keys.get(key);
-                self.replace_profile(index, profile);
+                self.replace_profile(index, &profile);
+                self.see(index);
+                index
             }
             _ => {
-                let index = self.add_profile(profile);
+                let index = self.add_profile(&profile);
                 self.point(key, index);
+                index
             }
-        }
+        };
+        self.profiles[index].closed = profile.keys.iter().all(|listed| listed == key);
         self.forget_beyond_bounds();
     }
 
-    /// As the trait does, but a profile several keys share is read once, and a visitor with one profile is lent.
+    /// As the trait does, but a profile several keys share is read once, and a visitor with one profile is
+    /// unpacked into the profile last given back.
     fn recall_visitor(&mut self, keys: &[String]) -> Profile {
         self.settle_loan();
         let (found, held) = self.profiles_of(keys);
@@ -501,59 +634,201 @@ impl IdentityStore for MemoryStore {
             [] => Profile::default(),
             [index] => {
                 // With one profile found, every key the store holds points to it.
-                let keys = held.into_iter().cloned().collect();
-                self.lent = Some(Lent { index, keys });
-                std::mem::take(&mut self.profiles[index].profile)
+                self.held_keys.truncate(held.len());
+                for (place, &position) in held.iter().enumerate() {
+                    match self.held_keys.get_mut(place) {
+                        Some(kept) => kept.clone_from(&keys[position]),
+                        None => self.held_keys.push(keys[position].clone()),
+                    }
+                }
+                self.lent = Some(Lent { index, held: held.len() });
+                let mut profile = std::mem::take(&mut self.spare);
+                packed::unpack(&self.profiles[index].packed, &mut profile);
+                profile
             }
             ref several => {
                 let mut profile = Profile::default();
                 for &index in several {
-                    profile.merge(&self.profiles[index].profile);
+                    profile.merge(&self.unpack(index));
                 }
                 profile
             }
         }
     }
 
-    /// Puts a lent profile back in its place; writes a changed one once and points every one of its keys at it.
+    /// Packs a changed profile into its place once and points every one of its keys at it; an unchanged one is
+    /// there already.
     fn keep_visitor(&mut self, profile: Profile, changed: bool) {
         let lent = self.lent.take();
         if !changed {
-            if let Some(Lent { index, .. }) = lent {
-                self.profiles[index].profile = profile;
-            }
+            self.spare = profile;
             return;
         }
-        let (index, seen) = match lent {
-            Some(Lent { index, keys }) => {
-                self.replace_profile(index, profile);
-                (index, keys)
+        let (index, held) = match lent {
+            Some(Lent { index, held }) => {
+                self.replace_profile(index, &profile);
+                (index, held)
             }
-            None => {
-                let held = profile.keys.iter().rev().find_map(|key| self.keys.peek(key));
-                match held {
-                    Some(index) => {
-                        self.replace_profile(index, profile);
-                        (index, Vec::new())
-                    }
-                    None => (self.add_profile(profile), Vec::new()),
+            None => match profile.keys.iter().rev().find_map(|key| self.keys.get(key)) {
+                Some(index) => {
+                    self.replace_profile(index, &profile);
+                    (index, 0)
                 }
-            }
+                None => (self.add_profile(&profile), 0),
+            },
         };
-        for position in 0..self.profiles[index].profile.keys.len() {
-            let key = &self.profiles[index].profile.keys[position];
-            // A key the recall found pointing here was seen just now: it needs no second lookup.
-            if !seen.contains(key) {
-                let key = key.clone();
-                self.point(&key, index);
+        for key in &profile.keys {
+            // A key the recall found pointing here needs no second look-up.
+            if !self.held_keys[..held].contains(key) {
+                self.point(key, index);
             }
         }
         if self.profiles[index].holders == 0 {
             // A profile without keys: nothing points to it, so it is not kept.
             self.profiles[index].holders = 1;
             self.release(index);
+        } else {
+            self.profiles[index].closed = true;
         }
+        self.spare = profile;
         self.forget_beyond_bounds();
+    }
+}
+
+/// A profile packed into one run of bytes, for [`MemoryStore`]: its keys, then its fields, each string as its
+/// length and its bytes. Private to the process: never written anywhere, so its layout can change freely.
+mod packed {
+    use serde_json::Value;
+
+    use super::{Profile, RememberedField};
+
+    /// A field's value: a string as its text (remembered values are hashed identifiers and click ids), anything else
+    /// as its JSON.
+    const TEXT: u8 = 0;
+    const JSON: u8 = 1;
+
+    pub(super) fn pack(profile: &Profile, out: &mut Vec<u8>) {
+        let string = |out: &mut Vec<u8>, text: &[u8]| {
+            out.extend_from_slice(&len(text.len()).to_le_bytes());
+            out.extend_from_slice(text);
+        };
+        out.extend_from_slice(&len(profile.keys.len()).to_le_bytes());
+        for key in &profile.keys {
+            string(out, key.as_bytes());
+        }
+        out.extend_from_slice(&len(profile.fields.len()).to_le_bytes());
+        for field in &profile.fields {
+            string(out, field.field.as_bytes());
+            out.extend_from_slice(&field.seen_ms.to_le_bytes());
+            match field.expires_ms {
+                Some(expires) => {
+                    out.push(1);
+                    out.extend_from_slice(&expires.to_le_bytes());
+                }
+                None => out.push(0),
+            }
+            match &field.value {
+                Value::String(text) => {
+                    out.push(TEXT);
+                    string(out, text.as_bytes());
+                }
+                other => {
+                    out.push(JSON);
+                    string(out, other.to_string().as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Unpacks `bytes` into `profile`, writing over the strings it has rather than allocating new ones.
+    pub(super) fn unpack(bytes: &[u8], profile: &mut Profile) {
+        let mut reader = Reader(bytes);
+        let keys = reader.len();
+        profile.keys.truncate(keys);
+        for position in 0..keys {
+            let key = reader.text();
+            match profile.keys.get_mut(position) {
+                Some(kept) => {
+                    kept.clear();
+                    kept.push_str(key);
+                }
+                None => profile.keys.push(key.to_string()),
+            }
+        }
+        let fields = reader.len();
+        profile.fields.truncate(fields);
+        for position in 0..fields {
+            let name = reader.text();
+            let seen_ms = reader.i64();
+            let expires_ms = match reader.byte() {
+                0 => None,
+                _ => Some(reader.i64()),
+            };
+            let kind = reader.byte();
+            let text = reader.text();
+            let Some(kept) = profile.fields.get_mut(position) else {
+                let value = value(kind, text, None);
+                profile.fields.push(RememberedField { field: name.to_string(), value, seen_ms, expires_ms });
+                continue;
+            };
+            kept.field.clear();
+            kept.field.push_str(name);
+            kept.value = value(kind, text, Some(std::mem::take(&mut kept.value)));
+            kept.seen_ms = seen_ms;
+            kept.expires_ms = expires_ms;
+        }
+    }
+
+    /// The keys of a packed profile, without unpacking it.
+    pub(super) fn keys(bytes: &[u8]) -> impl Iterator<Item = &str> {
+        let mut reader = Reader(bytes);
+        let count = reader.len();
+        (0..count).map(move |_| reader.text())
+    }
+
+    /// A field's value from its packed kind and text, in `kept`'s string when it has one.
+    fn value(kind: u8, text: &str, kept: Option<Value>) -> Value {
+        match (kind, kept) {
+            (TEXT, Some(Value::String(mut string))) => {
+                string.clear();
+                string.push_str(text);
+                Value::String(string)
+            }
+            (TEXT, _) => Value::String(text.to_string()),
+            _ => serde_json::from_str(text).expect("a value packed as JSON reads back"),
+        }
+    }
+
+    fn len(len: usize) -> u32 {
+        u32::try_from(len).expect("a profile's strings and lists are shorter than 4 GiB")
+    }
+
+    /// Reads back what [`pack`] wrote: only what this process packed is ever read.
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, count: usize) -> &'a [u8] {
+            let (taken, rest) = self.0.split_at(count);
+            self.0 = rest;
+            taken
+        }
+
+        fn byte(&mut self) -> u8 {
+            self.take(1)[0]
+        }
+
+        fn len(&mut self) -> usize {
+            u32::from_le_bytes(self.take(4).try_into().expect("four bytes")) as usize
+        }
+
+        fn i64(&mut self) -> i64 {
+            i64::from_le_bytes(self.take(8).try_into().expect("eight bytes"))
+        }
+
+        fn text(&mut self) -> &'a str {
+            let len = self.len();
+            std::str::from_utf8(self.take(len)).expect("packed from a str")
+        }
     }
 }
 
@@ -664,70 +939,158 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_one_key_of_a_visitor_keeps_its_profile_for_the_others() {
+    fn forgetting_a_visitor_forgets_all_its_keys_and_what_they_took() {
         let profile = visitor(&["anon:a", "user:u"], "e1", 1);
-        let two = MemoryStore::key_footprint("anon:a") * 2 + MemoryStore::profile_footprint(&profile);
         let mut store = MemoryStore::bounded(2, usize::MAX);
         store.keep_visitor(profile.clone(), true);
-        store.store("anon:z", Profile::default());
         assert_eq!(store.len(), 2);
-        assert!(store.load("anon:a").is_none(), "the least recently seen key goes first");
-        assert_eq!(store.load("user:u"), Some(profile));
-        assert!(
-            store.used()
-                < two + MemoryStore::key_footprint("anon:z") + MemoryStore::profile_footprint(&Profile::default())
-        );
+        store.store("anon:z", Profile::default());
+        assert_eq!(store.len(), 1, "the least recently seen visitor goes whole");
+        assert!(store.load("anon:a").is_none() && store.load("user:u").is_none());
+        assert!(store.load("anon:z").is_some());
+        let z = MemoryStore::key_footprint("anon:z") + MemoryStore::profile_footprint(&Profile::default());
+        assert_eq!(store.used(), z);
     }
 
-    /// What [`KeyTable`] does, the plain way: keys in order of use, most recent last.
-    #[derive(Default)]
-    struct Model(Vec<(String, usize)>);
-
-    impl Model {
-        fn get(&mut self, key: &str) -> Option<usize> {
-            let position = self.0.iter().position(|(k, _)| k == key)?;
-            let entry = self.0.remove(position);
-            self.0.push(entry);
-            self.0.last().map(|(_, profile)| *profile)
+    #[test]
+    fn keys_dropped_from_a_long_list_are_forgotten_with_their_visitor() {
+        let mut store = MemoryStore::bounded(usize::MAX, usize::MAX);
+        // Seventeen keys, one of them longer than a key table slot holds, linked one event after another: the list
+        // keeps the sixteen most recent, and the first still points to the visitor.
+        let keys: Vec<String> = (0..=Profile::MAX_KEYS)
+            .map(|n| format!("anon:{n:02}{}", if n == 3 { "x".repeat(60) } else { String::new() }))
+            .collect();
+        for key in &keys {
+            let mut profile = store.recall_visitor(&keys[..1]);
+            profile.link(key);
+            store.keep_visitor(profile, true);
         }
+        assert!(!store.recall_visitor(&keys[1..2]).keys.contains(&keys[0]));
+        store.keep_visitor(Profile::default(), false);
+        store.keep_visitor(visitor(&["anon:first"], "e0", 1), true);
+        assert!(store.load(&keys[0]).is_some(), "a dropped key still finds its visitor");
+        assert_eq!(store.len(), Profile::MAX_KEYS + 2);
+        // Seen last, the long visitor stays when the bound leaves room for one; then it goes, every key of it.
+        store.capacity = Profile::MAX_KEYS + 1;
+        store.forget_beyond_bounds();
+        assert!(store.load("anon:first").is_none());
+        assert!(store.load(&keys[3]).is_some());
+        store.capacity = 1;
+        store.forget_beyond_bounds();
+        assert!(store.is_empty());
+        assert_eq!(store.used(), 0, "every key and profile forgotten is accounted for");
+    }
 
-        fn set(&mut self, key: &str, profile: usize) -> Option<usize> {
-            let before = self.get(key);
-            match before {
-                Some(_) => self.0.last_mut().expect("just used").1 = profile,
-                None => self.0.push((key.to_string(), profile)),
-            }
-            before
-        }
+    #[test]
+    fn a_key_moved_to_another_visitor_is_looked_up_again() {
+        let mut store = MemoryStore::default();
+        store.keep_visitor(visitor(&["anon:a", "user:u"], "old", 1), true);
+        // anon:a is stored on its own: the first visitor still lists it, but it points elsewhere now.
+        store.store("anon:a", visitor(&["anon:a"], "new", 2));
+        let recalled = store.recall_visitor(&keys(&["anon:a", "user:u"]));
+        assert_eq!(recalled.get("user.email", 3).map(|f| f.value.clone()), Some(Value::from("new")));
+        assert!(recalled.keys.iter().any(|k| k == "user:u"));
+        store.keep_visitor(recalled, false);
+    }
+
+    #[test]
+    fn a_profile_given_back_unchanged_is_recalled_as_it_was() {
+        let mut store = MemoryStore::default();
+        let first = visitor(&["anon:a", "user:u"], "e1", 1);
+        let mut second = visitor(&["anon:b"], "e2", 2);
+        second.set(RememberedField { field: "oppref".into(), value: Value::from(7), seen_ms: 2, expires_ms: Some(9) });
+        store.keep_visitor(first.clone(), true);
+        store.keep_visitor(second.clone(), true);
+        // The spare profile the second recall unpacks into holds the first's strings, and more fields than it needs.
+        let recalled = store.recall_visitor(&keys(&["anon:b"]));
+        assert_eq!(recalled, second);
+        store.keep_visitor(recalled, false);
+        let recalled = store.recall_visitor(&keys(&["user:u"]));
+        assert_eq!(recalled, first);
+        store.keep_visitor(recalled, false);
+    }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex("[a-z0-9:é€\u{1F600}\"\\\\ ]{0,70}").expect("a valid pattern")
+    }
+
+    fn remembered() -> impl proptest::strategy::Strategy<Value = RememberedField> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            text().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (text(), any::<bool>()).prop_map(|(key, flag)| serde_json::json!({ key: [flag, null, 1.5] })),
+        ];
+        (text(), value, any::<i64>(), any::<Option<i64>>())
+            .prop_map(|(field, value, seen_ms, expires_ms)| RememberedField { field, value, seen_ms, expires_ms })
+    }
+
+    fn any_profile() -> impl proptest::strategy::Strategy<Value = Profile> {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        (vec(remembered(), 0..5), vec(text(), 0..5)).prop_map(|(fields, keys)| Profile { fields, keys })
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
-        /// Looked up, set and forgotten in any order, over few keys so that they are seen again and again (and the
-        /// queue of marks is rebuilt many times), the table forgets keys in exactly least-recently-seen order.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// A profile packed and unpacked into another profile, whose strings and fields it reuses, is the profile.
         #[test]
-        fn the_key_table_forgets_the_least_recently_seen_key_first(
-            ops in proptest::collection::vec((0u8..16, 0usize..12, 0usize..5), 1..1500)
+        fn a_packed_profile_unpacks_to_itself(profile in any_profile(), before in any_profile()) {
+            let mut bytes = Vec::new();
+            packed::pack(&profile, &mut bytes);
+            let mut unpacked = before;
+            packed::unpack(&bytes, &mut unpacked);
+            proptest::prop_assert_eq!(&unpacked, &profile);
+            proptest::prop_assert!(packed::keys(&bytes).eq(profile.keys.iter().map(String::as_str)));
+        }
+
+        /// Visitors seen in any order, some with a second key, one of them longer than a slot holds: past the bound
+        /// on keys, the store forgets whole visitors in exactly least-recently-seen order.
+        #[test]
+        fn the_store_forgets_the_least_recently_seen_visitor_first(
+            capacity in 1usize..9,
+            ops in proptest::collection::vec((0usize..12, proptest::prelude::any::<bool>()), 1..400)
         ) {
-            let (mut table, mut model) = (KeyTable::default(), Model::default());
-            for (op, key, profile) in ops {
-                let key = format!("anon:{key}");
-                // Forgetting is rare, as it is in use, so that stale marks pile up and the queue is rebuilt.
-                match op {
-                    0..=6 => proptest::prop_assert_eq!(table.get(&key), model.get(&key)),
-                    7..=13 => proptest::prop_assert_eq!(table.set(&key, profile), model.set(&key, profile)),
-                    14 => {
-                        let expected = (!model.0.is_empty()).then(|| model.0.remove(0));
-                        let popped = table.pop_oldest().map(|(k, p)| (k.to_string(), p));
-                        proptest::prop_assert_eq!(popped, expected);
+            let visitor_keys = |v: usize| {
+                let mut keys = vec![format!("anon:{v}")];
+                if v.is_multiple_of(3) {
+                    keys.push(format!("user:{v}{}", "u".repeat(10 * v)));
+                }
+                keys
+            };
+            let mut store = MemoryStore::bounded(capacity, usize::MAX);
+            // Visitors held, least recently seen first.
+            let mut model: Vec<usize> = Vec::new();
+            for (step, (v, teach)) in ops.into_iter().enumerate() {
+                let keys = visitor_keys(v);
+                let mut profile = store.recall_visitor(&keys);
+                let held = model.iter().position(|&m| m == v);
+                proptest::prop_assert_eq!(profile.keys.is_empty(), held.is_none(), "visitor {} recalled", v);
+                if let Some(position) = held {
+                    model.remove(position);
+                    model.push(v);
+                }
+                if teach {
+                    for key in &keys {
+                        profile.link(key);
                     }
-                    _ => {
-                        let expected = model.0.iter().find(|(k, _)| *k == key).map(|(_, p)| *p);
-                        proptest::prop_assert_eq!(table.peek(&key), expected);
+                    profile.set(field("user.email", &format!("e{step}"), step as i64, None));
+                    if held.is_none() {
+                        model.push(v);
                     }
                 }
-                proptest::prop_assert_eq!(table.len(), model.0.len());
-                proptest::prop_assert!(table.order.len() <= 2 * table.len() + 65, "the queue of marks stays bounded");
+                store.keep_visitor(profile, teach);
+                while model.iter().map(|&m| visitor_keys(m).len()).sum::<usize>() > capacity {
+                    model.remove(0);
+                }
+                for other in 0..12 {
+                    let kept = model.contains(&other);
+                    for key in visitor_keys(other) {
+                        proptest::prop_assert_eq!(store.keys.get(&key).is_some(), kept, "{} after step {}", key, step);
+                    }
+                }
+                proptest::prop_assert_eq!(store.len(), model.iter().map(|&m| visitor_keys(m).len()).sum::<usize>());
+                proptest::prop_assert!(store.order.len() <= 2 * store.len() + 65, "the queue of marks stays bounded");
             }
         }
     }
