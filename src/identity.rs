@@ -220,6 +220,9 @@ struct Shared {
     closed: bool,
 }
 
+/// Places in a list, most often one or two: an event has at most two keys of its own.
+type Places = smallvec::SmallVec<[usize; 4]>;
+
 struct Lent {
     index: usize,
     /// How many of `held_keys` the recall found pointing to `index`.
@@ -349,13 +352,9 @@ impl MemoryStore {
         self.order.push_back((index, self.clock));
         let live = self.profiles.len() - self.free.len();
         if self.order.len() > 2 * live + 64 {
-            let mut marks: Vec<(u64, usize)> = (self.profiles.iter().enumerate())
-                .filter(|(_, shared)| shared.seen != 0)
-                .map(|(index, shared)| (shared.seen, index))
-                .collect();
-            marks.sort_unstable();
-            self.order.clear();
-            self.order.extend(marks.into_iter().map(|(seen, index)| (index, seen)));
+            // The queue is in order already: what stays is each live profile's latest mark.
+            let profiles = &self.profiles;
+            self.order.retain(|&(index, seen)| profiles[index].seen == seen);
         }
     }
 
@@ -406,7 +405,9 @@ impl MemoryStore {
 
     /// Forgets the visitor at `index`: its profile and every key that points to it.
     fn forget(&mut self, index: usize) {
-        let listed: Vec<String> = packed::keys(&self.profiles[index].packed).map(str::to_string).collect();
+        let listed: Vec<String> = packed::keys(&self.profiles[index].packed)
+            .map(|key| String::from_utf8(key.to_vec()).expect("packed from a str"))
+            .collect();
         for key in &listed {
             if self.keys.remove(key, index) {
                 self.used = self.used.saturating_sub(Self::key_footprint(key));
@@ -439,16 +440,16 @@ impl MemoryStore {
 
     /// The profiles `keys` point to, each once and each seen now, following the links between keys as the trait's
     /// recall does; and which of `keys` point to them (their positions in `keys`).
-    fn profiles_of(&mut self, keys: &[String]) -> (Vec<usize>, Vec<usize>) {
-        let mut found: Vec<usize> = Vec::with_capacity(1);
-        let mut held: Vec<usize> = Vec::with_capacity(keys.len());
+    fn profiles_of(&mut self, keys: &[String]) -> (Places, Places) {
+        let mut found = Places::new();
+        let mut held = Places::new();
         let mut linked: Vec<String> = Vec::new();
         let mut done: Vec<String> = Vec::new();
         let mut read = 0;
         for (position, key) in keys.iter().enumerate().rev().take(Profile::MAX_KEYS) {
             // A key that a closed profile found already lists points there: it needs no look-up.
             let listed = |&index: &usize| {
-                self.profiles[index].closed && packed::keys(&self.profiles[index].packed).any(|k| k == key)
+                self.profiles[index].closed && packed::keys(&self.profiles[index].packed).any(|k| k == key.as_bytes())
             };
             if found.iter().any(listed) {
                 held.push(position);
@@ -476,7 +477,7 @@ impl MemoryStore {
         &mut self,
         key: &str,
         asked: &[String],
-        found: &mut Vec<usize>,
+        found: &mut Places,
         linked: &mut Vec<String>,
         done: &[String],
     ) -> bool {
@@ -491,9 +492,10 @@ impl MemoryStore {
             return true;
         }
         for other in packed::keys(&self.profiles[index].packed) {
-            let known = other == key || asked.iter().any(|k| k == other) || done.iter().any(|k| k == other);
-            if !known && !linked.iter().any(|k| k == other) {
-                linked.push(other.to_string());
+            let is = |k: &String| k.as_bytes() == other;
+            let known = other == key.as_bytes() || asked.iter().any(is) || done.iter().any(is);
+            if !known && !linked.iter().any(is) {
+                linked.push(String::from_utf8(other.to_vec()).expect("packed from a str"));
             }
         }
         true
@@ -695,8 +697,9 @@ impl IdentityStore for MemoryStore {
     }
 }
 
-/// A profile packed into one run of bytes, for [`MemoryStore`]: its keys, then its fields, each string as its
-/// length and its bytes. Private to the process: never written anywhere, so its layout can change freely.
+/// A profile packed into one run of bytes, for [`MemoryStore`]: the lengths and times first, then every string's
+/// text one after the other, so that unpacking checks the text is UTF-8 once rather than string by string. Private
+/// to the process: never written anywhere, so its layout can change freely.
 mod packed {
     use serde_json::Value;
 
@@ -708,17 +711,25 @@ mod packed {
     const JSON: u8 = 1;
 
     pub(super) fn pack(profile: &Profile, out: &mut Vec<u8>) {
-        let string = |out: &mut Vec<u8>, text: &[u8]| {
-            out.extend_from_slice(&len(text.len()).to_le_bytes());
-            out.extend_from_slice(text);
+        let number = |out: &mut Vec<u8>, n: usize| {
+            let n = u32::try_from(n).expect("a profile's strings and lists are shorter than 4 GiB");
+            out.extend_from_slice(&n.to_le_bytes());
         };
-        out.extend_from_slice(&len(profile.keys.len()).to_le_bytes());
+        // The JSON of values that are not strings, written out once: their length comes before their text.
+        let json: Vec<String> = (profile.fields.iter())
+            .filter(|field| !field.value.is_string())
+            .map(|field| field.value.to_string())
+            .collect();
+        let start = out.len();
+        number(out, 0);
+        number(out, profile.keys.len());
         for key in &profile.keys {
-            string(out, key.as_bytes());
+            number(out, key.len());
         }
-        out.extend_from_slice(&len(profile.fields.len()).to_le_bytes());
+        number(out, profile.fields.len());
+        let mut others = json.iter();
         for field in &profile.fields {
-            string(out, field.field.as_bytes());
+            number(out, field.field.len());
             out.extend_from_slice(&field.seen_ms.to_le_bytes());
             match field.expires_ms {
                 Some(expires) => {
@@ -727,26 +738,39 @@ mod packed {
                 }
                 None => out.push(0),
             }
+            let (kind, len) = match &field.value {
+                Value::String(text) => (TEXT, text.len()),
+                _ => (JSON, others.next().expect("one JSON text per value that is not a string").len()),
+            };
+            out.push(kind);
+            number(out, len);
+        }
+        let numbers = out.len() - start - 4;
+        out[start..start + 4].copy_from_slice(&(numbers as u32).to_le_bytes());
+        for key in &profile.keys {
+            out.extend_from_slice(key.as_bytes());
+        }
+        let mut others = json.iter();
+        for field in &profile.fields {
+            out.extend_from_slice(field.field.as_bytes());
             match &field.value {
-                Value::String(text) => {
-                    out.push(TEXT);
-                    string(out, text.as_bytes());
-                }
-                other => {
-                    out.push(JSON);
-                    string(out, other.to_string().as_bytes());
-                }
+                Value::String(value) => out.extend_from_slice(value.as_bytes()),
+                _ => out.extend_from_slice(others.next().expect("as counted above").as_bytes()),
             }
         }
     }
 
     /// Unpacks `bytes` into `profile`, writing over the strings it has rather than allocating new ones.
     pub(super) fn unpack(bytes: &[u8], profile: &mut Profile) {
-        let mut reader = Reader(bytes);
-        let keys = reader.len();
+        let (mut numbers, text) = sections(bytes);
+        let text = std::str::from_utf8(text).expect("packed from strs");
+        let mut texts = Texts { text, at: 0 };
+        let keys = numbers.len();
         profile.keys.truncate(keys);
+        let mut lengths = numbers;
+        numbers.skip(4 * keys);
         for position in 0..keys {
-            let key = reader.text();
+            let key = texts.next(lengths.len());
             match profile.keys.get_mut(position) {
                 Some(kept) => {
                     kept.clear();
@@ -755,35 +779,48 @@ mod packed {
                 None => profile.keys.push(key.to_string()),
             }
         }
-        let fields = reader.len();
+        let fields = numbers.len();
         profile.fields.truncate(fields);
         for position in 0..fields {
-            let name = reader.text();
-            let seen_ms = reader.i64();
-            let expires_ms = match reader.byte() {
+            let name = numbers.len();
+            let seen_ms = numbers.i64();
+            let expires_ms = match numbers.byte() {
                 0 => None,
-                _ => Some(reader.i64()),
+                _ => Some(numbers.i64()),
             };
-            let kind = reader.byte();
-            let text = reader.text();
+            let kind = numbers.byte();
+            let value = numbers.len();
+            let (name, text) = (texts.next(name), texts.next(value));
             let Some(kept) = profile.fields.get_mut(position) else {
-                let value = value(kind, text, None);
+                let value = self::value(kind, text, None);
                 profile.fields.push(RememberedField { field: name.to_string(), value, seen_ms, expires_ms });
                 continue;
             };
             kept.field.clear();
             kept.field.push_str(name);
-            kept.value = value(kind, text, Some(std::mem::take(&mut kept.value)));
+            kept.value = self::value(kind, text, Some(std::mem::take(&mut kept.value)));
             kept.seen_ms = seen_ms;
             kept.expires_ms = expires_ms;
         }
     }
 
-    /// The keys of a packed profile, without unpacking it.
-    pub(super) fn keys(bytes: &[u8]) -> impl Iterator<Item = &str> {
+    /// The keys of a packed profile as bytes, without unpacking it.
+    pub(super) fn keys(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+        let (mut numbers, mut text) = sections(bytes);
+        let count = numbers.len();
+        (0..count).map(move |_| {
+            let (key, rest) = text.split_at(numbers.len());
+            text = rest;
+            key
+        })
+    }
+
+    /// The numbers and the text of a packed profile.
+    fn sections(bytes: &[u8]) -> (Reader<'_>, &[u8]) {
         let mut reader = Reader(bytes);
-        let count = reader.len();
-        (0..count).map(move |_| reader.text())
+        let numbers = reader.len();
+        let (numbers, text) = reader.0.split_at(numbers);
+        (Reader(numbers), text)
     }
 
     /// A field's value from its packed kind and text, in `kept`'s string when it has one.
@@ -799,11 +836,22 @@ mod packed {
         }
     }
 
-    fn len(len: usize) -> u32 {
-        u32::try_from(len).expect("a profile's strings and lists are shorter than 4 GiB")
+    /// The strings of the text section, one after the other.
+    struct Texts<'a> {
+        text: &'a str,
+        at: usize,
     }
 
-    /// Reads back what [`pack`] wrote: only what this process packed is ever read.
+    impl<'a> Texts<'a> {
+        fn next(&mut self, len: usize) -> &'a str {
+            let text = &self.text[self.at..self.at + len];
+            self.at += len;
+            text
+        }
+    }
+
+    /// Reads back the numbers [`pack`] wrote: only what this process packed is ever read.
+    #[derive(Clone, Copy)]
     struct Reader<'a>(&'a [u8]);
 
     impl<'a> Reader<'a> {
@@ -811,6 +859,10 @@ mod packed {
             let (taken, rest) = self.0.split_at(count);
             self.0 = rest;
             taken
+        }
+
+        fn skip(&mut self, count: usize) {
+            self.take(count);
         }
 
         fn byte(&mut self) -> u8 {
@@ -823,11 +875,6 @@ mod packed {
 
         fn i64(&mut self) -> i64 {
             i64::from_le_bytes(self.take(8).try_into().expect("eight bytes"))
-        }
-
-        fn text(&mut self) -> &'a str {
-            let len = self.len();
-            std::str::from_utf8(self.take(len)).expect("packed from a str")
         }
     }
 }
@@ -1041,7 +1088,7 @@ mod tests {
             let mut unpacked = before;
             packed::unpack(&bytes, &mut unpacked);
             proptest::prop_assert_eq!(&unpacked, &profile);
-            proptest::prop_assert!(packed::keys(&bytes).eq(profile.keys.iter().map(String::as_str)));
+            proptest::prop_assert!(packed::keys(&bytes).eq(profile.keys.iter().map(String::as_bytes)));
         }
 
         /// Visitors seen in any order, some with a second key, one of them longer than a slot holds: past the bound

@@ -128,7 +128,7 @@ struct Memory {
     /// The profile differs from what the store holds: a new link or a new value.
     changed: bool,
     /// Slots filled from memory, which are not news to remember again.
-    recalled: Vec<usize>,
+    recalled: smallvec::SmallVec<[usize; 4]>,
 }
 
 /// What a rule produced for an output slot. Values borrow from the plan and the event (`'v`).
@@ -377,7 +377,7 @@ impl Plan {
                 profile.link(key);
             }
         }
-        Some(Memory { changed, profile, recalled: Vec::new() })
+        Some(Memory { changed, profile, recalled: smallvec::SmallVec::new() })
     }
 
     /// Fills the remembered fields the event lacks from what the visitor's earlier events taught.
