@@ -188,7 +188,7 @@ pub struct MemoryStore {
     free: Vec<usize>,
     /// The order the profiles were seen in: a queue of (place, mark) pairs, one per sighting, least recent first. A
     /// pair whose profile was seen again since, or whose place was freed, no longer matches the profile's own
-    /// mark and is skipped; the queue is rebuilt from the profiles when such pairs outnumber them.
+    /// mark and is skipped; such pairs are dropped once they outnumber the profiles.
     order: VecDeque<(usize, u64)>,
     /// The last mark given: unique, increasing, never 0 (the mark of a free place).
     clock: u64,
@@ -271,9 +271,9 @@ impl MemoryStore {
         self.used
     }
 
-    /// The heap one key takes, estimated from its length: the string's allocation with the allocator's overhead
-    /// and the key table's slot. Measured against peak RSS on a million distinct visitors (benches/README.md), with
-    /// [`MemoryStore::packed_footprint`].
+    /// The heap one key takes, estimated from its length: the key table's slot, and the key's own allocation when
+    /// it is too long for the slot. Measured against peak RSS on a million distinct visitors (benches/README.md),
+    /// with [`MemoryStore::packed_footprint`].
     fn key_footprint(key: &str) -> usize {
         Self::key_footprint_of(key.len())
     }
@@ -720,6 +720,7 @@ mod packed {
             .filter(|field| !field.value.is_string())
             .map(|field| field.value.to_string())
             .collect();
+        // How many bytes the numbers take, written once they are.
         let start = out.len();
         number(out, 0);
         number(out, profile.keys.len());
@@ -745,8 +746,9 @@ mod packed {
             out.push(kind);
             number(out, len);
         }
-        let numbers = out.len() - start - 4;
-        out[start..start + 4].copy_from_slice(&(numbers as u32).to_le_bytes());
+        let mut numbers = Vec::with_capacity(4);
+        number(&mut numbers, out.len() - start - 4);
+        out[start..start + 4].copy_from_slice(&numbers);
         for key in &profile.keys {
             out.extend_from_slice(key.as_bytes());
         }
@@ -782,23 +784,23 @@ mod packed {
         let fields = numbers.len();
         profile.fields.truncate(fields);
         for position in 0..fields {
-            let name = numbers.len();
+            let name_len = numbers.len();
             let seen_ms = numbers.i64();
             let expires_ms = match numbers.byte() {
                 0 => None,
                 _ => Some(numbers.i64()),
             };
             let kind = numbers.byte();
-            let value = numbers.len();
-            let (name, text) = (texts.next(name), texts.next(value));
+            let value_len = numbers.len();
+            let (name, text) = (texts.next(name_len), texts.next(value_len));
             let Some(kept) = profile.fields.get_mut(position) else {
-                let value = self::value(kind, text, None);
+                let value = value(kind, text, None);
                 profile.fields.push(RememberedField { field: name.to_string(), value, seen_ms, expires_ms });
                 continue;
             };
             kept.field.clear();
             kept.field.push_str(name);
-            kept.value = self::value(kind, text, Some(std::mem::take(&mut kept.value)));
+            kept.value = value(kind, text, Some(std::mem::take(&mut kept.value)));
             kept.seen_ms = seen_ms;
             kept.expires_ms = expires_ms;
         }
@@ -1048,7 +1050,7 @@ mod tests {
         second.set(RememberedField { field: "oppref".into(), value: Value::from(7), seen_ms: 2, expires_ms: Some(9) });
         store.keep_visitor(first.clone(), true);
         store.keep_visitor(second.clone(), true);
-        // The spare profile the second recall unpacks into holds the first's strings, and more fields than it needs.
+        // Each recall unpacks into the profile given back before it: other strings, another number of fields.
         let recalled = store.recall_visitor(&keys(&["anon:b"]));
         assert_eq!(recalled, second);
         store.keep_visitor(recalled, false);
