@@ -13,7 +13,7 @@ use crate::ast::{Comment, FileId, Item, Rule, Selector, Span};
 use crate::diagnostic::Diagnostic;
 use crate::syntax;
 
-/// The file id the diagnostics of [`format`] point into: render them with a [`crate::source::Sources`] whose first
+/// The file id the diagnostics of [`format()`] point into: render them with a [`crate::source::Sources`] whose first
 /// file is the formatted text.
 pub const FILE: FileId = FileId(0);
 

@@ -231,7 +231,7 @@ struct RememberedRef<'a> {
 }
 
 /// How stale the time a visitor was last written at may be. Most events of a known visitor change its profile
-/// (a field's last sighting moves), and moving the visitor in [`IDENTITY_TOUCHED`] at every write cost a removal
+/// (a field's last sighting moves), and moving the visitor in `IDENTITY_TOUCHED` at every write cost a removal
 /// and an insertion in a second table; the time is moved when it is an hour old instead, and forgetting allows
 /// for the hour, so a visitor is never forgotten before the time to live.
 pub const TOUCH_PRECISION_MS: u64 = 3_600_000;
