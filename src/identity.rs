@@ -175,8 +175,8 @@ pub trait IdentityStore {
 /// however long the stream and however many visitors it has.
 ///
 /// A visitor's keys share one profile: keeping a visitor writes its profile once, not once per key, and recalling
-/// it reads one profile however many keys point to it. Each profile is held packed in one allocation
-/// (module `packed`), not as a `Profile`'s dozen scattered strings, and when it was last seen is the profile's, not each
+/// it reads one profile however many keys point to it. Each profile is held packed in one allocation (module
+/// `packed`), not as a `Profile`'s dozen scattered strings, and when it was last seen is the profile's, not each
 /// key's: on tens of thousands of visitors every string read and every key looked up is a cache miss, and those
 /// were most of what identity memory cost. A recall unpacks the visitor into the `Profile` last given back, reusing
 /// its strings, and a visitor given back unchanged is not packed again.
