@@ -211,8 +211,6 @@ struct Shared {
     /// The profile, [`packed`].
     packed: Box<[u8]>,
     holders: usize,
-    /// [`MemoryStore::packed_footprint`] of `packed`, counted in `used`.
-    footprint: usize,
     /// The mark of the last sighting; 0 for a free place.
     seen: u64,
     /// Every key the profile lists points to it, so following its links finds nothing new, and a key it lists
@@ -303,9 +301,8 @@ impl MemoryStore {
     fn add_profile(&mut self, profile: &Profile) -> usize {
         self.packing.clear();
         packed::pack(profile, &mut self.packing);
-        let footprint = Self::packed_footprint(self.packing.len());
-        self.used += footprint;
-        let shared = Shared { packed: self.packing.as_slice().into(), holders: 0, footprint, seen: 0, closed: false };
+        self.used += Self::packed_footprint(self.packing.len());
+        let shared = Shared { packed: self.packing.as_slice().into(), holders: 0, seen: 0, closed: false };
         let index = match self.free.pop() {
             Some(index) => {
                 self.profiles[index] = shared;
@@ -332,10 +329,9 @@ impl MemoryStore {
             shared.packed.copy_from_slice(&self.packing);
             return;
         }
-        let footprint = Self::packed_footprint(self.packing.len());
-        self.used = self.used.saturating_sub(shared.footprint) + footprint;
+        self.used = self.used.saturating_sub(Self::packed_footprint(shared.packed.len()))
+            + Self::packed_footprint(self.packing.len());
         shared.packed = self.packing.as_slice().into();
-        shared.footprint = footprint;
     }
 
     /// The profile at `index`, unpacked.
@@ -363,10 +359,15 @@ impl MemoryStore {
         let shared = &mut self.profiles[index];
         shared.holders -= 1;
         if shared.holders == 0 {
-            let Shared { footprint, .. } = std::mem::take(shared);
-            self.used = self.used.saturating_sub(footprint);
-            self.free.push(index);
+            self.free_place(index);
         }
+    }
+
+    /// Drops the profile at `index` and makes its place free for the next one.
+    fn free_place(&mut self, index: usize) {
+        let Shared { packed, .. } = std::mem::take(&mut self.profiles[index]);
+        self.used = self.used.saturating_sub(Self::packed_footprint(packed.len()));
+        self.free.push(index);
     }
 
     /// Points `key` at the profile at `index`.
@@ -426,9 +427,7 @@ impl MemoryStore {
                 keep
             });
             self.used = self.used.saturating_sub(forgotten);
-            let Shared { footprint, .. } = std::mem::take(&mut self.profiles[index]);
-            self.used = self.used.saturating_sub(footprint);
-            self.free.push(index);
+            self.free_place(index);
         }
     }
 
