@@ -767,7 +767,9 @@ fn article(word: &str) -> &'static str {
 }
 
 fn is_sha256(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    // Every byte tested without stopping early, so that the 64 are tested side by side (the output's two hashes
+    // are checked on every event).
+    text.len() == 64 && text.bytes().fold(true, |hex, b| hex & (b.is_ascii_digit() | (b'a'..=b'f').contains(&b)))
 }
 
 fn is_url(text: &str) -> bool {

@@ -411,12 +411,9 @@ fn sha256<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
 
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    let digits: Vec<u8> =
+        bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]).collect();
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 /// Characters pasted around identifiers that are not Unicode whitespace yet never belong to one.
@@ -515,7 +512,8 @@ struct E164Memo {
 }
 
 struct MemoEntry {
-    text: Box<str>,
+    /// In the slot: a look-up compares it, and a number kept elsewhere was a second cache miss on every event.
+    text: smallvec::SmallVec<[u8; 24]>,
     /// `None` for a number written with its country code.
     region: Option<Region>,
     /// `None`: not a phone number.
@@ -531,10 +529,10 @@ impl E164Memo {
         }
         let slot = &mut self.slots[self.hasher.hash_one(text) as usize % E164_MEMO_SLOTS];
         match slot {
-            Some(entry) if entry.region == region && &*entry.text == text => entry.normalised.clone(),
+            Some(entry) if entry.region == region && entry.text[..] == *text.as_bytes() => entry.normalised.clone(),
             _ => {
                 let normalised = parse_e164(region, text);
-                *slot = Some(MemoEntry { text: text.into(), region, normalised: normalised.clone() });
+                *slot = Some(MemoEntry { text: text.as_bytes().into(), region, normalised: normalised.clone() });
                 normalised
             }
         }
