@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 use signal_engine::identity::MemoryStore;
 use signal_engine::{presets, CompileOptions, Context, Outcome};
 
+// The allocator the `engine` binary ships with (src/main.rs), so that the library costs here what it costs in
+// `engine run`, `engine explain` and the relay. glibc's malloc makes explaining, which allocates several times as
+// often as applying, about a tenth dearer against applying (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/dataset.rs"]
 mod dataset;
 use dataset::{events, NOW_MS};
