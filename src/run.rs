@@ -180,8 +180,8 @@ impl Plan {
     }
 
     /// Applies the plan to an event's captured input, reporting each step of evaluation to `observer`.
-    pub(crate) fn apply_input<'v, O: Observer<'v>>(
-        &'v self,
+    pub(crate) fn apply_input<'p: 'v, 'v, O: Observer<'p>>(
+        &'p self,
         input: &'v [Option<Val<'v>>],
         context: &mut Context<'_>,
         observer: &mut O,
@@ -190,8 +190,8 @@ impl Plan {
     }
 
     /// [`Plan::apply_input`] for an event already routed.
-    fn apply_routed<'v, O: Observer<'v>>(
-        &'v self,
+    fn apply_routed<'p: 'v, 'v, O: Observer<'p>>(
+        &'p self,
         input: &'v [Option<Val<'v>>],
         routing: Routing,
         context: &mut Context<'_>,
@@ -296,8 +296,8 @@ impl Plan {
             .unwrap_or(now_ms)
     }
 
-    fn identify<'v, O: Observer<'v>>(
-        &'v self,
+    fn identify<'p: 'v, 'v, O: Observer<'p>>(
+        &'p self,
         state: &mut State<'v>,
         context: &mut Context<'_>,
         observer: &mut O,
@@ -428,7 +428,7 @@ impl Plan {
         learned
     }
 
-    fn run_rule<'v, O: Observer<'v>>(&'v self, rule: &'v PlanRule, state: &mut State<'v>, observer: &mut O) {
+    fn run_rule<'p: 'v, 'v, O: Observer<'p>>(&'p self, rule: &'p PlanRule, state: &mut State<'v>, observer: &mut O) {
         match &rule.target {
             RuleTarget::Slot(slot) => {
                 if O::TRACING {

@@ -22,7 +22,8 @@ fn explain_preset_fixtures() {
         for (index, event) in events.iter().enumerate() {
             let mut context =
                 if remembering { Context::with_identity(now, &mut memory) } else { Context::stateless(now) };
-            let explanation = explain(&plan, &event.to_string(), &mut context);
+            let event = event.to_string();
+            let explanation = explain(&plan, &event, &mut context);
             text.push_str(&format!("── event {}\n{}", index + 1, explanation.render_text(false)));
             records.push(explanation.to_json(false));
         }

@@ -99,7 +99,8 @@ pub(super) fn run_case(plan: &Plan, case: &Case, now_ms: i64) -> Vec<Failure> {
                 invalid(message);
             }
         }
-        let explanation = explain(plan, &input.to_string(), &mut Context::with_identity(now_ms, &mut memory));
+        let input = input.to_string();
+        let explanation = explain(plan, &input, &mut Context::with_identity(now_ms, &mut memory));
         failures.extend(compare(&step.expect, &explanation).into_iter().map(|mismatch| Failure { event, mismatch }));
     }
     failures

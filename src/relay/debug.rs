@@ -42,7 +42,7 @@ pub(super) struct Entry {
     /// `explain`'s account, shown with personal values masked: the payload and where each field came from. Kept as
     /// it was recorded and written out only when someone looks, since most entries are pushed out unseen.
     #[serde(serialize_with = "masked_explanation")]
-    pub explanation: Arc<Explanation>,
+    pub explanation: Arc<Explanation<'static>>,
     /// `queued`, `delivered`, `validated` (sent with `validate_only`: checked, not recorded), `dead_lettered`,
     /// `dry_run` (mapped, not sent: the relay runs dry), or the outcome for events that are not sent.
     pub state: String,
@@ -55,7 +55,10 @@ fn masked_input<S: serde::Serializer>(raw: &Arc<Value>, serializer: S) -> Result
     input.serialize(serializer)
 }
 
-fn masked_explanation<S: serde::Serializer>(explanation: &Arc<Explanation>, serializer: S) -> Result<S::Ok, S::Error> {
+fn masked_explanation<S: serde::Serializer>(
+    explanation: &Arc<Explanation<'_>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     explanation.to_json(false).serialize(serializer)
 }
 
@@ -81,7 +84,7 @@ impl Entry {
     pub fn received(
         pixel: &str,
         input: &Value,
-        explanation: Explanation,
+        explanation: Explanation<'_>,
         event_id: Option<String>,
         now_ms: i64,
     ) -> Entry {
@@ -101,7 +104,7 @@ impl Entry {
             reason,
             event_id,
             message_id,
-            explanation: Arc::new(explanation),
+            explanation: Arc::new(explanation.into_owned()),
             state,
             attempts: Vec::new(),
         }
