@@ -20,6 +20,9 @@ pub fn parse(file: FileId, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
     let mut items = Vec::new();
     // Editors on Windows start files with a byte order mark; it is not part of the mapping.
     let start = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    if let Some(at) = too_deep(text, start) {
+        return Err(vec![nested_too_deeply(Span::new(file, at, at + 1), &format!("more than {MAX_NESTING} levels"))]);
+    }
     let mut offset = start;
     loop {
         match MappingParser::parse(Rule::file, &text[offset..]) {
@@ -44,6 +47,51 @@ pub fn parse(file: FileId, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
     } else {
         Err(errors)
     }
+}
+
+/// How deeply brackets, braces and parentheses may nest. Parsing, lowering and compiling each go one call deeper per
+/// level; pest stops at a stack limit of its own, but a release build's frames are small enough to pass it, and
+/// 20,000 nested blocks then overflowed the stack in a later stage. No mapping a person writes comes near this.
+const MAX_NESTING: usize = 128;
+
+/// Where nesting first goes past [`MAX_NESTING`], outside strings and comments; `None` when it never does.
+fn too_deep(text: &str, start: usize) -> Option<usize> {
+    // Byte-wise, as in `comments`: the bytes looked for are ASCII.
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut at = start;
+    let mut in_string = false;
+    while at < bytes.len() {
+        match (in_string, bytes[at]) {
+            (true, b'\\') => at += 1,
+            (true, b'"' | b'\n') | (false, b'"') => in_string = !in_string,
+            (false, b'#') => {
+                at = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
+                continue;
+            }
+            (false, b'{' | b'(' | b'[') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(at);
+                }
+            }
+            (false, b'}' | b')' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The diagnostic for a mapping nested past what is read: `why` says which limit.
+fn nested_too_deeply(span: Span, why: &str) -> Diagnostic {
+    Diagnostic::error(
+        codes::SYNTAX,
+        format!("the mapping is nested too deeply to read here ({why})"),
+        span,
+        "nested too deeply",
+    )
+    .with_help("nest fewer calls, blocks or parentheses: a chain of pipes (`x | f | g`) reads the same as `g(f(x))`")
 }
 
 /// The comments of a file that parsed, in order. The grammar skips them silently; outside comments, `#` can only
@@ -75,6 +123,9 @@ fn comments(file: FileId, text: &str, start: usize) -> Vec<Comment> {
 
 /// Parses a single pipe call such as `multiply(100)` or `sha256`, for function examples and tools.
 pub fn parse_call(file: FileId, text: &str) -> Result<Call, Vec<Diagnostic>> {
+    if let Some(at) = too_deep(text, 0) {
+        return Err(vec![nested_too_deeply(Span::new(file, at, at + 1), &format!("more than {MAX_NESTING} levels"))]);
+    }
     let mut errors = Vec::new();
     match MappingParser::parse(Rule::pipe, &format!("|{text}")) {
         Ok(mut pairs) => {
@@ -140,16 +191,7 @@ fn syntax_error(file: FileId, offset: usize, text: &str, error: &pest::error::Er
     };
     if let pest::error::ErrorVariant::CustomError { message } = &error.variant {
         // The parser's own limits (pest refuses input nested past its stack limit rather than overflow the stack).
-        let span = Span::new(file, position, end);
-        return Diagnostic::error(
-            codes::SYNTAX,
-            format!("the mapping is nested too deeply to read here ({message})"),
-            span,
-            "nested too deeply",
-        )
-        .with_help(
-            "nest fewer calls, blocks or parentheses: a chain of pipes (`x | f | g`) reads the same as `g(f(x))`",
-        );
+        return nested_too_deeply(Span::new(file, position, end), message);
     }
     let expected_text = match expected.len() {
         0 => "something else".to_string(),
@@ -679,4 +721,62 @@ fn is_punct(grammar_rule: Rule) -> bool {
             | Rule::kw_for
             | Rule::kw_custom
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MemoryLoader;
+
+    fn calls(levels: usize) -> String {
+        format!("{}messageId{} -> id\n", "to_string(".repeat(levels), ")".repeat(levels))
+    }
+
+    fn blocks(levels: usize) -> String {
+        format!(
+            "{}quantity -> quantity\n{}",
+            "products[*] -> data.contents[*] {\n".repeat(levels),
+            "}\n".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_where_it_goes_past() {
+        for (text, opener) in
+            [(calls(MAX_NESTING + 1), "to_string("), (blocks(MAX_NESTING + 1), "products[*] -> data.contents[*] {\n")]
+        {
+            let errors = parse(FileId(0), &text).expect_err("too deep");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].message.contains("nested too deeply"), "{}", errors[0].message);
+            // The opening that goes one level past: `[` of `products[*]` counts too, so blocks reach it sooner.
+            let at = errors[0].primary.span.start;
+            assert!(at < opener.len() * (MAX_NESTING + 1), "{at}");
+            assert!(matches!(text.as_bytes()[at], b'(' | b'{' | b'['), "{at}");
+        }
+    }
+
+    #[test]
+    fn brackets_in_strings_and_comments_do_not_nest() {
+        let deep = "{([".repeat(MAX_NESTING);
+        let text = format!("\"{deep}\" -> action_source # {deep}\n\"a \\\" {deep}\" -> id\n");
+        assert_eq!(too_deep(&text, 0), None);
+        assert!(parse(FileId(0), &text).is_ok());
+        // After the comment and its line break, the opening at index MAX_NESTING is one too many.
+        assert_eq!(too_deep(&format!("# {deep}\n{deep}"), 0), Some("# \n".len() + deep.len() + MAX_NESTING));
+    }
+
+    #[test]
+    fn a_mapping_nested_to_the_limit_is_checked_on_a_small_stack() {
+        // The relay's workers and other threads a mapping is compiled on have stacks of 2 MiB.
+        for text in [calls(MAX_NESTING), blocks(MAX_NESTING - 2)] {
+            let compiled = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || crate::compile("m.map", &text, &MemoryLoader::default(), &Default::default()))
+                .expect("a thread")
+                .join()
+                .expect("checked without overflowing the stack");
+            let messages: Vec<&str> = compiled.diagnostics.iter().map(|d| d.message.as_str()).collect();
+            assert!(!messages.iter().any(|m| m.contains("nested too deeply")), "{messages:?}");
+        }
+    }
 }

@@ -131,12 +131,15 @@ fn hostile_mapping_files_get_diagnostics_never_a_crash() {
     let dir = tempfile::tempdir().expect("a directory");
     let nested_calls = format!("{}messageId{} -> id\n", "to_string(".repeat(20_000), ")".repeat(20_000));
     let nested_blocks = format!("{}\n", "products[*] -> data.contents[*] {".repeat(20_000));
+    let closed_blocks = format!("{}{}\n", "products[*] -> data.contents[*] {\n".repeat(20_000), "}\n".repeat(20_000));
     let many_rules: String = (0..50_000).map(|i| format!("p{i} -> data.order_id\n")).collect();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("bytes that are not UTF-8", b"messageId -> id \xff\n".to_vec(), "UTF-8"),
         ("a NUL byte", b"messageId -> id\x00\n".to_vec(), "syntax"),
         ("20,000 nested calls", nested_calls.into_bytes(), "nested too deeply"),
         ("20,000 unclosed blocks (one line of 640,000 characters)", nested_blocks.into_bytes(), "nested too deeply"),
+        // A release build's frames are small enough for the parser to take these, and a later stage overflowed.
+        ("20,000 nested blocks, all closed", closed_blocks.into_bytes(), "nested too deeply"),
         ("50,000 rules", many_rules.into_bytes(), "m.map"),
         ("an unterminated string", b"\"web -> action_source\n".to_vec(), "syntax"),
         ("a number too large", b"1e999999 -> data.amount\n".to_vec(), "invalid_number"),
