@@ -2,6 +2,8 @@
 //! leave it. Syntax errors become diagnostics that name the expected tokens in plain words, and parsing resumes
 //! at the next line that starts an item, so one run reports every syntax error.
 
+use std::ops::ControlFlow;
+
 use pest::iterators::Pair;
 use pest::Parser;
 use serde_json::Value;
@@ -56,27 +58,56 @@ const MAX_NESTING: usize = 128;
 
 /// Where nesting first goes past [`MAX_NESTING`], outside strings and comments; `None` when it never does.
 fn too_deep(text: &str, start: usize) -> Option<usize> {
-    // Byte-wise, as in `comments`: the bytes looked for are ASCII.
-    let bytes = text.as_bytes();
     let mut depth = 0usize;
+    outside_strings(text, start, |at, met| match met {
+        Met::Code(b'{' | b'(' | b'[') => {
+            depth += 1;
+            if depth > MAX_NESTING {
+                return ControlFlow::Break(at);
+            }
+            ControlFlow::Continue(())
+        }
+        Met::Code(b'}' | b')' | b']') => {
+            depth = depth.saturating_sub(1);
+            ControlFlow::Continue(())
+        }
+        Met::Code(_) | Met::Comment(_) => ControlFlow::Continue(()),
+    })
+}
+
+/// What [`outside_strings`] meets.
+enum Met {
+    /// A byte of code.
+    Code(u8),
+    /// A comment, up to the end of its line.
+    Comment(usize),
+}
+
+/// Walks a mapping's text from `start` past its strings (which end at a quote or, unterminated, at the line's end),
+/// telling `visit` where each byte of code and each comment is, until it breaks. Byte-wise: the bytes looked for are
+/// ASCII, and no byte of a multi-byte character equals an ASCII byte.
+fn outside_strings<B>(text: &str, start: usize, mut visit: impl FnMut(usize, Met) -> ControlFlow<B>) -> Option<B> {
+    let bytes = text.as_bytes();
     let mut at = start;
     let mut in_string = false;
     while at < bytes.len() {
         match (in_string, bytes[at]) {
             (true, b'\\') => at += 1,
             (true, b'"' | b'\n') | (false, b'"') => in_string = !in_string,
+            (true, _) => {}
             (false, b'#') => {
-                at = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
+                let line_end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
+                if let ControlFlow::Break(found) = visit(at, Met::Comment(line_end)) {
+                    return Some(found);
+                }
+                at = line_end;
                 continue;
             }
-            (false, b'{' | b'(' | b'[') => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Some(at);
+            (false, byte) => {
+                if let ControlFlow::Break(found) = visit(at, Met::Code(byte)) {
+                    return Some(found);
                 }
             }
-            (false, b'}' | b')' | b']') => depth = depth.saturating_sub(1),
-            _ => {}
         }
         at += 1;
     }
@@ -98,26 +129,14 @@ fn nested_too_deeply(span: Span, why: &str) -> Diagnostic {
 /// stand inside a string, and strings never span lines, so a scan that steps over strings finds exactly the
 /// comments the parser skipped.
 fn comments(file: FileId, text: &str, start: usize) -> Vec<Comment> {
-    // Byte-wise: the bytes looked for are ASCII, and no byte of a multi-byte character equals an ASCII byte.
-    let bytes = text.as_bytes();
     let mut comments = Vec::new();
-    let mut at = start;
-    let mut in_string = false;
-    while at < bytes.len() {
-        match (in_string, bytes[at]) {
-            (true, b'\\') => at += 1,
-            (true, b'"' | b'\n') | (false, b'"') => in_string = !in_string,
-            (false, b'#') => {
-                let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-                let comment = text[at..line_end].trim_end();
-                comments.push(Comment { text: comment.to_string(), span: Span::new(file, at, at + comment.len()) });
-                at = line_end;
-                continue;
-            }
-            _ => {}
+    outside_strings::<()>(text, start, |at, met| {
+        if let Met::Comment(line_end) = met {
+            let comment = text[at..line_end].trim_end();
+            comments.push(Comment { text: comment.to_string(), span: Span::new(file, at, at + comment.len()) });
         }
-        at += 1;
-    }
+        ControlFlow::Continue(())
+    });
     comments
 }
 
