@@ -79,6 +79,24 @@ fn explanations_agree_with_the_runtime_on_the_example_stream() {
     assert!(mapped > 100, "the example stream maps most events, got {mapped}");
 }
 
+/// An explanation made owned (as the relay's debugger keeps one) outlives the event's text and says exactly what
+/// the borrowing one said, as JSON, masked and not, and as text.
+#[test]
+fn an_owned_explanation_says_what_the_borrowed_one_said() {
+    let plan = plan(&presets::OPENAI_ADS);
+    let now = millis("2026-11-20T12:00:00Z");
+    let stream = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.ndjson")).unwrap();
+    let mut memory = MemoryStore::default();
+    for line in stream.lines().filter(|l| !l.trim().is_empty()) {
+        let event = line.to_string();
+        let explanation = explain(&plan, &event, &mut Context::with_identity(now, &mut memory));
+        let said = (explanation.to_json(true), explanation.to_json(false), explanation.render_text(true));
+        let owned = explanation.into_owned();
+        drop(event);
+        assert_eq!((owned.to_json(true), owned.to_json(false), owned.render_text(true)), said, "{line}");
+    }
+}
+
 #[test]
 fn personal_values_are_masked_unless_asked_for() {
     let plan = plan(&presets::OPENAI_ADS);

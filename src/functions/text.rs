@@ -411,8 +411,10 @@ fn sha256<'a>(input: Option<Val<'a>>, _args: &[Arg<'a>]) -> Outcome<'a> {
 
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits: Vec<u8> =
-        bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]).collect();
+    let mut digits = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        digits.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]);
+    }
     String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
