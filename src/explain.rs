@@ -5,7 +5,6 @@
 use std::fmt;
 use std::fmt::Write as _;
 use std::ops::Deref;
-use std::sync::Arc;
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -139,11 +138,11 @@ impl TraceStep<'_> {
 
 impl<'a> RuleTrace<'a> {
     /// A rule's trace before its steps are evaluated, with room for every step it can take.
-    fn start(text: &'a RuleText, scope: Option<&'a Arc<str>>, personal: bool) -> RuleTrace<'a> {
+    fn start(text: &'a RuleText, scope: Option<&'a str>, personal: bool) -> RuleTrace<'a> {
         RuleTrace {
-            rule: Text::shared(&text.location),
-            target: Text::shared(&text.target),
-            scope: scope.map(|scope| Text::shared(scope)),
+            rule: Text::borrowed(&text.location),
+            target: Text::borrowed(&text.target),
+            scope: scope.map(Text::borrowed),
             steps: Vec::with_capacity(text.term_steps.len() + text.pipe_steps.len()),
             why: None,
             personal,
@@ -375,11 +374,7 @@ enum Repr<'a> {
 }
 
 impl<'a> Text<'a> {
-    fn shared(text: &'a str) -> Text<'a> {
-        Text(Repr::Borrowed(text))
-    }
-
-    const fn fixed(text: &'static str) -> Text<'a> {
+    const fn borrowed(text: &'a str) -> Text<'a> {
         Text(Repr::Borrowed(text))
     }
 
@@ -551,10 +546,10 @@ fn explain_input<'a>(
         Routing::Route(index) => {
             let route = &plan.routes[index];
             explanation.route = Some(RouteTrace {
-                route: Text::shared(&route.label),
-                location: Text::shared(&route.location),
-                event_type: Text::shared(&route.event_type),
-                shape: Text::shared(&route.shape),
+                route: Text::borrowed(&route.label),
+                location: Text::borrowed(&route.location),
+                event_type: Text::borrowed(&route.event_type),
+                shape: Text::borrowed(&route.shape),
             });
             let sent = match &explanation.outcome {
                 Outcome::Mapped(mapped) => Some(Sent { warnings: &mapped.warnings }),
@@ -564,10 +559,10 @@ fn explain_input<'a>(
             for (rule_index, why) in &route.unselected {
                 let rule = &plan.rules[*rule_index];
                 explanation.silent.push(RuleTrace {
-                    rule: Text::shared(&rule.text.location),
-                    target: Text::shared(&rule.text.target),
-                    why: Some(Text::shared(why)),
-                    scope: rule.text.scope.as_deref().map(Text::shared),
+                    rule: Text::borrowed(&rule.text.location),
+                    target: Text::borrowed(&rule.text.target),
+                    why: Some(Text::borrowed(why)),
+                    scope: rule.text.scope.as_deref().map(Text::borrowed),
                     steps: Vec::new(),
                     personal: false,
                 });
@@ -616,7 +611,7 @@ impl Sent<'_> {
     fn left_out<'p>(&self, field: &str) -> Text<'p> {
         match self.warnings.iter().find(|w| w.field == field) {
             Some(warning) => format!("left out of the output: {}", warning.message).into(),
-            None => Text::fixed("left out of the output"),
+            None => Text::borrowed("left out of the output"),
         }
     }
 }
@@ -729,7 +724,7 @@ struct Current<'p> {
 /// An element block being built: its trace, the finished elements and the fields of the element in progress.
 struct Block<'p> {
     trace: RuleTrace<'p>,
-    scope: Option<&'p Arc<str>>,
+    scope: Option<&'p str>,
     /// The source was usable element by element.
     usable: bool,
     elements: Vec<Vec<(&'p str, RuleTrace<'p>)>>,
@@ -804,7 +799,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
     const TRACING: bool = true;
 
     fn rule_start(&mut self, rule: &'p PlanRule) {
-        let trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
+        let trace = RuleTrace::start(&rule.text, rule.text.scope.as_deref(), rule.personal);
         self.start(trace, &rule.expr, &rule.pipes, &rule.text, rule.personal);
     }
 
@@ -821,8 +816,8 @@ impl<'p> Observer<'p> for Recorder<'p> {
         };
         let text = current.text.term_steps.get(index);
         current.trace.steps.push(TraceStep {
-            expression: text.map(|text| Text::shared(&text.expression)).unwrap_or_default(),
-            read: text.and_then(|text| text.read.as_deref()).map(Text::shared),
+            expression: text.map(|text| Text::borrowed(&text.expression)).unwrap_or_default(),
+            read: text.and_then(|text| text.read.as_deref()).map(Text::borrowed),
             value,
             note,
             personal: current.personal && !matches!(term, Expr::Const(_)),
@@ -838,7 +833,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         if matches!(pipe.function.pii, Pii::Hashes) {
             current.tainted = false;
         }
-        let expression = current.text.pipe_steps.get(index).map(|step| Text::shared(step)).unwrap_or_default();
+        let expression = current.text.pipe_steps.get(index).map(|step| Text::borrowed(step)).unwrap_or_default();
         let (value, note) = match result {
             Ok(value) => (value.map(|value| values.of(value)), None),
             Err(note) => (None, Some(note.to_string())),
@@ -868,15 +863,15 @@ impl<'p> Observer<'p> for Recorder<'p> {
     }
 
     fn block_source(&mut self, rule: &'p PlanRule, result: Result<Option<&Val<'_>>, &str>) {
-        let mut trace = RuleTrace::start(&rule.text, rule.text.scope.as_ref(), rule.personal);
+        let mut trace = RuleTrace::start(&rule.text, rule.text.scope.as_deref(), rule.personal);
         let mut usable = false;
         match result {
             Err(note) => trace.why = Some(note.to_string().into()),
             Ok(value) => {
                 let text = &rule.text.source_step;
                 trace.steps.push(TraceStep {
-                    expression: Text::shared(&text.expression),
-                    read: text.read.as_deref().map(Text::shared),
+                    expression: Text::borrowed(&text.expression),
+                    read: text.read.as_deref().map(Text::borrowed),
                     value: value.map(|value| self.values.of(value)),
                     note: None,
                     personal: rule.personal,
@@ -889,7 +884,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
                 }
             }
         }
-        let scope = rule.text.scope.as_ref();
+        let scope = rule.text.scope.as_deref();
         self.block = Some(Block { trace, scope, usable, elements: Vec::new(), element: 0, fields: Vec::new() });
     }
 
@@ -934,7 +929,7 @@ impl<'p> Observer<'p> for Recorder<'p> {
         let Some(mut block) = self.block.take() else { return };
         Self::close_element(&mut block);
         if block.usable && block.elements.is_empty() {
-            block.trace.why = Some(Text::fixed("no element produced a field"));
+            block.trace.why = Some(Text::borrowed("no element produced a field"));
         }
         let RuleTarget::Elements { slot, .. } = &rule.target else { return };
         let built = BlockTrace { trace: block.trace, elements: block.elements };
@@ -968,16 +963,16 @@ fn why_nothing<'p>(
     if !source_gave {
         let null = source.last().is_some_and(|s| s.value.is_some());
         return match (source.is_empty(), null) {
-            (true, _) => Text::fixed("the source gave nothing"),
-            (false, true) => Text::shared(&source_why.null),
-            (false, false) => Text::shared(&source_why.nothing),
+            (true, _) => Text::borrowed("the source gave nothing"),
+            (false, true) => Text::borrowed(&source_why.null),
+            (false, false) => Text::borrowed(&source_why.nothing),
         };
     }
     let gave_nothing = pipes.iter().position(|p| p.value.as_ref().is_none_or(TraceValue::is_null));
     match gave_nothing.and_then(|index| pipe_whys.get(index)) {
-        Some(why) if null_result => Text::shared(&why.null),
-        Some(why) => Text::shared(&why.nothing),
-        None => Text::fixed("it produced nothing"),
+        Some(why) if null_result => Text::borrowed(&why.null),
+        Some(why) => Text::borrowed(&why.nothing),
+        None => Text::borrowed("it produced nothing"),
     }
 }
 
@@ -1035,7 +1030,7 @@ impl<'p> Tracer<'p> {
                     };
                     if let Some(value) = self.route_value(route, *slot) {
                         let value = sent.unwrap_or_else(|| TraceValue::from(value));
-                        fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Route });
+                        fields.push(FieldTrace { field: Text::borrowed(path), value, origin: Origin::Route });
                         continue;
                     }
                     match (trace, sent) {
@@ -1044,12 +1039,12 @@ impl<'p> Tracer<'p> {
                             silent.push(trace);
                         }
                         (Some(trace), sent) => fields.push(FieldTrace {
-                            field: Text::shared(path),
+                            field: Text::borrowed(path),
                             value: sent.unwrap_or_else(|| trace.value()),
                             origin: Origin::Rule(trace),
                         }),
                         (None, Some(value)) => {
-                            fields.push(FieldTrace { field: Text::shared(path), value, origin: Origin::Memory })
+                            fields.push(FieldTrace { field: Text::borrowed(path), value, origin: Origin::Memory })
                         }
                         (None, None) => {}
                     }
@@ -1092,7 +1087,7 @@ impl<'p> Tracer<'p> {
                         }
                     }
                     fields.push(FieldTrace {
-                        field: Text::shared(path),
+                        field: Text::borrowed(path),
                         value: array,
                         origin: Origin::Rule(block.trace),
                     });
@@ -1142,7 +1137,7 @@ impl<'a> Explanation<'a> {
         Explanation {
             outcome,
             route: None,
-            routes_table: plan.routes_location.as_deref().map(Text::shared),
+            routes_table: plan.routes_location.as_deref().map(Text::borrowed),
             fields: Vec::new(),
             silent: Vec::new(),
         }
