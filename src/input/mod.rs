@@ -16,6 +16,8 @@ use crate::functions::{lookup, Val};
 
 mod scan;
 
+pub(crate) use scan::{elements, members, Member};
+
 /// One step of a path into the event: an object key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Step {

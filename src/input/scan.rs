@@ -4,6 +4,7 @@
 //! reads the event instead, so both give the same slots for every text and the errors are serde_json's.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use serde_json::Number;
 
@@ -43,6 +44,73 @@ pub(super) fn value(text: &str) -> Option<Val<'_>> {
     let value = scanner.value().ok()?;
     scanner.whitespace();
     (scanner.pos == scanner.bytes.len()).then_some(value)
+}
+
+/// A member of an object, where [`members`] found it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Member<'a> {
+    /// The key, its escapes decoded.
+    pub key: Cow<'a, str>,
+    /// From the key's opening quote to the end of the value.
+    pub span: Range<usize>,
+    /// The value's place in the text.
+    pub value: Range<usize>,
+}
+
+/// The members of the object `text` is (whitespace around it allowed), in order and with repeated keys repeated,
+/// checked as strictly as the fast reader reads; `None` where it gives up, for serde_json to decide.
+pub(crate) fn members(text: &str) -> Option<Vec<Member<'_>>> {
+    let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
+    scanner.whitespace();
+    if scanner.peek() != Some(b'{') {
+        return None;
+    }
+    scanner.enter().ok()?;
+    let mut members = Vec::with_capacity(16);
+    if scanner.peek() == Some(b'}') {
+        scanner.pos += 1;
+    } else {
+        loop {
+            let start = scanner.pos;
+            let key = scanner.string().ok()?;
+            scanner.whitespace();
+            scanner.eat(b':').ok()?;
+            scanner.whitespace();
+            let value = scanner.pos;
+            scanner.skip().ok()?;
+            members.push(Member { key, span: start..scanner.pos, value: value..scanner.pos });
+            if !scanner.next_member(b'}').ok()? {
+                break;
+            }
+        }
+    }
+    scanner.whitespace();
+    (scanner.pos == scanner.bytes.len()).then_some(members)
+}
+
+/// The places of the elements of the array `text` is, as [`members`] finds an object's.
+pub(crate) fn elements(text: &str) -> Option<Vec<Range<usize>>> {
+    let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
+    scanner.whitespace();
+    if scanner.peek() != Some(b'[') {
+        return None;
+    }
+    scanner.enter().ok()?;
+    let mut elements = Vec::new();
+    if scanner.peek() == Some(b']') {
+        scanner.pos += 1;
+    } else {
+        loop {
+            let start = scanner.pos;
+            scanner.skip().ok()?;
+            elements.push(start..scanner.pos);
+            if !scanner.next_member(b']').ok()? {
+                break;
+            }
+        }
+    }
+    scanner.whitespace();
+    (scanner.pos == scanner.bytes.len()).then_some(elements)
 }
 
 struct Scanner<'a> {
@@ -435,6 +503,8 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
+    use std::ops::Range;
+
     use super::super::{InputLayout, InputPaths};
     use crate::plan::Step;
 
@@ -468,6 +538,35 @@ mod tests {
             assert_eq!(Ok(fast_values), reference, "{text:?}");
         }
         assert_eq!(slots_json(&layout, text, false), reference, "{text:?}");
+        split_as_serde_json_reads(text);
+    }
+
+    /// The member and element splitters accept what serde_json accepts (short of their depth limit) and find the
+    /// members and elements it reads, a repeated key's last occurrence winning as in a parsed tree.
+    fn split_as_serde_json_reads(text: &str) {
+        let parsed = serde_json::from_str::<Value>(text);
+        let at = |range: Range<usize>| serde_json::from_str::<Value>(&text[range]).expect("a value's place");
+        // Deeper than the splitters go takes more than 200 bytes.
+        let shallow = text.len() < 200;
+        match super::members(text) {
+            Some(members) => {
+                let Ok(Value::Object(object)) = &parsed else { panic!("members of a non-object: {text:?}") };
+                let mut rebuilt = serde_json::Map::new();
+                for member in members {
+                    assert!(text[member.span.clone()].starts_with('"') && member.span.end == member.value.end);
+                    rebuilt.insert(member.key.into_owned(), at(member.value));
+                }
+                assert_eq!(&rebuilt, object, "{text:?}");
+            }
+            None => assert!(!(shallow && matches!(parsed, Ok(Value::Object(_)))), "gave up on {text:?}"),
+        }
+        match super::elements(text) {
+            Some(elements) => {
+                let Ok(Value::Array(items)) = &parsed else { panic!("elements of a non-array: {text:?}") };
+                assert_eq!(&elements.into_iter().map(at).collect::<Vec<_>>(), items, "{text:?}");
+            }
+            None => assert!(!(shallow && matches!(parsed, Ok(Value::Array(_)))), "gave up on {text:?}"),
+        }
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
@@ -516,6 +615,8 @@ mod tests {
             "{\"a\":{\"b\":{\"c\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}}",
             r#"{} x"#,
             r#"[1]"#,
+            r#" [ {"a" : 1} , 2 ,"x"] "#,
+            r#"{"a\u0062":1,"ab":2}"#,
             r#"{"k":1.0,"p":{"q":0.1e-3}}"#,
         ] {
             agree(text);

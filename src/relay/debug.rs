@@ -83,14 +83,14 @@ pub(super) struct Attempt {
 impl Entry {
     pub fn received(
         pixel: &str,
-        input: &Value,
+        input: Value,
         explanation: Explanation<'_>,
         event_id: Option<String>,
         now_ms: i64,
     ) -> Entry {
         let (outcome, reason) = describe(&explanation.outcome);
         let state = if outcome == "mapped" { "queued" } else { outcome }.to_string();
-        let message_id = shown(input, &["messageId"]).and_then(|m| match m {
+        let message_id = shown(&input, &["messageId"]).and_then(|m| match m {
             Value::String(text) => Some(text.clone()),
             Value::Number(number) => Some(number.to_string()),
             _ => None,
@@ -99,7 +99,7 @@ impl Entry {
             seq: 0,
             pixel: pixel.to_string(),
             received_ms: now_ms,
-            raw: Arc::new(input.clone()),
+            raw: Arc::new(input),
             outcome,
             reason,
             event_id,

@@ -1,12 +1,16 @@
 //! Reading an ingestion request's body: the content encoding inflated within the size limits (a gzip bomb is
 //! refused after the limit, not inflated whole), the JSON of one event or of a batch, the write key a body may
 //! carry, Segment's batch-level fields merged into each event, and the envelope checks every event must pass.
-//! Pure functions on bytes, so that hostile input can be tried on them directly.
+//! Events stay the text they were sent as wherever the relay only adds to them; the few members it checks are read
+//! out of that text, not the whole event. Pure functions on bytes, so that hostile input can be tried on them
+//! directly.
 
 use std::borrow::Cow;
 use std::io::Read;
 
 use serde_json::{Map, Value};
+
+use crate::input::{elements, members, Member};
 
 /// What a route takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,10 +44,55 @@ impl EventError {
 
 /// A request's events, each checked, and the write key its body carried.
 #[derive(Debug)]
-pub(super) struct Decoded {
+pub(super) struct Decoded<'b> {
     pub write_key: Option<String>,
-    pub events: Vec<Result<Map<String, Value>, EventError>>,
+    pub events: Vec<Result<Incoming<'b>, EventError>>,
 }
+
+/// One checked event: still the text it was sent as, or taken apart where the relay must rebuild it (an event
+/// without a `messageId`, whose id comes from its whole content; a batch sharing `context` or `integrations`, merged
+/// member by member; JSON nested deeper than the splitter goes).
+#[derive(Debug)]
+pub(super) enum Incoming<'b> {
+    Sent(Sent<'b>),
+    Tree(Map<String, Value>),
+}
+
+/// An event as sent, with what the relay reads of it.
+#[derive(Debug)]
+pub(super) struct Sent<'b> {
+    /// The event's text in the body.
+    pub text: &'b str,
+    /// Its members in order, less the write key, which never travels further.
+    pub members: Vec<Member<'b>>,
+    /// The members the relay checks and amends ([`ENVELOPE`]), each as its last occurrence says; of `context`, only
+    /// the members the relay reads ([`CONTEXT`]), and of the other objects nothing but that they are objects.
+    pub sent: Map<String, Value>,
+    /// The same checked, with the route's type and the batch's `sentAt` filled in: what enrichment amends.
+    pub envelope: Map<String, Value>,
+    /// Which of `members` is the `context` that counts (the last), when it is an object.
+    pub context: Option<usize>,
+}
+
+/// The members of an event the relay checks or amends.
+const ENVELOPE: [&str; 13] = [
+    "type",
+    "event",
+    "messageId",
+    "anonymousId",
+    "userId",
+    "previousId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "properties",
+    "context",
+    "traits",
+    "integrations",
+];
+
+/// The members of an event's `context` the relay reads.
+const CONTEXT: [&str; 3] = ["ip", "userAgent", "consent"];
 
 /// Inflates a body sent with `Content-Encoding` (`gzip`, `x-gzip`, `deflate`, `identity`, or a list applied in
 /// order), reading at most `limit` bytes of the result.
@@ -86,18 +135,141 @@ fn read_limited(reader: impl Read, limit: usize) -> Result<Vec<u8>, BodyError> {
 
 /// Reads the events of a body. A body that is not JSON, or not of the route's shape, is refused whole; in a batch,
 /// each event is checked on its own, so one bad event does not cost the others. `max_event_bytes` bounds each
-/// event of a batch.
-pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Result<Decoded, BodyError> {
+/// event of a batch, measured as sent.
+pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Result<Decoded<'_>, BodyError> {
+    let text = body_text(body)?;
+    // Whatever the splitter gives up on (broken JSON, deep nesting), serde_json reads, with its own messages.
+    let Some(mut top) = members(text) else { return decode_tree(text, shape, max_event_bytes) };
+    let last = |top: &[Member<'_>], name: &str| top.iter().rposition(|m| m.key == name);
+    let write_key = match last(&top, "writeKey").map(|i| parse(&text[top[i].value.clone()])) {
+        Some(Value::String(key)) => Some(key),
+        None | Some(Value::Null) => None,
+        Some(other) => {
+            return Err(BodyError::Malformed(format!("`writeKey` must be a string, not {}", kind_of(&other))))
+        }
+    };
+    match shape {
+        Shape::Single(kind) => {
+            top.retain(|m| m.key != "writeKey");
+            Ok(Decoded { write_key, events: vec![sent_event(text, top, None, kind)] })
+        }
+        Shape::Batch => {
+            let batch = last(&top, "batch").map(|i| &text[top[i].value.clone()]);
+            let Some(places) = batch.and_then(elements) else {
+                return Err(BodyError::Malformed("`batch` is missing or not an array of events".to_string()));
+            };
+            let batch = batch.unwrap_or_default();
+            if places.is_empty() {
+                return Err(BodyError::Malformed("`batch` is empty".to_string()));
+            }
+            // A shared `context` or `integrations` is merged into each event member by member, on the tree.
+            let shared = |name| last(&top, name).map(|i| &text[top[i].value.clone()]).filter(|v| *v != "null");
+            if shared("context").is_some() || shared("integrations").is_some() {
+                return decode_tree(text, shape, max_event_bytes);
+            }
+            let sent_at = shared("sentAt").map(parse);
+            let events = places
+                .into_iter()
+                .map(|place| {
+                    let event = &batch[place];
+                    if event.len() > max_event_bytes {
+                        return Err(too_large(event.len(), max_event_bytes));
+                    }
+                    match members(event) {
+                        Some(mut members) => {
+                            members.retain(|m| m.key != "writeKey");
+                            sent_event(event, members, sent_at.as_ref(), None)
+                        }
+                        None => {
+                            let shared = sent_at.iter().map(|v| ("sentAt".to_string(), v.clone())).collect();
+                            tree_event(parse(event), &shared, None).map(Incoming::Tree)
+                        }
+                    }
+                })
+                .collect();
+            Ok(Decoded { write_key, events })
+        }
+    }
+}
+
+/// The body as text: not empty, and UTF-8, checked once, whole, rather than string by string as a parser would from
+/// bytes.
+pub(super) fn body_text(body: &[u8]) -> Result<&str, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Malformed("the body is empty: send a JSON event".to_string()));
     }
-    // The body's UTF-8 is checked once, whole, rather than string by string as the parser would from bytes.
-    let text = std::str::from_utf8(body).map_err(|e| {
+    std::str::from_utf8(body).map_err(|e| {
         BodyError::Malformed(format!(
             "malformed JSON: the body is not UTF-8 (invalid bytes at byte {})",
             e.valid_up_to()
         ))
-    })?;
+    })
+}
+
+/// A value the splitter has found, read: it is JSON, so serde_json reads it.
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn too_large(size: usize, max_event_bytes: usize) -> EventError {
+    EventError {
+        reason: "too_large",
+        message: format!("the event is {size} bytes, more than the limit of {max_event_bytes}"),
+    }
+}
+
+/// Checks an event found in the body as `text`, reading only the members the relay checks and amends. An event
+/// whose id must come from its content is taken apart instead.
+fn sent_event<'b>(
+    text: &'b str,
+    kept: Vec<Member<'b>>,
+    sent_at: Option<&Value>,
+    kind: Option<&str>,
+) -> Result<Incoming<'b>, EventError> {
+    let mut sent = Map::new();
+    let mut context = None;
+    for (index, member) in kept.iter().enumerate() {
+        let Some(&name) = ENVELOPE.iter().find(|&&name| member.key == name) else { continue };
+        let value = &text[member.value.clone()];
+        let read = match name {
+            "context" if value.starts_with('{') => {
+                context = Some(index);
+                let mut read = Map::new();
+                for inner in members(value).unwrap_or_default() {
+                    if CONTEXT.contains(&&*inner.key) {
+                        read.insert(inner.key.into_owned(), parse(&value[inner.value]));
+                    }
+                }
+                Value::Object(read)
+            }
+            // Only their being objects is checked.
+            "properties" | "traits" | "integrations" if value.starts_with('{') => Value::Object(Map::new()),
+            _ => {
+                if name == "context" {
+                    context = None;
+                }
+                parse(value)
+            }
+        };
+        sent.insert(name.to_string(), read);
+    }
+    if !matches!(sent.get("messageId"), Some(Value::String(id)) if !id.trim().is_empty()) {
+        let shared = sent_at.into_iter().map(|v| ("sentAt".to_string(), v.clone())).collect();
+        return tree_event(parse(text), &shared, kind).map(Incoming::Tree);
+    }
+    let mut envelope = sent.clone();
+    if let Some(sent_at) = sent_at {
+        if envelope.get("sentAt").is_none_or(Value::is_null) {
+            envelope.insert("sentAt".to_string(), sent_at.clone());
+        }
+    }
+    let envelope = check_event(envelope, kind)?;
+    Ok(Incoming::Sent(Sent { text, members: kept, sent, envelope, context }))
+}
+
+/// Reads a body whole into a tree: what the splitter leaves to serde_json, and every body in the tests that
+/// compare both readings.
+pub(super) fn decode_tree(text: &str, shape: Shape, max_event_bytes: usize) -> Result<Decoded<'static>, BodyError> {
     let value: Value = serde_json::from_str(text).map_err(|e| BodyError::Malformed(format!("malformed JSON: {e}")))?;
     let Value::Object(mut object) = value else {
         let expected = match shape {
@@ -115,7 +287,7 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
     };
     match shape {
         Shape::Single(kind) => {
-            let event = check_event(object, kind);
+            let event = check_event(object, kind).map(Incoming::Tree);
             Ok(Decoded { write_key, events: vec![event] })
         }
         Shape::Batch => {
@@ -135,34 +307,34 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
             let events = events
                 .into_iter()
                 .map(|event| {
+                    // Its text is gone: measured as serde_json writes it, which is as sent less the whitespace.
                     let size = compact_len(&event);
                     if size > max_event_bytes {
-                        return Err(EventError {
-                            reason: "too_large",
-                            message: format!("the event is {size} bytes, more than the limit of {max_event_bytes}"),
-                        });
+                        return Err(too_large(size, max_event_bytes));
                     }
-                    let Value::Object(mut event) = event else {
-                        return Err(EventError::invalid(format!(
-                            "an event must be a JSON object, not {}",
-                            kind_of(&event)
-                        )));
-                    };
-                    event.remove("writeKey");
-                    for (name, value) in &shared {
-                        match event.get_mut(name) {
-                            None | Some(Value::Null) => {
-                                event.insert(name.clone(), value.clone());
-                            }
-                            Some(own) => merge_missing(own, value),
-                        }
-                    }
-                    check_event(event, None)
+                    tree_event(event, &shared, None).map(Incoming::Tree)
                 })
                 .collect();
             Ok(Decoded { write_key, events })
         }
     }
+}
+
+/// Checks one event of a batch read into a tree, with the batch's shared members merged in.
+fn tree_event(event: Value, shared: &Map<String, Value>, kind: Option<&str>) -> Result<Map<String, Value>, EventError> {
+    let Value::Object(mut event) = event else {
+        return Err(EventError::invalid(format!("an event must be a JSON object, not {}", kind_of(&event))));
+    };
+    event.remove("writeKey");
+    for (name, value) in shared {
+        match event.get_mut(name) {
+            None | Some(Value::Null) => {
+                event.insert(name.clone(), value.clone());
+            }
+            Some(own) => merge_missing(own, value),
+        }
+    }
+    check_event(event, kind)
 }
 
 /// The length of `value` written as compact JSON, as `serde_json::to_vec` writes it, counted without writing it.
@@ -305,8 +477,26 @@ mod tests {
     use super::*;
 
     fn single(value: Value, kind: Option<&'static str>) -> Result<Map<String, Value>, EventError> {
-        let decoded = decode(value.to_string().as_bytes(), Shape::Single(kind), 1 << 20).expect("decodes");
-        decoded.events.into_iter().next().expect("one event")
+        let text = value.to_string();
+        let decoded = decode(text.as_bytes(), Shape::Single(kind), 1 << 20).expect("decodes");
+        decoded.events.into_iter().next().expect("one event").map(|event| tree(&event))
+    }
+
+    /// An event as a tree, whichever way it was read: as sent, its members with the envelope's changes over them.
+    fn tree(event: &Incoming<'_>) -> Map<String, Value> {
+        match event {
+            Incoming::Tree(tree) => tree.clone(),
+            Incoming::Sent(sent) => {
+                let mut tree: Map<String, Value> =
+                    sent.members.iter().map(|m| (m.key.to_string(), parse(&sent.text[m.value.clone()]))).collect();
+                for (key, value) in &sent.envelope {
+                    if sent.sent.get(key) != Some(value) {
+                        tree.insert(key.clone(), value.clone());
+                    }
+                }
+                tree
+            }
+        }
     }
 
     proptest::proptest! {
@@ -358,15 +548,16 @@ mod tests {
                 {"type": "identify", "userId": "u", "writeKey": "other", "sentAt": "2026-11-20T12:00:00Z"}
             ]
         });
-        let decoded = decode(body.to_string().as_bytes(), Shape::Batch, 1 << 20).unwrap();
+        let body = body.to_string();
+        let decoded = decode(body.as_bytes(), Shape::Batch, 1 << 20).unwrap();
         assert_eq!(decoded.write_key.as_deref(), Some("wk_1"));
-        let first = decoded.events[0].as_ref().unwrap();
+        let first = tree(decoded.events[0].as_ref().unwrap());
         assert_eq!(first["context"]["ip"], "203.0.113.1", "the event's own context wins");
         assert_eq!(first["context"]["library"]["name"], "analytics-python", "the batch's context fills in");
         assert_eq!(first["sentAt"], "2026-11-20T12:00:01Z");
         assert!(decoded.events[1].as_ref().unwrap_err().message.contains("`event` name"));
         assert!(decoded.events[2].as_ref().unwrap_err().message.contains("not a string"));
-        let last = decoded.events[3].as_ref().unwrap();
+        let last = tree(decoded.events[3].as_ref().unwrap());
         assert_eq!(last["sentAt"], "2026-11-20T12:00:00Z");
         assert!(last.get("writeKey").is_none(), "keys never travel further");
     }

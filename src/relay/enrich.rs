@@ -4,7 +4,8 @@
 //! (`timestamp + (receivedAt − sentAt)`, the original kept as `originalTimestamp`), or the time of receipt when the
 //! event has none; and a `messageId` derived from the content when the event has none. Each addition is recorded
 //! under the event's `_relay` object (`{"context.ip": "the connection's address"}`), which `engine explain` and the
-//! debugger show beside the values.
+//! debugger show beside the values. An event still in the text it was sent as gets these additions written after
+//! its own members, where the later member wins, rather than being taken apart and written again.
 
 use std::net::IpAddr;
 
@@ -13,7 +14,21 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::decode::{Incoming, Sent};
 use crate::explain::RELAY_NOTES;
+use crate::input::Member;
+
+/// An event as the relay keeps and maps it.
+#[derive(Debug)]
+pub(super) struct Received {
+    /// Its JSON text: as sent, with what the relay adds.
+    pub text: String,
+    /// Whether it carries a consent object (`context.consent`).
+    pub consent: bool,
+    /// The visitors it names, keyed as identity memory keys them (`anon:…`, `user:…`), for a shared store to read
+    /// ahead.
+    pub visitors: Vec<String>,
+}
 
 /// What the relay knows about a request beyond its body.
 pub(super) struct Facts<'a> {
@@ -90,8 +105,94 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Adds what the relay knows to `event` (already checked: its times parse) and notes each addition.
-pub(super) fn enrich(event: &mut Map<String, Value>, facts: &Facts<'_>) {
+/// Adds what the relay knows to a checked event and notes each addition.
+pub(super) fn enrich(event: Incoming<'_>, facts: &Facts<'_>) -> Received {
+    match event {
+        Incoming::Tree(mut fields) => {
+            enrich_fields(&mut fields, facts);
+            let visitors = visitors(&fields);
+            let event = Value::Object(fields);
+            Received { text: event.to_string(), consent: crate::quality::consent_in(&event), visitors }
+        }
+        Incoming::Sent(Sent { text, members, sent, mut envelope, context }) => {
+            enrich_fields(&mut envelope, facts);
+            let text = amended(text, &members, &sent, &envelope, context);
+            let visitors = visitors(&envelope);
+            Received { text, consent: crate::quality::consent_in(&Value::Object(envelope)), visitors }
+        }
+    }
+}
+
+/// An event's text with what enrichment changed in its envelope: the members it added or replaced written after
+/// the event's own, where the later member wins, and those it added to `context` at the end of the `context` that
+/// counts (the object member `context` is when it was sent as one).
+fn amended(
+    text: &str,
+    members: &[Member<'_>],
+    sent: &Map<String, Value>,
+    envelope: &Map<String, Value>,
+    context: Option<usize>,
+) -> String {
+    fn changed<'m>(
+        before: &'m Map<String, Value>,
+        after: &'m Map<String, Value>,
+    ) -> impl Iterator<Item = (&'m String, &'m Value)> {
+        after.iter().filter(|(key, value)| before.get(*key) != Some(*value))
+    }
+    fn push_member(out: &mut String, first: &mut bool, key: &str, value: &Value) {
+        if !std::mem::take(first) {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push(':');
+        out.push_str(&value.to_string());
+    }
+    let mut out = String::with_capacity(text.len() + 256);
+    out.push('{');
+    for (index, member) in members.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        if Some(index) != context {
+            out.push_str(&text[member.span.clone()]);
+            continue;
+        }
+        // Up to the object's closing brace, then the additions.
+        out.push_str(&text[member.span.start..member.value.end - 1]);
+        let mut first = text[member.value.start + 1..member.value.end - 1].trim_ascii().is_empty();
+        if let (Some(Value::Object(before)), Some(Value::Object(after))) =
+            (sent.get("context"), envelope.get("context"))
+        {
+            for (key, value) in changed(before, after) {
+                push_member(&mut out, &mut first, key, value);
+            }
+        }
+        out.push('}');
+    }
+    let mut first = members.is_empty();
+    for (key, value) in changed(sent, envelope) {
+        if key != "context" || context.is_none() {
+            push_member(&mut out, &mut first, key, value);
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The visitors an event names, as identity memory keys them.
+fn visitors(fields: &Map<String, Value>) -> Vec<String> {
+    [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")]
+        .into_iter()
+        .filter_map(|(field, kind)| {
+            let id = fields.get(field).and_then(Value::as_str).filter(|id| !id.is_empty())?;
+            Some(format!("{kind}{id}"))
+        })
+        .collect()
+}
+
+/// Adds what the relay knows to `event` (already checked: its times parse) and notes each addition: the whole
+/// event, or the envelope of one still in its text.
+fn enrich_fields(event: &mut Map<String, Value>, facts: &Facts<'_>) {
     let mut notes = Map::new();
     if event.get("messageId").and_then(Value::as_str).is_none_or(|id| id.trim().is_empty()) {
         event.insert("messageId".to_string(), Value::String(content_id(event)));
@@ -218,7 +319,7 @@ mod tests {
         assert_eq!(client_ip(proxy, &headers(&[("x-forwarded-for", "garbage")]), &trusted), (proxy, false));
     }
 
-    fn facts() -> Facts<'static> {
+    pub(super) fn facts() -> Facts<'static> {
         Facts {
             received_ms: 1_795_000_000_000,
             client_ip: "203.0.113.7".parse().unwrap(),
@@ -229,7 +330,7 @@ mod tests {
 
     fn enriched(event: Value) -> Map<String, Value> {
         let Value::Object(mut event) = event else { panic!() };
-        enrich(&mut event, &facts());
+        enrich_fields(&mut event, &facts());
         event
     }
 
@@ -280,5 +381,187 @@ mod tests {
         let mut other = event;
         other["event"] = json!("F");
         assert_ne!(enriched(other)["messageId"], first["messageId"]);
+    }
+}
+
+/// Events read where they were sent and amended must come out as those read whole into a tree and enriched there.
+#[cfg(test)]
+mod readings {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::super::decode::{body_text, decode, decode_tree, Incoming, Shape};
+    use super::{enrich, tests::facts};
+
+    /// Reads `body` both ways; every event must be accepted or refused alike, and each accepted one enriched into
+    /// the same JSON. Returns the events, and how many were read as sent.
+    fn both_readings_agree(body: &str, shape: Shape) -> (Vec<Result<Value, String>>, usize) {
+        let sent = decode(body.as_bytes(), shape, 1 << 20).map_err(|e| format!("{e:?}"));
+        let tree =
+            body_text(body.as_bytes()).and_then(|text| decode_tree(text, shape, 1 << 20)).map_err(|e| format!("{e:?}"));
+        let (sent, tree) = match (sent, tree) {
+            (Ok(sent), Ok(tree)) => (sent, tree),
+            (sent, tree) => {
+                assert_eq!(sent.err(), tree.err(), "{body}");
+                return (Vec::new(), 0);
+            }
+        };
+        assert_eq!(sent.write_key, tree.write_key);
+        let as_sent = sent.events.iter().filter(|e| matches!(e, Ok(Incoming::Sent(_)))).count();
+        let mut events = Vec::new();
+        for (one, other) in sent.events.into_iter().zip(tree.events) {
+            match (one, other) {
+                (Ok(one), Ok(other)) => {
+                    let (one, other) = (enrich(one, &facts()), enrich(other, &facts()));
+                    let value: Value = serde_json::from_str(&one.text).expect("the relay writes JSON");
+                    assert_eq!(value, serde_json::from_str::<Value>(&other.text).unwrap(), "{body}\n{}", one.text);
+                    assert_eq!((one.consent, &one.visitors), (other.consent, &other.visitors), "{body}");
+                    events.push(Ok(value));
+                }
+                (Err(one), Err(other)) => {
+                    assert_eq!(one, other, "{body}");
+                    events.push(Err(one.message));
+                }
+                (one, other) => panic!("{body}: {one:?} but {other:?}"),
+            }
+        }
+        (events, as_sent)
+    }
+
+    #[test]
+    fn the_example_stream_reads_the_same_as_sent_and_whole() {
+        let stream = include_str!("../../examples/events.ndjson");
+        let lines: Vec<&str> = stream.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut read_as_sent = 0;
+        for line in &lines {
+            read_as_sent += both_readings_agree(line, Shape::Single(None)).1;
+        }
+        let batch = format!(r#"{{"sentAt": "2026-11-18T11:06:41Z", "batch": [{}]}}"#, lines.join(",\n"));
+        let (events, as_sent) = both_readings_agree(&batch, Shape::Batch);
+        assert_eq!(events.len(), lines.len());
+        assert!(read_as_sent * 10 >= lines.len() * 9, "{read_as_sent} of {} read as sent", lines.len());
+        assert_eq!(as_sent, read_as_sent, "in a batch as one by one");
+    }
+
+    #[test]
+    fn hand_picked_events_read_the_same_as_sent_and_whole() {
+        let base = r#""type":"track","event":"E","anonymousId":"a","messageId":"m""#;
+        for (event, what) in [
+            (format!("{{{base}}}"), "nothing of its own: every addition appended"),
+            (format!(r#"{{{base},"context":{{"ip":"192.0.2.1","userAgent":"curl/8"}}}}"#), "its own ip and agent"),
+            (format!(r#"{{{base},"context":{{"ip":" ","page":{{"url":"u"}}}}}}"#), "a blank ip replaced inside"),
+            (format!(r#"{{{base},"context":{{ }}}}"#), "an empty context"),
+            (format!(r#"{{{base},"context":null}}"#), "a null context"),
+            (format!(r#"{{{base},"context":{{"ip":"1.2.3.4"}},"context":{{"ip":""}}}}"#), "the last context counts"),
+            (format!(r#"{{{base},"context":{{"ip":""}},"context":null}}"#), "a last context of null"),
+            (format!(r#"{{{base},"context":{{"ip":5,"ip":"9.9.9.9"}}}}"#), "the last ip counts"),
+            (format!(r#"{{{base},"context":{{"consent":{{"ad_storage":"granted"}}}}}}"#), "consent"),
+            (format!(r#"{{"writeKey":"wk",{base},"writeKey":"again"}}"#), "write keys cut"),
+            (r#"{"writeKey":"wk"}"#.to_string(), "nothing but a write key"),
+            (format!(r#"{{{base},"timestamp":"2026-11-18T11:01:30Z","sentAt":"2026-11-18T11:01:40Z"}}"#), "skew"),
+            (format!(r#"{{{base},"timestamp":"2026-11-18T11:01:30Z","timestamp":null}}"#), "a later null time"),
+            (format!(r#"{{{base},"originalTimestamp":"2026-11-18T11:01:30Z"}}"#), "only an original time"),
+            (format!(r#"{{{base},"receivedAt":"x","_relay":{{"x":1}}}}"#), "the relay's own members replaced"),
+            (format!(r#"{{{base},"message\u0049d":"  "}}"#), "an escaped key: a blank id, derived"),
+            (r#"{"type":"page","anonymousId":"a"}"#.to_string(), "no id: read whole"),
+            (format!(r#"{{{base},"properties":[1]}}"#), "properties not an object"),
+            (format!(r#"{{{base},"type":"screen","type":"bogus"}}"#), "a bogus last type"),
+            (
+                format!("\n {{ {} , \"properties\" : {{ \"revenue\" : 1.50 }} }} \n", base.replace(',', " ,\n ")),
+                "spaced",
+            ),
+        ] {
+            let (events, _) = both_readings_agree(&event, Shape::Single(None));
+            assert_eq!(events.len(), 1, "{what}");
+            let (events, _) =
+                both_readings_agree(&format!(r#"{{"batch":[{event}],"sentAt":"2026-11-18T11:06:39Z"}}"#), Shape::Batch);
+            assert_eq!(events.len(), 1, "{what}");
+        }
+        let (events, as_sent) =
+            both_readings_agree(r#"{"anonymousId":"a","messageId":"m"}"#, Shape::Single(Some("page")));
+        assert_eq!((events[0].as_ref().unwrap()["type"].as_str(), as_sent), (Some("page"), 1), "the route's type");
+        let (events, _) = both_readings_agree(&format!(r#"{{{base},"writeKey":"wk"}}"#), Shape::Single(None));
+        assert!(events[0].as_ref().unwrap().get("writeKey").is_none(), "keys never travel further");
+    }
+
+    /// A member as it may appear in an event: a key the relay reads (or not), and a value of any kind.
+    fn member() -> impl Strategy<Value = String> {
+        let keys = prop::sample::select(vec![
+            "type",
+            "event",
+            "messageId",
+            "anonymousId",
+            "userId",
+            "previousId",
+            "timestamp",
+            "originalTimestamp",
+            "sentAt",
+            "properties",
+            "context",
+            "traits",
+            "integrations",
+            "writeKey",
+            "receivedAt",
+            "_relay",
+            "x",
+            "message\\u0049d",
+        ]);
+        let values = prop::sample::select(vec![
+            r#""track""#,
+            r#""page""#,
+            r#""alias""#,
+            r#""E""#,
+            r#""m1""#,
+            r#"" ""#,
+            r#""""#,
+            r#""u1""#,
+            r#""2026-11-18T11:01:30.000Z""#,
+            r#""2026-11-18T11:01:40Z""#,
+            "1795000000000",
+            "null",
+            "true",
+            "7",
+            "1e2",
+            "{}",
+            r#"{"ip":"192.0.2.1"}"#,
+            r#"{"ip":" ","userAgent":"curl/8","consent":{"ad":"granted"}}"#,
+            r#"{"consent":{}}"#,
+            r#"{"ip":5}"#,
+            "[1]",
+            r#"{"ip":"1.2.3.4","ip":""}"#,
+            r#"{"a":{"b":[1,{"c":null}]}}"#,
+        ]);
+        (keys, values, prop::sample::select(vec!["", " ", "\n  "]))
+            .prop_map(|(key, value, space)| format!(r#"{space}"{key}"{space}:{space}{value}"#))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn generated_events_read_the_same_as_sent_and_whole(
+            valid in any::<bool>(),
+            events in prop::collection::vec(prop::collection::vec(member(), 0..10), 1..4),
+            single in any::<bool>(),
+            sent_at in prop::sample::select(vec!["", r#","sentAt":"2026-11-18T11:06:39Z""#, r#","sentAt":null"#]),
+        ) {
+            let base = r#""type":"track","event":"E","anonymousId":"a","messageId":"m""#;
+            let texts: Vec<String> = events
+                .iter()
+                .map(|members| {
+                    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+                    if valid {
+                        all.insert(0, base);
+                    }
+                    format!("{{{}}}", all.join(","))
+                })
+                .collect();
+            if single {
+                both_readings_agree(&texts[0], Shape::Single(None));
+                both_readings_agree(&texts[0], Shape::Single(Some("track")));
+            } else {
+                both_readings_agree(&format!(r#"{{"batch":[{}]{sent_at}}}"#, texts.join(",")), Shape::Batch);
+            }
+        }
     }
 }

@@ -28,25 +28,25 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 use super::decode::{self, BodyError, Shape};
-use super::enrich::{self, Facts};
+use super::enrich::{self, Facts, Received};
 use super::killpoint;
 use super::store::{IngestTx, Pending, StoreError};
 use super::{debug, now_ms, Shared};
-use crate::explain::explain_value;
+use crate::explain::explain;
 use crate::identity::{IdentityStore, Profile};
 use crate::run::{Context, Outcome};
 use crate::schema::TargetSchema;
 
 /// Events of one request, on their way to the writer.
 pub(super) struct Job {
-    events: Vec<Value>,
+    events: Vec<Received>,
     reply: oneshot::Sender<Answer>,
 }
 
 /// The writer's answer to a job. The events go back with it: the writer, one thread for every request, is the
-/// relay's bottleneck under load, and freeing a request's parsed events there cost it about a twentieth of its time.
+/// relay's bottleneck under load, so the request's task frees them.
 struct Answer {
-    events: Vec<Value>,
+    events: Vec<Received>,
     verdicts: Result<Vec<Verdict>, Refusal>,
 }
 
@@ -466,10 +466,9 @@ impl Ingress {
         let mut refused = Vec::new();
         for (index, event) in decoded.events.into_iter().enumerate() {
             match event {
-                Ok(mut event) => {
-                    enrich::enrich(&mut event, &facts);
+                Ok(event) => {
                     positions.push(index);
-                    events.push(Value::Object(event));
+                    events.push(enrich::enrich(event, &facts));
                 }
                 Err(error) => {
                     if shape != Shape::Batch {
@@ -610,7 +609,7 @@ impl Ingress {
     }
 
     /// Hands the events to the writer and waits for their commit.
-    async fn submit(&self, events: Vec<Value>) -> Result<Vec<Verdict>, Problem> {
+    async fn submit(&self, events: Vec<Received>) -> Result<Vec<Verdict>, Problem> {
         let (reply, answer) = oneshot::channel();
         let stopping = || Problem::unavailable("stopping", "the relay is shutting down; retry", Duration::from_secs(5));
         self.jobs.send(Job { events, reply }).await.map_err(|_| stopping())?;
@@ -855,13 +854,9 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             if shared.store.shared() {
                 // The visitors of the whole group, read in one round trip rather than one per event.
                 let mut keys = Vec::new();
-                for event in group.iter().flat_map(|job| &job.events) {
-                    for (field, kind) in [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")] {
-                        if let Some(id) = event.get(field).and_then(Value::as_str).filter(|id| !id.is_empty()) {
-                            for (pixel, _) in &pixels {
-                                keys.push(format!("{}/{kind}{id}", pixel.name));
-                            }
-                        }
+                for visitor in group.iter().flat_map(|job| &job.events).flat_map(|event| &event.visitors) {
+                    for (pixel, _) in &pixels {
+                        keys.push(format!("{}/{visitor}", pixel.name));
                     }
                 }
                 tx.prefetch(&keys);
@@ -879,15 +874,15 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                         let sampled = index >= explain_from;
                         index += 1;
                         let (outcome, explanation) = if sampled {
-                            let explanation = explain_value(&setup.plan, event, &mut context);
+                            let explanation = explain(&setup.plan, &event.text, &mut context);
                             (explanation.outcome.clone(), Some(explanation))
                         } else {
-                            match setup.plan.apply(event, &mut context) {
+                            match setup.plan.apply_str(&event.text, &mut context) {
                                 // A rejected event is always explained, since the debugger is where one finds out
                                 // why. Applying again is harmless: what the event taught is already remembered.
                                 rejected @ Outcome::Rejected(_) if rejections_explained < EXPLAINED_PER_GROUP => {
                                     rejections_explained += 1;
-                                    (rejected, Some(explain_value(&setup.plan, event, &mut context)))
+                                    (rejected, Some(explain(&setup.plan, &event.text, &mut context)))
                                 }
                                 other => (other, None),
                             }
@@ -905,7 +900,7 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                                     timestamp_ms: mapped.timestamp_ms,
                                     received_ms: now,
                                     event: mapped.json,
-                                    consent_sent: Some(crate::quality::consent_in(event)),
+                                    consent_sent: Some(event.consent),
                                 };
                                 tx.enqueue(&pixel.name, &pending)?;
                                 event_id = Some(id);
@@ -935,7 +930,8 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             }
                         }
                         if let Some(explanation) = explanation {
-                            entries.push(debug::Entry::received(&pixel.name, event, explanation, event_id, now));
+                            let input = serde_json::from_str(&event.text).unwrap_or(Value::Null);
+                            entries.push(debug::Entry::received(&pixel.name, input, explanation, event_id, now));
                         }
                     }
                     job_verdicts.push(verdict.unwrap_or(Verdict::Dropped { reason: "no_pixel".to_string() }));
