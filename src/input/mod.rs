@@ -16,7 +16,7 @@ use crate::functions::{lookup, Val};
 
 mod scan;
 
-pub(crate) use scan::{elements, members, Member};
+pub(crate) use scan::{batch, members, Batch, Element, Member};
 
 /// One step of a path into the event: an object key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

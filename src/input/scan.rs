@@ -65,52 +65,53 @@ pub(crate) fn members(text: &str) -> Option<Vec<Member<'_>>> {
     if scanner.peek() != Some(b'{') {
         return None;
     }
-    scanner.enter().ok()?;
-    let mut members = Vec::with_capacity(16);
-    if scanner.peek() == Some(b'}') {
-        scanner.pos += 1;
-    } else {
-        loop {
-            let start = scanner.pos;
-            let key = scanner.string().ok()?;
-            scanner.whitespace();
-            scanner.eat(b':').ok()?;
-            scanner.whitespace();
-            let value = scanner.pos;
-            scanner.skip().ok()?;
-            members.push(Member { key, span: start..scanner.pos, value: value..scanner.pos });
-            if !scanner.next_member(b'}').ok()? {
-                break;
-            }
-        }
-    }
+    let members = scanner.split_object().ok()?;
     scanner.whitespace();
     (scanner.pos == scanner.bytes.len()).then_some(members)
 }
 
-/// The places of the elements of the array `text` is, as [`members`] finds an object's.
-pub(crate) fn elements(text: &str) -> Option<Vec<Range<usize>>> {
+/// A batch of events as [`batch`] splits it.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    /// The members of the body, the events' array among them.
+    pub members: Vec<Member<'a>>,
+    /// The events, when the body's `batch` (its last, if repeated) is an array.
+    pub events: Option<Vec<Element<'a>>>,
+}
+
+/// An element of an array, where [`batch`] found it.
+#[derive(Debug)]
+pub(crate) struct Element<'a> {
+    pub place: Range<usize>,
+    /// Its members, when it is an object.
+    pub members: Option<Vec<Member<'a>>>,
+}
+
+/// Splits a body `{"batch": [event, …], …}` in one pass: its members, its events and each event's members, every
+/// place in `text`. Checked and given up on as [`members`] is.
+pub(crate) fn batch(text: &str) -> Option<Batch<'_>> {
     let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
     scanner.whitespace();
-    if scanner.peek() != Some(b'[') {
+    if scanner.peek() != Some(b'{') {
         return None;
     }
-    scanner.enter().ok()?;
-    let mut elements = Vec::new();
-    if scanner.peek() == Some(b']') {
-        scanner.pos += 1;
-    } else {
-        loop {
-            let start = scanner.pos;
-            scanner.skip().ok()?;
-            elements.push(start..scanner.pos);
-            if !scanner.next_member(b']').ok()? {
-                break;
+    let mut events = None;
+    let members = scanner
+        .split_members(|scanner, key| {
+            if key != "batch" {
+                return scanner.skip();
             }
-        }
-    }
+            // A later `batch` replaces an earlier one, as in a parsed tree.
+            events = None;
+            if scanner.peek() != Some(b'[') {
+                return scanner.skip();
+            }
+            events = Some(scanner.split_array()?);
+            Ok(())
+        })
+        .ok()?;
     scanner.whitespace();
-    (scanner.pos == scanner.bytes.len()).then_some(elements)
+    (scanner.pos == scanner.bytes.len()).then_some(Batch { members, events })
 }
 
 struct Scanner<'a> {
@@ -165,6 +166,61 @@ impl<'a> Scanner<'a> {
                 Ok(false)
             }
             _ => Err(GiveUp),
+        }
+    }
+
+    /// An object's members, at its `{`.
+    fn split_object(&mut self) -> Fast<Vec<Member<'a>>> {
+        self.split_members(|scanner, _| scanner.skip())
+    }
+
+    /// An object's members, at its `{`, each value passed over by `value` (given the scanner at the value and the
+    /// key).
+    fn split_members(&mut self, mut value: impl FnMut(&mut Self, &str) -> Fast<()>) -> Fast<Vec<Member<'a>>> {
+        self.enter()?;
+        let mut members = Vec::with_capacity(16);
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            self.depth -= 1;
+            return Ok(members);
+        }
+        loop {
+            let start = self.pos;
+            let key = self.string()?;
+            self.whitespace();
+            self.eat(b':')?;
+            self.whitespace();
+            let at = self.pos;
+            value(self, &key)?;
+            members.push(Member { key, span: start..self.pos, value: at..self.pos });
+            if !self.next_member(b'}')? {
+                return Ok(members);
+            }
+        }
+    }
+
+    /// An array's elements, at its `[`, the members of each object among them split too.
+    fn split_array(&mut self) -> Fast<Vec<Element<'a>>> {
+        self.enter()?;
+        let mut elements = Vec::new();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            self.depth -= 1;
+            return Ok(elements);
+        }
+        loop {
+            let start = self.pos;
+            let members = match self.peek() {
+                Some(b'{') => Some(self.split_object()?),
+                _ => {
+                    self.skip()?;
+                    None
+                }
+            };
+            elements.push(Element { place: start..self.pos, members });
+            if !self.next_member(b']')? {
+                return Ok(elements);
+            }
         }
     }
 
@@ -541,8 +597,8 @@ mod tests {
         split_as_serde_json_reads(text);
     }
 
-    /// The member and element splitters accept what serde_json accepts (short of their depth limit) and find the
-    /// members and elements it reads, a repeated key's last occurrence winning as in a parsed tree.
+    /// The member and batch splitters accept what serde_json accepts (short of their depth limit) and find the
+    /// members and events it reads, a repeated key's last occurrence winning as in a parsed tree.
     fn split_as_serde_json_reads(text: &str) {
         let parsed = serde_json::from_str::<Value>(text);
         let at = |range: Range<usize>| serde_json::from_str::<Value>(&text[range]).expect("a value's place");
@@ -560,12 +616,34 @@ mod tests {
             }
             None => assert!(!(shallow && matches!(parsed, Ok(Value::Object(_)))), "gave up on {text:?}"),
         }
-        match super::elements(text) {
-            Some(elements) => {
-                let Ok(Value::Array(items)) = &parsed else { panic!("elements of a non-array: {text:?}") };
-                assert_eq!(&elements.into_iter().map(at).collect::<Vec<_>>(), items, "{text:?}");
+        let wrapped = format!(r#"{{"batch": {text}, "sentAt": 1}}"#);
+        let parsed_batch = serde_json::from_str::<Value>(&wrapped);
+        match super::batch(&wrapped) {
+            Some(batch) => {
+                let Ok(Value::Object(body)) = &parsed_batch else { panic!("a batch of broken JSON: {text:?}") };
+                assert_eq!(batch.members.len(), 2);
+                match (batch.events, &body["batch"]) {
+                    (Some(events), Value::Array(items)) => {
+                        assert_eq!(events.len(), items.len(), "{text:?}");
+                        for (event, item) in events.into_iter().zip(items) {
+                            assert_eq!(&serde_json::from_str::<Value>(&wrapped[event.place]).unwrap(), item);
+                            let Some(members) = event.members else {
+                                assert!(!item.is_object(), "{text:?}");
+                                continue;
+                            };
+                            let mut rebuilt = serde_json::Map::new();
+                            for member in members {
+                                let value = serde_json::from_str(&wrapped[member.value]).unwrap();
+                                rebuilt.insert(member.key.into_owned(), value);
+                            }
+                            assert_eq!(&Value::Object(rebuilt), item, "{text:?}");
+                        }
+                    }
+                    (None, item) => assert!(!item.is_array(), "{text:?}"),
+                    (Some(_), item) => panic!("events of a non-array {item}"),
+                }
             }
-            None => assert!(!(shallow && matches!(parsed, Ok(Value::Array(_)))), "gave up on {text:?}"),
+            None => assert!(!(shallow && parsed_batch.is_ok()), "gave up on {text:?}"),
         }
     }
 

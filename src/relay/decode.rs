@@ -7,10 +7,11 @@
 
 use std::borrow::Cow;
 use std::io::Read;
+use std::ops::Range;
 
 use serde_json::{Map, Value};
 
-use crate::input::{elements, members, Member};
+use crate::input::{batch, members, Batch, Element, Member};
 
 /// What a route takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,9 +62,9 @@ pub(super) enum Incoming<'b> {
 /// An event as sent, with what the relay reads of it.
 #[derive(Debug)]
 pub(super) struct Sent<'b> {
-    /// The event's text in the body.
+    /// The body the event is in.
     pub text: &'b str,
-    /// Its members in order, less the write key, which never travels further.
+    /// Its members in order, placed in `text`, less the write key, which never travels further.
     pub members: Vec<Member<'b>>,
     /// The members the relay checks and amends ([`ENVELOPE`]), each as its last occurrence says; of `context`, only
     /// the members the relay reads ([`CONTEXT`]), and of the other objects nothing but that they are objects.
@@ -139,7 +140,11 @@ fn read_limited(reader: impl Read, limit: usize) -> Result<Vec<u8>, BodyError> {
 pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Result<Decoded<'_>, BodyError> {
     let text = body_text(body)?;
     // Whatever the splitter gives up on (broken JSON, deep nesting), serde_json reads, with its own messages.
-    let Some(mut top) = members(text) else { return decode_tree(text, shape, max_event_bytes) };
+    let split = match shape {
+        Shape::Single(_) => members(text).map(|members| Batch { members, events: None }),
+        Shape::Batch => batch(text),
+    };
+    let Some(Batch { members: mut top, events }) = split else { return decode_tree(text, shape, max_event_bytes) };
     let last = |top: &[Member<'_>], name: &str| top.iter().rposition(|m| m.key == name);
     let write_key = match last(&top, "writeKey").map(|i| parse(&text[top[i].value.clone()])) {
         Some(Value::String(key)) => Some(key),
@@ -148,48 +153,38 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
             return Err(BodyError::Malformed(format!("`writeKey` must be a string, not {}", kind_of(&other))))
         }
     };
-    match shape {
-        Shape::Single(kind) => {
-            top.retain(|m| m.key != "writeKey");
-            Ok(Decoded { write_key, events: vec![sent_event(text, top, None, kind)] })
-        }
-        Shape::Batch => {
-            let batch = last(&top, "batch").map(|i| &text[top[i].value.clone()]);
-            let Some(places) = batch.and_then(elements) else {
-                return Err(BodyError::Malformed("`batch` is missing or not an array of events".to_string()));
-            };
-            let batch = batch.unwrap_or_default();
-            if places.is_empty() {
-                return Err(BodyError::Malformed("`batch` is empty".to_string()));
-            }
-            // A shared `context` or `integrations` is merged into each event member by member, on the tree.
-            let shared = |name| last(&top, name).map(|i| &text[top[i].value.clone()]).filter(|v| *v != "null");
-            if shared("context").is_some() || shared("integrations").is_some() {
-                return decode_tree(text, shape, max_event_bytes);
-            }
-            let sent_at = shared("sentAt").map(parse);
-            let events = places
-                .into_iter()
-                .map(|place| {
-                    let event = &batch[place];
-                    if event.len() > max_event_bytes {
-                        return Err(too_large(event.len(), max_event_bytes));
-                    }
-                    match members(event) {
-                        Some(mut members) => {
-                            members.retain(|m| m.key != "writeKey");
-                            sent_event(event, members, sent_at.as_ref(), None)
-                        }
-                        None => {
-                            let shared = sent_at.iter().map(|v| ("sentAt".to_string(), v.clone())).collect();
-                            tree_event(parse(event), &shared, None).map(Incoming::Tree)
-                        }
-                    }
-                })
-                .collect();
-            Ok(Decoded { write_key, events })
-        }
+    if let Shape::Single(kind) = shape {
+        top.retain(|m| m.key != "writeKey");
+        return Ok(Decoded { write_key, events: vec![sent_event(text, 0..text.len(), top, None, kind)] });
     }
+    let Some(events) = events else {
+        return Err(BodyError::Malformed("`batch` is missing or not an array of events".to_string()));
+    };
+    if events.is_empty() {
+        return Err(BodyError::Malformed("`batch` is empty".to_string()));
+    }
+    // A shared `context` or `integrations` is merged into each event member by member, on the tree.
+    let shared = |name| last(&top, name).map(|i| &text[top[i].value.clone()]).filter(|v| *v != "null");
+    if shared("context").is_some() || shared("integrations").is_some() {
+        return decode_tree(text, shape, max_event_bytes);
+    }
+    let sent_at = shared("sentAt").map(parse);
+    let events = events
+        .into_iter()
+        .map(|Element { place, members }| {
+            if place.len() > max_event_bytes {
+                return Err(too_large(place.len(), max_event_bytes));
+            }
+            match members {
+                Some(mut members) => {
+                    members.retain(|m| m.key != "writeKey");
+                    sent_event(text, place, members, sent_at.as_ref(), None)
+                }
+                None => tree_event(parse(&text[place]), &Map::new(), None).map(Incoming::Tree),
+            }
+        })
+        .collect();
+    Ok(Decoded { write_key, events })
 }
 
 /// The body as text: not empty, and UTF-8, checked once, whole, rather than string by string as a parser would from
@@ -218,10 +213,11 @@ fn too_large(size: usize, max_event_bytes: usize) -> EventError {
     }
 }
 
-/// Checks an event found in the body as `text`, reading only the members the relay checks and amends. An event
-/// whose id must come from its content is taken apart instead.
+/// Checks the event at `place` in the body's `text`, reading only the members the relay checks and amends. An
+/// event whose id must come from its content is taken apart instead.
 fn sent_event<'b>(
     text: &'b str,
+    place: Range<usize>,
     kept: Vec<Member<'b>>,
     sent_at: Option<&Value>,
     kind: Option<&str>,
@@ -255,7 +251,7 @@ fn sent_event<'b>(
     }
     if !matches!(sent.get("messageId"), Some(Value::String(id)) if !id.trim().is_empty()) {
         let shared = sent_at.into_iter().map(|v| ("sentAt".to_string(), v.clone())).collect();
-        return tree_event(parse(text), &shared, kind).map(Incoming::Tree);
+        return tree_event(parse(&text[place]), &shared, kind).map(Incoming::Tree);
     }
     let mut envelope = sent.clone();
     if let Some(sent_at) = sent_at {

@@ -854,7 +854,8 @@ pub(super) fn writer(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             if shared.store.shared() {
                 // The visitors of the whole group, read in one round trip rather than one per event.
                 let mut keys = Vec::new();
-                for visitor in group.iter().flat_map(|job| &job.events).flat_map(|event| &event.visitors) {
+                for visitor in group.iter().flat_map(|job| &job.events).flat_map(|event| enrich::visitors(&event.text))
+                {
                     for (pixel, _) in &pixels {
                         keys.push(format!("{}/{visitor}", pixel.name));
                     }
