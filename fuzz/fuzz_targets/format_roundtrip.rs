@@ -16,7 +16,11 @@ fuzz_target!(|text: &str| {
         Ok(reparsed) => reparsed,
         Err(errors) => panic!("formatted text does not parse\ninput: {text:?}\nformatted: {formatted:?}\n{errors:?}"),
     };
-    assert_eq!(original.to_string(), reparsed.to_string(), "meaning changed\ninput: {text:?}\nformatted: {formatted:?}");
+    assert_eq!(
+        original.to_string(),
+        reparsed.to_string(),
+        "meaning changed\ninput: {text:?}\nformatted: {formatted:?}"
+    );
     let comments = |m: &signal_engine::ast::Mapping| m.comments.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
     assert_eq!(comments(&original), comments(&reparsed), "comments changed\ninput: {text:?}\nformatted: {formatted:?}");
     let again = format(&formatted).expect("formatted text formats");

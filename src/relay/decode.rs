@@ -316,7 +316,7 @@ pub(super) fn decode_tree(text: &str, shape: Shape, max_event_bytes: usize) -> R
     }
 }
 
-/// Checks one event of a batch read into a tree, with the batch's shared members merged in.
+/// Checks an event read into a tree, with the members its batch shares merged in.
 fn tree_event(event: Value, shared: &Map<String, Value>, kind: Option<&str>) -> Result<Map<String, Value>, EventError> {
     let Value::Object(mut event) = event else {
         return Err(EventError::invalid(format!("an event must be a JSON object, not {}", kind_of(&event))));

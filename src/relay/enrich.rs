@@ -174,8 +174,8 @@ fn amended(
     out
 }
 
-/// The visitors an event of the relay's names, keyed as identity memory keys them (`anon:…`, `user:…`), for a
-/// store across a network to read ahead.
+/// The visitors a received event names, keyed as identity memory keys them (`anon:…`, `user:…`), for a store
+/// across a network to read ahead.
 pub(super) fn visitors(event: &str) -> Vec<String> {
     let members = crate::input::members(event).unwrap_or_default();
     [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")]
