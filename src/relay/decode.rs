@@ -76,7 +76,7 @@ pub(super) struct Sent<'b> {
 }
 
 /// The members of an event the relay checks or amends.
-const ENVELOPE: [&str; 13] = [
+pub(super) const ENVELOPE: [&str; 13] = [
     "type",
     "event",
     "messageId",

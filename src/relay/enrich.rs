@@ -390,7 +390,7 @@ mod readings {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use super::super::decode::{body_text, decode, decode_tree, Incoming, Shape};
+    use super::super::decode::{body_text, decode, decode_tree, Incoming, Shape, ENVELOPE};
     use super::{enrich, tests::facts};
 
     /// Reads `body` both ways; every event must be accepted or refused alike, and each accepted one enriched into
@@ -487,26 +487,9 @@ mod readings {
 
     /// A member as it may appear in an event: a key the relay reads (or not), and a value of any kind.
     fn member() -> impl Strategy<Value = String> {
-        let keys = prop::sample::select(vec![
-            "type",
-            "event",
-            "messageId",
-            "anonymousId",
-            "userId",
-            "previousId",
-            "timestamp",
-            "originalTimestamp",
-            "sentAt",
-            "properties",
-            "context",
-            "traits",
-            "integrations",
-            "writeKey",
-            "receivedAt",
-            "_relay",
-            "x",
-            "message\\u0049d",
-        ]);
+        let mut keys = ENVELOPE.to_vec();
+        keys.extend(["writeKey", "receivedAt", "_relay", "x", "message\\u0049d"]);
+        let keys = prop::sample::select(keys);
         let values = prop::sample::select(vec![
             r#""track""#,
             r#""page""#,
