@@ -16,7 +16,8 @@ use crate::functions::{lookup, Val};
 
 mod scan;
 
-pub(crate) use scan::{batch, members, Batch, Element, Member};
+#[cfg(any(feature = "relay", test))]
+pub(crate) use scan::split::{batch, members, Batch, Element, Member};
 
 /// One step of a path into the event: an object key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -2,11 +2,9 @@
 //! skips everything else without building it. It handles the JSON events are made of; anything it does not accept
 //! (broken JSON, deep nesting, a number it would have to round) it hands back, and the reference reader (serde_json)
 //! reads the event instead, so both give the same slots for every text and the errors are serde_json's. The same
-//! scanner splits the relay's requests ([`members`], [`batch`]): where each member and event lies in the text,
-//! checked as strictly, nothing built.
+//! scanner splits the relay's requests (module `split`).
 
 use std::borrow::Cow;
-use std::ops::Range;
 
 use serde_json::Number;
 
@@ -17,6 +15,9 @@ use crate::functions::Val;
 pub(super) struct GiveUp;
 
 type Fast<T> = Result<T, GiveUp>;
+
+#[cfg(any(feature = "relay", test))]
+pub(super) mod split;
 
 /// Below serde_json's own limit (128), so that nothing it refuses for depth is accepted here.
 const MAX_DEPTH: usize = 100;
@@ -46,74 +47,6 @@ pub(super) fn value(text: &str) -> Option<Val<'_>> {
     let value = scanner.value().ok()?;
     scanner.whitespace();
     (scanner.pos == scanner.bytes.len()).then_some(value)
-}
-
-/// A member of an object, where [`members`] found it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Member<'a> {
-    /// The key, its escapes decoded.
-    pub key: Cow<'a, str>,
-    /// From the key's opening quote to the end of the value.
-    pub span: Range<usize>,
-    /// The value's place in the text.
-    pub value: Range<usize>,
-}
-
-/// The members of the object `text` is (whitespace around it allowed), in order and with repeated keys repeated,
-/// checked as strictly as the fast reader reads; `None` where it gives up, for serde_json to decide.
-pub(crate) fn members(text: &str) -> Option<Vec<Member<'_>>> {
-    let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
-    scanner.whitespace();
-    if scanner.peek() != Some(b'{') {
-        return None;
-    }
-    let members = scanner.split_object().ok()?;
-    scanner.whitespace();
-    (scanner.pos == scanner.bytes.len()).then_some(members)
-}
-
-/// A batch of events as [`batch`] splits it.
-#[derive(Debug)]
-pub(crate) struct Batch<'a> {
-    /// The members of the body, the events' array among them.
-    pub members: Vec<Member<'a>>,
-    /// The events, when the body's `batch` (its last, if repeated) is an array.
-    pub events: Option<Vec<Element<'a>>>,
-}
-
-/// An element of an array, where [`batch`] found it.
-#[derive(Debug)]
-pub(crate) struct Element<'a> {
-    pub place: Range<usize>,
-    /// Its members, when it is an object.
-    pub members: Option<Vec<Member<'a>>>,
-}
-
-/// Splits a body `{"batch": [event, …], …}` in one pass: its members, its events and each event's members, every
-/// place in `text`. Checked and given up on as [`members`] is.
-pub(crate) fn batch(text: &str) -> Option<Batch<'_>> {
-    let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
-    scanner.whitespace();
-    if scanner.peek() != Some(b'{') {
-        return None;
-    }
-    let mut events = None;
-    let members = scanner
-        .split_members(|scanner, key| {
-            if key != "batch" {
-                return scanner.skip();
-            }
-            // A later `batch` replaces an earlier one, as in a parsed tree.
-            events = None;
-            if scanner.peek() != Some(b'[') {
-                return scanner.skip();
-            }
-            events = Some(scanner.split_array()?);
-            Ok(())
-        })
-        .ok()?;
-    scanner.whitespace();
-    (scanner.pos == scanner.bytes.len()).then_some(Batch { members, events })
 }
 
 struct Scanner<'a> {
@@ -168,61 +101,6 @@ impl<'a> Scanner<'a> {
                 Ok(false)
             }
             _ => Err(GiveUp),
-        }
-    }
-
-    /// An object's members, at its `{`.
-    fn split_object(&mut self) -> Fast<Vec<Member<'a>>> {
-        self.split_members(|scanner, _| scanner.skip())
-    }
-
-    /// An object's members, at its `{`, each value passed over by `value` (given the scanner at the value and the
-    /// key).
-    fn split_members(&mut self, mut value: impl FnMut(&mut Self, &str) -> Fast<()>) -> Fast<Vec<Member<'a>>> {
-        self.enter()?;
-        let mut members = Vec::with_capacity(16);
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            self.depth -= 1;
-            return Ok(members);
-        }
-        loop {
-            let start = self.pos;
-            let key = self.string()?;
-            self.whitespace();
-            self.eat(b':')?;
-            self.whitespace();
-            let at = self.pos;
-            value(self, &key)?;
-            members.push(Member { key, span: start..self.pos, value: at..self.pos });
-            if !self.next_member(b'}')? {
-                return Ok(members);
-            }
-        }
-    }
-
-    /// An array's elements, at its `[`, the members of each object among them split too.
-    fn split_array(&mut self) -> Fast<Vec<Element<'a>>> {
-        self.enter()?;
-        let mut elements = Vec::new();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-            self.depth -= 1;
-            return Ok(elements);
-        }
-        loop {
-            let start = self.pos;
-            let members = match self.peek() {
-                Some(b'{') => Some(self.split_object()?),
-                _ => {
-                    self.skip()?;
-                    None
-                }
-            };
-            elements.push(Element { place: start..self.pos, members });
-            if !self.next_member(b']')? {
-                return Ok(elements);
-            }
         }
     }
 
@@ -606,7 +484,7 @@ mod tests {
         let at = |range: Range<usize>| serde_json::from_str::<Value>(&text[range]).expect("a value's place");
         // Deeper than the splitters go takes more than 200 bytes.
         let shallow = text.len() < 200;
-        match super::members(text) {
+        match super::split::members(text) {
             Some(members) => {
                 let Ok(Value::Object(object)) = &parsed else { panic!("members of a non-object: {text:?}") };
                 let mut rebuilt = serde_json::Map::new();
@@ -620,7 +498,7 @@ mod tests {
         }
         let wrapped = format!(r#"{{"batch": {text}, "sentAt": 1}}"#);
         let parsed_batch = serde_json::from_str::<Value>(&wrapped);
-        match super::batch(&wrapped) {
+        match super::split::batch(&wrapped) {
             Some(batch) => {
                 let Ok(Value::Object(body)) = &parsed_batch else { panic!("a batch of broken JSON: {text:?}") };
                 assert_eq!(batch.members.len(), 2);
