@@ -559,6 +559,22 @@ mod tests {
     }
 
     #[test]
+    fn an_event_of_a_batch_is_measured_as_sent() {
+        let event = r#"{"type":"page","anonymousId":"a","messageId":"m"}"#;
+        let spaced = event.replace(',', " ,  ");
+        let limit = spaced.len();
+        let body = format!(r#"{{"batch": [{spaced}, {spaced} ]}}"#);
+        let decoded = decode(body.as_bytes(), Shape::Batch, limit).unwrap();
+        assert!(decoded.events.iter().all(Result::is_ok), "exactly the limit, whitespace included, is taken");
+        let decoded = decode(body.as_bytes(), Shape::Batch, limit - 1).unwrap();
+        for refused in decoded.events {
+            let error = refused.expect_err("one byte over, though its compact form is shorter");
+            assert_eq!(error.reason, "too_large");
+            assert!(error.message.contains(&format!("the event is {limit} bytes")), "{}", error.message);
+        }
+    }
+
+    #[test]
     fn whole_bodies_that_cannot_be_read_are_refused() {
         let cases: [(&[u8], Shape, &str); 7] = [
             (b"{\"type\": ", Shape::Single(None), "malformed JSON"),
