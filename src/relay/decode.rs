@@ -136,7 +136,7 @@ fn read_limited(reader: impl Read, limit: usize) -> Result<Vec<u8>, BodyError> {
 
 /// Reads the events of a body. A body that is not JSON, or not of the route's shape, is refused whole; in a batch,
 /// each event is checked on its own, so one bad event does not cost the others. `max_event_bytes` bounds each
-/// event of a batch, measured as sent.
+/// event of a batch, measured as its compact JSON.
 pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Result<Decoded<'_>, BodyError> {
     let text = body_text(body)?;
     // Whatever the splitter gives up on (broken JSON, deep nesting), serde_json reads, with its own messages.
@@ -172,8 +172,14 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
     let events = events
         .into_iter()
         .map(|Element { place, members }| {
-            if place.len() > max_event_bytes {
-                return Err(too_large(place.len(), max_event_bytes));
+            // Measured as serde_json writes it, as when read into a tree. Only a number's text grows when written
+            // again (`1e15` becomes `1000000000000000.0`, 4.5 times), so an event within an eighth of the limit as
+            // sent cannot pass it, and only a larger one is read to be measured.
+            if place.len() > max_event_bytes / 8 {
+                let size = compact_len(&parse(&text[place.clone()]));
+                if size > max_event_bytes {
+                    return Err(too_large(size, max_event_bytes));
+                }
             }
             match members {
                 Some(mut members) => {
@@ -303,7 +309,6 @@ pub(super) fn decode_tree(text: &str, shape: Shape, max_event_bytes: usize) -> R
             let events = events
                 .into_iter()
                 .map(|event| {
-                    // Its text is gone: measured as serde_json writes it, which is as sent less the whitespace.
                     let size = compact_len(&event);
                     if size > max_event_bytes {
                         return Err(too_large(size, max_event_bytes));
@@ -559,19 +564,30 @@ mod tests {
     }
 
     #[test]
-    fn an_event_of_a_batch_is_measured_as_sent() {
-        let event = r#"{"type":"page","anonymousId":"a","messageId":"m"}"#;
-        let spaced = event.replace(',', " ,  ");
-        let limit = spaced.len();
-        let body = format!(r#"{{"batch": [{spaced}, {spaced} ]}}"#);
-        let decoded = decode(body.as_bytes(), Shape::Batch, limit).unwrap();
-        assert!(decoded.events.iter().all(Result::is_ok), "exactly the limit, whitespace included, is taken");
-        let decoded = decode(body.as_bytes(), Shape::Batch, limit - 1).unwrap();
-        for refused in decoded.events {
-            let error = refused.expect_err("one byte over, though its compact form is shorter");
-            assert_eq!(error.reason, "too_large");
-            assert!(error.message.contains(&format!("the event is {limit} bytes")), "{}", error.message);
+    fn an_event_of_a_batch_is_measured_as_its_compact_json() {
+        // As sent: spaced out past the limit, and numbers whose compact text is longer than what was sent.
+        let spaced = r#"{"type":"page", "anonymousId":"a", "messageId":"m",  "properties": {"n": 0}}"#;
+        let grown = r#"{"type":"page","anonymousId":"a","messageId":"m","properties":{"n":[1e15,1e15,1e15]}}"#;
+        let compact = |event: &str| serde_json::to_string(&serde_json::from_str::<Value>(event).unwrap()).unwrap();
+        for event in [spaced, grown] {
+            let size = compact(event).len();
+            let body = format!(r#"{{"batch": [{event}]}}"#);
+            // The limit at the compact size, and at an eighth of it, where the sent text is past it.
+            for limit in [size, (size / 8).max(1)] {
+                let decoded = decode(body.as_bytes(), Shape::Batch, limit).unwrap();
+                match &decoded.events[0] {
+                    Ok(_) => assert!(size <= limit, "{event} taken under {limit}"),
+                    Err(error) => {
+                        assert!(size > limit, "{event} refused under {limit}: {}", error.message);
+                        assert_eq!(error.reason, "too_large");
+                        assert!(error.message.contains(&format!("the event is {size} bytes")), "{}", error.message);
+                    }
+                }
+            }
+            let decoded = decode(body.as_bytes(), Shape::Batch, size - 1).unwrap();
+            assert!(decoded.events[0].is_err(), "{event}: one byte over its compact size");
         }
+        assert!(spaced.len() > compact(spaced).len() && grown.len() < compact(grown).len());
     }
 
     #[test]
