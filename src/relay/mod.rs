@@ -21,6 +21,7 @@ pub mod postgres;
 mod registry;
 mod server;
 pub mod store;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,13 +125,8 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, ConfigError> {
     });
     let grace = shared.config.shutdown_grace;
     let (jobs_tx, jobs_rx) = mpsc::channel(1024);
-    let writer = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("relay-writer".into())
-            .spawn(move || ingest::writer(shared, jobs_rx))
-            .map_err(|e| ConfigError(format!("cannot start the writer thread: {e}")))?
-    };
+    let writer = writer::start(shared.clone(), jobs_rx)
+        .map_err(|e| ConfigError(format!("cannot start the writer's threads: {e}")))?;
     let pruning = tokio::spawn(forget_old_visitors(shared.clone(), shutdown_rx.clone()));
     for pixel in shared.pixels.all() {
         shared.spawn_delivery(pixel);

@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,20 @@ pub trait IngestTx: IdentityStore {
     fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError>;
     /// Visitor keys the transaction is about to load: a store across a network reads them in one round trip.
     fn prefetch(&mut self, _keys: &[String]) {}
+    /// Writes a profile mapped outside the transaction, against identity memory read with
+    /// [`Store::read_identity`]: the row was last written at `before` (as read, or as written by an earlier group
+    /// of the same writer) and is now written at `touched_ms` ([`touch_time`]). A store that keeps its own times
+    /// stores the profile as [`IdentityStore::store`] does.
+    fn store_staged(
+        &mut self,
+        key: &str,
+        profile: &Profile,
+        _before: Option<u64>,
+        _touched_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.store(key, profile.clone());
+        Ok(())
+    }
 }
 
 /// The relay's storage. One interface so that a shared backend for a fleet of relays can replace the embedded one.
@@ -201,6 +216,17 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// The identity rows of `keys` as last committed, read outside any write: for a writer that maps a group while
+    /// the one before it commits, and writes what it learned with [`IngestTx::store_staged`]. Only a store no other
+    /// relay writes can be read so; a shared one reads inside its transactions.
+    fn read_identity(&self, _keys: &[String]) -> Result<Vec<StoredProfile>, StoreError> {
+        Err(StoreError("this store reads identity memory inside its transactions only".into()))
+    }
+    /// Moves on whenever identity memory changes other than by ingestion (visitors forgotten): rows read with
+    /// [`Store::read_identity`] before it moved may be gone.
+    fn identity_generation(&self) -> u64 {
+        0
+    }
     /// The console's settings whose key starts with `prefix`, in key order.
     fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Writes (`Some`) or deletes (`None`) console settings, all in one durable transaction.
@@ -235,6 +261,15 @@ struct RememberedRef<'a> {
 /// and an insertion in a second table; the time is moved when it is an hour old instead, and forgetting allows
 /// for the hour, so a visitor is never forgotten before the time to live.
 pub const TOUCH_PRECISION_MS: u64 = 3_600_000;
+
+/// The time a visitor's row is written with at `now_ms`, when it was last written at `before`: kept while less than
+/// [`TOUCH_PRECISION_MS`] old.
+pub fn touch_time(before: Option<u64>, now_ms: u64) -> u64 {
+    match before {
+        Some(at) if now_ms.saturating_sub(at) < TOUCH_PRECISION_MS => at,
+        _ => now_ms,
+    }
+}
 /// key → the console's settings (`pixel/<name>`, `secret/<name>`, …) as JSON.
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// counters: `next_seq`, `stored_bytes`.
@@ -247,51 +282,15 @@ pub struct RedbStore {
     path: PathBuf,
     /// `None` between a disk failure and the reopen after it.
     db: RwLock<Option<Database>>,
-    /// Profiles as last committed. Held by an ingestion for the whole of its transaction and its commit, and by
-    /// the forgetting of visitors for the whole of its, so that neither sees the cache out of step with the table.
-    profiles: Mutex<ProfileCache>,
-}
-
-/// What the identity table holds under a key, as last committed: kept in memory between transactions, so that
-/// a visitor's next events read their profile without a look-up in the table and a JSON decode (a tenth of the
-/// writer's time before). Only this process writes the file (redb locks it), so the cache is exact as long as
-/// every write of the table keeps it: ingestion puts back what it read and wrote once it has committed, and the
-/// forgetting of visitors empties it. Bounded to [`ProfileCache::KEYS`] keys in two generations: a key not used
-/// while the newer one filled up is dropped with the older one.
-#[derive(Default)]
-struct ProfileCache {
-    newer: hashbrown::HashMap<String, Known>,
-    older: hashbrown::HashMap<String, Known>,
+    /// How many times visitors were forgotten: [`Store::identity_generation`].
+    forgettings: AtomicU64,
 }
 
 /// A key's row: its profile (`None`: no row, or one that cannot be read) and when it was last written.
-#[derive(Default)]
-struct Known {
-    profile: Option<Profile>,
-    touched_ms: Option<u64>,
-}
-
-impl ProfileCache {
-    /// About 40 MB at most, for profiles of two keys and three fields; most keys (visitors that never identified
-    /// nor came from an ad) have no row and take a tenth of that.
-    const KEYS: usize = 65_536;
-
-    /// Takes `key`'s row out, for a transaction to use and give back once committed.
-    fn take(&mut self, key: &str) -> Option<Known> {
-        self.newer.remove(key).or_else(|| self.older.remove(key))
-    }
-
-    fn keep(&mut self, key: String, known: Known) {
-        if self.newer.len() >= Self::KEYS / 2 {
-            self.older = std::mem::take(&mut self.newer);
-        }
-        self.newer.insert(key, known);
-    }
-
-    fn clear(&mut self) {
-        self.newer.clear();
-        self.older.clear();
-    }
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredProfile {
+    pub profile: Option<Profile>,
+    pub touched_ms: Option<u64>,
 }
 
 impl RedbStore {
@@ -303,17 +302,7 @@ impl RedbStore {
             .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", data_dir.display())))?;
         let path = data_dir.join(Self::FILE);
         let db = open_database(&path)?;
-        Ok(RedbStore { path, db: RwLock::new(Some(db)), profiles: Mutex::default() })
-    }
-
-    /// The profile cache; after a panic while it was held, emptied, since what it held may be half changed.
-    fn profile_cache(&self) -> MutexGuard<'_, ProfileCache> {
-        self.profiles.lock().unwrap_or_else(|poisoned| {
-            self.profiles.clear_poison();
-            let mut cache = poisoned.into_inner();
-            cache.clear();
-            cache
-        })
+        Ok(RedbStore { path, db: RwLock::new(Some(db)), forgettings: AtomicU64::new(0) })
     }
 
     /// Runs `work` on the open database, reopening it first if a disk failure closed it, and closing it when
@@ -429,19 +418,17 @@ struct RedbIngest<'t> {
     /// The profiles this transaction read or wrote, the written ones marked: a visitor's events in one group read
     /// its profile once and write it once, when the group commits ([`RedbIngest::write_profiles`]).
     profiles: BTreeMap<String, Visited>,
-    /// Where profiles are read from before the table; what is taken from it is given back after the commit.
-    cache: &'t mut ProfileCache,
     /// The queue table, opened at the first event and kept open for the rest of the transaction: opening a table
     /// cost about as much as inserting into it.
     queue: Option<redb::Table<'t, (&'static str, u64), &'static [u8]>>,
-    /// The identity table, opened at the first profile read and kept open likewise; closed before the profiles
-    /// are written, which opens it again.
-    identity: Option<redb::Table<'t, &'static str, &'static [u8]>>,
+    /// The identity table and its order of last writes, opened at their first use and kept open likewise.
+    identity: Option<IdentityTable<'t>>,
+    touched: Option<TouchedTable<'t>>,
 }
 
 /// A profile a transaction read or wrote.
 struct Visited {
-    known: Known,
+    known: StoredProfile,
     written: bool,
 }
 
@@ -452,36 +439,64 @@ impl RedbIngest<'_> {
         if !self.profiles.values().any(|visited| visited.written) {
             return Ok(());
         }
-        self.identity = None;
-        let mut table = self.txn.open_table(IDENTITY).map_err(fail)?;
-        let mut touched = self.txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
+        let (table, touched) = open_identity(self.txn, &mut self.identity, &mut self.touched)?;
         for (key, visited) in self.profiles.iter_mut().filter(|(_, visited)| visited.written) {
             let Some(profile) = &visited.known.profile else { continue };
             let before = visited.known.touched_ms;
-            let touched_ms = match before {
-                Some(at) if self.now_ms.saturating_sub(at) < TOUCH_PRECISION_MS => at,
-                _ => self.now_ms,
-            };
-            let bytes = serde_json::to_vec(&RememberedRef { profile, touched_ms }).map_err(unreadable)?;
-            if let Some(old) = table.insert(key.as_str(), bytes.as_slice()).map_err(fail)? {
-                self.bytes_removed += old.value().len() as u64;
-            }
-            if before != Some(touched_ms) {
-                if let Some(at) = before {
-                    touched.remove((at, key.as_str())).map_err(fail)?;
-                }
-                touched.insert((touched_ms, key.as_str()), ()).map_err(fail)?;
-            }
+            let touched_ms = touch_time(before, self.now_ms);
+            let (added, removed) = write_profile(table, touched, key, profile, before, touched_ms)?;
+            self.bytes_added += added;
+            self.bytes_removed += removed;
             visited.known.touched_ms = Some(touched_ms);
-            self.bytes_added += bytes.len() as u64;
         }
         Ok(())
     }
 }
 
+type IdentityTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+type TouchedTable<'t> = redb::Table<'t, (u64, &'static str), ()>;
+
+/// The identity table and its order of last writes, each opened at its first use in the transaction and kept open.
+fn open_identity<'a, 't>(
+    txn: &'t WriteTransaction,
+    identity: &'a mut Option<IdentityTable<'t>>,
+    touched: &'a mut Option<TouchedTable<'t>>,
+) -> Result<(&'a mut IdentityTable<'t>, &'a mut TouchedTable<'t>), StoreError> {
+    let table = match identity {
+        Some(table) => table,
+        empty => empty.insert(txn.open_table(IDENTITY).map_err(fail)?),
+    };
+    let touched = match touched {
+        Some(table) => table,
+        empty => empty.insert(txn.open_table(IDENTITY_TOUCHED).map_err(fail)?),
+    };
+    Ok((table, touched))
+}
+
+/// Writes `key`'s profile, last written at `before`, as written at `touched_ms`; returns the bytes it added and the
+/// bytes of the row it replaced.
+fn write_profile(
+    table: &mut IdentityTable<'_>,
+    touched: &mut TouchedTable<'_>,
+    key: &str,
+    profile: &Profile,
+    before: Option<u64>,
+    touched_ms: u64,
+) -> Result<(u64, u64), StoreError> {
+    let bytes = serde_json::to_vec(&RememberedRef { profile, touched_ms }).map_err(unreadable)?;
+    let removed = table.insert(key, bytes.as_slice()).map_err(fail)?.map_or(0, |old| old.value().len() as u64);
+    if before != Some(touched_ms) {
+        if let Some(at) = before {
+            touched.remove((at, key)).map_err(fail)?;
+        }
+        touched.insert((touched_ms, key), ()).map_err(fail)?;
+    }
+    Ok((bytes.len() as u64, removed))
+}
+
 impl IdentityStore for RedbIngest<'_> {
     fn load(&mut self, key: &str) -> Option<Profile> {
-        self.cached(key).clone()
+        self.visited(key).clone()
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
@@ -492,11 +507,8 @@ impl IdentityStore for RedbIngest<'_> {
             }
             None => {
                 // Stored without being read first: the row it replaces says when it was last written.
-                let touched_ms = match self.cache.take(key) {
-                    Some(known) => known.touched_ms,
-                    None => self.read_profile(key).touched_ms,
-                };
-                let known = Known { profile: Some(profile), touched_ms };
+                let touched_ms = self.read_profile(key).touched_ms;
+                let known = StoredProfile { profile: Some(profile), touched_ms };
                 self.profiles.insert(key.to_string(), Visited { known, written: true });
             }
         }
@@ -505,7 +517,7 @@ impl IdentityStore for RedbIngest<'_> {
     /// Merges the transaction's own copy of the profile rather than a copy of it, which is what the trait's default
     /// (through [`IdentityStore::load`]) merges: every event recalls its visitor this way.
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        let Some(stored) = self.cached(key) else { return false };
+        let Some(stored) = self.visited(key) else { return false };
         profile.merge(stored);
         linked.extend(stored.keys.iter().cloned());
         true
@@ -513,45 +525,60 @@ impl IdentityStore for RedbIngest<'_> {
 }
 
 impl RedbIngest<'_> {
-    /// The profile stored under `key`, taken from the cache or read from the table the first time this
-    /// transaction asks for it.
-    fn cached(&mut self, key: &str) -> &Option<Profile> {
+    /// The profile stored under `key`, read from the table the first time this transaction asks for it.
+    fn visited(&mut self, key: &str) -> &Option<Profile> {
         if !self.profiles.contains_key(key) {
-            let known = match self.cache.take(key) {
-                Some(known) => known,
-                None => self.read_profile(key),
-            };
+            let known = self.read_profile(key);
             self.profiles.insert(key.to_string(), Visited { known, written: false });
         }
         &self.profiles[key].known.profile
     }
 
-    fn read_profile(&mut self, key: &str) -> Known {
+    fn read_profile(&mut self, key: &str) -> StoredProfile {
         let table = match &mut self.identity {
             Some(table) => table,
             identity => match self.txn.open_table(IDENTITY) {
                 Ok(table) => identity.insert(table),
                 Err(error) => {
                     self.failure.get_or_insert(fail(error));
-                    return Known::default();
+                    return StoredProfile::default();
                 }
             },
         };
         match table.get(key) {
-            Ok(Some(bytes)) => match serde_json::from_slice::<Remembered>(bytes.value()) {
-                Ok(row) => Known { profile: Some(row.profile), touched_ms: Some(row.touched_ms) },
-                Err(_) => Known::default(),
-            },
-            Ok(None) => Known::default(),
+            Ok(Some(bytes)) => stored_profile(bytes.value()),
+            Ok(None) => StoredProfile::default(),
             Err(error) => {
                 self.failure.get_or_insert(fail(error));
-                Known::default()
+                StoredProfile::default()
             }
         }
     }
 }
 
+/// A row of the identity table as read; one that cannot be read is no row, as if the visitor were new.
+fn stored_profile(row: &[u8]) -> StoredProfile {
+    match serde_json::from_slice::<Remembered>(row) {
+        Ok(row) => StoredProfile { profile: Some(row.profile), touched_ms: Some(row.touched_ms) },
+        Err(_) => StoredProfile::default(),
+    }
+}
+
 impl IngestTx for RedbIngest<'_> {
+    fn store_staged(
+        &mut self,
+        key: &str,
+        profile: &Profile,
+        before: Option<u64>,
+        touched_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (table, touched) = open_identity(self.txn, &mut self.identity, &mut self.touched)?;
+        let (added, removed) = write_profile(table, touched, key, profile, before, touched_ms)?;
+        self.bytes_added += added;
+        self.bytes_removed += removed;
+        Ok(())
+    }
+
     fn enqueue(&mut self, pixel: &str, pending: &Pending) -> Result<u64, StoreError> {
         let seq = match self.next_seq {
             Some(seq) => seq,
@@ -572,9 +599,7 @@ impl IngestTx for RedbIngest<'_> {
 impl Store for RedbStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
-        let mut cache = self.profile_cache();
-        let mut visited = BTreeMap::new();
-        let result = self.write(|txn| {
+        self.write(|txn| {
             let mut ingest = RedbIngest {
                 txn,
                 now_ms,
@@ -583,13 +608,11 @@ impl Store for RedbStore {
                 bytes_added: 0,
                 bytes_removed: 0,
                 profiles: BTreeMap::new(),
-                cache: &mut cache,
                 queue: None,
                 identity: None,
+                touched: None,
             };
             work(&mut ingest)?;
-            ingest.queue = None;
-            ingest.identity = None;
             ingest.write_profiles()?;
             if let Some(error) = ingest.failure {
                 return Err(error);
@@ -597,16 +620,8 @@ impl Store for RedbStore {
             if let Some(next) = ingest.next_seq {
                 set_counter(txn, "next_seq", next)?;
             }
-            visited = std::mem::take(&mut ingest.profiles);
             adjust_bytes(txn, ingest.bytes_added, ingest.bytes_removed)
-        });
-        // Only what is committed goes back; what a failed transaction took is read from the table again.
-        if result.is_ok() {
-            for (key, Visited { known, .. }) in visited {
-                cache.keep(key, known);
-            }
-        }
-        result
+        })
     }
 
     fn peek(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
@@ -730,13 +745,29 @@ impl Store for RedbStore {
         })
     }
 
+    fn read_identity(&self, keys: &[String]) -> Result<Vec<StoredProfile>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(IDENTITY).map_err(fail)?;
+            keys.iter()
+                .map(|key| {
+                    Ok(match table.get(key.as_str()).map_err(fail)? {
+                        Some(bytes) => stored_profile(bytes.value()),
+                        None => StoredProfile::default(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn identity_generation(&self) -> u64 {
+        self.forgettings.load(Ordering::Acquire)
+    }
+
     fn forget_visitors(&self, before_ms: i64) -> Result<usize, StoreError> {
         // A visitor's time may be up to the precision older than its last write.
         let cutoff = (before_ms.max(0) as u64).saturating_sub(TOUCH_PRECISION_MS);
         let mut forgotten = 0;
-        let mut cache = self.profile_cache();
-        cache.clear();
-        self.write(|txn| {
+        let result = self.write(|txn| {
             let mut touched = txn.open_table(IDENTITY_TOUCHED).map_err(fail)?;
             let mut table = txn.open_table(IDENTITY).map_err(fail)?;
             let stale: Vec<(u64, String)> = touched
@@ -756,7 +787,10 @@ impl Store for RedbStore {
             drop((touched, table));
             super::killpoint::reached("prune");
             adjust_bytes(txn, 0, removed)
-        })?;
+        });
+        // Moved after the commit, failed or not: a writer that reads again once it sees the move reads what is left.
+        self.forgettings.fetch_add(1, Ordering::AcqRel);
+        result?;
         Ok(forgotten)
     }
 

@@ -1,0 +1,358 @@
+//! Identity memory as the pipelined writer's mapper sees it: the store's rows as committed, read outside its
+//! transactions, overlaid with what the groups still on their way to the committer wrote. A profile a group wrote is
+//! held as staged until the committer says that group committed; it is never dropped before, since until then it is
+//! the only copy there is. After a failed commit every copy is dropped and read afresh.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+use crate::identity::{IdentityStore, Profile};
+use crate::relay::store::{touch_time, StoreError, StoredProfile};
+
+/// Reads rows as committed, in one go for many keys.
+type Read<'r> = Box<dyn Fn(&[String]) -> Result<Vec<StoredProfile>, StoreError> + 'r>;
+
+/// A visitor key's profile as the mapper knows it.
+#[derive(Default)]
+struct Held {
+    stored: StoredProfile,
+    /// The last group that wrote it, until that group is known to be committed.
+    staged: Option<u64>,
+}
+
+/// A profile one group wrote, for the committer to store.
+pub(super) struct Write {
+    pub key: String,
+    pub profile: Profile,
+    /// When the row was last written before this group: the committer moves the visitor in the order of writes.
+    pub before: Option<u64>,
+    pub touched_ms: u64,
+}
+
+/// Bounded to [`Recollection::KEYS`] keys in two generations, like the store's own cache: a key not used while the
+/// newer one filled up is dropped with the older one, unless it is staged.
+pub(super) struct Recollection<'r> {
+    read: Read<'r>,
+    newer: HashMap<String, Held>,
+    older: HashMap<String, Held>,
+    /// Every write not yet known to be committed, as (group, key), in the order of the groups.
+    staged: VecDeque<(u64, String)>,
+    /// The group being mapped, and the time its rows are written at.
+    group: u64,
+    now_ms: u64,
+    /// The keys the group being mapped wrote, each with the time its row had before.
+    written: Vec<(String, Option<u64>)>,
+    /// The first read that failed in the group being mapped: the group fails with it.
+    failure: Option<StoreError>,
+    /// What is held no longer matches the store, whatever is staged: a group was mapped and then not handed over.
+    stale: bool,
+    /// The store's identity generation the committed copies were read in.
+    generation: u64,
+}
+
+impl<'r> Recollection<'r> {
+    /// About 40 MB at most, as the store's own cache.
+    const KEYS: usize = 65_536;
+
+    pub fn new(read: impl Fn(&[String]) -> Result<Vec<StoredProfile>, StoreError> + 'r) -> Self {
+        Recollection {
+            read: Box::new(read),
+            newer: HashMap::new(),
+            older: HashMap::new(),
+            staged: VecDeque::new(),
+            group: 0,
+            now_ms: 0,
+            written: Vec::new(),
+            failure: None,
+            stale: false,
+            generation: 0,
+        }
+    }
+
+    /// Starts mapping `group` at `now_ms`.
+    pub fn begin(&mut self, group: u64, now_ms: i64) {
+        self.group = group;
+        self.now_ms = now_ms.max(0) as u64;
+        self.written.clear();
+        self.failure = None;
+    }
+
+    /// The profiles the group being mapped wrote. They stay held as staged until [`Recollection::committed`].
+    pub fn writes(&mut self) -> Vec<Write> {
+        let written = std::mem::take(&mut self.written);
+        written
+            .into_iter()
+            .filter_map(|(key, before)| {
+                let held = self.newer.get(&key).or_else(|| self.older.get(&key))?;
+                let profile = held.stored.profile.clone()?;
+                let touched_ms = held.stored.touched_ms?;
+                Some(Write { key, profile, before, touched_ms })
+            })
+            .collect()
+    }
+
+    /// Every group up to `group` is committed: what they wrote is now what the store holds.
+    pub fn committed(&mut self, group: u64) {
+        while let Some((_, key)) = self.staged.front().filter(|(written_by, _)| *written_by <= group).cloned() {
+            self.staged.pop_front();
+            let held = self.newer.get_mut(&key).or_else(|| self.older.get_mut(&key));
+            if let Some(held) = held.filter(|held| held.staged.is_some_and(|by| by <= group)) {
+                held.staged = None;
+            }
+        }
+    }
+
+    /// The first read of the group that failed.
+    pub fn take_failure(&mut self) -> Option<StoreError> {
+        self.failure.take()
+    }
+
+    /// The group just mapped will not be committed: what it wrote must not be recalled.
+    pub fn discard(&mut self) {
+        self.stale = true;
+    }
+
+    /// Whether a discarded group's writes are still held; [`Recollection::clear`] once nothing is in flight.
+    pub fn failed(&self) -> bool {
+        self.stale
+    }
+
+    /// Drops everything held, staged or not: every group in flight has settled and what is committed is read again.
+    pub fn clear(&mut self) {
+        self.newer.clear();
+        self.older.clear();
+        self.staged.clear();
+        self.written.clear();
+        self.failure = None;
+        self.stale = false;
+    }
+
+    /// Follows the store's identity generation: when it moved (visitors forgotten), the committed copies may be of
+    /// rows that are gone and are dropped. Staged ones are kept, since their groups write them again.
+    pub fn follow(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.newer.retain(|_, held| held.staged.is_some());
+            self.older.retain(|_, held| held.staged.is_some());
+        }
+    }
+
+    /// Reads the keys not held yet, in one go.
+    pub fn prefetch(&mut self, keys: &[String]) {
+        let mut missing: Vec<String> = keys
+            .iter()
+            .filter(|key| !self.newer.contains_key(*key) && !self.older.contains_key(*key))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        match (self.read)(&missing) {
+            Ok(rows) => {
+                for (key, stored) in missing.into_iter().zip(rows) {
+                    self.keep(key, Held { stored, staged: None });
+                }
+            }
+            Err(error) => {
+                self.failure.get_or_insert(error);
+            }
+        }
+    }
+
+    /// `key`'s profile, read from the store the first time.
+    fn held(&mut self, key: &str) -> &mut Held {
+        if !self.newer.contains_key(key) {
+            let held = match self.older.remove(key) {
+                Some(held) => held,
+                None => Held { stored: self.read_one(key), staged: None },
+            };
+            self.keep(key.to_string(), held);
+        }
+        self.newer.entry_ref(key).or_default()
+    }
+
+    fn read_one(&mut self, key: &str) -> StoredProfile {
+        match (self.read)(&[key.to_string()]) {
+            Ok(mut rows) => rows.pop().unwrap_or_default(),
+            Err(error) => {
+                self.failure.get_or_insert(error);
+                StoredProfile::default()
+            }
+        }
+    }
+
+    fn keep(&mut self, key: String, held: Held) {
+        if self.newer.len() >= Self::KEYS / 2 {
+            let dropped = std::mem::replace(&mut self.older, std::mem::take(&mut self.newer));
+            // A staged write is the only copy until its group commits: it moves on rather than being dropped.
+            self.newer.extend(dropped.into_iter().filter(|(_, held)| held.staged.is_some()));
+        }
+        self.newer.insert(key, held);
+    }
+}
+
+impl IdentityStore for Recollection<'_> {
+    fn load(&mut self, key: &str) -> Option<Profile> {
+        self.held(key).stored.profile.clone()
+    }
+
+    fn store(&mut self, key: &str, profile: Profile) {
+        let (group, now_ms) = (self.group, self.now_ms);
+        let held = self.held(key);
+        let before = held.stored.touched_ms;
+        let first_write = held.staged != Some(group);
+        held.stored = StoredProfile { profile: Some(profile), touched_ms: Some(touch_time(before, now_ms)) };
+        held.staged = Some(group);
+        if first_write {
+            self.written.push((key.to_string(), before));
+            self.staged.push_back((group, key.to_string()));
+        }
+    }
+
+    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
+        let Some(stored) = &self.held(key).stored.profile else { return false };
+        profile.merge(stored);
+        linked.extend(stored.keys.iter().cloned());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap as StdMap;
+
+    use super::*;
+    use crate::identity::RememberedField;
+    use crate::relay::store::TOUCH_PRECISION_MS;
+
+    /// A store's committed rows, counting the keys read.
+    #[derive(Default)]
+    struct Rows {
+        rows: RefCell<StdMap<String, StoredProfile>>,
+        reads: RefCell<Vec<String>>,
+        failing: RefCell<bool>,
+    }
+
+    impl Rows {
+        fn read(&self, keys: &[String]) -> Result<Vec<StoredProfile>, StoreError> {
+            if *self.failing.borrow() {
+                return Err(StoreError("the disk failed".into()));
+            }
+            self.reads.borrow_mut().extend(keys.iter().cloned());
+            Ok(keys.iter().map(|key| self.rows.borrow().get(key).cloned().unwrap_or_default()).collect())
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.borrow().len()
+        }
+    }
+
+    fn profile(email: &str) -> Profile {
+        let field = RememberedField { field: "user.email".into(), value: email.into(), seen_ms: 1, expires_ms: None };
+        Profile { fields: vec![field], keys: vec!["anon:a".into()] }
+    }
+
+    fn email(memory: &mut Recollection<'_>, key: &str) -> Option<String> {
+        let profile = memory.load(key)?;
+        Some(profile.fields[0].value.as_str()?.to_string())
+    }
+
+    #[test]
+    fn a_staged_profile_is_recalled_without_a_read_until_committed_and_then_as_committed() {
+        let rows = Rows::default();
+        let mut memory = Recollection::new(|keys: &[String]| rows.read(keys));
+        memory.begin(1, 5_000);
+        assert_eq!(email(&mut memory, "a"), None);
+        memory.store("a", profile("first"));
+        memory.store("a", profile("second"));
+        let writes = memory.writes();
+        assert_eq!(writes.len(), 1, "two writes of one key in a group are one row");
+        assert_eq!((writes[0].before, writes[0].touched_ms), (None, 5_000));
+        assert_eq!(writes[0].profile, profile("second"));
+
+        memory.begin(2, 6_000);
+        assert_eq!(email(&mut memory, "a").as_deref(), Some("second"), "the next group recalls it before it commits");
+        assert_eq!(rows.reads(), 1, "read once, when first recalled");
+        // Forgetting drops what is committed, never what is staged: the staged group writes it again.
+        memory.follow(1);
+        assert_eq!(email(&mut memory, "a").as_deref(), Some("second"));
+        assert_eq!(rows.reads(), 1);
+        memory.committed(1);
+        memory.follow(2);
+        rows.rows
+            .borrow_mut()
+            .insert("a".into(), StoredProfile { profile: Some(profile("stored")), touched_ms: Some(1) });
+        assert_eq!(email(&mut memory, "a").as_deref(), Some("stored"), "once committed, a forgetting drops it");
+        assert_eq!(rows.reads(), 2);
+    }
+
+    #[test]
+    fn a_row_moves_in_the_order_of_writes_once_it_is_an_hour_old() {
+        let rows = Rows::default();
+        let hour = TOUCH_PRECISION_MS;
+        rows.rows
+            .borrow_mut()
+            .insert("a".into(), StoredProfile { profile: Some(profile("x")), touched_ms: Some(1_000) });
+        let mut memory = Recollection::new(|keys: &[String]| rows.read(keys));
+        memory.begin(1, 1_000 + hour as i64 - 1);
+        memory.store("a", profile("y"));
+        let writes = memory.writes();
+        assert_eq!((writes[0].before, writes[0].touched_ms), (Some(1_000), 1_000), "less than an hour old: kept");
+        memory.begin(2, 1_000 + hour as i64);
+        memory.store("a", profile("z"));
+        let writes = memory.writes();
+        assert_eq!((writes[0].before, writes[0].touched_ms), (Some(1_000), 1_000 + hour), "an hour old: moved");
+        memory.begin(3, 1_000 + hour as i64 + 5);
+        memory.store("a", profile("w"));
+        assert_eq!(memory.writes()[0].before, Some(1_000 + hour), "the time the group before wrote it at");
+    }
+
+    #[test]
+    fn staged_profiles_outlast_the_bound_and_committed_ones_do_not() {
+        let rows = Rows::default();
+        let mut memory = Recollection::new(|keys: &[String]| rows.read(keys));
+        memory.begin(1, 1);
+        memory.store("committed", profile("dropped"));
+        memory.writes();
+        memory.begin(2, 2);
+        memory.store("staged", profile("kept"));
+        memory.writes();
+        memory.committed(1);
+        memory.begin(3, 3);
+        let others: Vec<String> = (0..Recollection::KEYS + 10).map(|i| format!("other-{i}")).collect();
+        for chunk in others.chunks(1000) {
+            memory.prefetch(chunk);
+        }
+        let reads = rows.reads();
+        assert_eq!(email(&mut memory, "staged").as_deref(), Some("kept"), "a staged write is never dropped");
+        assert_eq!(rows.reads(), reads);
+        assert_eq!(email(&mut memory, "committed"), None, "a committed copy is dropped past the bound");
+        assert_eq!(rows.reads(), reads + 1, "and read again");
+    }
+
+    #[test]
+    fn a_failed_read_fails_the_group_and_clearing_drops_staged_profiles() {
+        let rows = Rows::default();
+        let mut memory = Recollection::new(|keys: &[String]| rows.read(keys));
+        memory.begin(1, 1);
+        memory.store("a", profile("staged"));
+        memory.writes();
+        memory.begin(2, 2);
+        *rows.failing.borrow_mut() = true;
+        memory.prefetch(&["b".to_string()]);
+        assert!(memory.take_failure().is_some(), "a prefetch that fails fails the group");
+        assert_eq!(memory.load("c"), None);
+        assert!(memory.take_failure().is_some(), "so does a read of one key");
+        memory.discard();
+        assert!(memory.failed());
+        *rows.failing.borrow_mut() = false;
+        memory.clear();
+        assert!(!memory.failed());
+        assert_eq!(memory.load("a"), None, "after a failure nothing staged is recalled: read afresh");
+        assert_eq!(rows.reads(), 2);
+    }
+}
