@@ -25,6 +25,9 @@ pub(super) struct Received {
     pub text: String,
     /// Whether it carries a consent object (`context.consent`).
     pub consent: bool,
+    /// The visitors it names, keyed as identity memory keys them (`anon:…`, `user:…`): the writer reads them ahead
+    /// for the whole group, and need not look for them in the text.
+    pub visitors: Vec<String>,
 }
 
 /// What the relay knows about a request beyond its body.
@@ -107,13 +110,15 @@ pub(super) fn enrich(event: Incoming<'_>, facts: &Facts<'_>) -> Received {
     match event {
         Incoming::Tree(mut fields) => {
             enrich_fields(&mut fields, facts);
+            let visitors = visitors_named(&fields);
             let event = Value::Object(fields);
-            Received { text: event.to_string(), consent: crate::quality::consent_in(&event) }
+            Received { text: event.to_string(), consent: crate::quality::consent_in(&event), visitors }
         }
         Incoming::Sent(Sent { text, members, sent, mut envelope, context }) => {
             enrich_fields(&mut envelope, facts);
             let text = amended(text, &members, &sent, &envelope, context);
-            Received { text, consent: crate::quality::consent_in(&Value::Object(envelope)) }
+            let visitors = visitors_named(&envelope);
+            Received { text, consent: crate::quality::consent_in(&Value::Object(envelope)), visitors }
         }
     }
 }
@@ -174,12 +179,24 @@ fn amended(
     out
 }
 
-/// The visitors a received event names, keyed as identity memory keys them (`anon:…`, `user:…`), for a store
-/// across a network to read ahead.
+/// The members naming a visitor, and the kind of identity memory key each gives.
+const VISITORS: [(&str, &str); 3] = [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")];
+
+/// The visitors an enriched event's envelope names, keyed as identity memory keys them.
+fn visitors_named(envelope: &Map<String, Value>) -> Vec<String> {
+    (VISITORS.into_iter())
+        .filter_map(|(field, kind)| match envelope.get(field) {
+            Some(Value::String(id)) if !id.is_empty() => Some(format!("{kind}{id}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The visitors a received event's text names, each as its last occurrence says: what [`Received::visitors`] must
+/// be, read the long way, for the tests and the fuzzer to hold it to.
 pub(super) fn visitors(event: &str) -> Vec<String> {
     let members = crate::input::members(event).unwrap_or_default();
-    [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")]
-        .into_iter()
+    (VISITORS.into_iter())
         .filter_map(|(field, kind)| {
             let value = members.iter().rev().find(|m| m.key == field)?.value.clone();
             match serde_json::from_str::<Value>(&event[value]) {
@@ -416,7 +433,8 @@ mod readings {
                     let value: Value = serde_json::from_str(&one.text).expect("the relay writes JSON");
                     assert_eq!(value, serde_json::from_str::<Value>(&other.text).unwrap(), "{body}\n{}", one.text);
                     assert_eq!(one.consent, other.consent, "{body}");
-                    assert_eq!(super::visitors(&one.text), super::visitors(&other.text), "{body}");
+                    assert_eq!(one.visitors, super::visitors(&one.text), "{body}");
+                    assert_eq!(other.visitors, super::visitors(&other.text), "{body}");
                     events.push(Ok(value));
                 }
                 (Err(one), Err(other)) => {

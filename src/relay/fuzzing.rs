@@ -103,7 +103,8 @@ pub fn decode_request(shape: u8, headers: &[u8], body: &[u8], limit: usize, plan
                     serde_json::from_str::<Value>(&tree.text).expect("JSON")
                 );
                 assert_eq!(received.consent, tree.consent);
-                assert_eq!(enrich::visitors(&received.text), enrich::visitors(&tree.text));
+                assert_eq!(received.visitors, enrich::visitors(&received.text));
+                assert_eq!(tree.visitors, enrich::visitors(&tree.text));
                 Ok(received)
             }
             (Err(error), Err(tree)) => {

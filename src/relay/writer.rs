@@ -12,7 +12,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::enrich::{self, Received};
+use super::enrich::Received;
 use super::registry::{Pixel, Setup};
 use super::store::{IngestTx, Pending, StoreError};
 use super::{debug, killpoint, now_ms, Shared};
@@ -173,7 +173,7 @@ fn map_group(
 ) -> Result<Mapping, StoreError> {
     let mut mapping = Mapping::default();
     let mut keys = Vec::new();
-    for visitor in group.iter().flat_map(|job| &job.events).flat_map(|event| enrich::visitors(&event.text)) {
+    for visitor in group.iter().flat_map(|job| &job.events).flat_map(|event| &event.visitors) {
         for (pixel, _) in pixels {
             keys.push(format!("{}/{visitor}", pixel.name));
         }
@@ -543,7 +543,7 @@ mod tests {
     use super::*;
     use crate::relay::config::RelayConfig;
     use crate::relay::decode::{self, Shape};
-    use crate::relay::enrich::Facts;
+    use crate::relay::enrich::{self, Facts};
     use crate::relay::registry::Registry;
     use crate::relay::store::{DeadLetter, RedbStore, Store, StoredProfile};
     use crate::relay::{console, metrics};
