@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{IdentityStore, Profile};
 
+mod segment;
+
+use segment::Segment;
+
 /// An OpenAI event waiting for delivery.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
@@ -233,7 +237,8 @@ pub trait Store: Send + Sync + 'static {
     fn put_settings(&self, writes: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError>;
 }
 
-/// (pixel, seq) → `Pending` as JSON.
+/// (pixel, seq of its first row) → the rows one transaction queued for the pixel ([`segment`]), each a `Pending` as
+/// [`Pending::to_row`] writes it.
 const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
 /// (pixel, seq) → `DeadLetter` as JSON.
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
@@ -388,6 +393,95 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     Ok(db)
 }
 
+type QueueTable<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
+
+/// The key and value of the segment of `pixel` that holds `seq`, if the queue has one that may: the last one whose
+/// key is not after it.
+fn segment_holding(table: &QueueTable<'_>, pixel: &str, seq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    let last = table.range((pixel, 0)..=(pixel, seq)).map_err(fail)?.next_back();
+    match last {
+        Some(entry) => {
+            let (key, value) = entry.map_err(fail)?;
+            Ok(Some((key.value().1, value.value().to_vec())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Writes what is left of a segment once rows were taken out of it or put beside it: nothing when no row is, else
+/// under its first row's sequence number. Returns the bytes written.
+fn rewrite(table: &mut QueueTable<'_>, pixel: &str, left: &[(u64, &[u8])]) -> Result<u64, StoreError> {
+    if left.is_empty() {
+        return Ok(0);
+    }
+    let (first, bytes) = Segment::of(left);
+    table.insert((pixel, first), bytes.as_slice()).map_err(fail)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Takes the rows `seqs` of `pixel` out of the queue, handing each to `taken`; a sequence number not queued is passed
+/// over. Returns the bytes written and removed.
+fn take_rows(
+    table: &mut QueueTable<'_>,
+    pixel: &str,
+    seqs: &[u64],
+    mut taken: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+) -> Result<(u64, u64), StoreError> {
+    let mut wanted = seqs.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let (mut added, mut removed) = (0, 0);
+    let mut next = 0;
+    while let Some(&seq) = wanted.get(next) {
+        let Some((key, value)) = segment_holding(table, pixel, seq)? else {
+            next += 1;
+            continue;
+        };
+        let rows = segment::rows(key, &value).map_err(unreadable_row)?;
+        // The wanted rows this segment may hold: those up to its last.
+        let last = rows.last().map_or(key, |&(last, _)| last);
+        let end = next + wanted[next..].partition_point(|&s| s <= last);
+        let here = &wanted[next..end];
+        next = end.max(next + 1);
+        let held = rows.len();
+        let mut left = Vec::with_capacity(held);
+        for (seq, row) in rows {
+            if here.binary_search(&seq).is_ok() {
+                taken(seq, row)?;
+            } else {
+                left.push((seq, row));
+            }
+        }
+        if left.len() == held {
+            continue;
+        }
+        table.remove((pixel, key)).map_err(fail)?;
+        removed += value.len() as u64;
+        added += rewrite(table, pixel, &left)?;
+    }
+    Ok((added, removed))
+}
+
+/// Puts `row` back into the queue of `pixel` at `seq`, its place: a segment holding rows after it is split around it,
+/// so that segments stay in order and apart. Returns the bytes written and removed.
+fn put_back(table: &mut QueueTable<'_>, pixel: &str, seq: u64, row: &[u8]) -> Result<(u64, u64), StoreError> {
+    let (mut added, mut removed) = (0, 0);
+    if let Some((key, value)) = segment_holding(table, pixel, seq)? {
+        let rows = segment::rows(key, &value).map_err(unreadable_row)?;
+        if rows.iter().any(|&(held, _)| held >= seq) {
+            table.remove((pixel, key)).map_err(fail)?;
+            removed += value.len() as u64;
+            // A row queued under the same number is replaced, as inserting under its key would.
+            let (before, after): (Vec<_>, Vec<_>) =
+                rows.into_iter().filter(|&(held, _)| held != seq).partition(|&(held, _)| held < seq);
+            added += rewrite(table, pixel, &before)? + rewrite(table, pixel, &after)?;
+        }
+    }
+    let (first, bytes) = Segment::of(&[(seq, row)]);
+    table.insert((pixel, first), bytes.as_slice()).map_err(fail)?;
+    Ok((added + bytes.len() as u64, removed))
+}
+
 fn counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
     let table = txn.open_table(META).map_err(fail)?;
     let value = table.get(name).map_err(fail)?.map(|v| v.value()).unwrap_or(0);
@@ -418,9 +512,8 @@ struct RedbIngest<'t> {
     /// The profiles this transaction read or wrote, the written ones marked: a visitor's events in one group read
     /// its profile once and write it once, when the group commits ([`RedbIngest::write_profiles`]).
     profiles: BTreeMap<String, Visited>,
-    /// The queue table, opened at the first event and kept open for the rest of the transaction: opening a table
-    /// cost about as much as inserting into it.
-    queue: Option<redb::Table<'t, (&'static str, u64), &'static [u8]>>,
+    /// The rows queued, one segment per pixel, written when the work is done.
+    segments: Vec<(String, Segment)>,
     /// The identity table and its order of last writes, opened at their first use and kept open likewise.
     identity: Option<IdentityTable<'t>>,
     touched: Option<TouchedTable<'t>>,
@@ -585,14 +678,32 @@ impl IngestTx for RedbIngest<'_> {
             None => counter(self.txn, "next_seq")?,
         };
         self.next_seq = Some(seq + 1);
-        let bytes = pending.to_row();
-        let table = match &mut self.queue {
-            Some(table) => table,
-            queue => queue.insert(self.txn.open_table(QUEUE).map_err(fail)?),
-        };
-        table.insert((pixel, seq), bytes.as_slice()).map_err(fail)?;
-        self.bytes_added += bytes.len() as u64;
+        let row = pending.to_row();
+        match self.segments.iter_mut().find(|(name, _)| name == pixel) {
+            Some((_, segment)) => segment.push(seq, &row),
+            None => {
+                let mut segment = Segment::new(seq);
+                segment.push(seq, &row);
+                self.segments.push((pixel.to_string(), segment));
+            }
+        }
         Ok(seq)
+    }
+}
+
+impl RedbIngest<'_> {
+    /// Writes each pixel's segment: one insert however many events the transaction queued.
+    fn write_segments(&mut self) -> Result<(), StoreError> {
+        if self.segments.is_empty() {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(QUEUE).map_err(fail)?;
+        for (pixel, segment) in self.segments.drain(..) {
+            let (first, bytes) = segment.finish();
+            table.insert((pixel.as_str(), first), bytes.as_slice()).map_err(fail)?;
+            self.bytes_added += bytes.len() as u64;
+        }
+        Ok(())
     }
 }
 
@@ -608,11 +719,12 @@ impl Store for RedbStore {
                 bytes_added: 0,
                 bytes_removed: 0,
                 profiles: BTreeMap::new(),
-                queue: None,
+                segments: Vec::new(),
                 identity: None,
                 touched: None,
             };
             work(&mut ingest)?;
+            ingest.write_segments()?;
             ingest.write_profiles()?;
             if let Some(error) = ingest.failure {
                 return Err(error);
@@ -630,10 +742,11 @@ impl Store for RedbStore {
             let mut out = Vec::new();
             for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
                 let (key, value) = entry.map_err(fail)?;
-                let pending = Pending::from_row(value.value()).map_err(unreadable_row)?;
-                out.push((key.value().1, pending));
-                if out.len() >= limit {
-                    break;
+                for (seq, row) in segment::rows(key.value().1, value.value()).map_err(unreadable_row)? {
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                    out.push((seq, Pending::from_row(row).map_err(unreadable_row)?));
                 }
             }
             Ok(out)
@@ -643,14 +756,9 @@ impl Store for RedbStore {
     fn complete(&self, pixel: &str, seqs: &[u64]) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(QUEUE).map_err(fail)?;
-            let mut removed = 0u64;
-            for &seq in seqs {
-                if let Some(old) = table.remove((pixel, seq)).map_err(fail)? {
-                    removed += old.value().len() as u64;
-                }
-            }
+            let (added, removed) = take_rows(&mut table, pixel, seqs, |_, _| Ok(()))?;
             drop(table);
-            adjust_bytes(txn, 0, removed)
+            adjust_bytes(txn, added, removed)
         })
     }
 
@@ -658,15 +766,14 @@ impl Store for RedbStore {
         self.write(|txn| {
             let mut queue = txn.open_table(QUEUE).map_err(fail)?;
             let mut dead_table = txn.open_table(DEAD).map_err(fail)?;
-            let (mut added, mut removed) = (0u64, 0u64);
-            for (seq, reason, detail) in dead {
-                let Some(old) = queue.remove((pixel, *seq)).map_err(fail)? else { continue };
-                removed += old.value().len() as u64;
-                let pending = Pending::from_row(old.value()).map_err(unreadable_row)?;
-                drop(old);
+            let mut added = 0u64;
+            let seqs: Vec<u64> = dead.iter().map(|(seq, _, _)| *seq).collect();
+            let (rewritten, removed) = take_rows(&mut queue, pixel, &seqs, |seq, row| {
+                let pending = Pending::from_row(row).map_err(unreadable_row)?;
+                let Some((_, reason, detail)) = dead.iter().find(|(dead, _, _)| *dead == seq) else { return Ok(()) };
                 let letter = DeadLetter {
                     pixel: pixel.to_string(),
-                    seq: *seq,
+                    seq,
                     pending,
                     reason: reason.clone(),
                     detail: detail.clone(),
@@ -674,10 +781,11 @@ impl Store for RedbStore {
                 };
                 let bytes = serde_json::to_vec(&letter).map_err(unreadable)?;
                 added += bytes.len() as u64;
-                dead_table.insert((pixel, *seq), bytes.as_slice()).map_err(fail)?;
-            }
+                dead_table.insert((pixel, seq), bytes.as_slice()).map_err(fail)?;
+                Ok(())
+            })?;
             drop((queue, dead_table));
-            adjust_bytes(txn, added, removed)
+            adjust_bytes(txn, added + rewritten, removed)
         })
     }
 
@@ -707,9 +815,9 @@ impl Store for RedbStore {
                 if let Some(old) = dead.remove((letter.pixel.as_str(), letter.seq)).map_err(fail)? {
                     removed += old.value().len() as u64;
                 }
-                let bytes = letter.pending.to_row();
-                added += bytes.len() as u64;
-                queue.insert((letter.pixel.as_str(), letter.seq), bytes.as_slice()).map_err(fail)?;
+                let (put, taken) = put_back(&mut queue, &letter.pixel, letter.seq, &letter.pending.to_row())?;
+                added += put;
+                removed += taken;
             }
             drop((queue, dead));
             adjust_bytes(txn, added, removed)
@@ -738,8 +846,7 @@ impl Store for RedbStore {
             let table = txn.open_table(QUEUE).map_err(fail)?;
             let mut count = 0;
             for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
-                entry.map_err(fail)?;
-                count += 1;
+                count += segment::count(entry.map_err(fail)?.1.value());
             }
             Ok(count)
         })
@@ -932,6 +1039,181 @@ mod tests {
         assert_eq!(store.forget_visitors(later).unwrap(), 1);
         assert_eq!(store.identity_keys().unwrap(), 0);
         assert_eq!(store.stored_bytes().unwrap(), 0, "the byte count returns to zero when everything is delivered");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the queue and the dead letters must hold, kept the plain way: one entry per event.
+    #[derive(Default)]
+    struct Model {
+        queue: BTreeMap<(String, u64), String>,
+        dead: BTreeMap<(String, u64), String>,
+    }
+
+    /// One change to the store, its arguments drawn as numbers and resolved against what is there.
+    #[derive(Clone, Debug)]
+    enum Change {
+        /// Events for each pixel, in one transaction: (pixel, how many).
+        Queue(Vec<(usize, usize)>),
+        /// Removes the events at these places (modulo the queue's length) of a pixel.
+        Complete(usize, Vec<usize>),
+        Bury(usize, Vec<usize>),
+        Replay(Vec<usize>),
+    }
+
+    const PIXELS: [&str; 2] = ["shop", "blog"];
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        let places = || proptest::collection::vec(0usize..64, 0..6);
+        prop_oneof![
+            3 => proptest::collection::vec((0usize..2, 0usize..8), 1..3).prop_map(Change::Queue),
+            2 => (0usize..2, places()).prop_map(|(p, at)| Change::Complete(p, at)),
+            2 => (0usize..2, places()).prop_map(|(p, at)| Change::Bury(p, at)),
+            2 => places().prop_map(Change::Replay),
+        ]
+    }
+
+    /// The seqs at `places` of a list, each taken modulo its length.
+    fn picked(all: &[u64], places: &[usize]) -> Vec<u64> {
+        if all.is_empty() {
+            return Vec::new();
+        }
+        places.iter().map(|place| all[place % all.len()]).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+        /// Queued in segments, taken out of them one by one, buried, put back in their place: the queue reads as the
+        /// plain list of events would, in order, with its depth, and the byte count returns to zero once it is empty.
+        #[test]
+        fn the_queue_in_segments_reads_as_one_event_after_another(
+            legacy in proptest::collection::vec(0usize..2, 0..4),
+            changes in proptest::collection::vec(change(), 1..16),
+        ) {
+            let dir = temp_dir("segments");
+            let store = RedbStore::open(&dir).unwrap();
+            let mut model = Model::default();
+            let mut next = 0u64;
+            // Rows as the store wrote them before segments: one value each, under its own seq.
+            store.write(|txn| {
+                let mut table = txn.open_table(QUEUE).map_err(fail)?;
+                let mut bytes = 0;
+                for &pixel in &legacy {
+                    let row = pending(&format!("old-{next}")).to_row();
+                    table.insert((PIXELS[pixel], next), row.as_slice()).map_err(fail)?;
+                    bytes += row.len() as u64;
+                    model.queue.insert((PIXELS[pixel].to_string(), next), format!("old-{next}"));
+                    next += 1;
+                }
+                drop(table);
+                set_counter(txn, "next_seq", next)?;
+                adjust_bytes(txn, bytes, 0)
+            }).unwrap();
+            let mut made = 0;
+            for change in changes {
+                match change {
+                    Change::Queue(batches) => {
+                        store.ingest(&mut |tx| {
+                            for &(pixel, count) in &batches {
+                                for _ in 0..count {
+                                    let id = format!("e-{made}");
+                                    made += 1;
+                                    let seq = tx.enqueue(PIXELS[pixel], &pending(&id))?;
+                                    model.queue.insert((PIXELS[pixel].to_string(), seq), id);
+                                }
+                            }
+                            Ok(())
+                        }).unwrap();
+                    }
+                    Change::Complete(pixel, places) => {
+                        let all: Vec<u64> = model.queue.keys().filter(|(p, _)| p == PIXELS[pixel]).map(|(_, s)| *s).collect();
+                        let seqs = picked(&all, &places);
+                        store.complete(PIXELS[pixel], &seqs).unwrap();
+                        for seq in seqs {
+                            model.queue.remove(&(PIXELS[pixel].to_string(), seq));
+                        }
+                    }
+                    Change::Bury(pixel, places) => {
+                        let all: Vec<u64> = model.queue.keys().filter(|(p, _)| p == PIXELS[pixel]).map(|(_, s)| *s).collect();
+                        let seqs = picked(&all, &places);
+                        let dead: Vec<(u64, String, String)> =
+                            seqs.iter().map(|&seq| (seq, "rejected".to_string(), "{}".to_string())).collect();
+                        store.bury(PIXELS[pixel], &dead, 5).unwrap();
+                        for seq in seqs {
+                            if let Some(id) = model.queue.remove(&(PIXELS[pixel].to_string(), seq)) {
+                                model.dead.insert((PIXELS[pixel].to_string(), seq), id);
+                            }
+                        }
+                    }
+                    Change::Replay(places) => {
+                        let all: Vec<u64> = model.dead.keys().map(|(_, s)| *s).collect();
+                        let mut seqs = picked(&all, &places);
+                        seqs.sort_unstable();
+                        seqs.dedup();
+                        proptest::prop_assert_eq!(store.replay(None, Some(&seqs)).unwrap(), seqs.len());
+                        for seq in seqs {
+                            let key = model.dead.keys().find(|(_, s)| *s == seq).cloned().unwrap();
+                            let id = model.dead.remove(&key).unwrap();
+                            model.queue.insert(key, id);
+                        }
+                    }
+                }
+                for pixel in PIXELS {
+                    let read: Vec<(u64, String)> =
+                        store.peek(pixel, 1000).unwrap().into_iter().map(|(seq, p)| (seq, p.id)).collect();
+                    let expected: Vec<(u64, String)> = model.queue.iter()
+                        .filter(|((p, _), _)| p == pixel).map(|((_, seq), id)| (*seq, id.clone())).collect();
+                    proptest::prop_assert_eq!(&read, &expected);
+                    proptest::prop_assert_eq!(store.depth(pixel).unwrap(), expected.len() as u64);
+                    let limited = store.peek(pixel, 3).unwrap().len();
+                    proptest::prop_assert_eq!(limited, expected.len().min(3));
+                }
+                let dead: Vec<(u64, String)> =
+                    store.dead_letters(None).unwrap().into_iter().map(|d| (d.seq, d.pending.id)).collect();
+                let mut expected: Vec<(u64, String)> =
+                    model.dead.iter().map(|((_, seq), id)| (*seq, id.clone())).collect();
+                expected.sort();
+                proptest::prop_assert_eq!(dead, expected);
+            }
+            for pixel in PIXELS {
+                let all: Vec<u64> = store.peek(pixel, usize::MAX).unwrap().into_iter().map(|(seq, _)| seq).collect();
+                store.complete(pixel, &all).unwrap();
+            }
+            store.purge(None, None).unwrap();
+            proptest::prop_assert_eq!(store.stored_bytes().unwrap(), 0, "everything delivered, nothing counted");
+            drop(store);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_event_put_back_between_others_of_its_group_goes_back_to_its_place() {
+        let dir = temp_dir("put-back");
+        let store = RedbStore::open(&dir).unwrap();
+        let mut seqs = Vec::new();
+        store
+            .ingest(&mut |tx| {
+                seqs.clear();
+                for id in ["a", "b", "c", "d", "e"] {
+                    seqs.push(tx.enqueue("px", &pending(id))?);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let dead = [(seqs[1], "rejected".into(), "{}".into()), (seqs[3], "rejected".into(), "{}".into())];
+        store.bury("px", &dead, 1).unwrap();
+        let ids = |store: &RedbStore| store.peek("px", 10).unwrap().into_iter().map(|(_, p)| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(&store), ["a", "c", "e"]);
+        assert_eq!(store.replay(None, Some(&[seqs[3]])).unwrap(), 1);
+        assert_eq!(ids(&store), ["a", "c", "d", "e"]);
+        assert_eq!(store.replay(None, Some(&[seqs[1]])).unwrap(), 1);
+        assert_eq!(ids(&store), ["a", "b", "c", "d", "e"]);
+        assert_eq!(store.depth("px").unwrap(), 5);
+        store.complete("px", &[seqs[2], seqs[0]]).unwrap();
+        assert_eq!(ids(&store), ["b", "d", "e"]);
+        store.complete("px", &[seqs[1], seqs[3], seqs[4]]).unwrap();
+        assert_eq!((store.depth("px").unwrap(), store.stored_bytes().unwrap()), (0, 0));
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
