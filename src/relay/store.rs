@@ -275,6 +275,7 @@ pub fn touch_time(before: Option<u64>, now_ms: u64) -> u64 {
         _ => now_ms,
     }
 }
+
 /// key → the console's settings (`pixel/<name>`, `secret/<name>`, …) as JSON.
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// counters: `next_seq`, `stored_bytes`.

@@ -89,7 +89,9 @@ struct Mapped {
 }
 
 /// Where a group is mapped into: identity memory, recalled and taught, and the delivery queues.
-trait Destination: IdentityStore {
+trait Destination {
+    /// Identity memory, as the group recalls and teaches it.
+    fn identity(&mut self) -> &mut dyn IdentityStore;
     /// Queues a mapped event for the pixel at `pixel` in the group's pixels.
     fn enqueue(&mut self, pixel: usize, pending: Pending) -> Result<(), StoreError>;
     /// The visitor keys the group is about to recall, read in one go where that saves round trips.
@@ -309,15 +311,15 @@ impl PixelMemory<'_> {
 
 impl IdentityStore for PixelMemory<'_> {
     fn load(&mut self, key: &str) -> Option<Profile> {
-        self.destination.load(Self::namespaced(self.key, self.prefix, key))
+        self.destination.identity().load(Self::namespaced(self.key, self.prefix, key))
     }
 
     fn store(&mut self, key: &str, profile: Profile) {
-        self.destination.store(Self::namespaced(self.key, self.prefix, key), profile);
+        self.destination.identity().store(Self::namespaced(self.key, self.prefix, key), profile);
     }
 
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        self.destination.merge_into(Self::namespaced(self.key, self.prefix, key), profile, linked)
+        self.destination.identity().merge_into(Self::namespaced(self.key, self.prefix, key), profile, linked)
     }
 }
 
@@ -355,21 +357,11 @@ struct Direct<'t> {
     pixels: &'t Pixels,
 }
 
-impl IdentityStore for Direct<'_> {
-    fn load(&mut self, key: &str) -> Option<Profile> {
-        self.tx.load(key)
-    }
-
-    fn store(&mut self, key: &str, profile: Profile) {
-        self.tx.store(key, profile);
-    }
-
-    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        self.tx.merge_into(key, profile, linked)
-    }
-}
-
 impl Destination for Direct<'_> {
+    fn identity(&mut self) -> &mut dyn IdentityStore {
+        self.tx
+    }
+
     fn enqueue(&mut self, pixel: usize, pending: Pending) -> Result<(), StoreError> {
         self.tx.enqueue(&self.pixels[pixel].0.name, &pending).map(drop)
     }
@@ -507,21 +499,11 @@ struct Stage<'m, 'r> {
     rows: Vec<(usize, Pending)>,
 }
 
-impl IdentityStore for Stage<'_, '_> {
-    fn load(&mut self, key: &str) -> Option<Profile> {
-        self.memory.load(key)
-    }
-
-    fn store(&mut self, key: &str, profile: Profile) {
-        self.memory.store(key, profile);
-    }
-
-    fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        self.memory.merge_into(key, profile, linked)
-    }
-}
-
 impl Destination for Stage<'_, '_> {
+    fn identity(&mut self) -> &mut dyn IdentityStore {
+        self.memory
+    }
+
     fn enqueue(&mut self, pixel: usize, pending: Pending) -> Result<(), StoreError> {
         self.rows.push((pixel, pending));
         Ok(())
