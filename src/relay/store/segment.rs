@@ -56,7 +56,8 @@ pub(super) fn rows(key: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, String> 
     }
     let damaged = || format!("queue segment {key} is damaged: it ends inside a row");
     let count = u32::from_le_bytes(value.get(1..HEAD).ok_or_else(damaged)?.try_into().map_err(|_| damaged())?);
-    let mut rows = Vec::with_capacity(count as usize);
+    // A damaged count must not decide an allocation: every row takes at least 12 bytes.
+    let mut rows = Vec::with_capacity((count as usize).min(value.len() / 12));
     let mut at = HEAD;
     while at < value.len() {
         let seq = u64::from_le_bytes(value.get(at..at + 8).ok_or_else(damaged)?.try_into().map_err(|_| damaged())?);
@@ -98,6 +99,16 @@ mod tests {
         assert_eq!(Segment::of(&read[1..]), (9, Segment::of(&read[1..]).1));
         let legacy = b"{\"id\":\"old\"}\n{}";
         assert_eq!((rows(4, legacy).unwrap(), count(legacy)), (vec![(4, &legacy[..])], 1));
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a damaged file hands back, reading them is an answer, never a panic.
+        #[test]
+        fn any_bytes_read_as_rows_or_an_error(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = (rows(3, &bytes), count(&bytes));
+            bytes.insert(0, MARK);
+            let _ = (rows(3, &bytes), count(&bytes));
+        }
     }
 
     #[test]
