@@ -30,8 +30,8 @@ pub(super) struct Write {
     pub touched_ms: u64,
 }
 
-/// Bounded to [`Recollection::KEYS`] keys in two generations, like the store's own cache: a key not used while the
-/// newer one filled up is dropped with the older one, unless it is staged.
+/// Bounded to [`Recollection::KEYS`] keys in two generations: a key not used while the newer one filled up is
+/// dropped with the older one, unless it is staged.
 pub(super) struct Recollection<'r> {
     read: Read<'r>,
     newer: HashMap<String, Held>,
@@ -52,7 +52,8 @@ pub(super) struct Recollection<'r> {
 }
 
 impl<'r> Recollection<'r> {
-    /// About 40 MB at most, as the store's own cache.
+    /// About 40 MB at most, for profiles of two keys and three fields; most keys (visitors that never identified
+    /// nor came from an ad) have no row and take a tenth of that.
     const KEYS: usize = 65_536;
 
     pub fn new(read: impl Fn(&[String]) -> Result<Vec<StoredProfile>, StoreError> + 'r) -> Self {
