@@ -85,6 +85,8 @@ struct Mapping {
 struct Mapped {
     jobs: Vec<Job>,
     pixels: Pixels,
+    /// When the group was taken: its events' time of receipt.
+    now: i64,
     mapping: Mapping,
 }
 
@@ -263,8 +265,8 @@ fn map_group(
 
 /// What follows a group's commit: its outcomes counted, its explanations shown, its requests answered and its
 /// pixels' delivery woken.
-fn finish(shared: &Shared, mapped: Mapped, now: i64) {
-    let Mapped { jobs, pixels, mapping } = mapped;
+fn finish(shared: &Shared, mapped: Mapped) {
+    let Mapped { jobs, pixels, now, mapping } = mapped;
     for (place, outcome, reason) in mapping.outcomes {
         let (pixel, setup) = &pixels[place];
         let target = setup.plan.target_schema();
@@ -344,7 +346,7 @@ fn serial(shared: &Shared, mut jobs: mpsc::Receiver<Job>) {
         match result {
             Ok(mapping) => {
                 killpoint::reached("ingest.after_commit");
-                finish(shared, Mapped { jobs: group, pixels, mapping }, now);
+                finish(shared, Mapped { jobs: group, pixels, now, mapping });
             }
             Err(error) => fail(group, &error),
         }
@@ -379,7 +381,6 @@ struct Staged {
     /// what a failed group taught, so it fails too.
     failures: u64,
     mapped: Mapped,
-    now: i64,
     rows: Vec<(usize, Pending)>,
     profiles: Vec<Write>,
 }
@@ -443,8 +444,8 @@ fn map_groups(
             }
         };
         let profiles = memory.writes();
-        let mapped = Mapped { jobs: group, pixels, mapping };
-        let staged = Staged { seq, failures: failures_seen, mapped, now, rows, profiles };
+        let mapped = Mapped { jobs: group, pixels, now, mapping };
+        let staged = Staged { seq, failures: failures_seen, mapped, rows, profiles };
         if let Err(std_mpsc::SendError(staged)) = handover.send(staged) {
             memory.discard();
             fail(staged.mapped.jobs, &StoreError("the relay's committer stopped".into()));
@@ -461,7 +462,7 @@ fn commit_groups(
     settle: std_mpsc::Sender<Settled>,
     failures: &AtomicU64,
 ) {
-    for Staged { seq, failures: failures_before, mapped, now, rows, profiles } in staged {
+    for Staged { seq, failures: failures_before, mapped, rows, profiles } in staged {
         let result = if failures.load(Ordering::Acquire) != failures_before {
             Err(StoreError("not stored: mapped on top of a group whose commit had failed".into()))
         } else {
@@ -484,7 +485,7 @@ fn commit_groups(
         match result {
             Ok(()) => {
                 killpoint::reached("ingest.after_commit");
-                finish(shared, mapped, now);
+                finish(shared, mapped);
             }
             Err(error) => fail(mapped.jobs, &error),
         }
