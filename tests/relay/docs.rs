@@ -102,7 +102,14 @@ async fn the_readme_lists_exactly_the_metrics_the_relay_serves() {
     let relay = start(config(&dir, &fake, "")).await.expect("the relay starts");
     assert_eq!(post(&relay, "/v1/t", &order("metrics-1")).await.0, 200);
     fake.wait_for(1, Duration::from_secs(30)).await;
-    let text = client().get(format!("http://{}/metrics", relay.addr)).send().await.unwrap().text().await.unwrap();
+    // The fake has the event before the relay has heard its answer and counted it (match quality included).
+    let metrics =
+        || async { client().get(format!("http://{}/metrics", relay.addr)).send().await.unwrap().text().await.unwrap() };
+    crate::relay::eventually("the relay counts the delivered event", Duration::from_secs(30), || async {
+        metrics().await.contains(r#"signal_relay_events_delivered_total{pixel="default"} 1"#)
+    })
+    .await;
+    let text = metrics().await;
     relay.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 
