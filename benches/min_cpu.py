@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """min_cpu.py DATA ROUNDS NAME=CMD [...] — the least CPU time (user + sys) each command took over ROUNDS runs, the
-commands alternating, each pinned to one CPU, reading DATA on stdin; ratios to the first command.
+commands alternating, each pinned to one CPU, reading DATA on stdin; ratios to the first command, at the least times
+and round by round (the median of each round's ratio).
 
 `../shared/bench/ratio.py` reports the median of five rounds, which is the figure the targets are stated in. On these
 shared machines a neighbour's load only ever adds time, so the least time over more rounds is the steadier way to
@@ -37,8 +38,11 @@ def main():
     first = min(times[commands[0][0]])
     for name, _ in commands:
         least = min(times[name])
+        # Each round's runs follow one another, so a ratio within a round shares that round's neighbours.
+        ratios = sorted(f / t for f, t in zip(times[commands[0][0]], times[name]))
         print(f"{name:>16}: {events / least:>11,.0f} events/s at the least CPU time ({least:.3f} s; median "
-              f"{sorted(times[name])[len(times[name]) // 2]:.3f} s)  {first / least:.3f}x the first")
+              f"{sorted(times[name])[len(times[name]) // 2]:.3f} s)  {first / least:.3f}x the first; "
+              f"rounds' ratios {ratios[0]:.3f} - {ratios[-1]:.3f}x, median {ratios[len(ratios) // 2]:.3f}x")
 
 
 if __name__ == "__main__":
