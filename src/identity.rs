@@ -11,6 +11,10 @@ use serde_json::Value;
 
 use crate::functions::Val;
 
+mod keys;
+
+use keys::{KeyTable, KeyText};
+
 /// One remembered output field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RememberedField {
@@ -154,6 +158,16 @@ pub trait IdentityStore {
         profile
     }
 
+    /// How many times [`IdentityStore::prefetch_visitor`] is worth calling before a recall: a store whose look-ups
+    /// wait on memory goes one link of its chain further at each call. None by default.
+    fn prefetch_steps(&self) -> usize {
+        0
+    }
+
+    /// Says that the visitor known by `keys` is about to be recalled, so that the store can start reading where it
+    /// is held while the event is being mapped; `step` counts the calls from 0. A hint only: nothing changes.
+    fn prefetch_visitor(&mut self, _keys: &[String], _step: usize) {}
+
     /// Gives back the profile [`IdentityStore::recall_visitor`] gave, which every recall is followed by; when
     /// `changed`, it is kept under every one of its keys.
     fn keep_visitor(&mut self, profile: Profile, changed: bool) {
@@ -196,6 +210,8 @@ pub struct MemoryStore {
     /// asked for that point there.
     lent: Option<Lent>,
     held_keys: Vec<String>,
+    /// The places of the profiles the last prefetch found.
+    foreseen: Places,
     /// The profile last given back, kept for its allocations: the next recall unpacks into it.
     spare: Profile,
     /// Where a profile is packed before it is copied to its place.
@@ -247,6 +263,7 @@ impl MemoryStore {
             clock: 0,
             lent: None,
             held_keys: Vec::new(),
+            foreseen: Places::new(),
             spare: Profile::default(),
             packing: Vec::new(),
             capacity: capacity.max(1),
@@ -419,7 +436,7 @@ impl MemoryStore {
             // Keys that point here without being listed (dropped from the list past `Profile::MAX_KEYS`, or stored
             // under a key of their own): rare enough to look for in the whole table.
             let mut forgotten = 0;
-            self.keys.table.retain(|entry| {
+            self.keys.retain(|entry| {
                 let keep = entry.profile != index;
                 if !keep {
                     forgotten += Self::key_footprint_of(entry.key.len());
@@ -501,96 +518,18 @@ impl MemoryStore {
     }
 }
 
-/// Visitor keys, each pointing to a profile. A key's text and its profile sit together in the hash table's slot, so
-/// that finding a key reads its slot and nothing else: a key kept as a string of its own was a second cache miss
-/// on every look-up, the costliest part of a visitor's recall.
-#[derive(Default)]
-struct KeyTable {
-    table: hashbrown::HashTable<KeyEntry>,
-    hasher: hashbrown::DefaultHashBuilder,
+/// Starts fetching `item`'s cache line without waiting for it.
+fn prefetch<T>(item: &T) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    safe_arch::prefetch_t0(item);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    let _ = item;
 }
 
-struct KeyEntry {
-    hash: u64,
-    profile: usize,
-    key: KeyText,
-}
-
-/// A key's text: in the slot when it is short (an anonymous id is a UUID: `anon:` and 36 characters).
-enum KeyText {
-    Inline(u8, [u8; KeyText::INLINE]),
-    Heap(Box<str>),
-}
-
-impl KeyText {
-    /// What fits in a slot of 64 bytes beside the hash and the profile.
-    const INLINE: usize = 46;
-
-    fn new(key: &str) -> Self {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= Self::INLINE => {
-                let mut bytes = [0; Self::INLINE];
-                bytes[..key.len()].copy_from_slice(key.as_bytes());
-                KeyText::Inline(len, bytes)
-            }
-            _ => KeyText::Heap(key.into()),
-        }
-    }
-
-    fn is(&self, key: &str) -> bool {
-        match self {
-            KeyText::Inline(len, bytes) => &bytes[..usize::from(*len)] == key.as_bytes(),
-            KeyText::Heap(text) => &**text == key,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            KeyText::Inline(len, _) => usize::from(*len),
-            KeyText::Heap(text) => text.len(),
-        }
-    }
-}
-
-impl KeyTable {
-    fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    fn hash(&self, key: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(key)
-    }
-
-    /// The profile `key` points to.
-    fn get(&self, key: &str) -> Option<usize> {
-        let hash = self.hash(key);
-        self.table.find(hash, |entry| entry.hash == hash && entry.key.is(key)).map(|entry| entry.profile)
-    }
-
-    /// Points `key` at `profile`; what it pointed to before, `None` for a new key.
-    fn set(&mut self, key: &str, profile: usize) -> Option<usize> {
-        let hash = self.hash(key);
-        match self.table.find_mut(hash, |entry| entry.hash == hash && entry.key.is(key)) {
-            Some(entry) => Some(std::mem::replace(&mut entry.profile, profile)),
-            None => {
-                let entry = KeyEntry { hash, profile, key: KeyText::new(key) };
-                self.table.insert_unique(hash, entry, |entry| entry.hash);
-                None
-            }
-        }
-    }
-
-    /// Forgets `key` if it points to `profile`; true when it did.
-    fn remove(&mut self, key: &str, profile: usize) -> bool {
-        let hash = self.hash(key);
-        match self.table.find_entry(hash, |entry| entry.profile == profile && entry.key.is(key)) {
-            Ok(entry) => {
-                entry.remove();
-                true
-            }
-            Err(_) => false,
-        }
+/// Starts fetching the first cache lines of `bytes`, as many as a visitor's profile mostly takes.
+fn prefetch_bytes(bytes: &[u8]) {
+    for line in bytes.chunks(64).take(4) {
+        prefetch(&line[0]);
     }
 }
 
@@ -601,6 +540,38 @@ impl Default for MemoryStore {
 }
 
 impl IdentityStore for MemoryStore {
+    fn prefetch_steps(&self) -> usize {
+        3
+    }
+
+    /// A visitor's profile is three cache misses away (the key's slot, the profile's place, the packed profile),
+    /// each known only once the one before it is read; on tens of thousands of visitors they were most of what a
+    /// recall cost. Step 0 starts fetching the keys' slots; step 1 finds the profiles they point to and starts
+    /// fetching their places; step 2 the packed profiles, whose addresses the places hold.
+    fn prefetch_visitor(&mut self, keys: &[String], step: usize) {
+        match step {
+            0 => {
+                for key in keys {
+                    self.keys.prefetch(key);
+                }
+            }
+            1 => {
+                self.foreseen.clear();
+                for key in keys {
+                    if let Some(index) = self.keys.get(key) {
+                        prefetch(&self.profiles[index]);
+                        self.foreseen.push(index);
+                    }
+                }
+            }
+            _ => {
+                for &index in &self.foreseen {
+                    prefetch_bytes(&self.profiles[index].packed);
+                }
+            }
+        }
+    }
+
     fn load(&mut self, key: &str) -> Option<Profile> {
         let index = self.keys.get(key)?;
         self.see(index);
@@ -1111,6 +1082,10 @@ mod tests {
             let mut model: Vec<usize> = Vec::new();
             for (step, (v, teach)) in ops.into_iter().enumerate() {
                 let keys = visitor_keys(v);
+                // A prefetch is a hint only: whether given or not, the store answers the same.
+                for prefetch_step in 0..if step.is_multiple_of(2) { store.prefetch_steps() } else { 0 } {
+                    store.prefetch_visitor(&keys, prefetch_step);
+                }
                 let mut profile = store.recall_visitor(&keys);
                 let held = model.iter().position(|&m| m == v);
                 proptest::prop_assert_eq!(profile.keys.is_empty(), held.is_none(), "visitor {} recalled", v);

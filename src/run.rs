@@ -212,7 +212,24 @@ impl Plan {
             }
         };
         let route = &self.routes[route_index];
-        for &rule in &route.rules {
+        // The visitor is recalled after the rules run; its keys are known now, so memory can start fetching it
+        // while they run, a step at a time spread among them.
+        let keys = match &context.identity {
+            Some(_) if !self.remembered.is_empty() => self.visitor_keys(&state),
+            _ => Vec::new(),
+        };
+        let steps = match (&context.identity, keys.is_empty()) {
+            (Some(store), false) => store.prefetch_steps(),
+            _ => 0,
+        };
+        let mut step = 0;
+        for (position, &rule) in route.rules.iter().enumerate() {
+            while step < steps && step * route.rules.len() <= position * steps {
+                if let Some(store) = context.identity.as_deref_mut() {
+                    store.prefetch_visitor(&keys, step);
+                }
+                step += 1;
+            }
             self.run_rule(&self.rules[rule], &mut state, observer);
         }
         self.set(&mut state, self.slots.event_type, Val::from(&*route.event_type));
@@ -221,7 +238,7 @@ impl Plan {
             self.set(&mut state, slot, Val::from(name.as_str()));
         }
         let event_ms = self.event_time(&state, context.now_ms);
-        let memory = context.identity.as_deref_mut().and_then(|store| self.recall(&mut state, store, event_ms));
+        let memory = context.identity.as_deref_mut().and_then(|store| self.recall(&mut state, store, keys, event_ms));
         let rejected = self.validate(route, &mut state, context.now_ms);
         // What an event teaches about its visitor holds even when the event itself cannot be sent (a landing
         // page older than the window still carries a click id valid for 30 days); `remember` keeps only values
@@ -381,8 +398,14 @@ impl Plan {
     }
 
     /// Fills the remembered fields the event lacks from what the visitor's earlier events taught.
-    fn recall(&self, state: &mut State<'_>, store: &mut dyn IdentityStore, event_ms: i64) -> Option<Memory> {
-        let mut memory = self.load_memory(state, store)?;
+    fn recall(
+        &self,
+        state: &mut State<'_>,
+        store: &mut dyn IdentityStore,
+        keys: Vec<String>,
+        event_ms: i64,
+    ) -> Option<Memory> {
+        let mut memory = self.load_memory_of(keys, store)?;
         for remembered in &self.remembered {
             if state.out[remembered.slot].is_some() {
                 continue;
