@@ -18,7 +18,7 @@ pub(crate) use numeric::currency;
 pub use time::timestamp_ms;
 #[cfg(feature = "relay")]
 pub(crate) use value::json_string_len;
-pub(crate) use value::{lookup, write_json, write_json_string, write_number, write_u64};
+pub(crate) use value::{lookup, next_escape, write_json, write_json_string, write_number, write_u64};
 pub use value::{Slice, Val};
 
 /// A set of JSON value kinds, used for static type checking. Numbers are split into integers and numbers

@@ -494,14 +494,23 @@ pub(crate) fn json_string_len(text: &str) -> usize {
 }
 
 /// The index of the first byte from `from` on that a JSON string must escape: a control character, `"` or `\`.
-/// Eight bytes are tested at a time while none of them needs it, as most text does not.
-fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+/// The same bytes end a run of plain content when a string is read (`input::scan`). Sixteen bytes are tested at a
+/// time (eight without SSE2) while none of them is one, as most text has none.
+pub(crate) fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let found = escapes_in_sixteen(chunk.try_into().expect("sixteen bytes"));
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Whether any byte of `word` is zero, or below `n` for `less_than`: exact for the word as a whole.
     let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGH != 0;
     let less_than = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH != 0;
-    let mut i = from;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         if less_than(word, 0x20)
@@ -513,6 +522,19 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
         i += 8;
     }
     bytes[i..].iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').map(|p| i + p)
+}
+
+/// A bit for each of the sixteen bytes that a JSON string must escape, the first byte's lowest.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+fn escapes_in_sixteen(chunk: &[u8; 16]) -> u32 {
+    use safe_arch::set_splat_i8_m128i as splat;
+    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, min_u8_m128i, move_mask_i8_m128i};
+    let bytes = load_unaligned_m128i(chunk);
+    let quote = cmp_eq_mask_i8_m128i(bytes, splat(b'"' as i8));
+    let backslash = cmp_eq_mask_i8_m128i(bytes, splat(b'\\' as i8));
+    // A byte below 0x20 is its own unsigned minimum with 0x1f.
+    let control = cmp_eq_mask_i8_m128i(min_u8_m128i(bytes, splat(0x1f)), bytes);
+    move_mask_i8_m128i(bitor_m128i(bitor_m128i(quote, backslash), control)) as u32
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde_json::Number;
 
 use super::{Captured, Node, Seen, Unbuilt};
-use crate::functions::Val;
+use crate::functions::{next_escape, Val};
 
 /// The fast reader gave up on this text; the reference reader decides.
 pub(super) struct GiveUp;
@@ -258,30 +258,16 @@ impl<'a> Scanner<'a> {
 
     /// Moves past string content up to the next `"`, `\` or control character; returns that byte.
     fn plain_run(&mut self) -> Option<u8> {
-        // Eight bytes at a time: a byte needs attention when it is `"`, `\` or below 0x20.
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGHS: u64 = 0x8080_8080_8080_8080;
-        while let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
-            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            let quote = word ^ (ONES * u64::from(b'"'));
-            let backslash = word ^ (ONES * u64::from(b'\\'));
-            let found = (quote.wrapping_sub(ONES) & !quote)
-                | (backslash.wrapping_sub(ONES) & !backslash)
-                | (word.wrapping_sub(ONES * 0x20) & !word);
-            let found = found & HIGHS;
-            if found != 0 {
-                self.pos += (found.trailing_zeros() / 8) as usize;
-                break;
+        match next_escape(self.bytes, self.pos) {
+            Some(stop) => {
+                self.pos = stop;
+                Some(self.bytes[stop])
             }
-            self.pos += 8;
-        }
-        while let Some(byte) = self.peek() {
-            if byte == b'"' || byte == b'\\' || byte < 0x20 {
-                return Some(byte);
+            None => {
+                self.pos = self.bytes.len();
+                None
             }
-            self.pos += 1;
         }
-        None
     }
 
     /// A string, at its opening quote: borrowed from the text unless it has escapes.
