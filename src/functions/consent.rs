@@ -108,7 +108,7 @@ fn granted(consent: Entries<'_, '_>, category: &str) -> bool {
     }
     for list in [CANONICAL, CATEGORIES].into_iter().filter_map(|key| lookup(consent, key)) {
         match list {
-            Val::Array(items) if items.iter().filter_map(Val::as_str).any(|item| same(item.trim(), category)) => {
+            Val::Array(items) if items.iter().filter_map(Val::as_str).any(|item| names(item, category)) => {
                 decide(Some(true));
             }
             Val::Object(flags) => decide(flag(flags, category)),
@@ -126,7 +126,7 @@ fn flag(map: Entries<'_, '_>, category: &str) -> Option<bool> {
     let mut decision = None;
     for (key, value) in map {
         if let Val::Bool(granted) = value {
-            if same(key.trim(), category) {
+            if names(key, category) {
                 if !granted {
                     return Some(false);
                 }
@@ -135,6 +135,16 @@ fn flag(map: Entries<'_, '_>, category: &str) -> Option<bool> {
         }
     }
     decision
+}
+
+/// Whether `name` (a key or a listed item) names `category` (trimmed): the same but for case and the whitespace
+/// around it. Most keys of a consent object name other categories, and a first letter tells those apart without
+/// trimming or comparing: where both first characters are ASCII and the name's is not whitespace, they must match.
+fn names(name: &str, category: &str) -> bool {
+    match (name.as_bytes().first(), category.as_bytes().first()) {
+        (Some(n), Some(c)) if n.is_ascii_alphanumeric() && c.is_ascii() && !n.eq_ignore_ascii_case(c) => false,
+        _ => same(name.trim(), category),
+    }
 }
 
 /// Whether two names are the same but for case.
@@ -236,6 +246,23 @@ mod tests {
         assert!(!check(consent.clone(), ""));
         for category in [json!(true), json!(1), json!(["marketing"]), json!({"marketing": true})] {
             assert_eq!(eval_json(&CONSENT, Some(consent.clone()), &[Some(category)]), Ok(Some(json!(false))));
+        }
+    }
+
+    #[test]
+    fn names_are_told_apart_as_the_full_comparison_does() {
+        // The Kelvin sign lowers to an ASCII `k`: a first character that is not ASCII is compared in full.
+        assert!(names("\u{212A}elvin", "kelvin") && names("kelvin", "\u{212A}ELVIN"));
+        assert!(names(" Marketing\t", "marketing") && !names("analytics", "marketing"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_first_letter_shortcut_agrees_with_trimming_and_comparing(
+            name in "[ \t]?[a-zA-Z0-9\u{212A}\u{130}é ]{0,4}[ \t]?",
+            category in "[a-zA-Z0-9\u{212A}\u{130}é]{1,4}",
+        ) {
+            proptest::prop_assert_eq!(names(&name, &category), same(name.trim(), &category));
         }
     }
 
