@@ -156,16 +156,10 @@ pub trait IngestTx: IdentityStore {
     /// Visitor keys the transaction is about to load: a store across a network reads them in one round trip.
     fn prefetch(&mut self, _keys: &[String]) {}
     /// Writes a profile mapped outside the transaction, against identity memory read with
-    /// [`Store::read_identity`]: the row was last written at `before` (as read, or as written by an earlier group
-    /// of the same writer) and is now written at `touched_ms` ([`touch_time`]). A store that keeps its own times
-    /// stores the profile as [`IdentityStore::store`] does.
-    fn store_staged(
-        &mut self,
-        key: &str,
-        profile: &Profile,
-        _before: Option<u64>,
-        _touched_ms: u64,
-    ) -> Result<(), StoreError> {
+    /// [`Store::read_identity`], as written at `touched_ms` ([`touch_time`] of the time it was read or written at by
+    /// an earlier group of the same writer). A store that keeps its own times stores the profile as
+    /// [`IdentityStore::store`] does.
+    fn store_staged(&mut self, key: &str, profile: &Profile, _touched_ms: u64) -> Result<(), StoreError> {
         self.store(key, profile.clone());
         Ok(())
     }
@@ -300,8 +294,10 @@ pub struct RedbStore {
     /// Held by the transactions that write or fold the journal, from before they begin until [`RedbStore::unfolded`]
     /// says what they committed, so that none of them sees it out of step with the file.
     journal_writer: Mutex<()>,
-    /// How many profile writes the journal takes before it is folded.
+    /// How many profile writes the journal takes before a pass folds it, and the fewest keys each step of a pass
+    /// folds ([`journal`]).
     fold_at: usize,
+    step_keys: usize,
 }
 
 /// A key's row: its profile (`None`: no row, or one that cannot be read) and when it was last written.
@@ -327,6 +323,7 @@ impl RedbStore {
             unfolded: Mutex::default(),
             journal_writer: Mutex::default(),
             fold_at: journal::FOLD_AT,
+            step_keys: journal::STEP_KEYS,
         })
     }
 
@@ -441,8 +438,8 @@ fn fold_journal(
     }
     journal.retain(|_, _| false).map_err(fail)?;
     // In key order: the tree's pages are visited once each, left to right.
-    for (key, entry) in journal::folded(entries) {
-        let (row_added, row_removed) = write_row(table, touched, &key, &entry.row, entry.before, entry.touched_ms)?;
+    for (key, entry) in journal::last_writes(entries) {
+        let (row_added, row_removed) = write_row(table, touched, &key, &entry.row, entry.touched_ms)?;
         added += row_added;
         removed += row_removed;
     }
@@ -577,9 +574,11 @@ struct RedbIngest<'t> {
     unfolded: &'t Mutex<Unfolded>,
     /// The profiles this transaction wrote, journaled when the work is done.
     journaled: Vec<journal::Entry>,
-    /// Whether this transaction folded the journal.
-    folded: bool,
+    /// The journal value this transaction wrote, and what it folded.
+    journal_seq: u64,
+    fold_step: Option<journal::Step>,
     fold_at: usize,
+    step_keys: usize,
 }
 
 /// A profile a transaction read or wrote.
@@ -594,35 +593,50 @@ impl RedbIngest<'_> {
     fn write_profiles(&mut self) -> Result<(), StoreError> {
         for (key, visited) in self.profiles.iter_mut().filter(|(_, visited)| visited.written) {
             let Some(profile) = &visited.known.profile else { continue };
-            let before = visited.known.touched_ms;
-            let touched_ms = touch_time(before, self.now_ms);
-            self.journaled.push(journal_entry(key, profile, before, touched_ms)?);
+            let touched_ms = touch_time(visited.known.touched_ms, self.now_ms);
+            self.journaled.push(journal_entry(key, profile, touched_ms)?);
             visited.known.touched_ms = Some(touched_ms);
         }
         Ok(())
     }
 
-    /// Writes the transaction's profiles into the journal as one value, and folds the journal once it is full.
+    /// Writes the transaction's profiles into the journal as one value, and folds its share of a pass.
     fn write_journal(&mut self) -> Result<(), StoreError> {
-        if self.journaled.is_empty() {
+        let (step, last_seq) = {
+            let unfolded = self.unfolded.lock().unwrap_or_else(PoisonError::into_inner);
+            (unfolded.step(self.journaled.len(), self.fold_at, self.step_keys), unfolded.last_seq())
+        };
+        if self.journaled.is_empty() && step.is_none() {
             return Ok(());
         }
-        let value = journal::encode(&self.journaled);
         let mut journal = self.txn.open_table(IDENTITY_JOURNAL).map_err(fail)?;
-        let seq = match journal.last().map_err(fail)? {
-            Some((seq, _)) => seq.value() + 1,
-            None => 0,
-        };
-        journal.insert(seq, value.as_slice()).map_err(fail)?;
-        self.bytes_added += value.len() as u64;
-        let writes = self.unfolded.lock().unwrap_or_else(PoisonError::into_inner).writes();
-        if writes + self.journaled.len() >= self.fold_at {
-            let (table, touched) = open_identity(self.txn, &mut self.identity, &mut self.touched)?;
-            let (added, removed) = fold_journal(&mut journal, table, touched)?;
-            self.bytes_added += added;
-            self.bytes_removed += removed;
-            self.folded = true;
+        if !self.journaled.is_empty() {
+            let value = journal::encode(&self.journaled);
+            // Numbered on from the last value written, also when a pass removed every value.
+            let after_stored = journal.last().map_err(fail)?.map(|(seq, _)| seq.value());
+            self.journal_seq = after_stored.max(last_seq).map_or(0, |seq| seq + 1);
+            journal.insert(self.journal_seq, value.as_slice()).map_err(fail)?;
+            self.bytes_added += value.len() as u64;
         }
+        if let Some(step) = &step {
+            let (table, touched) = open_identity(self.txn, &mut self.identity, &mut self.touched)?;
+            for (key, row, touched_ms) in &step.rows {
+                let (added, removed) = write_row(table, touched, key, row, *touched_ms)?;
+                self.bytes_added += added;
+                self.bytes_removed += removed;
+            }
+            if let Some(through) = step.ends {
+                let folded: Vec<(u64, u64)> = (journal.range(..=through).map_err(fail)?)
+                    .map(|item| item.map(|(seq, value)| (seq.value(), value.value().len() as u64)))
+                    .collect::<Result<_, _>>()
+                    .map_err(fail)?;
+                for (seq, len) in folded {
+                    journal.remove(seq).map_err(fail)?;
+                    self.bytes_removed += len;
+                }
+            }
+        }
+        self.fold_step = step;
         Ok(())
     }
 }
@@ -648,28 +662,25 @@ fn open_identity<'a, 't>(
     Ok((table, touched))
 }
 
-/// The journal's entry for `key`'s profile, last written at `before`, as written at `touched_ms`.
-fn journal_entry(
-    key: &str,
-    profile: &Profile,
-    before: Option<u64>,
-    touched_ms: u64,
-) -> Result<journal::Entry, StoreError> {
+/// The journal's entry for `key`'s profile, as written at `touched_ms`.
+fn journal_entry(key: &str, profile: &Profile, touched_ms: u64) -> Result<journal::Entry, StoreError> {
     let row = serde_json::to_vec(&RememberedRef { profile, touched_ms }).map_err(unreadable)?;
-    Ok(journal::Entry { key: key.to_string(), before, touched_ms, row })
+    Ok(journal::Entry { key: key.to_string(), touched_ms, row })
 }
 
-/// Writes `key`'s row, last written at `before`, as written at `touched_ms`; returns the bytes it added and the
-/// bytes of the row it replaced.
+/// Writes `key`'s row, as written at `touched_ms`, and moves the key in the table of times from the time of the row it
+/// replaces; returns the bytes it added and the bytes of that row.
 fn write_row(
     table: &mut IdentityTable<'_>,
     touched: &mut TouchedTable<'_>,
     key: &str,
     bytes: &[u8],
-    before: Option<u64>,
     touched_ms: u64,
 ) -> Result<(u64, u64), StoreError> {
-    let removed = table.insert(key, bytes).map_err(fail)?.map_or(0, |old| old.value().len() as u64);
+    let (removed, before) = match table.insert(key, bytes).map_err(fail)? {
+        Some(old) => (old.value().len() as u64, row_touched_ms(old.value())),
+        None => (0, None),
+    };
     if before != Some(touched_ms) {
         if let Some(at) = before {
             touched.remove((at, key)).map_err(fail)?;
@@ -745,6 +756,17 @@ impl RedbIngest<'_> {
 }
 
 /// A row of the identity table as read; one that cannot be read is no row, as if the visitor were new.
+/// When an identity row says it was written: read from its end, where `touched_ms` is written last, or from the whole
+/// row when it does not end so.
+fn row_touched_ms(row: &[u8]) -> Option<u64> {
+    let number = row.strip_suffix(b"}").and_then(|body| {
+        let digits = body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let (head, digits) = body.split_at(body.len() - digits);
+        head.ends_with(b",\"touched_ms\":").then(|| std::str::from_utf8(digits).ok()?.parse().ok())?
+    });
+    number.or_else(|| stored_profile(row).touched_ms)
+}
+
 fn stored_profile(row: &[u8]) -> StoredProfile {
     match serde_json::from_slice::<Remembered>(row) {
         Ok(row) => StoredProfile { profile: Some(row.profile), touched_ms: Some(row.touched_ms) },
@@ -753,14 +775,8 @@ fn stored_profile(row: &[u8]) -> StoredProfile {
 }
 
 impl IngestTx for RedbIngest<'_> {
-    fn store_staged(
-        &mut self,
-        key: &str,
-        profile: &Profile,
-        before: Option<u64>,
-        touched_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.journaled.push(journal_entry(key, profile, before, touched_ms)?);
+    fn store_staged(&mut self, key: &str, profile: &Profile, touched_ms: u64) -> Result<(), StoreError> {
+        self.journaled.push(journal_entry(key, profile, touched_ms)?);
         Ok(())
     }
 
@@ -803,7 +819,7 @@ impl Store for RedbStore {
     fn ingest(&self, work: &mut dyn FnMut(&mut dyn IngestTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         let _writer = self.journal_writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut journaled = (Vec::new(), false);
+        let mut journaled = (0, Vec::new(), None);
         self.write(|txn| {
             let mut ingest = RedbIngest {
                 txn,
@@ -818,8 +834,10 @@ impl Store for RedbStore {
                 touched: None,
                 unfolded: &self.unfolded,
                 journaled: Vec::new(),
-                folded: false,
+                journal_seq: 0,
+                fold_step: None,
                 fold_at: self.fold_at,
+                step_keys: self.step_keys,
             };
             work(&mut ingest)?;
             ingest.write_segments()?;
@@ -832,14 +850,11 @@ impl Store for RedbStore {
                 set_counter(txn, "next_seq", next)?;
             }
             adjust_bytes(txn, ingest.bytes_added, ingest.bytes_removed)?;
-            journaled = (std::mem::take(&mut ingest.journaled), ingest.folded);
+            journaled = (ingest.journal_seq, std::mem::take(&mut ingest.journaled), ingest.fold_step.take());
             Ok(())
         })?;
-        let mut unfolded = self.unfolded();
-        match journaled {
-            (_, true) => unfolded.clear(),
-            (entries, false) => unfolded.add(entries),
-        }
+        let (seq, entries, step) = journaled;
+        self.unfolded().committed(seq, entries, step);
         Ok(())
     }
 
@@ -1438,16 +1453,18 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
-        /// Through the journal, its folds (every few writes here), failed groups, restarts and forgetting, identity
-        /// memory reads back what the last committed write of each key said, in a group and outside one, and the
-        /// byte count stays what the file holds.
+        /// Through the journal, its passes (begun every few writes here, a key or two folded per transaction), failed
+        /// groups, restarts and forgetting, identity memory reads back what the last committed write of each key
+        /// said, in a group and outside one, lists each visitor once in the table of times, and the byte count stays
+        /// what the file holds.
         #[test]
         fn identity_memory_reads_back_its_last_committed_writes(
-            changes in proptest::collection::vec(remembering(), 1..30),
+            changes in proptest::collection::vec(remembering(), 1..40),
             fold_at in 1usize..8,
+            step_keys in 1usize..4,
         ) {
             let dir = temp_dir("journal");
-            let open = || RedbStore { fold_at, ..RedbStore::open(&dir).unwrap() };
+            let open = || RedbStore { fold_at, step_keys, ..RedbStore::open(&dir).unwrap() };
             let mut store = open();
             let mut model: BTreeMap<String, Profile> = BTreeMap::new();
             let key = |k: usize| format!("anon:{k}");
@@ -1467,7 +1484,7 @@ mod tests {
                                         None => store.read_identity(&[key(k)]).unwrap().remove(0).touched_ms,
                                     };
                                     let touched_ms = touch_time(before, now_ms);
-                                    tx.store_staged(&key(k), &profile, before, touched_ms)?;
+                                    tx.store_staged(&key(k), &profile, touched_ms)?;
                                     times.insert(key(k), Some(touched_ms));
                                 } else {
                                     assert_eq!(tx.load(&key(k)).as_ref(), written.get(&key(k)), "read in the group");

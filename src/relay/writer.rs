@@ -468,7 +468,7 @@ fn commit_groups(
         } else {
             let result = shared.store.ingest(&mut |tx| {
                 for write in &profiles {
-                    tx.store_staged(&write.key, &write.profile, write.before, write.touched_ms)?;
+                    tx.store_staged(&write.key, &write.profile, write.touched_ms)?;
                 }
                 for (place, pending) in &rows {
                     tx.enqueue(&mapped.pixels[*place].0.name, pending)?;

@@ -25,8 +25,6 @@ struct Held {
 pub(super) struct Write {
     pub key: String,
     pub profile: Profile,
-    /// When the row was last written before this group: the committer moves the visitor in the order of writes.
-    pub before: Option<u64>,
     pub touched_ms: u64,
 }
 
@@ -41,8 +39,8 @@ pub(super) struct Recollection<'r> {
     /// The group being mapped, and the time its rows are written at.
     group: u64,
     now_ms: u64,
-    /// The keys the group being mapped wrote, each with the time its row had before.
-    written: Vec<(String, Option<u64>)>,
+    /// The keys the group being mapped wrote.
+    written: Vec<String>,
     /// The first read that failed in the group being mapped: the group fails with it.
     failure: Option<StoreError>,
     /// What is held no longer matches the store, whatever is staged: a group was mapped and then not handed over.
@@ -84,11 +82,11 @@ impl<'r> Recollection<'r> {
         let written = std::mem::take(&mut self.written);
         written
             .into_iter()
-            .filter_map(|(key, before)| {
+            .filter_map(|key| {
                 let held = self.newer.get(&key).or_else(|| self.older.get(&key))?;
                 let profile = held.stored.profile.clone()?;
                 let touched_ms = held.stored.touched_ms?;
-                Some(Write { key, profile, before, touched_ms })
+                Some(Write { key, profile, touched_ms })
             })
             .collect()
     }
@@ -208,7 +206,7 @@ impl IdentityStore for Recollection<'_> {
         held.stored = StoredProfile { profile: Some(profile), touched_ms: Some(touch_time(before, now_ms)) };
         held.staged = Some(group);
         if first_write {
-            self.written.push((key.to_string(), before));
+            self.written.push(key.to_string());
             self.staged.push_back((group, key.to_string()));
         }
     }
@@ -272,7 +270,7 @@ mod tests {
         memory.store("a", profile("second"));
         let writes = memory.writes();
         assert_eq!(writes.len(), 1, "two writes of one key in a group are one row");
-        assert_eq!((writes[0].before, writes[0].touched_ms), (None, 5_000));
+        assert_eq!(writes[0].touched_ms, 5_000);
         assert_eq!(writes[0].profile, profile("second"));
 
         memory.begin(2, 6_000);
@@ -302,14 +300,14 @@ mod tests {
         memory.begin(1, 1_000 + hour as i64 - 1);
         memory.store("a", profile("y"));
         let writes = memory.writes();
-        assert_eq!((writes[0].before, writes[0].touched_ms), (Some(1_000), 1_000), "less than an hour old: kept");
+        assert_eq!(writes[0].touched_ms, 1_000, "less than an hour old: kept");
         memory.begin(2, 1_000 + hour as i64);
         memory.store("a", profile("z"));
         let writes = memory.writes();
-        assert_eq!((writes[0].before, writes[0].touched_ms), (Some(1_000), 1_000 + hour), "an hour old: moved");
+        assert_eq!(writes[0].touched_ms, 1_000 + hour, "an hour old: moved");
         memory.begin(3, 1_000 + hour as i64 + 5);
         memory.store("a", profile("w"));
-        assert_eq!(memory.writes()[0].before, Some(1_000 + hour), "the time the group before wrote it at");
+        assert_eq!(memory.writes()[0].touched_ms, 1_000 + hour, "kept from the time the group before wrote it at");
     }
 
     #[test]
