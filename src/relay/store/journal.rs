@@ -13,8 +13,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// How many profile writes the journal takes before a pass folds it.
-pub(super) const FOLD_AT: usize = 4096;
+/// How many profile writes the journal takes before a pass folds it. The more a pass folds, the closer its keys are
+/// in the table and the more of them share a page: on 160,000 events of `relay_load.py`, 4,096 gave 51,785
+/// acknowledged events/s, 16,384 gave 59,055 and 65,536 gave 61,007. Its rows are held in memory until folded, about
+/// 400 bytes each.
+pub(super) const FOLD_AT: usize = 16_384;
 
 /// The fewest keys a transaction folds while a pass runs; it folds twice its own writes when that is more, so that
 /// passes keep up with any rate of writes and the journal stays bounded.
