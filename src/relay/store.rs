@@ -430,11 +430,13 @@ fn fold_journal(
     let mut entries = Vec::new();
     for item in journal.iter().map_err(fail)? {
         let (seq, value) = item.map_err(fail)?;
-        entries.extend(journal::decode(seq.value(), value.value()).map_err(unreadable_row)?);
+        match journal::decode(seq.value(), value.value()) {
+            Ok(read) => entries.extend(read),
+            // Identity memory only makes matches better: the relay goes on without what cannot be read, rather than
+            // refusing to start on a file whose queued events are fine.
+            Err(error) => tracing::error!(%error, "identity memory: a journal entry is left out"),
+        }
         removed += value.value().len() as u64;
-    }
-    if entries.is_empty() {
-        return Ok((0, 0));
     }
     journal.retain(|_, _| false).map_err(fail)?;
     // In key order: the tree's pages are visited once each, left to right.
@@ -1663,6 +1665,41 @@ mod damage {
         damage(&mut bytes);
         std::fs::write(&file, &bytes).expect("damaged");
         RedbStore::open(dir.path())
+    }
+
+    #[test]
+    fn a_journal_entry_that_cannot_be_read_is_left_out_and_the_store_opens() {
+        let dir = tempfile::Builder::new().prefix("engine-store-journal-").tempdir().expect("a directory");
+        let profile = |key: &str| Profile { fields: Vec::new(), keys: vec![key.into()] };
+        {
+            let store = RedbStore::open(dir.path()).expect("a new store");
+            store.ingest(&mut |tx| tx.store_staged("anon:1", &profile("anon:1"), 5)).expect("stored");
+            store.ingest(&mut |tx| tx.store_staged("anon:2", &profile("anon:2"), 5)).expect("stored");
+            store
+                .write(|txn| {
+                    let mut journal = txn.open_table(IDENTITY_JOURNAL).map_err(fail)?;
+                    // The second entry, overwritten with bytes that do not read as one.
+                    let old = journal.insert(1, &[0xff_u8; 40][..]).map_err(fail)?.map(|old| old.value().len());
+                    drop(journal);
+                    adjust_bytes(txn, 40, old.expect("the second entry") as u64)
+                })
+                .expect("damaged");
+        }
+        let store = RedbStore::open(dir.path()).expect("opens all the same");
+        let read = store.read_identity(&["anon:1".into(), "anon:2".into()]).expect("read");
+        assert_eq!(read[0].profile, Some(profile("anon:1")));
+        assert_eq!(read[1].profile, None, "what the damaged entry held is gone");
+        assert_eq!(
+            store.stored_bytes().unwrap(),
+            store
+                .read(|txn| {
+                    let rows = txn.open_table(IDENTITY).map_err(fail)?;
+                    let row = rows.get("anon:1").map_err(fail)?.expect("folded");
+                    Ok(row.value().len() as u64)
+                })
+                .unwrap(),
+            "the damaged entry's bytes are no longer counted"
+        );
     }
 
     #[test]
