@@ -604,19 +604,20 @@ impl RedbIngest<'_> {
 
     /// Writes the transaction's profiles into the journal as one value, and folds its share of a pass.
     fn write_journal(&mut self) -> Result<(), StoreError> {
-        let (step, last_seq) = {
-            let unfolded = self.unfolded.lock().unwrap_or_else(PoisonError::into_inner);
-            (unfolded.step(self.journaled.len(), self.fold_at, self.step_keys), unfolded.last_seq())
-        };
+        let step = (self.unfolded.lock().unwrap_or_else(PoisonError::into_inner)).step(
+            self.journaled.len(),
+            self.fold_at,
+            self.step_keys,
+        );
         if self.journaled.is_empty() && step.is_none() {
             return Ok(());
         }
         let mut journal = self.txn.open_table(IDENTITY_JOURNAL).map_err(fail)?;
         if !self.journaled.is_empty() {
             let value = journal::encode(&self.journaled);
-            // Numbered on from the last value written, also when a pass removed every value.
-            let after_stored = journal.last().map_err(fail)?.map(|(seq, _)| seq.value());
-            self.journal_seq = after_stored.max(last_seq).map_or(0, |seq| seq + 1);
+            // A row held in memory is in a value the journal still holds, so numbering on from the last one held
+            // never reuses the number of a row in memory.
+            self.journal_seq = journal.last().map_err(fail)?.map_or(0, |(seq, _)| seq.value() + 1);
             journal.insert(self.journal_seq, value.as_slice()).map_err(fail)?;
             self.bytes_added += value.len() as u64;
         }

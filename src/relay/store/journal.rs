@@ -103,8 +103,6 @@ pub(super) struct Step {
 #[derive(Default)]
 pub(super) struct Unfolded {
     rows: HashMap<String, Journaled>,
-    /// The last journal value committed.
-    last_seq: Option<u64>,
     /// Writes committed since the last pass began.
     writes: usize,
     pass: Option<Pass>,
@@ -114,11 +112,6 @@ impl Unfolded {
     /// The row last journaled for `key`.
     pub fn row(&self, key: &str) -> Option<&[u8]> {
         self.rows.get(key).map(|journaled| journaled.row.as_slice())
-    }
-
-    /// The last journal value committed since the store opened.
-    pub fn last_seq(&self) -> Option<u64> {
-        self.last_seq
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -137,7 +130,8 @@ impl Unfolded {
             None if self.writes + writes >= fold_at && !self.rows.is_empty() => {
                 let mut keys: Vec<String> = self.rows.keys().cloned().collect();
                 keys.sort_unstable();
-                let through = self.last_seq.expect("a journal with rows has values");
+                // The last value committed: its rows are held, at its number, unless written again since.
+                let through = self.rows.values().map(|journaled| journaled.seq).max().unwrap_or_default();
                 begun = keys;
                 (&begun, 0, through, Some((through, begun.clone())))
             }
@@ -174,7 +168,6 @@ impl Unfolded {
             return;
         }
         self.writes += entries.len();
-        self.last_seq = Some(seq);
         for Entry { key, touched_ms, row } in entries {
             self.rows.insert(key, Journaled { row, touched_ms, seq });
         }
