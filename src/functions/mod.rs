@@ -15,7 +15,7 @@ mod value;
 
 pub use docs::{reference_json, reference_markdown, reference_text};
 pub(crate) use numeric::currency;
-pub use time::timestamp_ms;
+pub use time::{text_timestamp_ms, timestamp_ms};
 #[cfg(feature = "relay")]
 pub(crate) use value::json_string_len;
 pub(crate) use value::{lookup, next_escape, write_json, write_json_string, write_number, write_u64};

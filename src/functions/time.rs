@@ -92,6 +92,14 @@ pub fn timestamp_ms(value: &serde_json::Value) -> Option<i64> {
     }
 }
 
+/// [`timestamp_ms`] of a JSON string's contents, without a tree around it.
+pub fn text_timestamp_ms(text: &str) -> Option<i64> {
+    match to_unix_ms(Some(Val::from(text)), &[]) {
+        Ok(Some(ms)) => ms.as_i64(),
+        _ => None,
+    }
+}
+
 fn epoch_ms(epoch: Decimal) -> Result<i64, String> {
     let ms = if epoch.abs() < Decimal::from(MILLISECOND_THRESHOLD) {
         epoch.checked_mul(Decimal::ONE_THOUSAND)

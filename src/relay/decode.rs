@@ -53,6 +53,8 @@ pub(super) struct Decoded<'b> {
 /// One checked event: still the text it was sent as, or taken apart where the relay must rebuild it (an event
 /// without a `messageId`, whose id comes from its whole content; a batch sharing `context` or `integrations`, merged
 /// member by member; JSON nested deeper than the splitter goes).
+// Nearly every event is `Sent`: boxing it would allocate once more for each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Incoming<'b> {
     Sent(Sent<'b>),
@@ -66,13 +68,225 @@ pub(super) struct Sent<'b> {
     pub text: &'b str,
     /// Its members in order, placed in `text`, less the write key, which never travels further.
     pub members: Vec<Member<'b>>,
-    /// The members the relay checks and amends ([`ENVELOPE`]), each as its last occurrence says; of `context`, only
-    /// the members the relay reads ([`CONTEXT`]), and of the other objects nothing but that they are objects.
-    pub sent: Map<String, Value>,
-    /// The same checked, with the route's type and the batch's `sentAt` filled in: what enrichment amends.
-    pub envelope: Map<String, Value>,
+    /// The members the relay checks and amends, read where they are in `text`, checked, with the route's type and
+    /// the batch's `sentAt` filled in.
+    pub envelope: Envelope<'b>,
     /// Which of `members` is the `context` that counts (the last), when it is an object.
     pub context: Option<usize>,
+}
+
+/// A value of an event's envelope where it was read: its JSON text in the body, or a node of a tree. Checks and
+/// enrichment read both alike, so an event read as sent and one taken apart follow one set of rules.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Raw<'e> {
+    Text(&'e str),
+    Tree(&'e Value),
+}
+
+impl<'e> Raw<'e> {
+    pub fn is_null(self) -> bool {
+        match self {
+            Raw::Text(text) => text.starts_with('n'),
+            Raw::Tree(value) => value.is_null(),
+        }
+    }
+
+    pub fn is_object(self) -> bool {
+        match self {
+            Raw::Text(text) => text.starts_with('{'),
+            Raw::Tree(value) => value.is_object(),
+        }
+    }
+
+    /// What it is, as an error names it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Raw::Tree(value) => kind_of(value),
+            // The splitter has read it as JSON, so its first byte says what it is.
+            Raw::Text(text) => match text.as_bytes().first() {
+                Some(b'n') => "null",
+                Some(b't' | b'f') => "a boolean",
+                Some(b'"') => "a string",
+                Some(b'[') => "an array",
+                Some(b'{') => "an object",
+                _ => "a number",
+            },
+        }
+    }
+
+    /// The string it holds, unescaped; `None` when it is not a string.
+    pub fn string(self) -> Option<Cow<'e, str>> {
+        match self {
+            Raw::Tree(value) => value.as_str().map(Cow::Borrowed),
+            Raw::Text(text) => {
+                let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+                if inner.contains('\\') {
+                    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+                } else {
+                    Some(Cow::Borrowed(inner))
+                }
+            }
+        }
+    }
+
+    /// A non-empty object (what a consent object must be to count).
+    pub fn is_filled_object(self) -> bool {
+        match self {
+            Raw::Text(text) => text.starts_with('{') && !text[1..text.len() - 1].trim_ascii().is_empty(),
+            Raw::Tree(value) => value.as_object().is_some_and(|object| !object.is_empty()),
+        }
+    }
+
+    /// The value as a tree.
+    pub fn value(self) -> Value {
+        match self {
+            Raw::Text(text) => parse(text),
+            Raw::Tree(value) => value.clone(),
+        }
+    }
+
+    /// Its JSON text, as serde_json writes it.
+    pub fn write(self, out: &mut String) {
+        match self {
+            Raw::Text(text) => out.push_str(text),
+            Raw::Tree(value) => out.push_str(&value.to_string()),
+        }
+    }
+
+    /// The time it holds, in epoch milliseconds, read as `to_unix_ms` reads it.
+    pub fn time_ms(self) -> Option<i64> {
+        match self {
+            Raw::Tree(value) => crate::functions::timestamp_ms(value),
+            Raw::Text(_) => match self.string() {
+                Some(text) => crate::functions::text_timestamp_ms(&text),
+                None => crate::functions::timestamp_ms(&self.value()),
+            },
+        }
+    }
+}
+
+/// The members of an event the relay checks and amends, each as its last occurrence says (`None`: absent); of
+/// `context`, when it is an object, the members the relay reads.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Envelope<'e> {
+    pub kind: Option<Raw<'e>>,
+    pub event: Option<Raw<'e>>,
+    pub message_id: Option<Raw<'e>>,
+    pub anonymous_id: Option<Raw<'e>>,
+    pub user_id: Option<Raw<'e>>,
+    pub previous_id: Option<Raw<'e>>,
+    pub timestamp: Option<Raw<'e>>,
+    pub original_timestamp: Option<Raw<'e>>,
+    pub sent_at: Option<Raw<'e>>,
+    pub properties: Option<Raw<'e>>,
+    pub context: Option<Raw<'e>>,
+    pub traits: Option<Raw<'e>>,
+    pub integrations: Option<Raw<'e>>,
+    pub ip: Option<Raw<'e>>,
+    pub user_agent: Option<Raw<'e>>,
+    pub consent: Option<Raw<'e>>,
+    /// The route's type, filled in for an event that names none.
+    pub filled_kind: Option<&'static str>,
+    /// Whether `sent_at` is the batch's, filled in for an event that has none of its own.
+    pub filled_sent_at: bool,
+}
+
+impl<'e> Envelope<'e> {
+    /// The place of the member `name`, when the relay reads it.
+    fn member(&mut self, name: &str) -> Option<&mut Option<Raw<'e>>> {
+        Some(match name {
+            "type" => &mut self.kind,
+            "event" => &mut self.event,
+            "messageId" => &mut self.message_id,
+            "anonymousId" => &mut self.anonymous_id,
+            "userId" => &mut self.user_id,
+            "previousId" => &mut self.previous_id,
+            "timestamp" => &mut self.timestamp,
+            "originalTimestamp" => &mut self.original_timestamp,
+            "sentAt" => &mut self.sent_at,
+            "properties" => &mut self.properties,
+            "context" => &mut self.context,
+            "traits" => &mut self.traits,
+            "integrations" => &mut self.integrations,
+            _ => return None,
+        })
+    }
+
+    fn context_member(&mut self, name: &str) -> Option<&mut Option<Raw<'e>>> {
+        Some(match name {
+            "ip" => &mut self.ip,
+            "userAgent" => &mut self.user_agent,
+            "consent" => &mut self.consent,
+            _ => return None,
+        })
+    }
+
+    /// The envelope of an event still in its text, and which of its members is the `context` that counts (the
+    /// last, when it is an object).
+    fn of_members(text: &'e str, members: &[Member<'e>]) -> (Envelope<'e>, Option<usize>) {
+        let mut envelope = Envelope::default();
+        let mut context = None;
+        for (index, member) in members.iter().enumerate() {
+            let value = &text[member.value.clone()];
+            let Some(place) = envelope.member(&member.key) else { continue };
+            *place = Some(Raw::Text(value));
+            if member.key == "context" {
+                (envelope.ip, envelope.user_agent, envelope.consent) = (None, None, None);
+                context = None;
+                if value.starts_with('{') {
+                    context = Some(index);
+                    for inner in crate::input::members(value).unwrap_or_default() {
+                        if let Some(place) = envelope.context_member(&inner.key) {
+                            *place = Some(Raw::Text(&value[inner.value]));
+                        }
+                    }
+                }
+            }
+        }
+        (envelope, context)
+    }
+
+    /// The envelope of an event read into a tree.
+    pub fn of_tree(event: &'e Map<String, Value>) -> Envelope<'e> {
+        let mut envelope = Envelope::default();
+        for name in ENVELOPE {
+            if let (Some(place), Some(value)) = (envelope.member(name), event.get(name)) {
+                *place = Some(Raw::Tree(value));
+            }
+        }
+        if let Some(Value::Object(context)) = event.get("context") {
+            for name in CONTEXT {
+                if let (Some(place), Some(value)) = (envelope.context_member(name), context.get(name)) {
+                    *place = Some(Raw::Tree(value));
+                }
+            }
+        }
+        envelope
+    }
+
+    /// A member's value when it is present and not null.
+    fn given(member: Option<Raw<'e>>) -> Option<Raw<'e>> {
+        member.filter(|raw| !raw.is_null())
+    }
+
+    /// The event's type: as sent, or the route's.
+    pub fn kind(&self) -> Option<Cow<'e, str>> {
+        match self.filled_kind {
+            Some(kind) => Some(Cow::Borrowed(kind)),
+            None => self.kind.and_then(Raw::string),
+        }
+    }
+
+    /// The visitors it names, keyed as identity memory keys them.
+    pub fn visitors(&self) -> Vec<String> {
+        [(self.anonymous_id, "anon:"), (self.user_id, "user:"), (self.previous_id, "anon:")]
+            .into_iter()
+            .filter_map(|(member, prefix)| match member.and_then(Raw::string) {
+                Some(id) if !id.is_empty() => Some(format!("{prefix}{id}")),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// The members of an event the relay checks or amends.
@@ -168,7 +382,7 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
     if shared("context").is_some() || shared("integrations").is_some() {
         return decode_tree(text, shape, max_event_bytes);
     }
-    let sent_at = shared("sentAt").map(parse);
+    let sent_at = shared("sentAt");
     let events = events
         .into_iter()
         .map(|Element { place, members }| {
@@ -184,7 +398,7 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
             match members {
                 Some(mut members) => {
                     members.retain(|m| m.key != "writeKey");
-                    sent_event(text, place, members, sent_at.as_ref(), None)
+                    sent_event(text, place, members, sent_at, None)
                 }
                 None => tree_event(parse(&text[place]), &Map::new(), None).map(Incoming::Tree),
             }
@@ -225,48 +439,22 @@ fn sent_event<'b>(
     text: &'b str,
     place: Range<usize>,
     kept: Vec<Member<'b>>,
-    sent_at: Option<&Value>,
-    kind: Option<&str>,
+    sent_at: Option<&'b str>,
+    kind: Option<&'static str>,
 ) -> Result<Incoming<'b>, EventError> {
-    let mut sent = Map::new();
-    let mut context = None;
-    for (index, member) in kept.iter().enumerate() {
-        let Some(&name) = ENVELOPE.iter().find(|&&name| member.key == name) else { continue };
-        let value = &text[member.value.clone()];
-        let read = match name {
-            "context" if value.starts_with('{') => {
-                context = Some(index);
-                let mut read = Map::new();
-                for inner in members(value).unwrap_or_default() {
-                    if CONTEXT.contains(&&*inner.key) {
-                        read.insert(inner.key.into_owned(), parse(&value[inner.value]));
-                    }
-                }
-                Value::Object(read)
-            }
-            // Only their being objects is checked.
-            "properties" | "traits" | "integrations" if value.starts_with('{') => Value::Object(Map::new()),
-            _ => {
-                if name == "context" {
-                    context = None;
-                }
-                parse(value)
-            }
-        };
-        sent.insert(name.to_string(), read);
-    }
-    if !matches!(sent.get("messageId"), Some(Value::String(id)) if !id.trim().is_empty()) {
-        let shared = sent_at.into_iter().map(|v| ("sentAt".to_string(), v.clone())).collect();
+    let (mut envelope, context) = Envelope::of_members(text, &kept);
+    if envelope.message_id.and_then(Raw::string).is_none_or(|id| id.trim().is_empty()) {
+        let shared = sent_at.into_iter().map(|v| ("sentAt".to_string(), parse(v))).collect();
         return tree_event(parse(&text[place]), &shared, kind).map(Incoming::Tree);
     }
-    let mut envelope = sent.clone();
     if let Some(sent_at) = sent_at {
-        if envelope.get("sentAt").is_none_or(Value::is_null) {
-            envelope.insert("sentAt".to_string(), sent_at.clone());
+        if envelope.sent_at.is_none_or(Raw::is_null) {
+            envelope.sent_at = Some(Raw::Text(sent_at));
+            envelope.filled_sent_at = true;
         }
     }
-    let envelope = check_event(envelope, kind)?;
-    Ok(Incoming::Sent(Sent { text, members: kept, sent, envelope, context }))
+    check(&mut envelope, kind)?;
+    Ok(Incoming::Sent(Sent { text, members: kept, envelope, context }))
 }
 
 /// Reads a body whole into a tree: what the splitter leaves to serde_json, and every body in the tests that
@@ -289,7 +477,7 @@ pub(super) fn decode_tree(text: &str, shape: Shape, max_event_bytes: usize) -> R
     };
     match shape {
         Shape::Single(kind) => {
-            let event = check_event(object, kind).map(Incoming::Tree);
+            let event = tree_event(Value::Object(object), &Map::new(), kind).map(Incoming::Tree);
             Ok(Decoded { write_key, events: vec![event] })
         }
         Shape::Batch => {
@@ -322,7 +510,11 @@ pub(super) fn decode_tree(text: &str, shape: Shape, max_event_bytes: usize) -> R
 }
 
 /// Checks an event read into a tree, with the members its batch shares merged in.
-fn tree_event(event: Value, shared: &Map<String, Value>, kind: Option<&str>) -> Result<Map<String, Value>, EventError> {
+fn tree_event(
+    event: Value,
+    shared: &Map<String, Value>,
+    kind: Option<&'static str>,
+) -> Result<Map<String, Value>, EventError> {
     let Value::Object(mut event) = event else {
         return Err(EventError::invalid(format!("an event must be a JSON object, not {}", kind_of(&event))));
     };
@@ -335,7 +527,12 @@ fn tree_event(event: Value, shared: &Map<String, Value>, kind: Option<&str>) -> 
             Some(own) => merge_missing(own, value),
         }
     }
-    check_event(event, kind)
+    let mut envelope = Envelope::of_tree(&event);
+    check(&mut envelope, kind)?;
+    if let Some(kind) = envelope.filled_kind {
+        event.insert("type".to_string(), Value::from(kind));
+    }
+    Ok(event)
 }
 
 /// The length of `value` written as compact JSON, as `serde_json::to_vec` writes it, counted without writing it.
@@ -393,69 +590,84 @@ pub(super) const KINDS: [&str; 6] = ["track", "page", "screen", "identify", "gro
 
 /// Checks the envelope fields every event needs; a route that implies a type fills it in when absent. A missing
 /// `messageId` is not an error: the relay derives one from the event's content.
-pub(super) fn check_event(
-    mut fields: Map<String, Value>,
-    kind: Option<&str>,
-) -> Result<Map<String, Value>, EventError> {
+pub(super) fn check(envelope: &mut Envelope<'_>, kind: Option<&'static str>) -> Result<(), EventError> {
     let bad = |message: String| EventError::invalid(message);
-    match (fields.get("type"), kind) {
-        (None | Some(Value::Null), Some(kind)) => {
-            fields.insert("type".to_string(), Value::from(kind));
-        }
-        (None | Some(Value::Null), None) => return Err(bad("`type` is missing".to_string())),
-        (Some(Value::String(given)), Some(kind)) if given != kind => {
-            return Err(bad(format!("`type` is {given:?}, but this endpoint takes {kind:?} events")))
-        }
-        (Some(Value::String(given)), _) if !KINDS.contains(&given.as_str()) => {
-            return Err(bad(format!("`type` {given:?} is not one of {}", KINDS.join(", "))))
-        }
-        (Some(Value::String(_)), _) => {}
-        (Some(other), _) => return Err(bad(format!("`type` must be a string, not {}", kind_of(other)))),
+    match (Envelope::given(envelope.kind), kind) {
+        (None, Some(kind)) => envelope.filled_kind = Some(kind),
+        (None, None) => return Err(bad("`type` is missing".to_string())),
+        (Some(given), _) => match given.string() {
+            Some(given) if kind.is_some_and(|kind| given != kind) => {
+                return Err(bad(format!(
+                    "`type` is {given:?}, but this endpoint takes {:?} events",
+                    kind.unwrap_or("")
+                )))
+            }
+            Some(given) if !KINDS.contains(&&*given) => {
+                return Err(bad(format!("`type` {given:?} is not one of {}", KINDS.join(", "))))
+            }
+            Some(_) => {}
+            None => return Err(bad(format!("`type` must be a string, not {}", given.kind()))),
+        },
     }
-    let text = |name: &str| match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err(bad(format!("`{name}` must be a string, not {}", kind_of(other)))),
-    };
-    text("messageId")?;
-    let anonymous = text("anonymousId")?.is_some_and(|s| !s.trim().is_empty());
-    let user = text("userId")?.is_some_and(|s| !s.trim().is_empty());
+    fn text<'e>(name: &str, member: Option<Raw<'e>>) -> Result<Option<Cow<'e, str>>, EventError> {
+        match Envelope::given(member) {
+            None => Ok(None),
+            Some(raw) => match raw.string() {
+                Some(text) => Ok(Some(text)),
+                None => Err(EventError::invalid(format!("`{name}` must be a string, not {}", raw.kind()))),
+            },
+        }
+    }
+    text("messageId", envelope.message_id)?;
+    let anonymous = text("anonymousId", envelope.anonymous_id)?.is_some_and(|s| !s.trim().is_empty());
+    let user = text("userId", envelope.user_id)?.is_some_and(|s| !s.trim().is_empty());
     if !anonymous && !user {
         return Err(bad("the event needs `anonymousId` or `userId`".to_string()));
     }
-    let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default();
-    if kind == "track" && text("event")?.is_none_or(|s| s.trim().is_empty()) {
+    let kind = envelope.kind().unwrap_or_default();
+    if kind == "track" && text("event", envelope.event)?.is_none_or(|s| s.trim().is_empty()) {
         return Err(bad("a track event needs its `event` name".to_string()));
     }
-    if kind == "alias" && text("previousId")?.is_none_or(|s| s.trim().is_empty()) {
+    if kind == "alias" && text("previousId", envelope.previous_id)?.is_none_or(|s| s.trim().is_empty()) {
         return Err(bad("an alias event needs `previousId`, the id it links to `userId`".to_string()));
     }
-    for object in ["properties", "context", "traits", "integrations"] {
-        if let Some(value) = fields.get(object).filter(|v| !v.is_null() && !v.is_object()) {
-            return Err(bad(format!("`{object}` must be an object, not {}", kind_of(value))));
+    let objects = [
+        ("properties", envelope.properties),
+        ("context", envelope.context),
+        ("traits", envelope.traits),
+        ("integrations", envelope.integrations),
+    ];
+    for (name, member) in objects {
+        if let Some(value) = Envelope::given(member).filter(|v| !v.is_object()) {
+            return Err(bad(format!("`{name}` must be an object, not {}", value.kind())));
         }
     }
-    for time in ["timestamp", "originalTimestamp", "sentAt"] {
-        match fields.get(time) {
-            None | Some(Value::Null) => {}
-            Some(value @ (Value::String(_) | Value::Number(_))) => {
+    let times = [
+        ("timestamp", envelope.timestamp),
+        ("originalTimestamp", envelope.original_timestamp),
+        ("sentAt", envelope.sent_at),
+    ];
+    for (name, member) in times {
+        let Some(value) = Envelope::given(member) else { continue };
+        match value.kind() {
+            "a string" | "a number" => {
                 // A time must also be one a timestamp can hold (years -9999 to 9999), or no correction can be written.
-                let ms =
-                    crate::functions::timestamp_ms(value).filter(|&ms| jiff::Timestamp::from_millisecond(ms).is_ok());
+                let ms = value.time_ms().filter(|&ms| jiff::Timestamp::from_millisecond(ms).is_ok());
                 if ms.is_none() {
                     return Err(EventError {
                         reason: "invalid_timestamp",
                         message: format!(
-                            "`{time}` {value} is not a time: send ISO 8601 such as 2026-11-20T12:00:00.000Z \
-                             (or leave it out, and the relay's time of receipt is used)"
+                            "`{name}` {} is not a time: send ISO 8601 such as 2026-11-20T12:00:00.000Z \
+                             (or leave it out, and the relay's time of receipt is used)",
+                            value.value()
                         ),
                     });
                 }
             }
-            Some(other) => return Err(bad(format!("`{time}` must be a string, not {}", kind_of(other)))),
+            other => return Err(bad(format!("`{name}` must be a string, not {other}"))),
         }
     }
-    Ok(fields)
+    Ok(())
 }
 
 pub(super) fn kind_of(value: &Value) -> &'static str {
@@ -483,17 +695,18 @@ mod tests {
         decoded.events.into_iter().next().expect("one event").map(|event| tree(&event))
     }
 
-    /// An event as a tree, whichever way it was read: as sent, its members with the envelope's changes over them.
+    /// An event as a tree, whichever way it was read: as sent, its members with what decoding filled in.
     fn tree(event: &Incoming<'_>) -> Map<String, Value> {
         match event {
             Incoming::Tree(tree) => tree.clone(),
             Incoming::Sent(sent) => {
                 let mut tree: Map<String, Value> =
                     sent.members.iter().map(|m| (m.key.to_string(), parse(&sent.text[m.value.clone()]))).collect();
-                for (key, value) in &sent.envelope {
-                    if sent.sent.get(key) != Some(value) {
-                        tree.insert(key.clone(), value.clone());
-                    }
+                if let Some(kind) = sent.envelope.filled_kind {
+                    tree.insert("type".to_string(), Value::from(kind));
+                }
+                if let Some(sent_at) = sent.envelope.sent_at.filter(|_| sent.envelope.filled_sent_at) {
+                    tree.insert("sentAt".to_string(), sent_at.value());
                 }
                 tree
             }

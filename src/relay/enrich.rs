@@ -7,6 +7,7 @@
 //! debugger show beside the values. An event still in the text it was sent as gets these additions written after
 //! its own members, where the later member wins, rather than being taken apart and written again.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
@@ -14,8 +15,9 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::decode::{Incoming, Sent};
+use super::decode::{Envelope, Incoming, Raw, Sent};
 use crate::explain::RELAY_NOTES;
+use crate::functions::write_json_string;
 use crate::input::Member;
 
 /// An event as the relay keeps and maps it.
@@ -109,43 +111,92 @@ fn canonical(ip: IpAddr) -> IpAddr {
 pub(super) fn enrich(event: Incoming<'_>, facts: &Facts<'_>) -> Received {
     match event {
         Incoming::Tree(mut fields) => {
-            enrich_fields(&mut fields, facts);
-            let visitors = visitors_named(&fields);
-            let event = Value::Object(fields);
-            Received { text: event.to_string(), consent: crate::quality::consent_in(&event), visitors }
+            let (changes, consent, visitors) = {
+                let envelope = Envelope::of_tree(&fields);
+                let changes = amendments(&envelope, facts, || content_id(&fields));
+                let changes = Changes {
+                    members: changes.members.iter().map(|(key, new)| (*key, new.value())).collect(),
+                    context: changes.context.iter().map(|(key, new)| (*key, new.value())).collect(),
+                };
+                (changes, envelope.consent.is_some_and(Raw::is_filled_object), envelope.visitors())
+            };
+            for (key, value) in changes.members {
+                fields.insert(key.to_string(), value);
+            }
+            if let Some(Value::Object(context)) = fields.get_mut("context") {
+                for (key, value) in changes.context {
+                    context.insert(key.to_string(), value);
+                }
+            }
+            Received { text: Value::Object(fields).to_string(), consent, visitors }
         }
-        Incoming::Sent(Sent { text, members, sent, mut envelope, context }) => {
-            enrich_fields(&mut envelope, facts);
-            let text = amended(text, &members, &sent, &envelope, context);
-            let visitors = visitors_named(&envelope);
-            Received { text, consent: crate::quality::consent_in(&Value::Object(envelope)), visitors }
+        Incoming::Sent(Sent { text, members, envelope, context }) => {
+            let changes = amendments(&envelope, facts, String::new);
+            Received {
+                text: amended(text, &members, &changes, context),
+                consent: envelope.consent.is_some_and(Raw::is_filled_object),
+                visitors: envelope.visitors(),
+            }
         }
     }
 }
 
-/// An event's text with what enrichment changed in its envelope: the members it added or replaced written after
-/// the event's own, where the later member wins, and those it added to `context` at the end of the `context` that
-/// counts (the object member `context` is when it was sent as one).
-fn amended(
-    text: &str,
-    members: &[Member<'_>],
-    sent: &Map<String, Value>,
-    envelope: &Map<String, Value>,
-    context: Option<usize>,
-) -> String {
-    fn changed<'m>(
-        before: &'m Map<String, Value>,
-        after: &'m Map<String, Value>,
-    ) -> impl Iterator<Item = (&'m String, &'m Value)> {
-        after.iter().filter(|(key, value)| before.get(*key) != Some(*value))
+/// What enrichment sets: members of the event, in key order, and members of its `context` when the event has one
+/// that is an object (when it has none, a new `context` is among the event's members).
+struct Changes<T> {
+    members: Vec<(&'static str, T)>,
+    context: Vec<(&'static str, T)>,
+}
+
+/// A value enrichment writes.
+enum New<'e> {
+    Text(Cow<'e, str>),
+    Copy(Raw<'e>),
+    Object(Vec<(&'static str, New<'e>)>),
+}
+
+impl New<'_> {
+    fn write(&self, out: &mut String) {
+        match self {
+            New::Text(text) => write_json_string(text, out),
+            New::Copy(raw) => raw.write(out),
+            New::Object(members) => {
+                out.push('{');
+                for (index, (key, value)) in members.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    write_json_string(key, out);
+                    out.push(':');
+                    value.write(out);
+                }
+                out.push('}');
+            }
+        }
     }
-    fn push_member(out: &mut String, first: &mut bool, key: &str, value: &Value) {
-        use std::fmt::Write;
+
+    fn value(&self) -> Value {
+        match self {
+            New::Text(text) => Value::String(text.to_string()),
+            New::Copy(raw) => raw.value(),
+            New::Object(members) => {
+                Value::Object(members.iter().map(|(key, value)| (key.to_string(), value.value())).collect())
+            }
+        }
+    }
+}
+
+/// An event's text with what enrichment changed: the members it set written after the event's own, where the
+/// later member wins, and those it set in `context` at the end of the `context` that counts (the object member
+/// `context` is when it was sent as one).
+fn amended(text: &str, members: &[Member<'_>], changes: &Changes<New<'_>>, context: Option<usize>) -> String {
+    fn push_member(out: &mut String, first: &mut bool, key: &str, value: &New<'_>) {
         if !std::mem::take(first) {
             out.push(',');
         }
-        // Written straight into the text, as serde_json writes them.
-        let _ = write!(out, "{}:{value}", Value::from(key));
+        write_json_string(key, out);
+        out.push(':');
+        value.write(out);
     }
     let mut out = String::with_capacity(text.len() + 256);
     out.push('{');
@@ -160,20 +211,14 @@ fn amended(
         // Up to the object's closing brace, then the additions.
         out.push_str(&text[member.span.start..member.value.end - 1]);
         let mut first = text[member.value.start + 1..member.value.end - 1].trim_ascii().is_empty();
-        if let (Some(Value::Object(before)), Some(Value::Object(after))) =
-            (sent.get("context"), envelope.get("context"))
-        {
-            for (key, value) in changed(before, after) {
-                push_member(&mut out, &mut first, key, value);
-            }
+        for (key, value) in &changes.context {
+            push_member(&mut out, &mut first, key, value);
         }
         out.push('}');
     }
     let mut first = members.is_empty();
-    for (key, value) in changed(sent, envelope) {
-        if key != "context" || context.is_none() {
-            push_member(&mut out, &mut first, key, value);
-        }
+    for (key, value) in &changes.members {
+        push_member(&mut out, &mut first, key, value);
     }
     out.push('}');
     out
@@ -181,16 +226,6 @@ fn amended(
 
 /// The members naming a visitor, and the kind of identity memory key each gives.
 const VISITORS: [(&str, &str); 3] = [("anonymousId", "anon:"), ("userId", "user:"), ("previousId", "anon:")];
-
-/// The visitors an enriched event's envelope names, keyed as identity memory keys them.
-fn visitors_named(envelope: &Map<String, Value>) -> Vec<String> {
-    (VISITORS.into_iter())
-        .filter_map(|(field, kind)| match envelope.get(field) {
-            Some(Value::String(id)) if !id.is_empty() => Some(format!("{kind}{id}")),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The visitors a received event's text names, each as its last occurrence says: what [`Received::visitors`] must
 /// be, read the long way, for the tests and the fuzzer to hold it to.
@@ -207,26 +242,36 @@ pub(super) fn visitors(event: &str) -> Vec<String> {
         .collect()
 }
 
-/// Adds what the relay knows to `event` (already checked: its times parse) and notes each addition: the whole
-/// event, or the envelope of one still in its text.
-fn enrich_fields(event: &mut Map<String, Value>, facts: &Facts<'_>) {
-    let mut notes = Map::new();
-    if event.get("messageId").and_then(Value::as_str).is_none_or(|id| id.trim().is_empty()) {
-        event.insert("messageId".to_string(), Value::String(content_id(event)));
-        notes.insert("messageId".into(), "derived from the event's content: the event carried none".into());
+/// What the relay adds to an event whose envelope is checked (its times parse), each addition noted: a
+/// `messageId` from `derived_id` when the event has none, the corrected or copied time, `receivedAt`, the
+/// visitor's address and User-Agent, and the route's type and the batch's `sentAt` where decoding filled them in.
+fn amendments<'e>(envelope: &Envelope<'e>, facts: &Facts<'_>, derived_id: impl FnOnce() -> String) -> Changes<New<'e>> {
+    let blank = |member: Option<Raw<'_>>| member.and_then(Raw::string).is_none_or(|text| text.trim().is_empty());
+    let mut members = Vec::with_capacity(8);
+    let mut notes: Vec<(&'static str, New<'e>)> = Vec::with_capacity(5);
+    let note = |text: &'static str| New::Text(Cow::Borrowed(text));
+    if let Some(kind) = envelope.filled_kind {
+        members.push(("type", New::Text(Cow::Borrowed(kind))));
+    }
+    if let Some(sent_at) = envelope.sent_at.filter(|_| envelope.filled_sent_at) {
+        members.push(("sentAt", New::Copy(sent_at)));
+    }
+    if blank(envelope.message_id) {
+        members.push(("messageId", New::Text(Cow::Owned(derived_id()))));
+        notes.push(("messageId", note("derived from the event's content: the event carried none")));
     }
     let received = rfc3339(facts.received_ms);
-    let own_time = ["timestamp", "originalTimestamp"]
+    let own_time = [("timestamp", envelope.timestamp), ("originalTimestamp", envelope.original_timestamp)]
         .into_iter()
-        .find_map(|name| event.get(name).filter(|v| !v.is_null()).map(|v| (name, v.clone())));
+        .find_map(|(name, member)| member.filter(|raw| !raw.is_null()).map(|raw| (name, raw)));
     match own_time {
         None => {
-            event.insert("timestamp".to_string(), Value::String(received.clone()));
-            notes.insert("timestamp".into(), "receivedAt: the event carried no time".into());
+            members.push(("timestamp", New::Text(Cow::Owned(received.clone()))));
+            notes.push(("timestamp", note("receivedAt: the event carried no time")));
         }
         Some((name, time)) => {
-            let time_ms = crate::functions::timestamp_ms(&time);
-            let sent_ms = event.get("sentAt").and_then(crate::functions::timestamp_ms);
+            let time_ms = time.time_ms();
+            let sent_ms = envelope.sent_at.filter(|raw| !raw.is_null()).and_then(Raw::time_ms);
             match (time_ms, sent_ms) {
                 (Some(time_ms), Some(sent_ms))
                     if sent_ms != facts.received_ms
@@ -234,46 +279,53 @@ fn enrich_fields(event: &mut Map<String, Value>, facts: &Facts<'_>) {
                             .is_ok() =>
                 {
                     let skew = facts.received_ms - sent_ms;
-                    event.insert("timestamp".to_string(), Value::String(rfc3339(time_ms.saturating_add(skew))));
-                    event.entry("originalTimestamp").or_insert(time);
+                    let corrected = rfc3339(time_ms.saturating_add(skew));
+                    if envelope.timestamp.and_then(Raw::string).as_deref() != Some(corrected.as_str()) {
+                        members.push(("timestamp", New::Text(Cow::Owned(corrected))));
+                    }
+                    if envelope.original_timestamp.is_none() {
+                        members.push(("originalTimestamp", New::Copy(time)));
+                    }
                     let note = format!(
                         "corrected for the client's clock: {name} shifted by {}{} ms (receivedAt − sentAt)",
                         if skew >= 0 { "+" } else { "−" },
                         skew.unsigned_abs()
                     );
-                    notes.insert("timestamp".into(), note.into());
+                    notes.push(("timestamp", New::Text(Cow::Owned(note))));
                 }
                 _ if name != "timestamp" => {
-                    event.insert("timestamp".to_string(), time);
-                    notes.insert("timestamp".into(), "copied from originalTimestamp".into());
+                    members.push(("timestamp", New::Copy(time)));
+                    notes.push(("timestamp", note("copied from originalTimestamp")));
                 }
                 _ => {}
             }
         }
     }
-    event.insert("receivedAt".to_string(), Value::String(received));
-    notes.insert("receivedAt".into(), "the relay's clock when the request arrived".into());
+    members.push(("receivedAt", New::Text(Cow::Owned(received))));
+    notes.push(("receivedAt", note("the relay's clock when the request arrived")));
 
-    let context = match event.entry("context").or_insert_with(|| Value::Object(Map::new())) {
-        Value::Object(context) => context,
-        other => {
-            *other = Value::Object(Map::new());
-            other.as_object_mut().expect("just made an object")
-        }
-    };
-    if context.get("ip").and_then(Value::as_str).is_none_or(|ip| ip.trim().is_empty()) {
-        context.insert("ip".to_string(), Value::String(facts.client_ip.to_string()));
+    let mut context = Vec::new();
+    if blank(envelope.ip) {
+        context.push(("ip", New::Text(Cow::Owned(facts.client_ip.to_string()))));
         let source =
             if facts.forwarded { "the forwarding header of a trusted proxy" } else { "the connection's address" };
-        notes.insert("context.ip".into(), source.into());
+        notes.push(("context.ip", note(source)));
     }
     if let Some(agent) = facts.user_agent.filter(|a| !a.trim().is_empty()) {
-        if context.get("userAgent").and_then(Value::as_str).is_none_or(|a| a.trim().is_empty()) {
-            context.insert("userAgent".to_string(), Value::String(agent.to_string()));
-            notes.insert("context.userAgent".into(), "the request's User-Agent header".into());
+        if blank(envelope.user_agent) {
+            context.push(("userAgent", New::Text(Cow::Owned(agent.to_string()))));
+            notes.push(("context.userAgent", note("the request's User-Agent header")));
         }
     }
-    event.insert(RELAY_NOTES.to_string(), Value::Object(notes));
+    // A context that is not an object (absent, or null: anything else was refused) is replaced by a new one.
+    if !envelope.context.is_some_and(Raw::is_object) {
+        members.push(("context", New::Object(std::mem::take(&mut context))));
+    }
+    notes.sort_by_key(|(key, _)| *key);
+    members.push((RELAY_NOTES, New::Object(notes)));
+    // Written in key order, as the tree writes them.
+    members.sort_by_key(|(key, _)| *key);
+    Changes { members, context }
 }
 
 /// An id for an event that has none, derived from what it says, so that a client retrying the same request gets
@@ -346,9 +398,9 @@ mod tests {
     }
 
     fn enriched(event: Value) -> Map<String, Value> {
-        let Value::Object(mut event) = event else { panic!() };
-        enrich_fields(&mut event, &facts());
-        event
+        let Value::Object(event) = event else { panic!() };
+        let received = enrich(Incoming::Tree(event), &facts());
+        serde_json::from_str(&received.text).expect("the relay writes JSON")
     }
 
     #[test]
