@@ -154,8 +154,11 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                     }
                 }
             }
-            let batch = match deliverer.store(move |store, name| store.peek(name, batching.max_events)).await {
-                Ok(batch) => batch,
+            // Whether a batch goes now is decided from the queue's count and its oldest event, without reading every
+            // event: a batch fills over many commits, each of which wakes this loop.
+            let waiting = deliverer.store(move |store, name| store.waiting(name, batching.max_events)).await;
+            let (count, oldest) = match waiting {
+                Ok(waiting) => waiting,
                 Err(error) => {
                     if store_failed(&pixel.name, "cannot read the queue", &error, draining.is_some(), &mut shutdown)
                         .await
@@ -165,7 +168,7 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                     continue;
                 }
             };
-            if batch.is_empty() {
+            if count == 0 {
                 if draining.is_some() {
                     break;
                 }
@@ -176,8 +179,8 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                 }
                 continue;
             }
-            if batch.len() < batching.max_events && draining.is_none() {
-                let waited = now_ms() - batch[0].1.received_ms;
+            if count < batching.max_events && draining.is_none() {
+                let waited = now_ms() - oldest.unwrap_or_default();
                 let linger = batching.linger.as_millis() as i64;
                 if waited < linger {
                     tokio::select! {
@@ -189,21 +192,21 @@ pub(super) async fn run(shared: Arc<Shared>, pixel: Arc<Pixel>, mut shutdown: St
                 }
             }
             // What was looked at is taken now: on a shared store another relay may have taken some of it meanwhile.
-            if fleet {
-                match deliverer.store(move |store, name| store.claim(name, batching.max_events)).await {
-                    Ok(claimed) if claimed.is_empty() => continue,
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        if store_failed(&pixel.name, "cannot claim a batch", &error, draining.is_some(), &mut shutdown)
-                            .await
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                }
+            let taken = if fleet {
+                deliverer.store(move |store, name| store.claim(name, batching.max_events)).await
             } else {
-                batch
+                deliverer.store(move |store, name| store.peek(name, batching.max_events)).await
+            };
+            match taken {
+                Ok(taken) if taken.is_empty() => continue,
+                Ok(taken) => taken,
+                Err(error) => {
+                    let what = if fleet { "cannot claim a batch" } else { "cannot read the queue" };
+                    if store_failed(&pixel.name, what, &error, draining.is_some(), &mut shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
             }
         };
         let claimed = batch.len();

@@ -74,6 +74,16 @@ impl Pending {
         row
     }
 
+    /// The `received_ms` of a queue row, read from its first line alone.
+    pub fn received_ms_of_row(row: &[u8]) -> Result<i64, String> {
+        match memchr::memchr(b'\n', row) {
+            Some(line_end) => serde_json::from_slice::<RowHead<'_>>(&row[..line_end])
+                .map(|head| head.received_ms)
+                .map_err(|e| e.to_string()),
+            None => Pending::from_row(row).map(|pending| pending.received_ms),
+        }
+    }
+
     /// [`Pending::to_row`] as text, for a store that keeps rows in a text column.
     pub fn to_row_text(&self) -> String {
         // serde_json writes UTF-8 and the event is a `String`: the row is text.
@@ -195,6 +205,13 @@ pub trait Store: Send + Sync + 'static {
     /// taken again; a relay alone takes what `peek` shows.
     fn claim(&self, pixel: &str, limit: usize) -> Result<Vec<(u64, Pending)>, StoreError> {
         self.peek(pixel, limit)
+    }
+    /// How many events wait for `pixel`, counted up to `limit`, and when the oldest of them was received: what
+    /// deciding whether a batch goes now takes. Delivery asks each time a group is queued while a batch fills, so
+    /// a store that can should answer without reading every event.
+    fn waiting(&self, pixel: &str, limit: usize) -> Result<(usize, Option<i64>), StoreError> {
+        let batch = self.peek(pixel, limit)?;
+        Ok((batch.len(), batch.first().map(|(_, pending)| pending.received_ms)))
     }
     /// Extends this relay's lease on events it is still delivering.
     fn extend(&self, _pixel: &str, _seqs: &[u64]) -> Result<(), StoreError> {
@@ -878,6 +895,27 @@ impl Store for RedbStore {
         })
     }
 
+    fn waiting(&self, pixel: &str, limit: usize) -> Result<(usize, Option<i64>), StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(QUEUE).map_err(fail)?;
+            let (mut count, mut oldest) = (0, None);
+            for entry in table.range((pixel, 0)..=(pixel, u64::MAX)).map_err(fail)? {
+                let (key, value) = entry.map_err(fail)?;
+                if oldest.is_none() {
+                    let rows = segment::rows(key.value().1, value.value()).map_err(unreadable_row)?;
+                    if let Some((_, row)) = rows.first() {
+                        oldest = Some(Pending::received_ms_of_row(row).map_err(unreadable_row)?);
+                    }
+                }
+                count += segment::count(value.value()) as usize;
+                if count >= limit {
+                    break;
+                }
+            }
+            Ok((count.min(limit), oldest))
+        })
+    }
+
     fn complete(&self, pixel: &str, seqs: &[u64]) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(QUEUE).map_err(fail)?;
@@ -1274,7 +1312,8 @@ mod tests {
                                 for _ in 0..count {
                                     let id = format!("e-{made}");
                                     made += 1;
-                                    let seq = tx.enqueue(PIXELS[pixel], &pending(&id))?;
+                                    let queued = Pending { received_ms: 100 + made as i64, ..pending(&id) };
+                                    let seq = tx.enqueue(PIXELS[pixel], &queued)?;
                                     model.queue.insert((PIXELS[pixel].to_string(), seq), id);
                                 }
                             }
@@ -1323,6 +1362,12 @@ mod tests {
                     proptest::prop_assert_eq!(store.depth(pixel).unwrap(), expected.len() as u64);
                     let limited = store.peek(pixel, 3).unwrap().len();
                     proptest::prop_assert_eq!(limited, expected.len().min(3));
+                    // What delivery decides on: the count up to the limit and the oldest's time, as reading says.
+                    let oldest = store.peek(pixel, 1).unwrap().first().map(|(_, p)| p.received_ms);
+                    for limit in [1, 3, 1000] {
+                        let waiting = store.waiting(pixel, limit).unwrap();
+                        proptest::prop_assert_eq!(waiting, (expected.len().min(limit), oldest));
+                    }
                 }
                 let dead: Vec<(u64, String)> =
                     store.dead_letters(None).unwrap().into_iter().map(|d| (d.seq, d.pending.id)).collect();
