@@ -114,7 +114,12 @@ impl Profile {
             return;
         }
         for field in &other.fields {
-            self.set(field.clone());
+            // As `set`, cloning only what changes: a visitor's linked keys mostly hold the same profile.
+            match self.fields.iter_mut().find(|f| f.field == field.field) {
+                Some(existing) if existing.seen_ms <= field.seen_ms && existing != field => existing.clone_from(field),
+                Some(_) => {}
+                None => self.fields.push(field.clone()),
+            }
         }
         for key in &other.keys {
             if !self.keys.contains(key) {
@@ -1050,6 +1055,18 @@ mod tests {
         (vec(remembered(), 0..5), vec(text(), 0..5)).prop_map(|(fields, keys)| Profile { fields, keys })
     }
 
+    /// Profiles over a few fields, values and times, so that two of them often hold the same field.
+    fn close_profile() -> impl proptest::strategy::Strategy<Value = Profile> {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        let field =
+            (0..3u8, 0..2u8, 0..3i64, proptest::option::of(0..2i64)).prop_map(|(name, value, seen_ms, expires)| {
+                RememberedField { field: format!("f{name}"), value: Value::from(value), seen_ms, expires_ms: expires }
+            });
+        (vec(field, 0..4), vec((0..4u8).prop_map(|k| format!("anon:{k}")), 0..4))
+            .prop_map(|(fields, keys)| Profile { fields, keys })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
         /// A profile packed and unpacked into another profile, whose strings and fields it reuses, is the profile.
@@ -1061,6 +1078,30 @@ mod tests {
             packed::unpack(&bytes, &mut unpacked);
             proptest::prop_assert_eq!(&unpacked, &profile);
             proptest::prop_assert!(packed::keys(&bytes).eq(profile.keys.iter().map(String::as_bytes)));
+        }
+
+        /// Merging a profile clones only the fields that change, and gives what setting each of them would.
+        #[test]
+        fn merging_is_setting_each_field_and_linking_each_key(
+            into in proptest::prop_oneof![any_profile(), close_profile()],
+            other in proptest::prop_oneof![any_profile(), close_profile()],
+        ) {
+            let mut merged = into.clone();
+            merged.merge(&other);
+            let mut expected = into.clone();
+            if into.fields.is_empty() && into.keys.is_empty() {
+                expected = other.clone();
+            } else {
+                for field in &other.fields {
+                    expected.set(field.clone());
+                }
+                for key in &other.keys {
+                    if !expected.keys.contains(key) {
+                        expected.link(key);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(merged, expected);
         }
 
         /// Visitors seen in any order, some with a second key, one of them longer than a slot holds: past the bound
