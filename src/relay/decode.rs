@@ -282,7 +282,7 @@ impl<'e> Envelope<'e> {
         [(self.anonymous_id, "anon:"), (self.user_id, "user:"), (self.previous_id, "anon:")]
             .into_iter()
             .filter_map(|(member, prefix)| match member.and_then(Raw::string) {
-                Some(id) if !id.is_empty() => Some(format!("{prefix}{id}")),
+                Some(id) if !id.is_empty() => Some([prefix, &id].concat()),
                 _ => None,
             })
             .collect()

@@ -35,11 +35,19 @@ pub(super) struct Received {
 /// What the relay knows about a request beyond its body.
 pub(super) struct Facts<'a> {
     pub received_ms: i64,
-    /// The visitor's address, as [`client_ip`] decided.
-    pub client_ip: IpAddr,
+    /// `received_ms` as the RFC 3339 text `receivedAt` is written as, once for the request's events.
+    pub received: String,
+    /// The visitor's address, as [`client_ip`] decided, as text.
+    pub client_ip: String,
     /// Whether `client_ip` came from a trusted proxy's header rather than the connection.
     pub forwarded: bool,
     pub user_agent: Option<&'a str>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn new(received_ms: i64, client_ip: IpAddr, forwarded: bool, user_agent: Option<&'a str>) -> Facts<'a> {
+        Facts { received_ms, received: rfc3339(received_ms), client_ip: client_ip.to_string(), forwarded, user_agent }
+    }
 }
 
 /// The visitor's address: the connection's peer, unless the peer is a trusted proxy, in which case the forwarding
@@ -245,7 +253,11 @@ pub(super) fn visitors(event: &str) -> Vec<String> {
 /// What the relay adds to an event whose envelope is checked (its times parse), each addition noted: a
 /// `messageId` from `derived_id` when the event has none, the corrected or copied time, `receivedAt`, the
 /// visitor's address and User-Agent, and the route's type and the batch's `sentAt` where decoding filled them in.
-fn amendments<'e>(envelope: &Envelope<'e>, facts: &Facts<'_>, derived_id: impl FnOnce() -> String) -> Changes<New<'e>> {
+fn amendments<'e>(
+    envelope: &Envelope<'e>,
+    facts: &'e Facts<'_>,
+    derived_id: impl FnOnce() -> String,
+) -> Changes<New<'e>> {
     let blank = |member: Option<Raw<'_>>| member.and_then(Raw::string).is_none_or(|text| text.trim().is_empty());
     let mut members = Vec::with_capacity(8);
     let mut notes: Vec<(&'static str, New<'e>)> = Vec::with_capacity(5);
@@ -260,13 +272,13 @@ fn amendments<'e>(envelope: &Envelope<'e>, facts: &Facts<'_>, derived_id: impl F
         members.push(("messageId", New::Text(Cow::Owned(derived_id()))));
         notes.push(("messageId", note("derived from the event's content: the event carried none")));
     }
-    let received = rfc3339(facts.received_ms);
+    let received = &facts.received;
     let own_time = [("timestamp", envelope.timestamp), ("originalTimestamp", envelope.original_timestamp)]
         .into_iter()
         .find_map(|(name, member)| member.filter(|raw| !raw.is_null()).map(|raw| (name, raw)));
     match own_time {
         None => {
-            members.push(("timestamp", New::Text(Cow::Owned(received.clone()))));
+            members.push(("timestamp", New::Text(Cow::Borrowed(received))));
             notes.push(("timestamp", note("receivedAt: the event carried no time")));
         }
         Some((name, time)) => {
@@ -301,12 +313,12 @@ fn amendments<'e>(envelope: &Envelope<'e>, facts: &Facts<'_>, derived_id: impl F
             }
         }
     }
-    members.push(("receivedAt", New::Text(Cow::Owned(received))));
+    members.push(("receivedAt", New::Text(Cow::Borrowed(received))));
     notes.push(("receivedAt", note("the relay's clock when the request arrived")));
 
     let mut context = Vec::new();
     if blank(envelope.ip) {
-        context.push(("ip", New::Text(Cow::Owned(facts.client_ip.to_string()))));
+        context.push(("ip", New::Text(Cow::Borrowed(&facts.client_ip))));
         let source =
             if facts.forwarded { "the forwarding header of a trusted proxy" } else { "the connection's address" };
         notes.push(("context.ip", note(source)));
@@ -389,12 +401,7 @@ mod tests {
     }
 
     pub(super) fn facts() -> Facts<'static> {
-        Facts {
-            received_ms: 1_795_000_000_000,
-            client_ip: "203.0.113.7".parse().unwrap(),
-            forwarded: false,
-            user_agent: Some("Mozilla/5.0 (test)"),
-        }
+        Facts::new(1_795_000_000_000, "203.0.113.7".parse().unwrap(), false, Some("Mozilla/5.0 (test)"))
     }
 
     fn enriched(event: Value) -> Map<String, Value> {

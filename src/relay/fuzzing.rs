@@ -88,7 +88,7 @@ pub fn decode_request(shape: u8, headers: &[u8], body: &[u8], limit: usize, plan
     let trusted = ["127.0.0.0/8".parse().expect("a network"), "::1/128".parse().expect("a network")];
     let (client_ip, forwarded) = enrich::client_ip(IpAddr::V4(Ipv4Addr::LOCALHOST), &map, &trusted);
     let user_agent = map.get("user-agent").and_then(|v| v.to_str().ok());
-    let facts = Facts { received_ms: now_ms, client_ip, forwarded, user_agent };
+    let facts = Facts::new(now_ms, client_ip, forwarded, user_agent);
     // Reading the whole body into a tree must say the same of every event as reading events where they were sent.
     let text = decode::body_text(&inflated).expect("decoded, so text");
     let tree = decode::decode_tree(text, shape, limit).expect("decoded, so a tree too");

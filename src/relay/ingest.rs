@@ -416,7 +416,7 @@ impl Ingress {
         // A User-Agent may carry bytes beyond ASCII; the visitor's browser is still worth naming.
         let user_agent = headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()));
         let user_agent = user_agent.as_deref();
-        let facts = Facts { received_ms: now_ms(), client_ip, forwarded, user_agent };
+        let facts = Facts::new(now_ms(), client_ip, forwarded, user_agent);
         let mut positions = Vec::new();
         let mut events = Vec::new();
         let mut refused = Vec::new();

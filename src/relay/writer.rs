@@ -647,8 +647,7 @@ mod tests {
         fn send(&self, event: Value) -> oneshot::Receiver<Answer> {
             let text = event.to_string();
             let decoded = decode::decode(text.as_bytes(), Shape::Single(None), 1 << 20).unwrap();
-            let facts =
-                Facts { received_ms: now_ms(), client_ip: [203, 0, 113, 9].into(), forwarded: false, user_agent: None };
+            let facts = Facts::new(now_ms(), [203, 0, 113, 9].into(), false, None);
             let events = decoded.events.into_iter().map(|event| enrich::enrich(event.unwrap(), &facts)).collect();
             let (reply, answer) = oneshot::channel();
             self.jobs.as_ref().unwrap().blocking_send(Job { events, reply }).unwrap();
