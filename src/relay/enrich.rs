@@ -206,7 +206,9 @@ fn amended(text: &str, members: &[Member<'_>], changes: &Changes<New<'_>>, conte
         out.push(':');
         value.write(out);
     }
-    let mut out = String::with_capacity(text.len() + 256);
+    // `text` is the whole body: the event's own members give its length.
+    let own = members.first().zip(members.last()).map_or(0, |(first, last)| last.span.end - first.span.start);
+    let mut out = String::with_capacity(own + 512);
     out.push('{');
     for (index, member) in members.iter().enumerate() {
         if index > 0 {
