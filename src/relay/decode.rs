@@ -595,18 +595,15 @@ pub(super) fn check(envelope: &mut Envelope<'_>, kind: Option<&'static str>) -> 
     match (Envelope::given(envelope.kind), kind) {
         (None, Some(kind)) => envelope.filled_kind = Some(kind),
         (None, None) => return Err(bad("`type` is missing".to_string())),
-        (Some(given), _) => match given.string() {
-            Some(given) if kind.is_some_and(|kind| given != kind) => {
-                return Err(bad(format!(
-                    "`type` is {given:?}, but this endpoint takes {:?} events",
-                    kind.unwrap_or("")
-                )))
+        (Some(raw), _) => match (raw.string(), kind) {
+            (Some(given), Some(kind)) if given != kind => {
+                return Err(bad(format!("`type` is {given:?}, but this endpoint takes {kind:?} events")))
             }
-            Some(given) if !KINDS.contains(&&*given) => {
+            (Some(given), _) if !KINDS.contains(&&*given) => {
                 return Err(bad(format!("`type` {given:?} is not one of {}", KINDS.join(", "))))
             }
-            Some(_) => {}
-            None => return Err(bad(format!("`type` must be a string, not {}", given.kind()))),
+            (Some(_), _) => {}
+            (None, _) => return Err(bad(format!("`type` must be a string, not {}", raw.kind()))),
         },
     }
     fn text<'e>(name: &str, member: Option<Raw<'e>>) -> Result<Option<Cow<'e, str>>, EventError> {
