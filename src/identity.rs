@@ -176,10 +176,15 @@ pub trait IdentityStore {
     /// Gives back the profile [`IdentityStore::recall_visitor`] gave, which every recall is followed by; when
     /// `changed`, it is kept under every one of its keys.
     fn keep_visitor(&mut self, profile: Profile, changed: bool) {
-        if !changed {
-            return;
+        if changed {
+            let keys = profile.keys.clone();
+            self.store_shared(&keys, profile);
         }
-        let keys = profile.keys.clone();
+    }
+
+    /// Stores `profile` under each of `keys` as [`IdentityStore::store`] does, once per key by default; a store
+    /// whose keys can share one copy keeps one.
+    fn store_shared(&mut self, keys: &[String], profile: Profile) {
         if let Some((last, others)) = keys.split_last() {
             for key in others {
                 self.store(key, profile.clone());

@@ -323,6 +323,12 @@ impl IdentityStore for PixelMemory<'_> {
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
         self.destination.identity().merge_into(Self::namespaced(self.key, self.prefix, key), profile, linked)
     }
+
+    fn store_shared(&mut self, keys: &[String], profile: Profile) {
+        let namespaced: Vec<String> =
+            keys.iter().map(|key| Self::namespaced(self.key, self.prefix, key).to_string()).collect();
+        self.destination.identity().store_shared(&namespaced, profile);
+    }
 }
 
 /// One thread for a shared store: each group is mapped inside the transaction that commits it.

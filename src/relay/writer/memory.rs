@@ -4,6 +4,7 @@
 //! the only copy there is. After a failed commit every copy is dropped and read afresh.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -13,18 +14,26 @@ use crate::relay::store::{touch_time, StoreError, StoredProfile};
 /// Reads rows as committed, in one go for many keys.
 type Read<'r> = Box<dyn Fn(&[String]) -> Result<Vec<StoredProfile>, StoreError> + 'r>;
 
-/// A visitor key's profile as the mapper knows it.
+/// A visitor key's profile as the mapper knows it. A visitor's keys share one profile: keeping a visitor of three
+/// keys, and handing its rows to the committer, was six copies of it.
 #[derive(Default)]
 struct Held {
-    stored: StoredProfile,
+    profile: Option<Arc<Profile>>,
+    touched_ms: Option<u64>,
     /// The last group that wrote it, until that group is known to be committed.
     staged: Option<u64>,
+}
+
+impl Held {
+    fn committed(stored: StoredProfile) -> Held {
+        Held { profile: stored.profile.map(Arc::new), touched_ms: stored.touched_ms, staged: None }
+    }
 }
 
 /// A profile one group wrote, for the committer to store.
 pub(super) struct Write {
     pub key: String,
-    pub profile: Profile,
+    pub profile: Arc<Profile>,
     pub touched_ms: u64,
 }
 
@@ -84,8 +93,8 @@ impl<'r> Recollection<'r> {
             .into_iter()
             .filter_map(|key| {
                 let held = self.newer.get(&key).or_else(|| self.older.get(&key))?;
-                let profile = held.stored.profile.clone()?;
-                let touched_ms = held.stored.touched_ms?;
+                let profile = held.profile.clone()?;
+                let touched_ms = held.touched_ms?;
                 Some(Write { key, profile, touched_ms })
             })
             .collect()
@@ -152,7 +161,7 @@ impl<'r> Recollection<'r> {
         match (self.read)(&missing) {
             Ok(rows) => {
                 for (key, stored) in missing.into_iter().zip(rows) {
-                    self.keep(key, Held { stored, staged: None });
+                    self.keep(key, Held::committed(stored));
                 }
             }
             Err(error) => {
@@ -166,7 +175,7 @@ impl<'r> Recollection<'r> {
         if !self.newer.contains_key(key) {
             let held = match self.older.remove(key) {
                 Some(held) => held,
-                None => Held { stored: self.read_one(key), staged: None },
+                None => Held::committed(self.read_one(key)),
             };
             self.keep(key.to_string(), held);
         }
@@ -193,29 +202,44 @@ impl<'r> Recollection<'r> {
     }
 }
 
-impl IdentityStore for Recollection<'_> {
-    fn load(&mut self, key: &str) -> Option<Profile> {
-        self.held(key).stored.profile.clone()
-    }
-
-    fn store(&mut self, key: &str, profile: Profile) {
+impl Recollection<'_> {
+    /// Holds `profile` as `key`'s, written by the group being mapped.
+    fn hold(&mut self, key: &str, profile: Arc<Profile>) {
         let (group, now_ms) = (self.group, self.now_ms);
         let held = self.held(key);
-        let before = held.stored.touched_ms;
         let first_write = held.staged != Some(group);
-        held.stored = StoredProfile { profile: Some(profile), touched_ms: Some(touch_time(before, now_ms)) };
+        held.touched_ms = Some(touch_time(held.touched_ms, now_ms));
+        held.profile = Some(profile);
         held.staged = Some(group);
         if first_write {
             self.written.push(key.to_string());
             self.staged.push_back((group, key.to_string()));
         }
     }
+}
+
+impl IdentityStore for Recollection<'_> {
+    fn load(&mut self, key: &str) -> Option<Profile> {
+        self.held(key).profile.as_deref().cloned()
+    }
+
+    fn store(&mut self, key: &str, profile: Profile) {
+        self.hold(key, Arc::new(profile));
+    }
 
     fn merge_into(&mut self, key: &str, profile: &mut Profile, linked: &mut Vec<String>) -> bool {
-        let Some(stored) = &self.held(key).stored.profile else { return false };
+        let Some(stored) = &self.held(key).profile else { return false };
         profile.merge(stored);
         linked.extend(stored.keys.iter().cloned());
         true
+    }
+
+    /// One copy, shared by the keys and handed to the committer for each of them.
+    fn store_shared(&mut self, keys: &[String], profile: Profile) {
+        let profile = Arc::new(profile);
+        for key in keys {
+            self.hold(key, Arc::clone(&profile));
+        }
     }
 }
 
@@ -271,7 +295,7 @@ mod tests {
         let writes = memory.writes();
         assert_eq!(writes.len(), 1, "two writes of one key in a group are one row");
         assert_eq!(writes[0].touched_ms, 5_000);
-        assert_eq!(writes[0].profile, profile("second"));
+        assert_eq!(*writes[0].profile, profile("second"));
 
         memory.begin(2, 6_000);
         assert_eq!(email(&mut memory, "a").as_deref(), Some("second"), "the next group recalls it before it commits");
@@ -353,5 +377,73 @@ mod tests {
         assert!(!memory.failed());
         assert_eq!(memory.load("a"), None, "after a failure nothing staged is recalled: read afresh");
         assert_eq!(rows.reads(), 2);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Visitors seen under one or two of a few keys, so that they link and merge: the relay's memory recalls
+        /// each time what the engine's own store does, and hands each key's profile to the committer.
+        #[test]
+        fn recalls_what_the_engines_memory_store_does(
+            committed in proptest::collection::vec(
+                (0..6usize, proptest::collection::vec(0..6usize, 0..3), 0..3u8, 0..2u8), 0..5),
+            visits in proptest::collection::vec((0..6usize, proptest::option::of(0..6usize), 0..3u8, 0..2u8), 1..60)
+        ) {
+            use crate::functions::Val;
+            use crate::identity::{MemoryStore, RememberedField};
+            let key = |k: usize| if k < 4 { format!("anon:{k}") } else { format!("user:{k}") };
+            let rows = Rows::default();
+            let mut reference = MemoryStore::default();
+            // Rows stored before, each key's of its own (as another relay of a fleet writes them), linking others.
+            for (row, (owner, linked, field, value)) in committed.into_iter().enumerate() {
+                // Each row's time its own: which of two values of one field is the freshest is never a tie.
+                let seen_ms = -1 - row as i64;
+                let mut profile = Profile::default();
+                for k in linked.into_iter().chain([owner]) {
+                    profile.link(&key(k));
+                }
+                let value = serde_json::Value::from(format!("v{value}"));
+                profile.set(RememberedField { field: format!("f{field}"), value, seen_ms, expires_ms: None });
+                reference.store(&key(owner), profile.clone());
+                let row = StoredProfile { profile: Some(profile), touched_ms: Some(1) };
+                rows.rows.borrow_mut().insert(key(owner), row);
+            }
+            let mut memory = Recollection::new(|keys: &[String]| rows.read(keys));
+            for (step, (first, second, field, value)) in visits.into_iter().enumerate() {
+                let mut keys = vec![key(first)];
+                keys.extend(second.filter(|&k| k != first).map(key));
+                memory.begin(step as u64 + 1, 1_000);
+                let recalled = memory.recall_visitor(&keys);
+                let expected = reference.recall_visitor(&keys);
+                // The order of the keys and fields is the order they were found in, which differs: the engine's
+                // store looks up the keys asked first, the relay's follows each key's links as it goes.
+                let sorted = |profile: &Profile| {
+                    let mut profile = profile.clone();
+                    profile.keys.sort();
+                    profile.fields.sort_by(|a, b| a.field.cmp(&b.field));
+                    profile
+                };
+                proptest::prop_assert_eq!(sorted(&recalled), sorted(&expected), "step {}", step);
+                let mut profile = recalled;
+                let mut changed = false;
+                for key in &keys {
+                    changed |= profile.link(key);
+                }
+                let text = format!("v{value}");
+                changed |= profile.observe(&format!("f{field}"), &Val::from(text.as_str()), step as i64, None);
+                memory.keep_visitor(profile.clone(), changed);
+                reference.keep_visitor(profile.clone(), changed);
+                let writes = memory.writes();
+                if changed {
+                    let written: Vec<&str> = writes.iter().map(|write| write.key.as_str()).collect();
+                    let keys: Vec<&str> = profile.keys.iter().map(String::as_str).collect();
+                    proptest::prop_assert_eq!(written, keys, "each key's row is handed over");
+                    proptest::prop_assert!(writes.iter().all(|write| *write.profile == profile));
+                } else {
+                    proptest::prop_assert!(writes.is_empty());
+                }
+                memory.committed(step as u64 + 1);
+            }
+        }
     }
 }
