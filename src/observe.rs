@@ -13,6 +13,8 @@ use crate::run::Out;
 pub(crate) trait Observer<'p> {
     /// Whether this observer looks at all; `false` lets the runtime skip the work of reporting.
     const TRACING: bool;
+    /// Whether [`Observer::sent`] is wanted: by every tracing observer, and by one that only looks at what is sent.
+    const WATCHES_SENT: bool = Self::TRACING;
 
     fn rule_start(&mut self, _rule: &'p PlanRule) {}
     /// Term `index` of the current source: its value (`None`: missing) or the note of a function that gave up.

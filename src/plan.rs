@@ -34,6 +34,8 @@ pub struct Plan {
     pub(crate) routes_location: Option<Arc<str>>,
     pub(crate) slot_count: usize,
     pub(crate) slots: SpecialSlots,
+    /// The output slots match quality reads ([`crate::quality::QualityWatch`]).
+    pub(crate) quality_slots: crate::quality::QualitySlots,
 }
 
 /// Output slots the runtime itself reads or fills.

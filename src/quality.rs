@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use crate::functions::Val;
 use crate::input::{InputLayout, InputPaths, Step};
-use crate::run::{Outcome, RejectReason};
+use crate::observe::Observer;
+use crate::plan::LayoutNode;
+use crate::run::{Out, Outcome, RejectReason};
 use crate::schema::TargetSchema;
 
 /// The identity signals OpenAI matches on: a name, the output fields that carry it (either spelling of a target),
@@ -50,6 +52,8 @@ enum Measure {
 }
 
 impl Measure {
+    const ALL: [Measure; 4] = [Measure::AmountAndCurrency, Measure::OrderId, Measure::Contents, Measure::PlanId];
+
     fn name(self) -> &'static str {
         match self {
             Measure::AmountAndCurrency => "amount_and_currency",
@@ -123,6 +127,14 @@ impl<'a> Seen<'a> {
         }
     }
 
+    fn of_out(out: Option<&'a Out<'a>>) -> Seen<'a> {
+        match out {
+            Some(Out::Value(value)) => Seen::of_val(Some(value)),
+            Some(Out::Elements(elements)) => Seen::Array(elements.len()),
+            None => Seen::Nothing,
+        }
+    }
+
     fn present(self) -> bool {
         match self {
             Seen::Nothing => false,
@@ -147,7 +159,96 @@ fn text_reader() -> &'static (InputLayout, [usize; READ.len()]) {
     })
 }
 
+/// What an OpenAI event carries that match quality counts, whatever its type: which signals, how many hashed fields
+/// and how many of them are well-formed digests, whether it opts out, and which measures it holds. Small and plain,
+/// so that the relay notes it in a queued event's row when it maps the event, and delivery counts the event without
+/// reading its text again. Serialised as one number (bits: 0-7 signals, 8-15 hashed, 16-23 well-formed, 24 opted
+/// out, 32-39 measures held).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Observed(u64);
+
+impl Observed {
+    #[cfg(test)]
+    pub(crate) fn from_bits(bits: u64) -> Observed {
+        Observed(bits)
+    }
+
+    fn of<'v>(field: impl Fn(&str) -> Seen<'v>) -> Observed {
+        let mut bits = 0u64;
+        for (index, (_, fields, _)) in SIGNALS.iter().enumerate() {
+            bits |= u64::from(fields.iter().any(|f| field(f).present())) << index;
+        }
+        let (mut hashed, mut well_formed) = (0u64, 0u64);
+        for name in HASHED {
+            let value = field(name);
+            if value.present() {
+                hashed += 1;
+                well_formed += u64::from(value.is_sha256());
+            }
+        }
+        bits |= hashed << 8 | well_formed << 16;
+        bits |= u64::from(matches!(field("opt_out"), Seen::Bool(true))) << 24;
+        for (index, measure) in Measure::ALL.iter().enumerate() {
+            bits |= u64::from(measure.holds(&field)) << (32 + index);
+        }
+        Observed(bits)
+    }
+
+    fn signal(self, index: usize) -> bool {
+        self.0 >> index & 1 == 1
+    }
+
+    fn holds(self, measure: Measure) -> bool {
+        let index = Measure::ALL.iter().position(|m| *m == measure).unwrap_or_default();
+        self.0 >> (32 + index) & 1 == 1
+    }
+}
+
+/// The output slots of the fields match quality reads, in a plan's layout (`None` for a field it does not write).
+pub(crate) type QualitySlots = [Option<usize>; READ.len()];
+
+/// Where each field of [`READ`] is in `layout`.
+pub(crate) fn quality_slots(layout: &[LayoutNode]) -> QualitySlots {
+    fn find(nodes: &[LayoutNode], dotted: &str) -> Option<usize> {
+        nodes.iter().find_map(|node| match node {
+            LayoutNode::Leaf { path, slot, .. } | LayoutNode::Elements { path, slot, .. } => {
+                (**path == *dotted).then_some(*slot)
+            }
+            LayoutNode::Object { children, .. } => find(children, dotted),
+        })
+    }
+    READ.map(|dotted| find(layout, dotted))
+}
+
+/// Notes what an event about to be sent says about its match quality, from its output slots: exactly what
+/// [`Observation::of_text`] reads from the event's text, since the slots are what is written.
+pub(crate) struct QualityWatch<'p> {
+    slots: &'p QualitySlots,
+    pub observed: Option<Observed>,
+}
+
+impl<'p> QualityWatch<'p> {
+    pub fn new(slots: &'p QualitySlots) -> Self {
+        QualityWatch { slots, observed: None }
+    }
+}
+
+impl<'p> Observer<'p> for QualityWatch<'_> {
+    const TRACING: bool = false;
+    const WATCHES_SENT: bool = true;
+
+    fn sent(&mut self, out: &[Option<Out<'_>>]) {
+        let field = |dotted: &str| {
+            let index = READ.iter().position(|f| *f == dotted);
+            Seen::of_out(index.and_then(|i| self.slots[i]).and_then(|slot| out.get(slot)?.as_ref()))
+        };
+        self.observed = Some(Observed::of(field));
+    }
+}
+
 /// What one OpenAI event says about its match quality.
+#[derive(Debug, PartialEq)]
 pub struct Observation<'e> {
     event_type: &'e str,
     signals: [bool; SIGNALS.len()],
@@ -192,26 +293,25 @@ impl<'e> Observation<'e> {
         consent_sent: bool,
         age_ms: Option<i64>,
     ) -> Observation<'e> {
-        let mut signals = [false; SIGNALS.len()];
-        for (present_here, (_, fields, _)) in signals.iter_mut().zip(SIGNALS.iter()) {
-            *present_here = fields.iter().any(|f| field(f).present());
-        }
-        let (mut hashed, mut well_formed) = (0, 0);
-        for name in HASHED {
-            let value = field(name);
-            if value.present() {
-                hashed += 1;
-                well_formed += u64::from(value.is_sha256());
-            }
-        }
+        Self::of_observed(event_type, Observed::of(field), consent_sent, age_ms)
+    }
+
+    /// What an event of `event_type` that carries `observed` says; `consent_sent` and `age_ms` as
+    /// [`Quality::observe_mapped`] takes them.
+    pub fn of_observed(
+        event_type: &'e str,
+        observed: Observed,
+        consent_sent: bool,
+        age_ms: Option<i64>,
+    ) -> Observation<'e> {
         let measures = CONVERSIONS.iter().find(|(name, _)| *name == event_type).map_or(&[][..], |(_, m)| *m);
-        let holds = measures.iter().enumerate().fold(0u8, |bits, (i, m)| bits | (u8::from(m.holds(&field)) << i));
+        let holds = measures.iter().enumerate().fold(0u8, |bits, (i, m)| bits | (u8::from(observed.holds(*m)) << i));
         Observation {
             event_type,
-            signals,
-            hashed,
-            well_formed,
-            opted_out: matches!(field("opt_out"), Seen::Bool(true)),
+            signals: std::array::from_fn(|index| observed.signal(index)),
+            hashed: observed.0 >> 8 & 0xff,
+            well_formed: observed.0 >> 16 & 0xff,
+            opted_out: observed.0 >> 24 & 1 == 1,
             consent_sent,
             measures,
             holds,
@@ -323,11 +423,22 @@ impl Quality {
 
     /// Counts one event: its outcome, and `input` (the event as received) to tell an absent consent state.
     pub fn observe(&mut self, input: &str, outcome: &Outcome) {
+        self.observe_noted(input, outcome, None);
+    }
+
+    /// [`Quality::observe`] with what [`crate::Plan::apply_str_noting_quality`] noted of a mapped event, which
+    /// spares reading its text.
+    pub fn observe_noted(&mut self, input: &str, outcome: &Outcome, observed: Option<Observed>) {
         match outcome {
             Outcome::Mapped(mapped) => {
-                let Ok(event) = serde_json::from_str::<Value>(&mapped.json) else { return };
                 let age = mapped.timestamp_ms.map(|time| self.now_ms.saturating_sub(time));
-                self.observe_mapped(&mapped.event_type, &event, consent_sent(input), age);
+                let consent = consent_sent(input);
+                if let Some(observed) = observed {
+                    self.record(&Observation::of_observed(&mapped.event_type, observed, consent, age));
+                    return;
+                }
+                let Ok(event) = serde_json::from_str::<Value>(&mapped.json) else { return };
+                self.observe_mapped(&mapped.event_type, &event, consent, age);
             }
             Outcome::Dropped(dropped) => {
                 let reason = serde_json::to_value(dropped.reason).ok().and_then(|v| v.as_str().map(str::to_string));
@@ -687,7 +798,11 @@ mod tests {
         let target = crate::schema::target(crate::schema::DEFAULT_TARGET).expect("target");
         let mut events: Vec<(String, String)> = Vec::new();
         for input in [ORDER_WITH_EVERYTHING, BARE_ORDER] {
-            if let Outcome::Mapped(mapped) = plan.apply_str(input, &mut Context::stateless(now)) {
+            let (outcome, observed) = plan.apply_str_noting_quality(input, &mut Context::stateless(now));
+            if let Outcome::Mapped(mapped) = outcome {
+                let noted = Observation::of_observed(&mapped.event_type, observed.expect("noted"), true, None);
+                let read = Observation::of_text(&mapped.event_type, &mapped.json, true, None);
+                assert_eq!(Some(noted), read, "noted while mapping as read from the text: {input}");
                 events.push((mapped.event_type, mapped.json));
             }
         }

@@ -13,6 +13,7 @@ use crate::identity::{IdentityStore, Profile};
 use crate::input::Captured;
 use crate::observe::{Observer, Untraced};
 use crate::plan::*;
+use crate::quality::{Observed, QualityWatch};
 use crate::schema::{FieldDef, Format};
 
 /// How far back and ahead of `now` OpenAI accepts `timestamp_ms`.
@@ -148,11 +149,29 @@ struct State<'v> {
 impl Plan {
     /// Applies the plan to one event given as JSON text; reads only the paths the plan uses.
     pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
+        self.apply_str_observed(event, context, &mut Untraced)
+    }
+
+    /// [`Plan::apply_str`], and what a mapped event says about its match quality, noted from its output as it is
+    /// written (the same as [`crate::quality::Observation::of_text`] reads from the event's text, for less).
+    pub fn apply_str_noting_quality(&self, event: &str, context: &mut Context<'_>) -> (Outcome, Option<Observed>) {
+        let mut watch = QualityWatch::new(&self.quality_slots);
+        let outcome = self.apply_str_observed(event, context, &mut watch);
+        let observed = watch.observed.filter(|_| matches!(outcome, Outcome::Mapped(_)));
+        (outcome, observed)
+    }
+
+    fn apply_str_observed<'p, O: Observer<'p>>(
+        &'p self,
+        event: &str,
+        context: &mut Context<'_>,
+        observer: &mut O,
+    ) -> Outcome {
         match self.input.read_str(event) {
             Ok(mut input) => {
                 let routing = self.routing(&input.values);
                 self.build_read_whole(&routing, &mut input);
-                self.apply_routed(&input.values, routing, context, &mut Untraced)
+                self.apply_routed(&input.values, routing, context, observer)
             }
             Err(error) => invalid_input(error.0),
         }
@@ -249,7 +268,7 @@ impl Plan {
         if let Some(rejected) = rejected {
             return Outcome::Rejected(rejected);
         }
-        if O::TRACING {
+        if O::WATCHES_SENT {
             observer.sent(&state.out);
         }
         let mut json = String::with_capacity(1024);

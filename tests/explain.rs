@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use signal_engine::explain::{explain, explain_value, Origin};
 use signal_engine::identity::MemoryStore;
 use signal_engine::presets;
+use signal_engine::quality::Observation;
 use signal_engine::run::Outcome;
 use signal_engine::Context;
 
@@ -141,7 +142,8 @@ fn rule_for_names_the_rule_meant_to_produce_a_missing_field() {
 /// the fast text reader (which takes objects apart and builds them only for the routes that read them whole) and
 /// the parsed-tree reader (the relay's, which builds everything) give byte-identical outcomes, explain's outcome is the
 /// runtime's on every event, and fast paths (remembered phone numbers) change nothing: the same stream applied a
-/// second time, with every number now remembered, gives the same output. It needs `../shared` beside the checkout,
+/// second time, with every number now remembered, gives the same output. What the relay notes of each mapped
+/// event's match quality while mapping it is what reading the event's text says. It needs `../shared` beside the checkout,
 /// as the machines of this project (and their CI) have it; elsewhere it says so and passes.
 #[test]
 fn every_entry_point_agrees_on_the_generated_dataset() {
@@ -156,11 +158,20 @@ fn every_entry_point_agrees_on_the_generated_dataset() {
     let stream = String::from_utf8(output.stdout).expect("UTF-8 events");
     let plan = plan(&presets::OPENAI_ADS);
     let now = millis("2026-11-20T12:00:00Z");
-    let mut memories = [MemoryStore::default(), MemoryStore::default(), MemoryStore::default(), MemoryStore::default()];
+    let mut memories: [MemoryStore; 5] = Default::default();
     let mut first_pass = Vec::new();
     for line in stream.lines().filter(|l| !l.trim().is_empty()) {
-        let [text_memory, tree_memory, explain_memory, explain_tree_memory] = &mut memories;
+        let [text_memory, tree_memory, explain_memory, explain_tree_memory, noting_memory] = &mut memories;
         let from_text = plan.apply_str(line, &mut Context::with_identity(now, text_memory));
+        let (noting, observed) = plan.apply_str_noting_quality(line, &mut Context::with_identity(now, noting_memory));
+        assert_eq!(noting, from_text, "noting match quality changes the outcome of {line}");
+        if let Outcome::Mapped(mapped) = &noting {
+            let observed = observed.expect("a mapped event's quality is noted");
+            let read = Observation::of_text(&mapped.event_type, &mapped.json, true, Some(5));
+            assert_eq!(Some(Observation::of_observed(&mapped.event_type, observed, true, Some(5))), read, "{line}");
+        } else {
+            assert_eq!(observed, None, "only a mapped event has a quality to note: {line}");
+        }
         let tree: Value = serde_json::from_str(line).expect("a JSON event");
         let from_tree = plan.apply(&tree, &mut Context::with_identity(now, tree_memory));
         assert_eq!(from_text, from_tree, "the text and tree readers differ on {line}");

@@ -51,8 +51,8 @@ pub(super) fn quality(args: QualityArgs, color: Color) -> Result<u8, Failure> {
             }
             let mut context =
                 if args.stateless { Context::stateless(now_ms) } else { Context::with_identity(now_ms, &mut memory) };
-            let outcome = plan.apply_str(&line, &mut context);
-            quality.observe(&line, &outcome);
+            let (outcome, observed) = plan.apply_str_noting_quality(&line, &mut context);
+            quality.observe_noted(&line, &outcome, observed);
         }
     }
     let report = quality.report();

@@ -258,6 +258,7 @@ impl Letters {
                     received_ms: d["received_ms"].as_i64().unwrap_or_default(),
                     event: d["event"].to_string(),
                     consent_sent: None,
+                    observed: None,
                 },
                 reason: d["reason"].as_str().unwrap_or_default().to_string(),
                 detail: d["detail"].as_str().unwrap_or_default().to_string(),

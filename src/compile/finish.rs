@@ -236,6 +236,7 @@ impl Compiler<'_> {
         for remembered in &mut remembered {
             remembered.def = crate::plan::leaf_def(&output, remembered.slot).cloned();
         }
+        let quality_slots = crate::quality::quality_slots(&output);
         Some(Plan {
             target: self.target,
             input,
@@ -250,6 +251,7 @@ impl Compiler<'_> {
             routes_location: self.routes_location.as_deref().map(Into::into),
             slot_count: self.slot_count,
             slots: SpecialSlots { event_type, custom_event_name, data_type, timestamp_ms, id },
+            quality_slots,
         })
     }
 }

@@ -103,7 +103,11 @@ impl Board {
             .filter_map(|pending| {
                 let age = pending.timestamp_ms.map(|t| now_ms - t);
                 // An event queued before the relay noted consent is taken to have had some: no advice blames it.
-                Observation::of_text(&pending.event_type, &pending.event, pending.consent_sent.unwrap_or(true), age)
+                let consent = pending.consent_sent.unwrap_or(true);
+                match pending.observed {
+                    Some(observed) => Some(Observation::of_observed(&pending.event_type, observed, consent, age)),
+                    None => Observation::of_text(&pending.event_type, &pending.event, consent, age),
+                }
             })
             .collect();
         self.count(pixel, target, now_ms, |quality| {
@@ -148,6 +152,7 @@ mod tests {
             received_ms: timestamp_ms,
             event: event.to_string(),
             consent_sent: Some(true),
+            observed: None,
         }
     }
 

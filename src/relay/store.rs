@@ -16,6 +16,7 @@ use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Tabl
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{IdentityStore, Profile};
+use crate::quality::Observed;
 
 mod journal;
 mod segment;
@@ -39,6 +40,10 @@ pub struct Pending {
     /// queued before the relay noted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent_sent: Option<bool>,
+    /// What the event says about its match quality, noted when it was mapped; `None` for events queued before the
+    /// relay noted it, and for events it explained: delivery reads those from the event's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
 }
 
 /// The fields of a [`Pending`] around its event, as a queue row's first line.
@@ -52,6 +57,8 @@ struct RowHead<'a> {
     received_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     consent_sent: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    observed: Option<Observed>,
 }
 
 impl Pending {
@@ -65,6 +72,7 @@ impl Pending {
             timestamp_ms: self.timestamp_ms,
             received_ms: self.received_ms,
             consent_sent: self.consent_sent,
+            observed: self.observed,
         };
         let mut row = Vec::with_capacity(self.event.len() + self.id.len() + self.event_type.len() + 100);
         // Writing to a Vec fails only on a serialiser error, which these plain fields cannot give.
@@ -105,6 +113,7 @@ impl Pending {
             received_ms: head.received_ms,
             event: event.to_string(),
             consent_sent: head.consent_sent,
+            observed: head.observed,
         })
     }
 }
@@ -1157,6 +1166,7 @@ mod tests {
             received_ms: 2,
             event: format!(r#"{{"id":"{id}"}}"#),
             consent_sent: None,
+            observed: None,
         }
     }
 
@@ -1168,8 +1178,10 @@ mod tests {
             id in "\\PC{0,12}", event_type in "[a-z_\n\"]{0,12}", event in "\\PC{0,60}|\\{\"a\":\"[^\"]{0,20}\"\\}",
             timestamp_ms in proptest::option::of(proptest::num::i64::ANY), received_ms in proptest::num::i64::ANY,
             consent_sent in proptest::option::of(proptest::bool::ANY),
+            observed in proptest::option::of(proptest::num::u64::ANY),
         ) {
-            let pending = Pending { id, event_type, timestamp_ms, received_ms, event, consent_sent };
+            let observed = observed.map(Observed::from_bits);
+            let pending = Pending { id, event_type, timestamp_ms, received_ms, event, consent_sent, observed };
             proptest::prop_assert_eq!(Pending::from_row(&pending.to_row()), Ok(pending.clone()));
             proptest::prop_assert_eq!(Pending::from_row(pending.to_row_text().as_bytes()), Ok(pending.clone()));
             let before = serde_json::to_vec(&pending).expect("serialisable");
@@ -1698,6 +1710,7 @@ mod damage {
                                 received_ms: 2,
                                 event,
                                 consent_sent: None,
+                                observed: None,
                             };
                             tx.enqueue("px", &pending)?;
                         }

@@ -195,18 +195,18 @@ fn map_group(
                 let mut context = Context::with_identity(now, &mut memory);
                 let sampled = index >= explain_from;
                 index += 1;
-                let (outcome, explanation) = if sampled {
+                let (outcome, observed, explanation) = if sampled {
                     let explanation = explain(&setup.plan, &event.text, &mut context);
-                    (explanation.outcome.clone(), Some(explanation))
+                    (explanation.outcome.clone(), None, Some(explanation))
                 } else {
-                    match setup.plan.apply_str(&event.text, &mut context) {
+                    match setup.plan.apply_str_noting_quality(&event.text, &mut context) {
                         // A rejected event is always explained, since the debugger is where one finds out why.
                         // Applying again is harmless: what the event taught is already remembered.
-                        rejected @ Outcome::Rejected(_) if rejections_explained < EXPLAINED_PER_GROUP => {
+                        (rejected @ Outcome::Rejected(_), _) if rejections_explained < EXPLAINED_PER_GROUP => {
                             rejections_explained += 1;
-                            (rejected, Some(explain(&setup.plan, &event.text, &mut context)))
+                            (rejected, None, Some(explain(&setup.plan, &event.text, &mut context)))
                         }
-                        other => (other, None),
+                        (other, observed) => (other, observed, None),
                     }
                 };
                 let (name, reason) = debug::describe(&outcome);
@@ -224,6 +224,7 @@ fn map_group(
                             received_ms: now,
                             event: mapped.json,
                             consent_sent: Some(event.consent),
+                            observed,
                         };
                         destination.enqueue(place, pending)?;
                         verdict = Some(Verdict::Queued);

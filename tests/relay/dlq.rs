@@ -28,6 +28,7 @@ fn pending(id: &str, event_type: &str) -> Pending {
         received_ms: 1_795_000_000_500,
         event: format!(r#"{{"id":"{id}","type":"{event_type}","timestamp_ms":1795000000000,"action_source":"web"}}"#),
         consent_sent: Some(true),
+        observed: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn pending(id: &str) -> Pending {
         received_ms: 1_795_000_000_500,
         event: format!(r#"{{"id":"{id}","type":"page_viewed"}}"#),
         consent_sent: Some(true),
+        observed: None,
     }
 }
 
