@@ -17,7 +17,7 @@ use crate::functions::{lookup, Val};
 mod scan;
 
 #[cfg(any(feature = "relay", test))]
-pub(crate) use scan::split::{batch, members, Batch, Element, Member};
+pub(crate) use scan::split::{batch, event_members, members, Batch, Element, Member};
 
 /// One step of a path into the event: an object key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -474,7 +474,10 @@ mod tests {
             Some(members) => {
                 let Ok(Value::Object(object)) = &parsed else { panic!("members of a non-object: {text:?}") };
                 let mut rebuilt = serde_json::Map::new();
+                let as_event = super::split::event_members(text).expect("an object splits as an event too");
+                assert!(as_event.iter().map(|m| (&m.key, &m.span)).eq(members.iter().map(|m| (&m.key, &m.span))));
                 for member in members {
+                    assert!(member.inner.is_none(), "only an event's context is split: {text:?}");
                     assert!(text[member.span.clone()].starts_with('"') && member.span.end == member.value.end);
                     rebuilt.insert(member.key.into_owned(), at(member.value));
                 }
@@ -499,8 +502,17 @@ mod tests {
                             };
                             let mut rebuilt = serde_json::Map::new();
                             for member in members {
-                                let value = serde_json::from_str(&wrapped[member.value]).unwrap();
-                                rebuilt.insert(member.key.into_owned(), value);
+                                let value = &wrapped[member.value.clone()];
+                                // A `context` object is split with its event, as splitting it alone would.
+                                let alone = (member.key == "context" && value.starts_with('{'))
+                                    .then(|| super::split::members(value).expect("split with its event"));
+                                let shifted = member.inner.map(|inner| {
+                                    let base = member.value.start;
+                                    inner.into_iter().map(move |m| (m.key, m.value.start - base..m.value.end - base))
+                                });
+                                let alone = alone.map(|alone| alone.into_iter().map(|m| (m.key, m.value)));
+                                assert_eq!(shifted.map(Vec::from_iter), alone.map(Vec::from_iter), "{text:?}");
+                                rebuilt.insert(member.key.into_owned(), serde_json::from_str(value).unwrap());
                             }
                             assert_eq!(&Value::Object(rebuilt), item, "{text:?}");
                         }

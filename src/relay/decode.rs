@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use serde_json::{Map, Value};
 
-use crate::input::{batch, members, Batch, Element, Member};
+use crate::input::{batch, event_members, Batch, Element, Member};
 
 /// What a route takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -235,9 +235,14 @@ impl<'e> Envelope<'e> {
                 context = None;
                 if value.starts_with('{') {
                     context = Some(index);
-                    for inner in crate::input::members(value).unwrap_or_default() {
+                    // Split with the event, where it was (its places in the whole text); split here otherwise.
+                    let (inner, base) = match &member.inner {
+                        Some(inner) => (std::borrow::Cow::Borrowed(&inner[..]), 0),
+                        None => (crate::input::members(value).unwrap_or_default().into(), member.value.start),
+                    };
+                    for inner in inner.iter() {
                         if let Some(place) = envelope.context_member(&inner.key) {
-                            *place = Some(Raw::Text(&value[inner.value]));
+                            *place = Some(Raw::Text(&text[base + inner.value.start..base + inner.value.end]));
                         }
                     }
                 }
@@ -355,7 +360,7 @@ pub(super) fn decode(body: &[u8], shape: Shape, max_event_bytes: usize) -> Resul
     let text = body_text(body)?;
     // Whatever the splitter gives up on (broken JSON, deep nesting), serde_json reads, with its own messages.
     let split = match shape {
-        Shape::Single(_) => members(text).map(|members| Batch { members, events: None }),
+        Shape::Single(_) => event_members(text).map(|members| Batch { members, events: None }),
         Shape::Batch => batch(text),
     };
     let Some(Batch { members: mut top, events }) = split else { return decode_tree(text, shape, max_event_bytes) };

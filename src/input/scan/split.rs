@@ -16,6 +16,9 @@ pub(crate) struct Member<'a> {
     pub span: Range<usize>,
     /// The value's place in the text.
     pub value: Range<usize>,
+    /// An event's `context`, split as it is passed over: its members, their places in the whole text. Only the
+    /// event splitters fill it (an event is read for its context's members, which were a second scan of it).
+    pub inner: Option<Vec<Member<'a>>>,
 }
 
 /// The members of the object `text` is (whitespace around it allowed), in order and with repeated keys repeated,
@@ -27,6 +30,18 @@ pub(crate) fn members(text: &str) -> Option<Vec<Member<'_>>> {
         return None;
     }
     let members = scanner.split_object().ok()?;
+    scanner.whitespace();
+    (scanner.pos == scanner.bytes.len()).then_some(members)
+}
+
+/// The members of the event `text` is, as [`members`] finds them, its `context` split too ([`Member::inner`]).
+pub(crate) fn event_members(text: &str) -> Option<Vec<Member<'_>>> {
+    let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
+    scanner.whitespace();
+    if scanner.peek() != Some(b'{') {
+        return None;
+    }
+    let members = scanner.split_event().ok()?;
     scanner.whitespace();
     (scanner.pos == scanner.bytes.len()).then_some(members)
 }
@@ -44,7 +59,7 @@ pub(crate) struct Batch<'a> {
 #[derive(Debug)]
 pub(crate) struct Element<'a> {
     pub place: Range<usize>,
-    /// Its members, when it is an object.
+    /// Its members, when it is an object, its `context` split too ([`Member::inner`]).
     pub members: Option<Vec<Member<'a>>>,
 }
 
@@ -60,15 +75,15 @@ pub(crate) fn batch(text: &str) -> Option<Batch<'_>> {
     let members = scanner
         .split_members(|scanner, key| {
             if key != "batch" {
-                return scanner.skip();
+                return scanner.skip().map(|()| None);
             }
             // A later `batch` replaces an earlier one, as in a parsed tree.
             events = None;
             if scanner.peek() != Some(b'[') {
-                return scanner.skip();
+                return scanner.skip().map(|()| None);
             }
             events = Some(scanner.split_array()?);
-            Ok(())
+            Ok(None)
         })
         .ok()?;
     scanner.whitespace();
@@ -78,12 +93,23 @@ pub(crate) fn batch(text: &str) -> Option<Batch<'_>> {
 impl<'a> Scanner<'a> {
     /// An object's members, at its `{`.
     fn split_object(&mut self) -> Fast<Vec<Member<'a>>> {
-        self.split_members(|scanner, _| scanner.skip())
+        self.split_members(|scanner, _| scanner.skip().map(|()| None))
+    }
+
+    /// An event's members, at its `{`, the members of each `context` that is an object split too.
+    fn split_event(&mut self) -> Fast<Vec<Member<'a>>> {
+        self.split_members(|scanner, key| match (key, scanner.peek()) {
+            ("context", Some(b'{')) => scanner.split_object().map(Some),
+            _ => scanner.skip().map(|()| None),
+        })
     }
 
     /// An object's members, at its `{`, each value passed over by `value` (given the scanner at the value and the
-    /// key).
-    fn split_members(&mut self, mut value: impl FnMut(&mut Self, &str) -> Fast<()>) -> Fast<Vec<Member<'a>>> {
+    /// key), which may split it ([`Member::inner`]).
+    fn split_members(
+        &mut self,
+        mut value: impl FnMut(&mut Self, &str) -> Fast<Option<Vec<Member<'a>>>>,
+    ) -> Fast<Vec<Member<'a>>> {
         self.enter()?;
         let mut members = Vec::with_capacity(16);
         if self.peek() == Some(b'}') {
@@ -98,8 +124,8 @@ impl<'a> Scanner<'a> {
             self.eat(b':')?;
             self.whitespace();
             let at = self.pos;
-            value(self, &key)?;
-            members.push(Member { key, span: start..self.pos, value: at..self.pos });
+            let inner = value(self, &key)?;
+            members.push(Member { key, span: start..self.pos, value: at..self.pos, inner });
             if !self.next_member(b'}')? {
                 return Ok(members);
             }
@@ -118,7 +144,7 @@ impl<'a> Scanner<'a> {
         loop {
             let start = self.pos;
             let members = match self.peek() {
-                Some(b'{') => Some(self.split_object()?),
+                Some(b'{') => Some(self.split_event()?),
                 _ => {
                     self.skip()?;
                     None
