@@ -177,15 +177,15 @@ fn map_group(
 ) -> Result<Mapping, StoreError> {
     let mut mapping = Mapping::default();
     let mut keys = Vec::new();
+    let mut key = String::new();
     for visitor in group.iter().flat_map(|job| &job.events).flat_map(|event| &event.visitors) {
         for (pixel, _) in pixels {
-            keys.push(format!("{}/{visitor}", pixel.name));
+            keys.push(PixelMemory::namespaced(&mut key, &pixel.name, visitor).to_string());
         }
     }
     destination.prefetch(&keys);
     let mut index = 0;
     let mut rejections_explained = 0;
-    let mut key = String::new();
     for job in group {
         let mut job_verdicts = Vec::with_capacity(job.events.len());
         for event in &job.events {
