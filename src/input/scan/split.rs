@@ -24,24 +24,25 @@ pub(crate) struct Member<'a> {
 /// The members of the object `text` is (whitespace around it allowed), in order and with repeated keys repeated,
 /// checked as strictly as the fast reader reads; `None` where it gives up, for serde_json to decide.
 pub(crate) fn members(text: &str) -> Option<Vec<Member<'_>>> {
-    let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
-    scanner.whitespace();
-    if scanner.peek() != Some(b'{') {
-        return None;
-    }
-    let members = scanner.split_object().ok()?;
-    scanner.whitespace();
-    (scanner.pos == scanner.bytes.len()).then_some(members)
+    whole_object(text, Scanner::split_object)
 }
 
 /// The members of the event `text` is, as [`members`] finds them, its `context` split too ([`Member::inner`]).
 pub(crate) fn event_members(text: &str) -> Option<Vec<Member<'_>>> {
+    whole_object(text, Scanner::split_event)
+}
+
+/// `split` applied to the object `text` is, whitespace around it allowed.
+fn whole_object<'a>(
+    text: &'a str,
+    split: impl FnOnce(&mut Scanner<'a>) -> Fast<Vec<Member<'a>>>,
+) -> Option<Vec<Member<'a>>> {
     let mut scanner = Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
     scanner.whitespace();
     if scanner.peek() != Some(b'{') {
         return None;
     }
-    let members = scanner.split_event().ok()?;
+    let members = split(&mut scanner).ok()?;
     scanner.whitespace();
     (scanner.pos == scanner.bytes.len()).then_some(members)
 }
