@@ -156,9 +156,9 @@ impl Plan {
     /// written (the same as [`crate::quality::Observation::of_text`] reads from the event's text, for less).
     pub fn apply_str_noting_quality(&self, event: &str, context: &mut Context<'_>) -> (Outcome, Option<Observed>) {
         let mut watch = QualityWatch::new(&self.quality_slots);
+        // The runtime reports what it sends only for an event it maps.
         let outcome = self.apply_str_observed(event, context, &mut watch);
-        let observed = watch.observed.filter(|_| matches!(outcome, Outcome::Mapped(_)));
-        (outcome, observed)
+        (outcome, watch.observed)
     }
 
     fn apply_str_observed<'p, O: Observer<'p>>(

@@ -222,7 +222,8 @@ impl<'e> Envelope<'e> {
     }
 
     /// The envelope of an event still in its text, and which of its members is the `context` that counts (the
-    /// last, when it is an object).
+    /// last, when it is an object). `members` are as an event splitter ([`crate::input::event_members`], the batch
+    /// splitter) gives them, `context` split too.
     fn of_members(text: &'e str, members: &[Member<'e>]) -> (Envelope<'e>, Option<usize>) {
         let mut envelope = Envelope::default();
         let mut context = None;
@@ -235,14 +236,10 @@ impl<'e> Envelope<'e> {
                 context = None;
                 if value.starts_with('{') {
                     context = Some(index);
-                    // Split with the event, where it was (its places in the whole text); split here otherwise.
-                    let (inner, base) = match &member.inner {
-                        Some(inner) => (std::borrow::Cow::Borrowed(&inner[..]), 0),
-                        None => (crate::input::members(value).unwrap_or_default().into(), member.value.start),
-                    };
-                    for inner in inner.iter() {
+                    // Split with the event by the event splitters, which give every member here.
+                    for inner in member.inner.iter().flatten() {
                         if let Some(place) = envelope.context_member(&inner.key) {
-                            *place = Some(Raw::Text(&text[base + inner.value.start..base + inner.value.end]));
+                            *place = Some(Raw::Text(&text[inner.value.clone()]));
                         }
                     }
                 }
