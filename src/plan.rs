@@ -74,6 +74,10 @@ pub(crate) struct PlanRoute {
     pub required: Vec<Requirement>,
     /// Input slots the route's rules read whole that the fast reader may leave unbuilt.
     pub containers: Vec<usize>,
+    /// The same for an untraced run, where blocks read their source's members ([`MemberRule`]).
+    pub containers_untraced: Vec<usize>,
+    /// Sources an untraced run reads only by members, left unbuilt: marked as objects, which they are.
+    pub read_by_members: Vec<usize>,
     /// The rules of other routes, each with why an explanation says this route leaves it out.
     pub unselected: Vec<(usize, Arc<str>)>,
 }
@@ -233,7 +237,26 @@ pub(crate) enum RuleTarget {
     /// A scalar output slot.
     Slot(usize),
     /// An array of objects: the source's elements each become one element, built by the element rules.
-    Elements { slot: usize, each: bool, rules: Vec<ElementRule> },
+    Elements {
+        slot: usize,
+        each: bool,
+        rules: Vec<ElementRule>,
+        /// The element rules again, reading the source's members from the slots the reader captured them in, when
+        /// the source is one object (`properties -> data.contents[*]`) and the rules read only its members: then
+        /// an untraced run need not build the object ([`MemberRule`]).
+        by_members: Option<Vec<MemberRule>>,
+    },
+}
+
+/// An element rule whose reads of the element (`product_id`) are reads of the event (`properties.product_id`),
+/// the block's source being one object. The reader takes that object apart member by member; building it whole
+/// only to look the same members up again was most of what a block over `properties` cost. Traced runs keep
+/// [`ElementRule`]'s form, so that an explanation shows the source as the event has it, and the whole-dataset test
+/// holds both forms to one outcome.
+#[derive(Debug)]
+pub(crate) struct MemberRule {
+    pub expr: Expr,
+    pub pipes: Vec<BoundCall>,
 }
 
 #[derive(Debug)]
@@ -360,6 +383,24 @@ impl Expr {
         }
     }
 
+    /// The expression with each read of the current element (`@.product_id`, `product_id` in a block) replaced by
+    /// what `member` makes of its steps; `None` when `member` gives nothing for one of them.
+    pub(crate) fn with_element_reads(&self, member: &mut dyn FnMut(&[Step]) -> Option<Expr>) -> Option<Expr> {
+        Some(match self {
+            Expr::Const(value) => Expr::Const(value.clone()),
+            Expr::Input { slot, rest } => Expr::Input { slot: *slot, rest: rest.clone() },
+            Expr::Element { rest } => member(rest)?,
+            Expr::Call { function, input, args } => Expr::Call {
+                function,
+                input: Box::new(input.with_element_reads(member)?),
+                args: args_with_element_reads(args, member)?,
+            },
+            Expr::Coalesce(terms) => {
+                Expr::Coalesce(terms.iter().map(|term| term.with_element_reads(member)).collect::<Option<_>>()?)
+            }
+        })
+    }
+
     /// Adds the input slots the expression reads to `slots`.
     pub(crate) fn input_slots(&self, slots: &mut Vec<usize>) {
         match self {
@@ -388,6 +429,19 @@ fn push_steps(path: &mut String, steps: &[Step]) {
     }
 }
 
+/// Arguments with their reads of the current element replaced, as [`Expr::with_element_reads`] does.
+pub(crate) fn args_with_element_reads(
+    args: &[ArgExpr],
+    member: &mut dyn FnMut(&[Step]) -> Option<Expr>,
+) -> Option<Vec<ArgExpr>> {
+    args.iter()
+        .map(|arg| match arg {
+            ArgExpr::Const(value) => Some(ArgExpr::Const(value.clone())),
+            ArgExpr::Dynamic(expr) => expr.with_element_reads(member).map(ArgExpr::Dynamic),
+        })
+        .collect()
+}
+
 fn args_slots(args: &[ArgExpr], slots: &mut Vec<usize>) {
     for arg in args {
         if let ArgExpr::Dynamic(expr) = arg {
@@ -406,6 +460,20 @@ impl PlanRule {
                 rule.expr.input_slots(slots);
                 rule.pipes.iter().for_each(|pipe| args_slots(&pipe.args, slots));
             }
+        }
+    }
+
+    /// [`PlanRule::input_slots`] as an untraced run reads them: a block with [`MemberRule`]s reads its source only
+    /// to learn whether it is there, adding it to `by_members` instead.
+    pub(crate) fn input_slots_untraced(&self, slots: &mut Vec<usize>, by_members: &mut Vec<usize>) {
+        let RuleTarget::Elements { by_members: Some(rules), .. } = &self.target else {
+            return self.input_slots(slots);
+        };
+        self.expr.input_slots(by_members);
+        self.pipes.iter().for_each(|pipe| args_slots(&pipe.args, slots));
+        for rule in rules {
+            rule.expr.input_slots(slots);
+            rule.pipes.iter().for_each(|pipe| args_slots(&pipe.args, slots));
         }
     }
 }

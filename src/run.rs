@@ -170,7 +170,11 @@ impl Plan {
         match self.input.read_str(event) {
             Ok(mut input) => {
                 let routing = self.routing(&input.values);
-                self.build_read_whole(&routing, &mut input);
+                if O::TRACING {
+                    self.build_read_whole(&routing, &mut input);
+                } else {
+                    self.build_read_untraced(&routing, &mut input);
+                }
                 self.apply_routed(&input.values, routing, context, observer)
             }
             Err(error) => invalid_input(error.0),
@@ -182,7 +186,7 @@ impl Plan {
         match self.input.read_value(event) {
             Ok(mut input) => {
                 let routing = self.routing(&input.values);
-                self.build_read_whole(&routing, &mut input);
+                self.build_read_untraced(&routing, &mut input);
                 self.apply_routed(&input.values, routing, context, &mut Untraced)
             }
             Err(error) => invalid_input(error.0),
@@ -195,6 +199,19 @@ impl Plan {
             Routing::Route(index) => input.build(&self.routes[*index].containers),
             Routing::Identify => input.build(&self.identity_containers),
             Routing::Alias | Routing::Unmapped(_) => {}
+        }
+    }
+
+    /// [`Plan::build_read_whole`] for an untraced run, whose blocks read a source object by its members: such a
+    /// source is only marked as there, unless a rule of the route reads it whole.
+    fn build_read_untraced(&self, routing: &Routing, input: &mut Captured<'_>) {
+        match routing {
+            Routing::Route(index) => {
+                let route = &self.routes[*index];
+                input.build(&route.containers_untraced);
+                input.mark_objects(&route.read_by_members);
+            }
+            _ => self.build_read_whole(routing, input),
         }
     }
 
@@ -493,7 +510,7 @@ impl Plan {
                     }),
                 }
             }
-            RuleTarget::Elements { slot, each, rules } => {
+            RuleTarget::Elements { slot, .. } => {
                 let source = eval_ref(&rule.expr, state.input, None);
                 if O::TRACING {
                     let shown = source.as_ref().map(|got| got.as_ref().map(Got::as_val)).map_err(String::as_str);
@@ -501,12 +518,10 @@ impl Plan {
                 }
                 let built = match source {
                     // Elements read from the event borrow from it.
-                    Ok(Some(Got::Ref(source))) => {
-                        build_elements(rule, rules, *each, source, state.input, state, observer)
-                    }
+                    Ok(Some(Got::Ref(source))) => build_elements(rule, source, state.input, state, observer),
                     // A computed source lives only here: its elements' values are copied out of it.
                     Ok(Some(Got::Owned(source))) => {
-                        build_elements(rule, rules, *each, &source, state.input, state, observer).map(|built| {
+                        build_elements(rule, &source, state.input, state, observer).map(|built| {
                             built
                                 .into_iter()
                                 .map(|fields| fields.into_iter().map(|f| f.map(Val::into_owned)).collect())
@@ -868,9 +883,7 @@ fn parsed_http_url(text: &str) -> bool {
 /// not fit the target. A source that is an array gives one element per item (`source[*]`); any other value
 /// gives one element.
 fn build_elements<'v, 'p, O: Observer<'p>>(
-    rule: &'v PlanRule,
-    rules: &'p [ElementRule],
-    each: bool,
+    rule: &'p PlanRule,
     source: &'v Val<'v>,
     input: &'v [Option<Val<'v>>],
     state: &mut State<'_>,
@@ -879,7 +892,10 @@ fn build_elements<'v, 'p, O: Observer<'p>>(
 where
     'p: 'v,
 {
-    let elements: &[Val<'v>] = match (source, each) {
+    let RuleTarget::Elements { each, rules, by_members, .. } = &rule.target else { return None };
+    // Only untraced runs leave a block's source unbuilt; traced ones show it as the event has it.
+    let by_members = by_members.as_deref().filter(|_| !O::TRACING);
+    let elements: &[Val<'v>] = match (source, *each) {
         (Val::Array(items), true) => items,
         (Val::Null, _) => return None,
         (Val::Array(_), false) => {
@@ -904,11 +920,14 @@ where
     let mut built = Vec::with_capacity(elements.len());
     for (index, element) in elements.iter().enumerate() {
         let mut fields: Vec<Option<Val<'v>>> = (0..width).map(|_| None).collect();
-        for element_rule in rules {
+        for (rule_index, element_rule) in rules.iter().enumerate() {
             if O::TRACING {
                 observer.element_rule_start(index, element_rule);
             }
-            let result = evaluate(&element_rule.expr, &element_rule.pipes, input, Some(element), observer);
+            let result = match by_members.and_then(|members| members.get(rule_index)) {
+                Some(member) => evaluate(&member.expr, &member.pipes, input, None, observer),
+                None => evaluate(&element_rule.expr, &element_rule.pipes, input, Some(element), observer),
+            };
             if O::TRACING {
                 observer.element_rule_end(
                     index,

@@ -188,3 +188,38 @@ fn every_entry_point_agrees_on_the_generated_dataset() {
         assert_eq!(&second, first, "a second pass (numbers remembered) differs on {line}");
     }
 }
+
+/// A block over one object (`properties -> data.contents[*]`, Product Viewed) reads the object's members where the
+/// reader captured them when untraced, and the object built whole when explained: the two agree on raw texts whose
+/// trees hide what the text says (a member or `properties` itself given twice, escapes) and on sources that are not
+/// objects.
+#[test]
+fn a_block_over_one_object_reads_its_members_as_explain_reads_the_object() {
+    let plan = plan(&presets::OPENAI_ADS);
+    let now = millis("2026-11-20T12:00:00Z");
+    let head = r#"{"type":"track","event":"Product Viewed","messageId":"m1","anonymousId":"a1","timestamp":"2026-11-20T11:00:00Z","context":{"page":{"url":"https://shop.example.com/p"}},"properties":"#;
+    let cases = [
+        (r#"{"product_id":"p1","product_id":"p2","price":1.5,"currency":"EUR","name":"N"}"#, Some("p2")),
+        (r#"{"sku":"s\u00e9","price":2,"currency":"USD","quantity":3,"name":"x","name":"y"}"#, Some("sé")),
+        (r#"{"product_id":"first"},"properties":{"sku":"second","currency":"USD"}"#, Some("second")),
+        (r#"{"product_id":{"nested":1},"sku":"fallback"}"#, None),
+        (r#"{}"#, None),
+        (r#""text""#, None),
+        (r#"[{"product_id":"in an array"}]"#, None),
+        (r#"null"#, None),
+        (r#"12"#, None),
+    ];
+    for (properties, id) in cases {
+        let text = format!("{head}{properties}}}");
+        let applied = plan.apply_str(&text, &mut Context::stateless(now));
+        let explained = explain(&plan, &text, &mut Context::stateless(now));
+        assert_eq!(explained.outcome, applied, "explain and apply differ on {text}");
+        let tree: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(plan.apply(&tree, &mut Context::stateless(now)), applied, "the tree reader differs on {text}");
+        if let Some(id) = id {
+            let Outcome::Mapped(mapped) = &applied else { panic!("{text} is not mapped: {applied:?}") };
+            let sent: Value = serde_json::from_str(&mapped.json).unwrap();
+            assert_eq!(sent["data"]["contents"][0]["id"], json!(id), "{text}");
+        }
+    }
+}

@@ -115,6 +115,17 @@ proptest! {
         prop_assert_eq!(from_value, from_text);
     }
 
+    /// `explain` traces the element-form rules over the block's source built whole; `apply_str` reads the source's
+    /// members where the reader captured them, leaving it unbuilt. One outcome, whatever the event.
+    #[test]
+    fn explain_and_the_untraced_runtime_agree(event in arbitrary_event()) {
+        let plan = presets::OPENAI_ADS.compile(&CompileOptions::default()).plan.unwrap();
+        let now = 1_795_003_200_000;
+        let text = event.to_string();
+        let explained = signal_engine::explain::explain(&plan, &text, &mut Context::stateless(now));
+        prop_assert_eq!(explained.outcome, plan.apply_str(&text, &mut Context::stateless(now)));
+    }
+
     #[test]
     fn the_runtime_never_panics_on_arbitrary_bytes(text in "\\PC{0,300}") {
         let plan = presets::OPENAI_ADS.compile(&CompileOptions::default()).plan.unwrap();
@@ -137,6 +148,10 @@ fn arbitrary_event() -> impl Strategy<Value = Value> {
         &["properties", "currency"],
         &["properties", "products"],
         &["properties", "price"],
+        &["properties", "product_id"],
+        &["properties", "sku"],
+        &["properties", "name"],
+        &["properties", "quantity"],
         &["context"],
         &["context", "page", "url"],
         &["context", "traits", "email"],

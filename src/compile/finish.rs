@@ -174,6 +174,9 @@ impl Compiler<'_> {
                 self.slot(&def.name);
             }
         }
+        for rule in &mut self.rules {
+            add_member_rules(rule, &mut self.paths);
+        }
         let (input, resolved) = std::mem::take(&mut self.paths).build();
         let mut rules = std::mem::take(&mut self.rules);
         for rule in &mut rules {
@@ -210,6 +213,7 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let untraced = containers_read_untraced(&input, &rules, &info.rules);
             routes.push(PlanRoute {
                 label: info.label.as_str().into(),
                 location: self.sources.location(info.span).into(),
@@ -219,6 +223,8 @@ impl Compiler<'_> {
                 rules: info.rules.clone(),
                 required,
                 containers: containers_read(&input, &rules, &info.rules),
+                containers_untraced: untraced.0,
+                read_by_members: untraced.1,
                 unselected: unselected(&rules, &info.rules, &info.label),
             });
         }
@@ -277,15 +283,81 @@ pub(super) fn containers_read(input: &InputLayout, rules: &[PlanRule], applied: 
     containers
 }
 
+/// [`containers_read`] for an untraced run, and the sources it reads only by their members
+/// ([`PlanRule::input_slots_untraced`]): those it leaves unbuilt unless a rule also reads them whole.
+fn containers_read_untraced(input: &InputLayout, rules: &[PlanRule], applied: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let (mut read, mut by_members) = (input.envelope.slots().to_vec(), Vec::new());
+    applied.iter().for_each(|&rule| rules[rule].input_slots_untraced(&mut read, &mut by_members));
+    let containers = |slots: &[usize]| {
+        let mut found: Vec<usize> = input.containers().iter().copied().filter(|slot| slots.contains(slot)).collect();
+        found.sort_unstable();
+        found
+    };
+    let built = containers(&read);
+    let only_by_members = containers(&by_members).into_iter().filter(|slot| !built.contains(slot)).collect();
+    (built, only_by_members)
+}
+
+/// Gives a block whose source is one object of the event (`properties -> data.contents[*] { … }`) the
+/// [`MemberRule`]s that read the object's members where the reader captures them, registering those paths. A
+/// block that reads its element whole (`@`), or whose source is not a path of keys, keeps only its element rules.
+fn add_member_rules(rule: &mut PlanRule, paths: &mut InputPaths) {
+    let RuleTarget::Elements { each: false, rules, by_members, .. } = &mut rule.target else { return };
+    let Expr::Input { slot: id, rest } = &rule.expr else { return };
+    let source = paths.path(*id).to_vec();
+    if !rest.is_empty() || source.is_empty() || !source.iter().all(|step| matches!(step, Step::Key(_))) {
+        return;
+    }
+    let reads_members = |steps: &[Step]| matches!(steps.first(), Some(Step::Key(_)));
+    // Checked before any path is registered: a path registered for nothing would still be read from every event.
+    let mut every_read_a_member = |steps: &[Step]| reads_members(steps).then_some(Expr::Const(Value::Null));
+    let rewritable = rules.iter().all(|rule| {
+        rule.expr.with_element_reads(&mut every_read_a_member).is_some()
+            && args_rewritable(&rule.pipes, &mut every_read_a_member)
+    });
+    if !rewritable {
+        return;
+    }
+    let mut member = |steps: &[Step]| {
+        let path = source.iter().chain(steps).cloned().collect();
+        Some(Expr::Input { slot: paths.add(path), rest: Vec::new() })
+    };
+    *by_members = rules
+        .iter()
+        .map(|rule| {
+            let expr = rule.expr.with_element_reads(&mut member)?;
+            let pipes = rule
+                .pipes
+                .iter()
+                .map(|pipe| {
+                    let args = crate::plan::args_with_element_reads(&pipe.args, &mut member)?;
+                    Some(BoundCall { function: pipe.function, args })
+                })
+                .collect::<Option<_>>()?;
+            Some(MemberRule { expr, pipes })
+        })
+        .collect();
+}
+
+fn args_rewritable(pipes: &[BoundCall], member: &mut dyn FnMut(&[Step]) -> Option<Expr>) -> bool {
+    pipes.iter().all(|pipe| crate::plan::args_with_element_reads(&pipe.args, member).is_some())
+}
+
 pub(super) fn resolve_rule_paths(rule: &mut PlanRule, resolved: &[(usize, Vec<Step>)]) {
     resolve_expr(&mut rule.expr, resolved);
     for pipe in &mut rule.pipes {
         resolve_args(&mut pipe.args, resolved);
     }
-    if let RuleTarget::Elements { rules, .. } = &mut rule.target {
+    if let RuleTarget::Elements { rules, by_members, .. } = &mut rule.target {
         for element in rules {
             resolve_expr(&mut element.expr, resolved);
             for pipe in &mut element.pipes {
+                resolve_args(&mut pipe.args, resolved);
+            }
+        }
+        for member in by_members.iter_mut().flatten() {
+            resolve_expr(&mut member.expr, resolved);
+            for pipe in &mut member.pipes {
                 resolve_args(&mut pipe.args, resolved);
             }
         }

@@ -514,7 +514,7 @@ impl Compiler<'_> {
         let slot = self.slot(&target.dotted);
         // The element source is an input path; element rules read from each element.
         let plan_rule = PlanRule {
-            target: RuleTarget::Elements { slot, each, rules },
+            target: RuleTarget::Elements { slot, each, rules, by_members: None },
             target_name: target.dotted.clone(),
             expr: source_expr,
             pipes: Vec::new(),

@@ -111,6 +111,11 @@ pub(crate) struct InputPaths {
 }
 
 impl InputPaths {
+    /// The steps of the path registered as `id`.
+    pub fn path(&self, id: usize) -> &[Step] {
+        &self.paths[id]
+    }
+
     /// Registers a path and returns its id for [`InputLayout::resolve`].
     pub fn add(&mut self, path: Vec<Step>) -> usize {
         if let Some(&id) = self.ids.get(&path) {
@@ -202,6 +207,17 @@ impl<'a> Captured<'a> {
                 }
                 Some(Unbuilt::Tree(tree)) => self.values[slot] = Some(Val::from_json(tree)),
                 None => {}
+            }
+        }
+    }
+
+    /// Marks the objects in `slots` that were taken apart as objects, without building them: for a run that reads
+    /// them only by their members ([`crate::plan::MemberRule`]), and only to know that they are there. An object
+    /// that was built stays as it is.
+    pub fn mark_objects(&mut self, slots: &[usize]) {
+        for &slot in slots {
+            if self.values[slot].is_none() && self.unbuilt[slot].is_some() {
+                self.values[slot] = Some(Val::Object(crate::functions::Slice::Borrowed(&[])));
             }
         }
     }
