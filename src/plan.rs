@@ -309,15 +309,18 @@ pub(crate) struct BoundCall {
 
 /// The shape of the output event, in the schema's field order.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) enum LayoutNode {
     // A path is shared with every explanation that names the field.
     // `quoted` is the key as written in the output (`"key":`), made once rather than escaped for every event.
+    // In declaration order: a leaf's slot, its key as written and its definition's checks (`FieldDef` leads with
+    // them) come first, what writing and validating every event read.
     Leaf {
-        key: String,
-        quoted: Box<str>,
-        path: Arc<str>,
         slot: usize,
+        quoted: Box<str>,
         def: FieldDef,
+        key: String,
+        path: Arc<str>,
     },
     Object {
         quoted: Box<str>,
