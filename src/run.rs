@@ -471,7 +471,7 @@ impl Plan {
             }
             let Some(Out::Value(value)) = &state.out[remembered.slot] else { continue };
             // Only values fit to send are kept: memory never holds what the schema would refuse (raw email).
-            let fit = |def: &FieldDef| check_value(def, &remembered.field, value, 0).is_ok();
+            let fit = |def: &FieldDef| check_value(&LeafCheck::of(def), def, &remembered.field, value, 0).is_ok();
             if !validated && !remembered.def.as_ref().is_none_or(fit) {
                 continue;
             }
@@ -580,14 +580,14 @@ impl Plan {
                         return Some(rejected);
                     }
                 }
-                LayoutNode::Leaf { path, slot, def, .. } => {
+                LayoutNode::Leaf { path, slot, check, def, .. } => {
                     let Some(Out::Value(value)) = &mut state.out[*slot] else { continue };
-                    normalise_integer(def, value);
-                    if let Err((reason, message)) = check_value(def, path, value, now_ms) {
+                    normalise_integer(check.ty, value);
+                    if let Err((reason, message)) = check_value(check, def, path, value, now_ms) {
                         let rule = state.writer[*slot].map(str::to_string);
                         return Some(self.reject(state, reason, message, path, rule));
                     }
-                    if let Some(needed) = &def.requires {
+                    if let Some(needed) = check.requires.then_some(&def.requires).and_then(Option::as_ref) {
                         let siblings = parent.unwrap_or(nodes);
                         if !sibling_present(siblings, needed, state) {
                             let rule = state.writer[*slot].map(str::to_string);
@@ -617,10 +617,9 @@ impl Plan {
                         let has_own = own_currency.is_some_and(|c| element.get(c).is_some_and(Option::is_some));
                         for (field, value) in element.iter_mut().enumerate() {
                             let (Some(value), Some(item)) = (value.as_mut(), items.get(field)) else { continue };
-                            normalise_integer(item, value);
-                            if let Err((reason, message)) =
-                                check_value(item, &format_args!("{path}[{index}].{}", item.name), value, now_ms)
-                            {
+                            normalise_integer(item.ty, value);
+                            let (check, at) = (LeafCheck::of(item), format_args!("{path}[{index}].{}", item.name));
+                            if let Err((reason, message)) = check_value(&check, item, &at, value, now_ms) {
                                 problem = Some((reason, message));
                                 failing_field = Some(field);
                                 break 'elements;
@@ -733,8 +732,8 @@ fn sibling_present(nodes: &[LayoutNode], name: &str, state: &State<'_>) -> bool 
 }
 
 /// Integer fields get integers: 12999.0 from arithmetic is written as 12999.
-fn normalise_integer(def: &FieldDef, value: &mut Val<'_>) {
-    if def.ty != Ty::INTEGER {
+fn normalise_integer(ty: Ty, value: &mut Val<'_>) {
+    if ty != Ty::INTEGER {
         return;
     }
     let Val::Number(n) = value else { return };
@@ -745,16 +744,18 @@ fn normalise_integer(def: &FieldDef, value: &mut Val<'_>) {
     }
 }
 
-/// Checks one value against its field definition.
+/// Checks one value against its field definition: `check` ([`LeafCheck::of`] the definition) decides, and `def` is
+/// read only to name what a value failed or to match it against the values listed.
 /// `path` names the field in messages; it is only rendered for a value that fails.
 fn check_value(
+    check: &LeafCheck,
     def: &FieldDef,
     path: &dyn fmt::Display,
     value: &Val<'_>,
     now_ms: i64,
 ) -> Result<(), (RejectReason, String)> {
     let invalid = |message: String| Err((RejectReason::InvalidField, message));
-    if !def.ty.contains(value.ty()) {
+    if !check.ty.contains(value.ty()) {
         // Numbers are shown (`got 1234.5`): an amount is never personal data and the value explains the problem.
         let got = match value {
             Val::Number(number) => number.to_string(),
@@ -764,19 +765,19 @@ fn check_value(
     }
     if let Val::Str(text) = value {
         let text: &str = text;
-        if def.non_empty && is_blank(text) {
+        if check.non_empty && is_blank(text) {
             return invalid(format!("`{}` must not be empty", path));
         }
         // No text has more characters than bytes: only long text needs counting.
-        if def.max_length.is_some_and(|max| text.len() > max && text.chars().count() > max) {
-            return invalid(format!("`{}` is longer than {} characters", path, def.max_length.unwrap_or_default()));
+        if check.max_length.is_some_and(|max| text.len() > max && text.chars().count() > max) {
+            return invalid(format!("`{}` is longer than {} characters", path, check.max_length.unwrap_or_default()));
         }
-        if let Some(allowed) = &def.enum_values {
+        if let Some(allowed) = check.listed.then_some(&def.enum_values).and_then(Option::as_ref) {
             if !allowed.iter().any(|a| a == text) {
                 return invalid(format!("`{}` must be one of {}, got {:?}", path, allowed.join(", "), text));
             }
         }
-        match def.format {
+        match check.format {
             Some(Format::Sha256) if !is_sha256(text) => {
                 return invalid(format!("`{}` must be a SHA-256 hash (64 lowercase hex characters)", path));
             }
@@ -796,7 +797,7 @@ fn check_value(
             _ => {}
         }
     }
-    if def.format == Some(Format::TimestampWindow) {
+    if check.format == Some(Format::TimestampWindow) {
         if let Some(message) = value.as_i64().and_then(|ms| outside_window(ms, now_ms)) {
             return Err((RejectReason::TimestampOutOfWindow, format!("`{path}` {message}")));
         }

@@ -151,7 +151,7 @@ impl Compiler<'_> {
                 quoted: quoted_key(&def.name),
                 path: dotted.into(),
                 slot,
-                def: def.clone(),
+                def: Box::new(def.clone()),
                 item_keys: items.iter().map(|item| quoted_key(&item.name)).collect(),
                 items,
             });
@@ -161,7 +161,8 @@ impl Compiler<'_> {
             quoted: quoted_key(&def.name),
             path: dotted.into(),
             slot,
-            def: def.clone(),
+            check: LeafCheck::of(def),
+            def: Box::new(def.clone()),
         })
     }
 }
