@@ -23,6 +23,7 @@ pub mod relay;
 pub mod run;
 pub mod schema;
 pub mod source;
+mod spare;
 pub mod syntax;
 #[cfg(test)]
 mod testing;

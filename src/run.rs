@@ -15,6 +15,7 @@ use crate::observe::{Observer, Untraced};
 use crate::plan::*;
 use crate::quality::{Observed, QualityWatch};
 use crate::schema::{FieldDef, Format};
+use crate::spare::{self, Spare};
 
 /// How far back and ahead of `now` OpenAI accepts `timestamp_ms`.
 pub const WINDOW_PAST_MS: i64 = 7 * 24 * 3_600_000;
@@ -146,6 +147,18 @@ struct State<'v> {
     warnings: Vec<Warning>,
 }
 
+thread_local! {
+    static SPARE_OUT: Spare<Option<Out<'static>>> = const { Spare::new() };
+    static SPARE_WRITER: Spare<Option<&'static str>> = const { Spare::new() };
+}
+
+impl Drop for State<'_> {
+    fn drop(&mut self) {
+        spare::give_back(&SPARE_OUT, std::mem::take(&mut self.out));
+        spare::give_back(&SPARE_WRITER, std::mem::take(&mut self.writer));
+    }
+}
+
 impl Plan {
     /// Applies the plan to one event given as JSON text; reads only the paths the plan uses.
     pub fn apply_str(&self, event: &str, context: &mut Context<'_>) -> Outcome {
@@ -235,8 +248,8 @@ impl Plan {
     ) -> Outcome {
         let mut state = State {
             input,
-            out: (0..self.slot_count).map(|_| None).collect(),
-            writer: vec![None; self.slot_count],
+            out: spare::take(&SPARE_OUT, self.slot_count, || None),
+            writer: spare::take(&SPARE_WRITER, self.slot_count, || None),
             warnings: Vec::new(),
         };
         let route_index = match routing {
@@ -301,7 +314,7 @@ impl Plan {
             id,
             timestamp_ms,
             json,
-            warnings: state.warnings,
+            warnings: std::mem::take(&mut state.warnings),
         })
     }
 

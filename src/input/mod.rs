@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::functions::{lookup, Val};
+use crate::spare::{self, Spare};
 
 mod scan;
 
@@ -219,9 +220,24 @@ enum Unbuilt<'a> {
     Tree(&'a Value),
 }
 
+thread_local! {
+    static SPARE_VALUES: Spare<Option<Val<'static>>> = const { Spare::new() };
+    static SPARE_UNBUILT: Spare<Option<Unbuilt<'static>>> = const { Spare::new() };
+}
+
+impl Drop for Captured<'_> {
+    fn drop(&mut self) {
+        spare::give_back(&SPARE_VALUES, std::mem::take(&mut self.values));
+        spare::give_back(&SPARE_UNBUILT, std::mem::take(&mut self.unbuilt));
+    }
+}
+
 impl<'a> Captured<'a> {
     fn new(slot_count: usize) -> Self {
-        Captured { values: vec![None; slot_count], unbuilt: vec![None; slot_count] }
+        Captured {
+            values: spare::take(&SPARE_VALUES, slot_count, || None),
+            unbuilt: spare::take(&SPARE_UNBUILT, slot_count, || None),
+        }
     }
 
     /// Builds the objects in `slots` that were only taken apart, so that they can be read whole.
