@@ -113,15 +113,31 @@ fn eval_arg<'v>(
     }
 }
 
+/// Reads of the event, most of what rules evaluate, are made inline where the expression is evaluated: out of line,
+/// the reference they find came back through memory from a call, which took longer than finding it. Constants,
+/// calls and `??` go through [`eval_computed`].
+#[inline]
 pub(crate) fn eval_ref<'v>(
+    expr: &'v Expr,
+    input: &'v [Option<Val<'v>>],
+    element: Option<&'v Val<'v>>,
+) -> Result<Option<Got<'v>>, String> {
+    match expr {
+        Expr::Input { slot, rest } => Ok(input[*slot].as_ref().and_then(|v| walk(v, rest)).map(Got::Ref)),
+        Expr::Element { rest } => Ok(element.and_then(|v| walk(v, rest)).map(Got::Ref)),
+        _ => eval_computed(expr, input, element),
+    }
+}
+
+#[inline(never)]
+fn eval_computed<'v>(
     expr: &'v Expr,
     input: &'v [Option<Val<'v>>],
     element: Option<&'v Val<'v>>,
 ) -> Result<Option<Got<'v>>, String> {
     Ok(match expr {
         Expr::Const(value) => Some(Got::Owned(Val::from_json(value))),
-        Expr::Input { slot, rest } => input[*slot].as_ref().and_then(|v| walk(v, rest)).map(Got::Ref),
-        Expr::Element { rest } => element.and_then(|v| walk(v, rest)).map(Got::Ref),
+        Expr::Input { .. } | Expr::Element { .. } => return eval_ref(expr, input, element),
         Expr::Call { function, input: source, args } => {
             let value = eval_ref(source, input, element)?.map(Got::into_val);
             call(function, value, args, input, element)?.map(Got::Owned)
