@@ -499,13 +499,36 @@ pub(crate) fn json_string_len(text: &str) -> usize {
 pub(crate) fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    while let Some(chunk) = bytes.get(i..i + 16) {
-        let found = escapes_in_sixteen(chunk.try_into().expect("sixteen bytes"));
-        if found != 0 {
-            return Some(i + found.trailing_zeros() as usize);
+    {
+        while let Some(chunk) = bytes.get(i..i + 16) {
+            let found = escapes_in_sixteen(chunk.try_into().expect("sixteen bytes"));
+            if found != 0 {
+                return Some(i + found.trailing_zeros() as usize);
+            }
+            i += 16;
         }
-        i += 16;
+        // Fewer than sixteen bytes are left: most strings written end so, and most are short. They are tested at
+        // once too, as the end of the last sixteen bytes (whose first ones, before `i`, are shifted out), or padded
+        // with spaces when the text is shorter; byte by byte, their tests were the larger part of writing a string.
+        let rest = bytes.len().checked_sub(i).filter(|&rest| rest > 0)?;
+        let found = match bytes.len().checked_sub(16) {
+            Some(start) => escapes_in_sixteen(bytes[start..].try_into().expect("sixteen bytes")) >> (16 - rest),
+            None => {
+                let mut padded = [b' '; 16];
+                padded[..rest].copy_from_slice(&bytes[i..]);
+                escapes_in_sixteen(&padded)
+            }
+        };
+        (found != 0).then(|| i + found.trailing_zeros() as usize)
     }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    next_escape_by_words(bytes, i)
+}
+
+/// [`next_escape`] without SSE2: eight bytes at a time, then byte by byte.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+fn next_escape_by_words(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Whether any byte of `word` is zero, or below `n` for `less_than`: exact for the word as a whole.
@@ -521,7 +544,7 @@ pub(crate) fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
         }
         i += 8;
     }
-    bytes[i..].iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').map(|p| i + p)
+    bytes.get(i..)?.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').map(|p| i + p)
 }
 
 /// A bit for each of the sixteen bytes that a JSON string must escape, the first byte's lowest.
@@ -593,6 +616,32 @@ mod tests {
                     let mut out = String::new();
                     write_json_string(&text, &mut out);
                     assert_eq!(out, Value::from(text.clone()).to_string(), "{text:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn finds_the_first_escape_from_any_position() {
+        // Two bytes of interest in a run of plain ones, the search starting before, between and after them: an
+        // escape before the start is passed over, whether it lies in the text's last sixteen bytes or not.
+        let interesting = [b'"', b'\\', b'\n', 0, 0x1f, b' ', b'a', 0x7f, 0xc3, 0xff];
+        for len in 0..40 {
+            for first in 0..len {
+                for second in first..len {
+                    for (x, y) in interesting.iter().zip(interesting.iter().rev()) {
+                        let mut bytes = vec![b'a'; len];
+                        bytes[first] = *x;
+                        bytes[second] = *y;
+                        for from in 0..=len + 1 {
+                            let expected = bytes
+                                .get(from..)
+                                .and_then(|rest| rest.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\'))
+                                .map(|at| from + at);
+                            assert_eq!(next_escape(&bytes, from), expected, "{bytes:?} from {from}");
+                            assert_eq!(next_escape_by_words(&bytes, from), expected, "{bytes:?} from {from}");
+                        }
+                    }
                 }
             }
         }
