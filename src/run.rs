@@ -2,6 +2,7 @@
 //! consult and feed identity memory, validate the result against the target schema (including the timestamp window
 //! around the caller's `now`) and write the OpenAI event as JSON. Synchronous and free of I/O; no input panics it.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -265,7 +266,7 @@ impl Plan {
         // while they run, a step at a time spread among them.
         let keys = match &context.identity {
             Some(_) if !self.remembered.is_empty() => self.visitor_keys(&state),
-            _ => Vec::new(),
+            _ => VisitorKeys::none(),
         };
         let steps = match (&context.identity, keys.is_empty()) {
             (Some(store), false) => store.prefetch_steps(),
@@ -287,7 +288,7 @@ impl Plan {
             self.set(&mut state, slot, Val::from(name.as_str()));
         }
         let event_ms = self.event_time(&state, context.now_ms);
-        let memory = context.identity.as_deref_mut().and_then(|store| self.recall(&mut state, store, keys, event_ms));
+        let memory = context.identity.as_deref_mut().and_then(|store| self.recall(&mut state, store, &keys, event_ms));
         let rejected = self.validate(route, &mut state, context.now_ms);
         // What an event teaches about its visitor holds even when the event itself cannot be sent (a landing
         // page older than the window still carries a click id valid for 30 days); `remember` keeps only values
@@ -397,9 +398,9 @@ impl Plan {
         if let (Some(previous), Some(store)) = (previous, context.identity.as_deref_mut()) {
             // Which kind of id `previousId` is cannot be told from the event: both are linked.
             let mut keys = self.visitor_keys(state);
-            keys.push(visitor_key("anon:", previous));
-            keys.push(visitor_key("user:", previous));
-            if let Some(memory) = self.load_memory_of(keys, store) {
+            keys.push("anon:", previous);
+            keys.push("user:", previous);
+            if let Some(memory) = self.load_memory_of(&keys, store) {
                 let event_ms = self.event_time(state, context.now_ms);
                 self.remember(state, store, memory, event_ms, false);
             }
@@ -409,37 +410,37 @@ impl Plan {
     }
 
     /// The identity-memory keys of the event's visitor: its anonymous id and its user id.
-    fn visitor_keys(&self, state: &State<'_>) -> Vec<String> {
-        let mut keys = Vec::with_capacity(4);
+    fn visitor_keys(&self, state: &State<'_>) -> VisitorKeys {
+        let mut keys = VisitorKeys::spare();
         let envelope = &self.input.envelope;
         if let Some(anonymous) =
             state.input[envelope.anonymous_id].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty())
         {
-            keys.push(visitor_key("anon:", anonymous));
+            keys.push("anon:", anonymous);
         }
         if let Some(user) = state.input[envelope.user_id].as_ref().and_then(Val::as_str).filter(|s| !s.is_empty()) {
-            keys.push(visitor_key("user:", user));
+            keys.push("user:", user);
         }
         keys
     }
 
     /// The visitor's keys and what is remembered under any of them.
     fn load_memory(&self, state: &State<'_>, store: &mut dyn IdentityStore) -> Option<Memory> {
-        self.load_memory_of(self.visitor_keys(state), store)
+        self.load_memory_of(&self.visitor_keys(state), store)
     }
 
-    fn load_memory_of(&self, keys: Vec<String>, store: &mut dyn IdentityStore) -> Option<Memory> {
+    fn load_memory_of(&self, keys: &[String], store: &mut dyn IdentityStore) -> Option<Memory> {
         if self.remembered.is_empty() {
             return None;
         }
         if keys.is_empty() {
             return None;
         }
-        let mut profile = store.recall_visitor(&keys);
+        let mut profile = store.recall_visitor(keys);
         // Linking moves each key to the end in turn: nothing changes when they end the list in that order already.
-        let changed = !profile.keys.ends_with(&keys);
+        let changed = !profile.keys.ends_with(keys);
         if changed {
-            for key in &keys {
+            for key in keys {
                 profile.link(key);
             }
         }
@@ -451,7 +452,7 @@ impl Plan {
         &self,
         state: &mut State<'_>,
         store: &mut dyn IdentityStore,
-        keys: Vec<String>,
+        keys: &[String],
         event_ms: i64,
     ) -> Option<Memory> {
         let mut memory = self.load_memory_of(keys, store)?;
@@ -718,13 +719,54 @@ fn is_blank(text: &str) -> bool {
     }
 }
 
-/// An identity-memory key: `anon:<anonymousId>` or `user:<userId>`. Pushed into a sized string: `concat` costs
-/// several times as much for two short pieces, and every event with identity memory makes one or two.
-fn visitor_key(kind: &str, id: &str) -> String {
-    let mut key = String::with_capacity(kind.len() + id.len());
-    key.push_str(kind);
-    key.push_str(id);
-    key
+thread_local! {
+    static SPARE_KEYS: Cell<Vec<String>> = const { Cell::new(Vec::new()) };
+}
+
+/// The identity-memory keys of an event's visitor: `anon:<anonymousId>` and `user:<userId>`. Every event with
+/// identity memory makes one or two; they are written into the strings of the thread's last event, given back when
+/// this one is done with them, rather than into a vector and strings of their own.
+struct VisitorKeys {
+    strings: Vec<String>,
+    len: usize,
+}
+
+impl VisitorKeys {
+    fn none() -> Self {
+        VisitorKeys { strings: Vec::new(), len: 0 }
+    }
+
+    fn spare() -> Self {
+        VisitorKeys { strings: SPARE_KEYS.try_with(Cell::take).unwrap_or_default(), len: 0 }
+    }
+
+    fn push(&mut self, kind: &str, id: &str) {
+        match self.strings.get_mut(self.len) {
+            Some(key) => key.clear(),
+            None => self.strings.push(String::with_capacity(kind.len() + id.len())),
+        }
+        let key = &mut self.strings[self.len];
+        key.push_str(kind);
+        key.push_str(id);
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for VisitorKeys {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        &self.strings[..self.len]
+    }
+}
+
+impl Drop for VisitorKeys {
+    fn drop(&mut self) {
+        let strings = std::mem::take(&mut self.strings);
+        if strings.capacity() > 0 {
+            let _ = SPARE_KEYS.try_with(|spare| spare.set(strings));
+        }
+    }
 }
 
 pub(crate) fn invalid_input(message: String) -> Outcome {

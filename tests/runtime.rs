@@ -124,3 +124,41 @@ fn warnings_about_personal_data_never_quote_it() {
     // Values that are not personal data are still quoted, which is what makes a warning useful.
     assert!(reports.contains("not a number"), "{reports}");
 }
+
+/// Identity memory through one store, as `engine run` streams: an identify teaches an email under a visitor's two
+/// keys, an alias links an earlier anonymous id, and later events are filled from memory by whichever key they carry.
+/// The keys of each event are written over the last event's (an event with two keys followed by one with one, and an
+/// alias with four): a key left over from an earlier event must never find another visitor's memory.
+#[test]
+fn identity_memory_follows_identify_and_alias_and_nothing_leaks_between_events() {
+    use signal_engine::identity::MemoryStore;
+    let plan = crate::support::preset_plan(&signal_engine::presets::OPENAI_ADS);
+    let mut memory = MemoryStore::default();
+    let mut apply = |event: Value| plan.apply_str(&event.to_string(), &mut Context::with_identity(NOW, &mut memory));
+    let email = |outcome: &Outcome| match outcome {
+        Outcome::Mapped(mapped) => serde_json::from_str::<Value>(&mapped.json).unwrap()["user"]["email"].clone(),
+        other => panic!("not mapped: {other:?}"),
+    };
+    let order = |ids: Value| {
+        let mut order = json!({
+            "type": "track", "event": "Order Completed", "messageId": "m", "timestamp": "2026-11-20T10:00:00Z",
+            "properties": {"revenue": 10, "currency": "USD"}, "context": {"page": {"url": "https://x.example/p"}}
+        });
+        order.as_object_mut().unwrap().extend(ids.as_object().unwrap().clone());
+        order
+    };
+    let identify = json!({
+        "type": "identify", "userId": "u-1", "anonymousId": "a-1", "timestamp": "2026-11-20T09:00:00Z",
+        "traits": {"email": "Jane@Example.com"}
+    });
+    assert!(matches!(apply(identify), Outcome::Dropped(_)));
+    let hashed = Value::from(sha256_hex("jane@example.com"));
+    assert_eq!(email(&apply(order(json!({"anonymousId": "a-1", "userId": "u-1"})))), hashed, "both keys");
+    // One key, after an event with two: only `a-2`, which nothing was learned under.
+    assert_eq!(email(&apply(order(json!({"anonymousId": "a-2"})))), Value::Null, "a key of the event before");
+    assert_eq!(email(&apply(order(json!({"userId": "u-1"})))), hashed, "the user id alone");
+    let alias = json!({"type": "alias", "previousId": "a-0", "userId": "u-1", "timestamp": "2026-11-20T09:30:00Z"});
+    assert!(matches!(apply(alias), Outcome::Dropped(_)));
+    assert_eq!(email(&apply(order(json!({"anonymousId": "a-0"})))), hashed, "linked by the alias");
+    assert_eq!(email(&apply(order(json!({"anonymousId": "a-3"})))), Value::Null, "a key of the alias before");
+}
