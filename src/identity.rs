@@ -613,7 +613,14 @@ impl IdentityStore for MemoryStore {
         self.settle_loan();
         let (found, held) = self.profiles_of(keys);
         match found[..] {
-            [] => Profile::default(),
+            // A visitor not seen before (most often, on a stream of many): the profile last given back, emptied,
+            // keeps its vectors for what this one learns.
+            [] => {
+                let mut profile = std::mem::take(&mut self.spare);
+                profile.keys.clear();
+                profile.fields.clear();
+                profile
+            }
             [index] => {
                 // With one profile found, every key the store holds points to it.
                 self.held_keys.truncate(held.len());
