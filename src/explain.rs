@@ -1357,7 +1357,7 @@ impl Serialize for OutcomeJson<'_> {
                 // The runtime wrote this text: it is JSON, shown as it was sent.
                 let event: Option<&serde_json::value::RawValue> = serde_json::from_str(&mapped.json).ok();
                 map.serialize_entry("event", &event)?;
-                map.serialize_entry("event_type", &mapped.event_type)?;
+                map.serialize_entry("event_type", &*mapped.event_type)?;
                 map.serialize_entry("outcome", "mapped")?;
                 map.serialize_entry("warnings", &mapped.warnings)?;
             }

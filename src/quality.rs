@@ -803,7 +803,7 @@ mod tests {
                 let noted = Observation::of_observed(&mapped.event_type, observed.expect("noted"), true, None);
                 let read = Observation::of_text(&mapped.event_type, &mapped.json, true, None);
                 assert_eq!(Some(noted), read, "noted while mapping as read from the text: {input}");
-                events.push((mapped.event_type, mapped.json));
+                events.push((mapped.event_type.to_string(), mapped.json));
             }
         }
         let hash = "a".repeat(64);

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,7 +53,8 @@ pub enum Outcome {
 /// An OpenAI event, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mapped {
-    pub event_type: String,
+    /// Shared with the plan: every event of a route names its type without a copy.
+    pub event_type: Arc<str>,
     /// The event's `id` and `timestamp_ms` as sent, so that a caller storing the event need not parse it back.
     pub id: Option<String>,
     pub timestamp_ms: Option<i64>,
@@ -311,7 +313,7 @@ impl Plan {
         let id = read(self.slots.id).and_then(|v| v.as_str().map(str::to_string));
         let timestamp_ms = read(self.slots.timestamp_ms).and_then(Val::as_i64);
         Outcome::Mapped(Mapped {
-            event_type: route.event_type.to_string(),
+            event_type: Arc::clone(&route.event_type),
             id,
             timestamp_ms,
             json,

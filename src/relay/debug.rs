@@ -276,7 +276,7 @@ impl Search {
         }
         if let Some(kind) = &self.event_type {
             let mapped = match &entry.explanation.outcome {
-                Outcome::Mapped(mapped) => Some(mapped.event_type.as_str()),
+                Outcome::Mapped(mapped) => Some(&*mapped.event_type),
                 _ => None,
             };
             let event = &entry.raw;

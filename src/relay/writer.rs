@@ -219,7 +219,7 @@ fn map_group(
                         event_id = Some(id.clone());
                         let pending = Pending {
                             id,
-                            event_type: mapped.event_type,
+                            event_type: mapped.event_type.to_string(),
                             timestamp_ms: mapped.timestamp_ms,
                             received_ms: now,
                             event: mapped.json,
