@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """min_cpu.py DATA ROUNDS NAME=CMD [...] — the least CPU time (user + sys) each command took over ROUNDS runs, the
-commands alternating, each pinned to one CPU, reading DATA on stdin; ratios to the first command, at the least times
-and round by round (the median of each round's ratio).
+commands alternating, each pinned to one CPU, reading DATA on stdin; ratios to the first command, at the least times,
+at the tenth percentile and the quarter of each command's times, and round by round (the median of each round's
+ratio). With many rounds, ratios that agree at the three points are a difference; ones that change side are noise.
 
 `../shared/bench/ratio.py` reports the median of five rounds, which is the figure the targets are stated in. On these
 shared machines a neighbour's load only ever adds time, so the least time over more rounds is the steadier way to
@@ -35,13 +36,16 @@ def main():
                 sys.exit(f"{name}: exited with status {status >> 8}: {command}")
             times[name].append(usage.ru_utime + usage.ru_stime)
     events = sum(1 for line in open(data, "rb") if line.strip())
-    first = min(times[commands[0][0]])
+    first = sorted(times[commands[0][0]])
     for name, _ in commands:
-        least = min(times[name])
+        ordered = sorted(times[name])
+        least, tenth, quarter = ordered[0], ordered[len(ordered) // 10], ordered[len(ordered) // 4]
         # Each round's runs follow one another, so a ratio within a round shares that round's neighbours.
         ratios = sorted(f / t for f, t in zip(times[commands[0][0]], times[name]))
-        print(f"{name:>16}: {events / least:>11,.0f} events/s at the least CPU time ({least:.3f} s; median "
-              f"{sorted(times[name])[len(times[name]) // 2]:.3f} s)  {first / least:.3f}x the first; "
+        print(f"{name:>16}: {events / least:>11,.0f} events/s at the least CPU time ({least:.3f} s; tenth percentile "
+              f"{tenth:.3f} s, quarter {quarter:.3f} s, median {ordered[len(ordered) // 2]:.3f} s)  "
+              f"{first[0] / least:.3f}x the first at the least, {first[len(first) // 10] / tenth:.3f}x at the tenth "
+              f"percentile, {first[len(first) // 4] / quarter:.3f}x at the quarter; "
               f"rounds' ratios {ratios[0]:.3f} - {ratios[-1]:.3f}x, median {ratios[len(ratios) // 2]:.3f}x")
 
 
