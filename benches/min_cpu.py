@@ -36,17 +36,22 @@ def main():
                 sys.exit(f"{name}: exited with status {status >> 8}: {command}")
             times[name].append(usage.ru_utime + usage.ru_stime)
     events = sum(1 for line in open(data, "rb") if line.strip())
-    first = sorted(times[commands[0][0]])
+    first = points(times[commands[0][0]])
     for name, _ in commands:
-        ordered = sorted(times[name])
-        least, tenth, quarter = ordered[0], ordered[len(ordered) // 10], ordered[len(ordered) // 4]
+        least, tenth, quarter, median = points(times[name])
         # Each round's runs follow one another, so a ratio within a round shares that round's neighbours.
         ratios = sorted(f / t for f, t in zip(times[commands[0][0]], times[name]))
         print(f"{name:>16}: {events / least:>11,.0f} events/s at the least CPU time ({least:.3f} s; tenth percentile "
-              f"{tenth:.3f} s, quarter {quarter:.3f} s, median {ordered[len(ordered) // 2]:.3f} s)  "
-              f"{first[0] / least:.3f}x the first at the least, {first[len(first) // 10] / tenth:.3f}x at the tenth "
-              f"percentile, {first[len(first) // 4] / quarter:.3f}x at the quarter; "
+              f"{tenth:.3f} s, quarter {quarter:.3f} s, median {median:.3f} s)  "
+              f"{first[0] / least:.3f}x the first at the least, {first[1] / tenth:.3f}x at the tenth "
+              f"percentile, {first[2] / quarter:.3f}x at the quarter; "
               f"rounds' ratios {ratios[0]:.3f} - {ratios[-1]:.3f}x, median {ratios[len(ratios) // 2]:.3f}x")
+
+
+def points(times):
+    """The least, tenth-percentile, quarter and median of `times`."""
+    ordered, n = sorted(times), len(times)
+    return ordered[0], ordered[n // 10], ordered[n // 4], ordered[n // 2]
 
 
 if __name__ == "__main__":
